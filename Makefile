@@ -1,0 +1,27 @@
+# `make check` runs everything CI runs: lint, format check, types, tests.
+PY ?= .venv/bin/python
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: check lint types test format bench
+
+check: lint types test
+
+lint:
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+
+types:
+	$(PY) -m mypy
+
+test:
+	$(PY) -m pytest -q
+
+format:
+	$(PY) -m ruff format src tests benchmarks
+	$(PY) -m ruff check --fix src tests benchmarks
+
+bench:
+	$(PY) benchmarks/bench_extract.py
+	$(PY) benchmarks/bench_metrics.py
