@@ -182,7 +182,7 @@ def _read_lines(path: Path, skip_bad: bool) -> list[tuple[int, str | None]]:
         except UnicodeDecodeError as e:
             if not skip_bad:
                 raise CorpusError(
-                    f"{path}:{lineno}: invalid UTF-8 at byte {e.start} of the line "
+                    f"{path}:{lineno}: invalid UTF-8 at byte offset {e.start} of the line "
                     f"({chunk[e.start : e.start + 4]!r}); re-encode the file as UTF-8"
                 ) from None
             out.append((lineno, None))

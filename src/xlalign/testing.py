@@ -55,8 +55,15 @@ def train_byte_bpe(texts: Iterable[str], vocab_size: int = 800) -> Any:
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int = 800) -> Any:
     """A BERT-style WordPiece tokenizer that wraps every text in ``[CLS] ... [SEP]``."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers import trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -87,6 +94,7 @@ def tiny_config(arch: str, tokenizer: Any, **overrides: Any) -> Any:
     """A transformers config for ``arch`` sized to ``tokenizer``'s vocabulary."""
     from transformers import BertConfig, GPT2Config, LlamaConfig, Qwen2Config
 
+    cls: type[Any]
     vocab = len(tokenizer)
     pad = tokenizer.pad_token_id
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else pad
