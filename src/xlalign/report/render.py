@@ -1,0 +1,531 @@
+"""The study's report: figures saved beside ``report.html`` (self-contained) and ``report.md``.
+
+:func:`build_report` takes already-computed results (the parsed ``alignment.json`` and
+``origin.json``, pooled vectors for the PCA and heatmap figures, provenance) and writes
+everything into one folder. It reads no run folder itself, so it can be tested, and reused,
+with any inputs. Every part is optional: a missing document or key is reported as
+"undefined" (with the reason when the results give one), never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xlalign.report.figures import (
+    MAX_PAIRS,
+    METRIC_LABELS,
+    HeatmapInput,
+    PcaInput,
+    alignment_figure,
+    alignment_metrics,
+    alignment_pairs,
+    alignment_pools,
+    alignment_series,
+    alignment_sites,
+    heatmap_figure,
+    pca_figure,
+    safe_name,
+    save_figure,
+)
+from xlalign.report.template import (
+    Block,
+    Bullets,
+    Cell,
+    Details,
+    Heading,
+    Image,
+    Para,
+    Table,
+    to_html,
+    to_markdown,
+)
+from xlalign.tokens import TOKEN_CLASSES
+
+#: The keys the original study's script computed, with what each measures.
+SEED_KEYS: dict[str, str] = {
+    "z_raw_embed_last_token": "z of the last token's raw input embedding (before any block)",
+    "z_raw_embed_mean_no_bos": "z of the mean input embedding, BOS left out only if one is added",
+    "z_l0_output_last_token": "z of the last token at the first block's output",
+    "z_l0_cached": "z at the first block from the study's earlier all-layers cache",
+    "delta_l0_minus_embed": "first-block z minus raw-embedding z (last token)",
+    "embedding_pca_varexp": "variance fraction of the first 10 principal axes of the embeddings",
+    "embedding_cohen_d_pc0": "Cohen's d between the languages on the embeddings' first axis",
+    "norm_ratio_l0_over_embed": "mean norm at the first block's output over the embedding's",
+    "z_pca_2": "z of the embeddings projected on their top 2 principal axes",
+    "z_pca_5": "z of the embeddings projected on their top 5 principal axes",
+    "z_pca_10": "z of the embeddings projected on their top 10 principal axes",
+}
+
+_DECOMPOSITION_COLUMNS: dict[str, str] = {
+    "z_mean_full": "mean pool over all tokens",
+    "z_mean_shared": "mean pool over tokens both languages share",
+    "z_mean_nonshared": "mean pool over tokens of one language only",
+    "z_last": "last token",
+    "z_last_nonidentical": "last token, pairs whose last tokens differ",
+    "z_stratified": "last token, null permuting only within a category",
+}
+
+UNDEFINED = "undefined"
+
+
+@dataclass(frozen=True, eq=False)
+class ReportInputs:
+    """Everything a report shows; any part may be missing.
+
+    ``alignment`` and ``control_alignment`` are parsed ``alignment.json`` documents (the model
+    and its random-weights control); ``origin`` is the parsed ``origin.json``; ``pca`` maps a
+    site label to the vectors of its PCA scatter; ``provenance`` is a nested dict shown as a
+    flat table; ``summary_lines`` open the report.
+    """
+
+    title: str
+    alignment: Mapping[str, Any] | None = None
+    control_alignment: Mapping[str, Any] | None = None
+    origin: Mapping[str, Any] | None = None
+    pca: Mapping[str, PcaInput] = field(default_factory=dict)
+    heatmap: HeatmapInput | None = None
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    summary_lines: Sequence[str] = field(default_factory=list)
+
+
+def build_report(out_dir: Path, inputs: ReportInputs) -> dict[str, Path]:
+    """Return the paths written: ``"html"``, ``"md"`` and each figure's name -> its PNG.
+
+    Writes ``report.html`` (self-contained: inline CSS, figures as PNG data URIs, no scripts
+    or external links), ``report.md`` (figures by relative path) and every figure as
+    ``fig_<name>.png`` and ``fig_<name>.svg`` into ``out_dir``. Figure names: ``alignment``
+    (one language pair) or ``alignment_<x>-<y>`` (several pairs, the first
+    :data:`MAX_PAIRS`), ``pca`` and ``heatmap``, each only when its inputs are given.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, Path] = {}
+
+    blocks: list[Block] = []
+    nav: list[tuple[str, str]] = []
+    if inputs.summary_lines:
+        nav.append(("summary", "Summary"))
+    for anchor, label, section in (
+        ("alignment", "Alignment against depth", _alignment_section(out_dir, inputs, figures)),
+        ("pca", "PCA scatter", _pca_section(out_dir, inputs, figures)),
+        ("heatmap", "Similarity heatmap", _heatmap_section(out_dir, inputs, figures)),
+        ("origin", "Origin findings", _origin_section(inputs.origin)),
+        ("provenance", "Provenance", _provenance_section(inputs.provenance)),
+    ):
+        nav.append((anchor, label))
+        blocks.append(Heading(2, label, anchor))
+        blocks += section
+
+    html_path = out_dir / "report.html"
+    md_path = out_dir / "report.md"
+    html_path.write_text(to_html(inputs.title, blocks, inputs.summary_lines, nav), encoding="utf-8")
+    md_path.write_text(to_markdown(inputs.title, blocks, inputs.summary_lines), encoding="utf-8")
+    return {"html": html_path, "md": md_path, **figures}
+
+
+# ---------------------------------------------------------------------------------------------
+# Value formatting
+# ---------------------------------------------------------------------------------------------
+
+
+def fmt_value(v: Any, digits: int = 4) -> str:
+    """Return ``v`` as short text: numbers to ``digits`` significant digits, None as undefined."""
+    if v is None:
+        return UNDEFINED
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return "NaN" if math.isnan(v) else f"{float(v):.{digits}g}"
+    if isinstance(v, Mapping):
+        return ", ".join(f"{k}: {fmt_value(x, digits)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return ", ".join(fmt_value(x, digits) for x in v)
+    return str(v)
+
+
+def _value_cell(v: Any, reason: str | None, *, inline_reason: bool = True) -> Cell:
+    if v is None:
+        why = reason or "no reason recorded"
+        text = f"{UNDEFINED}: {why}" if inline_reason else UNDEFINED
+        return Cell(text, title=why, undefined=True)
+    return Cell(fmt_value(v))
+
+
+def _get(doc: Any, *keys: str) -> Any:
+    # Walks nested mappings; anything missing or of the wrong shape reads as None.
+    for k in keys:
+        if not isinstance(doc, Mapping):
+            return None
+        doc = doc.get(k)
+    return doc
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Yield ``(dotted.key, value)`` for every leaf of a nested mapping (lists of dicts too)."""
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            yield from flatten(v, f"{key}.")
+        elif isinstance(v, (list, tuple)) and v and all(isinstance(x, Mapping) for x in v):
+            for i, x in enumerate(v):
+                yield from flatten(x, f"{key}.{i}.")
+        else:
+            yield key, v
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+
+
+def _alignment_section(
+    out_dir: Path, inputs: ReportInputs, figures: dict[str, Path]
+) -> list[Block]:
+    main, control = inputs.alignment, inputs.control_alignment
+    pairs = alignment_pairs(main) or alignment_pairs(control)
+    if not pairs:
+        return [Para(f"No alignment results: the layer sweep is {UNDEFINED} for this run.")]
+    blocks: list[Block] = [
+        Para(
+            "Each panel is one metric against depth (embedding site first). Solid lines: the "
+            "model, one per pool, with confidence bands where the metric has them; dashed: the "
+            "same model with random weights (control). Gaps are undefined values."
+            + ("" if control else " No random-weights control was run.")
+        )
+    ]
+    if main and main.get("null"):
+        blocks.append(Para(f"Null distribution: {fmt_value(main.get('null'))}.", note=True))
+    if len(pairs) > MAX_PAIRS:
+        blocks.append(
+            Para(f"Showing the first {MAX_PAIRS} of {len(pairs)} language pairs.", note=True)
+        )
+    sites = alignment_sites(main, control)
+    metrics = alignment_metrics(main, control)
+    pools = alignment_pools(main, control)
+    for pair in pairs[:MAX_PAIRS]:
+        name = "alignment" if len(pairs) == 1 else f"alignment_{safe_name(f'{pair[0]}-{pair[1]}')}"
+        fig = alignment_figure(main, control, pair)
+        png, _ = save_figure(fig, out_dir, name)
+        figures[name] = png
+        if len(pairs) > 1:
+            blocks.append(Heading(3, f"{pair[0]} vs {pair[1]}"))
+        blocks.append(
+            Image(png, f"Alignment against depth, {pair[0]} vs {pair[1]}", _caption(pair, main))
+        )
+        tables: list[Block] = []
+        for label, doc in (("model", main), ("random-weights control", control)):
+            if not doc:
+                continue
+            for pool in pools:
+                tables.append(_alignment_table(doc, sites, pair, metrics, pool, label))
+        if tables:
+            blocks.append(Details(f"Values at every site ({pair[0]} vs {pair[1]})", tables))
+    return blocks
+
+
+def _caption(pair: tuple[str, str], doc: Mapping[str, Any] | None) -> str:
+    records = (doc or {}).get("records") or []
+    n = next((r.get("n") for r in records if isinstance(r, Mapping) and r.get("n")), None)
+    return f"{pair[0]} vs {pair[1]}" + (f", {n} pairs per site." if n else ".")
+
+
+def _alignment_table(
+    doc: Mapping[str, Any],
+    sites: list[str],
+    pair: tuple[str, str],
+    metrics: list[str],
+    pool: str,
+    label: str,
+) -> Table:
+    series = {m: alignment_series(doc, sites, pair, m, pool) for m in metrics}
+    rows: list[list[str | Cell]] = []
+    for i, site in enumerate(sites):
+        row: list[str | Cell] = [site]
+        for m in metrics:
+            v = series[m].value[i]
+            row.append(
+                Cell(fmt_value(float(v)))
+                if np.isfinite(v)
+                else Cell(UNDEFINED, title=series[m].reasons.get(site), undefined=True)
+            )
+        rows.append(row)
+    return Table(
+        ["site", *(METRIC_LABELS.get(m, m) for m in metrics)],
+        rows,
+        caption=f"{label}, {pool} pool",
+    )
+
+
+def _pca_section(out_dir: Path, inputs: ReportInputs, figures: dict[str, Path]) -> list[Block]:
+    if not inputs.pca:
+        return [Para(f"No vectors were given for the PCA scatter: it is {UNDEFINED}.")]
+    png, _ = save_figure(pca_figure(inputs.pca), out_dir, "pca")
+    figures["pca"] = png
+    sites = ", ".join(inputs.pca)
+    return [
+        Image(
+            png,
+            "PCA scatter of both languages",
+            f"Sites: {sites}. Colour: language; marker: category. Both languages share one "
+            "projection per site, so language clusters that sit apart mean language-specific "
+            "directions dominate.",
+        )
+    ]
+
+
+def _heatmap_section(out_dir: Path, inputs: ReportInputs, figures: dict[str, Path]) -> list[Block]:
+    hm = inputs.heatmap
+    if hm is None:
+        return [Para(f"No vectors were given for the similarity heatmap: it is {UNDEFINED}.")]
+    png, _ = save_figure(heatmap_figure(hm), out_dir, "heatmap")
+    figures["heatmap"] = png
+    grouped = " grouped by category (white lines mark the groups)" if hm.categories else ""
+    return [
+        Image(
+            png,
+            f"Cosine similarity heatmap at {hm.site}",
+            f"Cosine similarity of every {hm.lang_x} item (rows) with every {hm.lang_y} item "
+            f"(columns) at {hm.site}, {hm.pool} pool, rows and columns{grouped}. A bright "
+            "diagonal is instance-level alignment; bright blocks are category-level alignment.",
+        )
+    ]
+
+
+def _origin_section(origin: Mapping[str, Any] | None) -> list[Block]:
+    if not origin:
+        return [Para(f"No origin results: the origin study is {UNDEFINED} for this run.")]
+    blocks: list[Block] = []
+    facts = [
+        f"model: {fmt_value(origin.get('model'))}",
+        f"languages: {fmt_value(origin.get('languages'))}",
+        f"pairs: {fmt_value(origin.get('n_pairs'))}",
+        f"null: {fmt_value(origin.get('null'))}",
+    ]
+    blocks.append(Bullets(facts))
+    blocks += _seed_keys(origin)
+    blocks += _tokenizer_facts(origin)
+    blocks += _decomposition(origin.get("decomposition"), "Decomposition of the model's z")
+    control = origin.get("control")
+    if isinstance(control, Mapping):
+        blocks += _decomposition(
+            control.get("decomposition"), "Decomposition of the random-weights control's z"
+        )
+    blocks += _last_tokens(origin)
+    blocks += _token_classes(origin)
+    blocks += _shared_tokens(origin)
+    return blocks
+
+
+def _seed_keys(origin: Mapping[str, Any]) -> list[Block]:
+    undefined = _mapping(origin.get("undefined"))
+    control = origin.get("control") if isinstance(origin.get("control"), Mapping) else None
+    c_undefined = _mapping(_get(control, "undefined"))
+    columns = ["key", "value"] + (["random-weights control"] if control else []) + ["meaning"]
+    rows: list[list[str | Cell]] = []
+    for key, meaning in SEED_KEYS.items():
+        row: list[str | Cell] = [key, _seed_cell(origin, undefined, key)]
+        if control is not None:
+            row.append(_seed_cell(control, c_undefined, key))
+        row.append(meaning)
+        rows.append(row)
+    return [
+        Heading(3, "The seed study's keys"),
+        Table(columns, rows),
+    ]
+
+
+def _seed_cell(doc: Mapping[str, Any], undefined: Mapping[str, Any], key: str) -> Cell:
+    if key not in doc:
+        return _value_cell(None, str(undefined.get(key) or "not in origin.json"))
+    reason = undefined.get(key)
+    return _value_cell(doc.get(key), str(reason) if reason else None)
+
+
+def _tokenizer_facts(origin: Mapping[str, Any]) -> list[Block]:
+    tok = _mapping(origin.get("tokenizer"))
+    pos = _mapping(origin.get("positions"))
+    adds_bos = tok.get("adds_bos")
+    items = [
+        f"tokenizer: {fmt_value(tok.get('name'))}",
+        f"adds a BOS token: {fmt_value(adds_bos)}"
+        + (f" ({fmt_value(tok.get('bos_token'))})" if adds_bos else ""),
+    ]
+    unk = tok.get("unk_rate")
+    if isinstance(unk, Mapping):
+        items += [f"unknown-token rate, {lang}: {fmt_value(r)}" for lang, r in unk.items()]
+    else:
+        items.append(f"unknown-token rate: {UNDEFINED}")
+    has_pos = pos.get("has_additive_positions")
+    items.append(f"additive position embeddings: {fmt_value(has_pos)}")
+    items.append(f"embedding site captured: {fmt_value(pos.get('embed_site'))}")
+    blocks: list[Block] = [Heading(3, "BOS token and position embeddings"), Bullets(items)]
+    if adds_bos is False:
+        blocks.append(
+            Para(
+                "The tokenizer adds no BOS token, so dropping the first token as 'BOS' would "
+                "drop a real token; the mean pool here keeps every token.",
+                note=True,
+            )
+        )
+    if has_pos is True:
+        blocks.append(
+            Para(
+                "Position embeddings are added at the embedding site, so equal positions in "
+                "both languages contribute shared signal before any block runs.",
+                note=True,
+            )
+        )
+    return blocks
+
+
+def _decomposition(rows_in: Any, title: str) -> list[Block]:
+    if not isinstance(rows_in, list) or not rows_in:
+        return [Heading(3, title), Para(f"The decomposition is {UNDEFINED} (not computed).")]
+    entries = [r for r in rows_in if isinstance(r, Mapping)]
+    cats: dict[str, None] = {}
+    for r in entries:
+        within = r.get("z_within_category")
+        if isinstance(within, Mapping):
+            cats.update(dict.fromkeys(str(c) for c in within))
+    columns = ["site", *_DECOMPOSITION_COLUMNS, *(f"within category {c}" for c in cats)]
+    rows: list[list[str | Cell]] = []
+    notes: list[str] = []
+    for r in entries:
+        site = str(r.get("site", UNDEFINED))
+        reasons = _mapping(r.get("reasons"))
+        row: list[str | Cell] = [site]
+        for key in _DECOMPOSITION_COLUMNS:
+            row.append(_value_cell(r.get(key), _str_or_none(reasons.get(key)), inline_reason=False))
+        within = _mapping(r.get("z_within_category"))
+        for c in cats:
+            reason = next(
+                (
+                    reasons[k]
+                    for k in (f"z_within_category.{c}", f"z_within_category:{c}", c)
+                    if k in reasons
+                ),
+                reasons.get("z_within_category"),
+            )
+            row.append(_value_cell(within.get(c), _str_or_none(reason), inline_reason=False))
+        rows.append(row)
+        notes += [f"{site}, {k}: {v}" for k, v in reasons.items()]
+    legend = "; ".join(f"{k}: {v}" for k, v in _DECOMPOSITION_COLUMNS.items())
+    blocks: list[Block] = [Heading(3, title), Table(columns, rows), Para(legend, note=True)]
+    if notes:
+        blocks += [Para("Why some values are undefined:", note=True), Bullets(notes)]
+    return blocks
+
+
+def _mapping(v: Any) -> Mapping[str, Any]:
+    # A key that should hold a table but is missing or malformed reads as an empty one.
+    return v if isinstance(v, Mapping) else {}
+
+
+def _str_or_none(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+def _last_tokens(origin: Mapping[str, Any]) -> list[Block]:
+    table = origin.get("last_token_table")
+    head = Heading(3, "Last tokens")
+    if not isinstance(table, list) or not table:
+        return [head, Para(f"The last-token table is {UNDEFINED} (not computed).")]
+    entries = [r for r in table if isinstance(r, Mapping)]
+    langs = [str(x) for x in origin.get("languages") or []]
+    if not langs:
+        langs = [str(k) for k in entries[0] if k not in ("identical", "count")] if entries else []
+    rows: list[list[str | Cell]] = []
+    for r in entries:
+        # repr() shows whitespace and invisible characters in a token; None stays undefined.
+        tokens: list[str | Cell] = [
+            repr(r[lang]) if isinstance(r.get(lang), str) else _value_cell(r.get(lang), None)
+            for lang in langs
+        ]
+        rows.append([*tokens, fmt_value(r.get("identical")), fmt_value(r.get("count"))])
+    return [
+        head,
+        Table([*langs, "identical", "pairs"], rows),
+        Para(
+            "Identical last tokens have cosine 1 at the embedding site, so part of last-token "
+            "alignment there is token identity.",
+            note=True,
+        ),
+    ]
+
+
+def _token_classes(origin: Mapping[str, Any]) -> list[Block]:
+    counts = origin.get("token_classes")
+    head = Heading(3, "Token classes")
+    if not isinstance(counts, Mapping) or not counts:
+        return [head, Para(f"Token-class counts are {UNDEFINED} (not computed).")]
+    langs = [str(lang) for lang in counts]
+    per_lang = {str(k): (v if isinstance(v, Mapping) else {}) for k, v in counts.items()}
+    seen = {str(c) for v in per_lang.values() for c in v}
+    classes = [c for c in TOKEN_CLASSES if c in seen] + sorted(seen - set(TOKEN_CLASSES))
+    rows: list[list[str | Cell]] = [
+        [c, *(fmt_value(per_lang[lang].get(c, 0)) for lang in langs)] for c in classes
+    ]
+    totals = [sum(_num(v) for v in per_lang[lang].values()) for lang in langs]
+    rows.append(["total", *(fmt_value(t) for t in totals)])
+    return [head, Table(["class", *langs], rows, caption="Tokens of each class, whole corpus")]
+
+
+def _num(v: Any) -> int | float:
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+
+
+def _shared_tokens(origin: Mapping[str, Any]) -> list[Block]:
+    shared = origin.get("shared_tokens")
+    head = Heading(3, "Shared tokens")
+    if not isinstance(shared, Mapping) or not shared:
+        return [head, Para(f"Shared-token analysis is {UNDEFINED} (not computed).")]
+    cos = shared.get("embedding_cosine")
+    note = shared.get("embedding_cosine_note")
+    items = [
+        f"pairs sharing at least one token: {fmt_value(shared.get('pairs_with_shared'))} "
+        f"of {fmt_value(shared.get('total'))}",
+        f"embedding cosine of a shared token across languages: {fmt_value(cos)}"
+        + (f" ({note})" if note else ""),
+    ]
+    blocks: list[Block] = [head, Bullets(items)]
+    by_class = shared.get("by_class")
+    if isinstance(by_class, Mapping) and by_class:
+        blocks.append(
+            Table(
+                ["class", "shared tokens"],
+                [[str(c), fmt_value(n)] for c, n in by_class.items()],
+                caption="Shared tokens by class",
+            )
+        )
+    context = shared.get("context_cosine")
+    if isinstance(context, Mapping) and context:
+        blocks.append(
+            Table(
+                ["site", "mean cosine"],
+                [[str(s), _value_cell(v, None)] for s, v in context.items()],
+                caption="Cosine of a shared token's hidden state across languages, in context",
+            )
+        )
+    return blocks
+
+
+def _provenance_section(provenance: Mapping[str, Any]) -> list[Block]:
+    if not provenance:
+        return [Para(f"No provenance was recorded: it is {UNDEFINED}.")]
+    rows: list[list[str | Cell]] = []
+    for key, v in flatten(provenance):
+        if isinstance(v, (list, tuple)) and not all(isinstance(x, (str, int, float)) for x in v):
+            text = json.dumps(v, default=str)
+        else:
+            text = fmt_value(v, digits=6)
+        rows.append([key, Cell(text, undefined=v is None)])
+    return [Table(["item", "value"], rows)]
