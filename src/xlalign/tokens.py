@@ -37,7 +37,7 @@ def is_cjk(char: str) -> bool:
 def classify_text(text: str, *, special: bool = False) -> str:
     """The class of one token's decoded text (one of :data:`TOKEN_CLASSES`).
 
-    - ``special``: a special token of the tokenizer (BOS, EOS, [CLS], [SEP], [UNK], pad, ...);
+    - ``special``: a special token of the tokenizer (BOS, EOS, [CLS], [SEP], pad; not [UNK]);
     - ``partial``: a byte-level piece that decodes to part of a character (U+FFFD appears);
     - ``space``: whitespace only; ``cjk``: contains a CJK character;
     - ``digit``: decimal digits only (ignoring surrounding spaces);
@@ -73,7 +73,10 @@ class TokenClassifier:
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
-        self.special_ids = {int(i) for i in tokenizer.all_special_ids}
+        # [UNK] stands for real text the vocabulary lacks: it is counted by what it decodes to
+        # ("other"), and its rate is reported on its own, not hidden among BOS/EOS/CLS/SEP.
+        unk = getattr(tokenizer, "unk_token_id", None)
+        self.special_ids = {int(i) for i in tokenizer.all_special_ids} - {unk}
         self._cache: dict[int, tuple[str, str]] = {}
 
     def __call__(self, token_id: int) -> tuple[str, str]:

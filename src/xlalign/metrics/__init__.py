@@ -1,0 +1,70 @@
+"""Alignment metrics: pure functions on paired arrays (row i of x pairs with row i of y).
+
+No torch, no I/O, no printing; sums and moments in float64; every function returns a small
+frozen dataclass with ``to_dict()``. Bad input raises :class:`xlalign.errors.XlalignError`.
+Definitions, formulas and when to use which: ``docs/metrics.md``.
+"""
+
+from xlalign.metrics.bootstrap import CI, bootstrap_ci, cka_ci, p1_ci, z_ci
+from xlalign.metrics.permutation import (
+    DEGENERATE_STD,
+    ZResult,
+    draw_permutations,
+    matched_vs_scrambled_z,
+    matched_vs_scrambled_z_sweep,
+    null_samples,
+)
+from xlalign.metrics.retrieval import (
+    RetrievalResult,
+    XsimResult,
+    retrieval_hits,
+    retrieval_scores,
+    xsim_error,
+)
+from xlalign.metrics.separation import CohenResult, cohen_d_pc1, pca_subspace_z
+from xlalign.metrics.similarity import (
+    CkaResult,
+    CknnaResult,
+    HubResult,
+    KnnResult,
+    SvccaResult,
+    cknna,
+    linear_cka,
+    mutual_knn,
+    prepare_features,
+    semantic_hub_score,
+    svcca,
+)
+
+__all__ = [
+    "CI",
+    "DEGENERATE_STD",
+    "CkaResult",
+    "CknnaResult",
+    "CohenResult",
+    "HubResult",
+    "KnnResult",
+    "RetrievalResult",
+    "SvccaResult",
+    "XsimResult",
+    "ZResult",
+    "bootstrap_ci",
+    "cka_ci",
+    "cknna",
+    "cohen_d_pc1",
+    "draw_permutations",
+    "linear_cka",
+    "matched_vs_scrambled_z",
+    "matched_vs_scrambled_z_sweep",
+    "mutual_knn",
+    "null_samples",
+    "p1_ci",
+    "pca_subspace_z",
+    "prepare_features",
+    "retrieval_hits",
+    "retrieval_scores",
+    "semantic_hub_score",
+    "svcca",
+    "xsim_error",
+    "z_ci",
+]

@@ -1,0 +1,375 @@
+"""Representation similarity of paired sets: CKA, mutual k-NN, CKNNA, SVCCA, semantic hub.
+
+The CKA / k-NN / CKNNA / SVCCA definitions follow minyoungg/platonic-rep ``metrics.py`` (Huh et
+al. 2024, "The Platonic Representation Hypothesis"); the semantic-hub score follows Wu et al.
+2024. Differences from platonic-rep, all deliberate:
+
+- ``prepare``: platonic-rep's ``measure_alignment.py`` clamps every feature at the 0.95
+  quantile of ``|x|`` and L2-normalises rows before any metric. Here ``prepare=True`` does that
+  (see :func:`prepare_features`) and is the default for the k-NN metrics (``mutual_knn``,
+  ``cknna``); ``linear_cka`` and ``svcca`` default to the raw features, the textbook
+  definitions, which are invariant to rotations and isotropic scaling (clamping is not).
+- No ``+ 1e-6`` in the CKA / CKNNA denominators; a zero or negative denominator gives
+  ``None`` with a reason instead.
+- Exact SVD and canonical correlations instead of ``torch.svd_lowrank`` and sklearn's
+  iterative ``CCA``.
+- k-NN ties (equal similarities, within ``TIE_TOL``) go to the lower index; torch's ``topk``
+  leaves them unspecified.
+
+Everything is float64. Kernels are never formed whole: sums of kernel products are computed in
+feature space (``||A^T B||_F^2``) or in row blocks of the kernels, whichever costs less.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from xlalign.errors import XlalignError
+from xlalign.metrics._checks import (
+    CHUNK_ROWS,
+    TIE_TOL,
+    Result,
+    UnitRows,
+    check_k,
+    check_nonzero,
+    check_pair,
+)
+
+__all__ = [
+    "CkaResult",
+    "CknnaResult",
+    "HubResult",
+    "KnnResult",
+    "SvccaResult",
+    "cknna",
+    "linear_cka",
+    "mutual_knn",
+    "prepare_features",
+    "semantic_hub_score",
+    "svcca",
+]
+
+_BLOCK_ENTRIES = 2**24
+
+
+@dataclass(frozen=True)
+class CkaResult(Result):
+    """Linear CKA in [0, 1] (``None`` when a side has no variance, with the reason)."""
+
+    cka: float | None
+    unbiased: bool
+    n: int
+    undefined_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class KnnResult(Result):
+    """Mutual k-NN alignment: mean share of the ``k`` neighbours two spaces agree on."""
+
+    score: float
+    k: int
+    n: int
+
+
+@dataclass(frozen=True)
+class CknnaResult(Result):
+    """CKNNA: CKA restricted to mutual-k-NN pairs (``None`` when undefined, with the reason)."""
+
+    score: float | None
+    k: int
+    n: int
+    undefined_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class SvccaResult(Result):
+    """SVCCA: mean of the top ``dims`` canonical correlations between the top-``dims`` SVD
+    subspaces (``None`` when a side has fewer than ``dims`` non-zero directions)."""
+
+    score: float | None
+    dims: int
+    n: int
+    undefined_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class HubResult(Result):
+    """Semantic-hub score: mean matched cosine minus mean mismatched cosine."""
+
+    score: float
+    diag_mean: float
+    offdiag_mean: float
+    n: int
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def prepare_features(x: Any, q: float = 0.95) -> np.ndarray:
+    """``x`` clamped to ``[-t, t]`` then rows L2-normalised, float64 ``(n, d)``.
+
+    platonic-rep's ``prepare_features`` + ``F.normalize``: ``t`` is the mean over rows of each
+    row's ``q``-quantile of ``|x|`` (linear interpolation, as ``torch.quantile``; their default,
+    non-``--precise`` path). ``q = 1`` skips clamping. Zero rows raise ``XlalignError``.
+    """
+    return _prepare(np.asarray(x), q, "features")
+
+
+def _prepare(x: np.ndarray, q: float, name: str) -> np.ndarray:
+    a = np.array(x, dtype=np.float64)
+    if a.ndim != 2:
+        raise XlalignError(f"{name} must be 2-D (n, d); got shape {a.shape}")
+    if not 0 < q <= 1:
+        raise XlalignError(f"q must be in (0, 1]; got {q}")
+    if q < 1:
+        t = float(np.quantile(np.abs(a), q, axis=1).mean())
+        np.clip(a, -t, t, out=a)
+    norms = np.sqrt(np.einsum("ij,ij->i", a, a))
+    check_nonzero(norms, name)
+    return a / norms[:, None]
+
+
+def _features(x: Any, y: Any, min_pairs: int, prepare: bool) -> tuple[np.ndarray, np.ndarray]:
+    xa, ya = check_pair(x, y, min_pairs=min_pairs, same_dim=False)
+    if prepare:
+        return _prepare(xa, 0.95, "x"), _prepare(ya, 0.95, "y")
+    return np.asarray(xa, dtype=np.float64), np.asarray(ya, dtype=np.float64)
+
+
+def _row_blocks(n: int) -> Iterator[slice]:
+    rows = max(1, _BLOCK_ENTRIES // n)
+    for start in range(0, n, rows):
+        yield slice(start, min(n, start + rows))
+
+
+def _cross_sq(a: np.ndarray, b: np.ndarray, path: str = "auto") -> float:
+    """``||a^T b||_F^2 = tr(a a^T b b^T)`` for ``a (n, da)``, ``b (n, db)``."""
+    n, da = a.shape
+    db = b.shape[1]
+    if path == "auto":
+        path = "feature" if da * db <= n * (da + db) else "gram"
+    if path == "feature":
+        c = a.T @ b
+        return float(np.einsum("ij,ij->", c, c))
+    total = 0.0
+    for rows in _row_blocks(n):
+        total += float(np.einsum("ij,ij->", a[rows] @ a.T, b[rows] @ b.T))
+    return total
+
+
+def _centred(a: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Column-centred copy and whether any variance is left (not just rounding residue)."""
+    c = a - a.mean(axis=0)
+    flat = np.sqrt(np.einsum("ij,ij->", c, c)) <= 1e-10 * np.sqrt(np.einsum("ij,ij->", a, a))
+    return c, not flat
+
+
+def _hsic_unbiased_linear(a: np.ndarray, b: np.ndarray, path: str = "auto") -> float:
+    """Song et al. (2012) unbiased HSIC of the linear kernels ``a a^T``, ``b b^T``.
+
+    ``[tr(K~L~) + 1'K~1 1'L~1 / ((m-1)(m-2)) - 2/(m-2) 1'K~L~1] / (m(m-3))`` with ``K~`` the
+    kernel with its diagonal zeroed, evaluated from feature sums without forming ``K``.
+    """
+    m = a.shape[0]
+    kd = np.einsum("ij,ij->i", a, a)
+    ld = np.einsum("ij,ij->i", b, b)
+    k1 = a @ a.sum(axis=0) - kd
+    l1 = b @ b.sum(axis=0) - ld
+    tr = _cross_sq(a, b, path) - float(kd @ ld)
+    return (
+        tr + float(k1.sum()) * float(l1.sum()) / ((m - 1) * (m - 2)) - 2 * float(k1 @ l1) / (m - 2)
+    ) / (m * (m - 3))
+
+
+# --------------------------------------------------------------------------- CKA
+
+
+def linear_cka(x: Any, y: Any, unbiased: bool = False, prepare: bool = False) -> CkaResult:
+    """Linear CKA of ``x (n, d_x)`` and ``y (n, d_y)`` (rows paired; widths may differ).
+
+    Biased (Kornblith et al. 2019): ``HSIC(K, L) = tr(K H L H)`` with ``K = x x^T``,
+    ``H = I - 11^T/n``, and ``CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))``, computed as
+    ``||Xc^T Yc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)``. ``unbiased=True`` uses Song et al.'s
+    unbiased HSIC (needs ``n >= 4``; can be slightly negative). Memory: ``O(d_x d_y)`` or one
+    row block of the kernels, never ``n x n``.
+
+    Args:
+        prepare: clamp and L2-normalise first as platonic-rep does (:func:`prepare_features`).
+    """
+    fx, fy = _features(x, y, 4 if unbiased else 3, prepare)
+    n = fx.shape[0]
+    xc, x_var = _centred(fx)
+    yc, y_var = _centred(fy)
+    if not (x_var and y_var):
+        side = "x" if not x_var else "y"
+        reason = f"{side} has no variance: all its rows are identical, so CKA is 0/0"
+        return CkaResult(cka=None, unbiased=unbiased, n=n, undefined_reason=reason)
+    if unbiased:
+        # Unbiased HSIC is unchanged by centring the features; centring first avoids
+        # cancellation when hidden states share a large mean vector.
+        hxy = _hsic_unbiased_linear(xc, yc)
+        hxx = _hsic_unbiased_linear(xc, xc)
+        hyy = _hsic_unbiased_linear(yc, yc)
+    else:
+        hxy, hxx, hyy = _cross_sq(xc, yc), _cross_sq(xc, xc), _cross_sq(yc, yc)
+    if hxx <= 0 or hyy <= 0:
+        reason = "the unbiased HSIC of a side with itself is not positive (too few pairs?)"
+        return CkaResult(cka=None, unbiased=unbiased, n=n, undefined_reason=reason)
+    return CkaResult(cka=float(hxy / np.sqrt(hxx * hyy)), unbiased=unbiased, n=n)
+
+
+# --------------------------------------------------------------------------- k-NN metrics
+
+
+def _topk_mask(vals: np.ndarray, k: int) -> np.ndarray:
+    """Boolean mask with exactly ``k`` True per row: the largest values, ties to lower index."""
+    kth = -np.partition(-vals, k - 1, axis=1)[:, k - 1 : k]
+    above = vals > kth + TIE_TOL
+    near = np.abs(vals - kth) <= TIE_TOL
+    need = k - above.sum(axis=1, keepdims=True)
+    return above | (near & (np.cumsum(near, axis=1) <= need))
+
+
+def _knn_blocks(f: np.ndarray, k: int) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """Per row block: ``(rows, inner products (b, n), k-NN mask (b, n))``, self excluded."""
+    n = f.shape[0]
+    for rows in _row_blocks(n):
+        g = f[rows] @ f.T
+        local = np.arange(rows.stop - rows.start)
+        g[local, local + rows.start] = -np.inf
+        yield rows, g, _topk_mask(g, k)
+
+
+def mutual_knn(x: Any, y: Any, k: int = 10, prepare: bool = True) -> KnnResult:
+    """Mean over i of ``|kNN_x(i) ∩ kNN_y(i)| / k``, neighbours by inner product, self excluded.
+
+    platonic-rep ``mutual_knn`` (topk 10). With ``prepare`` (default) features are clamped and
+    L2-normalised first, so the inner product is a cosine. Needs ``1 <= k <= n - 1``.
+    """
+    fx, fy = _features(x, y, 3, prepare)
+    n = fx.shape[0]
+    check_k(k, n, "mutual_knn")
+    overlap = 0
+    for (_, _, mx), (_, _, my) in zip(_knn_blocks(fx, k), _knn_blocks(fy, k), strict=True):
+        overlap += int(np.count_nonzero(mx & my))
+    return KnnResult(score=overlap / (n * k), k=int(k), n=n)
+
+
+def _sparse_hsic(rows: np.ndarray, cols: np.ndarray, a: np.ndarray, b: np.ndarray, m: int) -> float:
+    """Unbiased HSIC of ``A``, ``B`` that are zero except ``A[rows, cols] = a``, same for b.
+
+    ``(rows, cols)`` must be sorted row-major and off the diagonal.
+    """
+    keys = rows * m + cols
+    rev = cols * m + rows
+    pos = np.searchsorted(keys, rev)
+    pos = np.minimum(pos, keys.size - 1)
+    hit = keys[pos] == rev
+    tr = float(a[hit] @ b[pos[hit]])  # sum_ij A_ij B_ji
+    col_a = np.bincount(cols, weights=a, minlength=m)
+    row_b = np.bincount(rows, weights=b, minlength=m)
+    return (
+        tr
+        + float(a.sum()) * float(b.sum()) / ((m - 1) * (m - 2))
+        - 2 * float(col_a @ row_b) / (m - 2)
+    ) / (m * (m - 3))
+
+
+def cknna(x: Any, y: Any, k: int = 10, prepare: bool = True) -> CknnaResult:
+    """CKNNA: CKA restricted to the pairs both spaces call neighbours (platonic-rep, unbiased).
+
+    With ``K = x x^T``, ``L = y y^T`` and ``M_K[i, j] = 1`` iff j is among i's ``k`` nearest
+    (self excluded, ties to the lower index): ``sim(K, L) = HSIC_u(M∘K, M∘L)`` with
+    ``M = M_K ∘ M_L`` and ``score = sim(K, L) / sqrt(sim(K, K) sim(L, L))``. Stored sparsely
+    (``n k`` entries). Needs ``n >= 4`` and ``2 <= k <= n - 1``.
+    """
+    fx, fy = _features(x, y, 4, prepare)
+    n = fx.shape[0]
+    check_k(k, n, "cknna", low=2)
+    parts: dict[str, list[np.ndarray]] = {
+        "kr": [],
+        "kc": [],
+        "kv": [],
+        "lr": [],
+        "lc": [],
+        "lv": [],
+    }
+    for (rows, gk, mk), (_, gl, ml) in zip(_knn_blocks(fx, k), _knn_blocks(fy, k), strict=True):
+        for tag, g, mask in (("k", gk, mk), ("l", gl, ml)):
+            r, c = np.nonzero(mask)
+            parts[tag + "r"].append(r + rows.start)
+            parts[tag + "c"].append(c)
+            parts[tag + "v"].append(g[r, c])
+    kr, kc, kv = (np.concatenate(parts["k" + s]) for s in "rcv")
+    lr, lc, lv = (np.concatenate(parts["l" + s]) for s in "rcv")
+    _, ik, il = np.intersect1d(kr * n + kc, lr * n + lc, assume_unique=True, return_indices=True)
+    sim_kl = _sparse_hsic(kr[ik], kc[ik], kv[ik], lv[il], n)
+    sim_kk = _sparse_hsic(kr, kc, kv, kv, n)
+    sim_ll = _sparse_hsic(lr, lc, lv, lv, n)
+    if sim_kk * sim_ll <= 0:
+        reason = "the k-NN-restricted HSIC of a side with itself is not positive"
+        return CknnaResult(score=None, k=int(k), n=n, undefined_reason=reason)
+    return CknnaResult(score=float(sim_kl / np.sqrt(sim_kk * sim_ll)), k=int(k), n=n)
+
+
+# --------------------------------------------------------------------------- SVCCA
+
+
+def svcca(x: Any, y: Any, dims: int = 10, prepare: bool = False) -> SvccaResult:
+    """SVCCA: mean canonical correlation of the top-``dims`` SVD subspaces of x and y.
+
+    Raghu et al. 2017, as platonic-rep's ``svcca`` with ``cca_dim = dims``.
+
+    Each side is centred and scaled to unit std per feature (``ddof=1``; constant features stay
+    0), reduced to its top ``dims`` left singular vectors ``U`` (``(n, dims)``, orthonormal);
+    the canonical correlations of two orthonormal bases are the singular values of
+    ``U_x^T U_y``, and the score is their mean. Needs ``1 <= dims <= min(n - 1, d_x, d_y)``.
+    """
+    fx, fy = _features(x, y, 3, prepare)
+    n = fx.shape[0]
+    limit = min(n - 1, fx.shape[1], fy.shape[1])
+    if not isinstance(dims, (int, np.integer)) or not 1 <= dims <= limit:
+        raise XlalignError(
+            f"svcca: dims must be between 1 and min(n - 1, d_x, d_y) = {limit}; got {dims!r}"
+        )
+    bases = []
+    for side, f in (("x", fx), ("y", fy)):
+        c = f - f.mean(axis=0)
+        sd = c.std(axis=0, ddof=1)
+        c /= np.where(sd > 0, sd, 1.0)
+        u, s, _ = np.linalg.svd(c, full_matrices=False)
+        if s[0] == 0 or s[dims - 1] <= s[0] * max(c.shape) * np.finfo(np.float64).eps:
+            reason = f"{side} has fewer than dims={dims} non-zero directions after centring"
+            return SvccaResult(score=None, dims=int(dims), n=n, undefined_reason=reason)
+        bases.append(u[:, :dims])
+    rho = np.linalg.svd(bases[0].T @ bases[1], compute_uv=False)
+    return SvccaResult(score=float(np.clip(rho, 0.0, 1.0).mean()), dims=int(dims), n=n)
+
+
+# --------------------------------------------------------------------------- semantic hub
+
+
+def semantic_hub_score(x: Any, y: Any) -> HubResult:
+    """Mean ``cos(x_i, y_i)`` minus mean ``cos(x_i, y_j)`` over ``i != j`` (Wu et al. 2024).
+
+    The off-diagonal mean is the exact mean of the scrambled null, from sums of unit rows:
+    ``sum_ij S_ij = (sum_i x_i) . (sum_j y_j)``; nothing ``n x n`` is formed. Needs ``n >= 2``.
+    """
+    xa, ya = check_pair(x, y, min_pairs=2)
+    xu, yu = UnitRows(xa, "x"), UnitRows(ya, "y")
+    n = xu.n
+    sx = np.zeros(xu.d)
+    sy = np.zeros(yu.d)
+    diag = 0.0
+    for start in range(0, n, CHUNK_ROWS):
+        rows = slice(start, start + CHUNK_ROWS)
+        xb, yb = xu.take(rows), yu.take(rows)
+        sx += xb.sum(axis=0)
+        sy += yb.sum(axis=0)
+        diag += float(np.einsum("ij,ij->", xb, yb))
+    off = (float(sx @ sy) - diag) / (n * (n - 1))
+    return HubResult(score=diag / n - off, diag_mean=diag / n, offdiag_mean=off, n=n)

@@ -1,0 +1,530 @@
+"""Load a Hugging Face model and find the parts capture hooks into: embedding, blocks, final norm.
+
+:func:`load_model` takes a Hub id or a local folder and returns a :class:`LoadedModel`: the
+model, its tokenizer, a :class:`ModelAdapter` that names the embedding module, the list of
+transformer blocks and the final norm, and the facts a run records (dtype, device, revision,
+whether the tokenizer adds a BOS token).
+
+How the adapter finds the parts
+-------------------------------
+Everything is looked up on ``model.base_model`` (``Qwen2ForCausalLM.model``,
+``GPT2LMHeadModel.transformer``, a bare ``BertModel`` itself), because capture runs the base
+model only: hidden states never need the LM head.
+
+1. Known families (:data:`FAMILIES`, keyed by ``config.model_type``): Qwen2/Qwen3, Llama,
+   Mistral, Mixtral, Gemma 1-3, Phi, GPT-2, GPT-J, GPT-NeoX, BERT, RoBERTa, XLM-R, OPT, Bloom,
+   Falcon and a few more, each with the attribute paths of its parts.
+2. Anything else (or a known family whose paths do not resolve), the generic search:
+   the embedding is ``base.get_input_embeddings()``; the blocks are the shallowest
+   ``nn.ModuleList`` holding ``config.num_hidden_layers`` modules of one class; the final norm
+   is the first of ``norm``, ``ln_f``, ``final_layer_norm``, ``final_layernorm``, ``final_norm``,
+   ``ln_final``, ``norm_f`` found on the base model (none: the ``final`` site is unavailable);
+   additive positions are an ``nn.Embedding`` called ``wpe``, ``position_embeddings`` or
+   ``embed_positions`` outside the blocks.
+
+When a part cannot be found the error says which one and in what class it was looked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from xlalign.errors import XlalignError
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class FamilyPaths:
+    """Attribute paths of one family's parts, relative to ``model.base_model``."""
+
+    embedding: str
+    blocks: str
+    final_norm: str | None
+    #: module that adds absolute position embeddings (GPT-2 ``wpe``, BERT
+    #: ``embeddings.position_embeddings``); None for rotary/ALiBi models.
+    positions: str | None = None
+
+
+_DECODER = FamilyPaths("embed_tokens", "layers", "norm")
+_BERT = FamilyPaths("embeddings", "encoder.layer", None, "embeddings.position_embeddings")
+
+_DECODER_TYPES = (
+    *("qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "llama", "mistral", "mixtral", "gemma"),
+    *("gemma2", "gemma3_text", "olmo", "olmo2", "granite", "cohere", "stablelm", "phi3"),
+    *("starcoder2", "smollm3"),
+)
+_BERT_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "xlm-roberta-xl")
+
+#: ``config.model_type`` -> where the parts are.
+FAMILIES: dict[str, FamilyPaths] = {
+    **dict.fromkeys(_DECODER_TYPES, _DECODER),
+    **dict.fromkeys(_BERT_TYPES, _BERT),
+    "phi": FamilyPaths("embed_tokens", "layers", "final_layernorm"),
+    "gpt2": FamilyPaths("wte", "h", "ln_f", "wpe"),
+    "gptj": FamilyPaths("wte", "h", "ln_f"),
+    "gpt_neox": FamilyPaths("embed_in", "layers", "final_layer_norm"),
+    "bloom": FamilyPaths("word_embeddings", "h", "ln_f"),
+    "falcon": FamilyPaths("word_embeddings", "h", "ln_f"),
+    "opt": FamilyPaths(
+        "decoder.embed_tokens",
+        "decoder.layers",
+        "decoder.final_layer_norm",
+        "decoder.embed_positions",
+    ),
+}
+
+#: Families whose absolute position ids start at ``pad_token_id + 1`` (fairseq convention).
+PADDING_OFFSET_FAMILIES = frozenset({"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"})
+
+#: Encoder families loaded with ``AutoModel`` even when no ``architectures`` are recorded.
+ENCODER_FAMILIES = frozenset(
+    {"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "deberta",
+     "deberta-v2", "xlm-roberta-xl", "mpnet", "albert"}
+)  # fmt: skip
+
+_NORM_NAMES = (
+    *("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm", "ln_final", "norm_f"),
+)
+_POSITION_NAMES = ("wpe", "position_embeddings", "embed_positions")
+
+
+@dataclass
+class ModelAdapter:
+    """Where one model keeps the parts that capture hooks into.
+
+    ``base`` is the module whose forward runs embedding -> blocks -> final norm;
+    ``blocks[i]``'s output is site ``L{i}``; the input of ``blocks[0]`` is site ``embed``.
+    """
+
+    family: str
+    base: nn.Module
+    embedding: nn.Module
+    blocks: list[nn.Module]
+    final_norm: nn.Module | None
+    has_additive_positions: bool
+    #: full module paths (from the top model) for the manifest: ``embedding``, ``blocks``
+    #: (a prefix; block i is ``{blocks}.{i}``), ``final_norm``, ``base``, ``positions``.
+    paths: dict[str, str | None] = field(default_factory=dict)
+    #: absolute position of the first real token (RoBERTa/XLM-R: ``pad_token_id + 1``).
+    position_offset: int = 0
+    #: position id given to padding (RoBERTa/XLM-R: ``pad_token_id``).
+    pad_position: int = 0
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for capture, with the facts a run records about it."""
+
+    model: nn.Module
+    tokenizer: Any
+    adapter: ModelAdapter
+    model_id: str
+    revision: str | None = None
+    #: the Hub commit the files came from, where transformers knows it.
+    commit_hash: str | None = None
+    #: sampled SHA-256 of the weight files of a local folder (see :func:`weights_fingerprint`).
+    weights_fingerprint: str | None = None
+    dtype: torch.dtype = torch.float32
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    device_map: str | None = None
+    adds_bos: bool = False
+    bos_token: str | None = None
+    adds_eos: bool = False
+    random_init_seed: int | None = None
+    is_causal_lm: bool = False
+
+    @property
+    def family(self) -> str:
+        return self.adapter.family
+
+    @property
+    def n_layers(self) -> int:
+        return self.adapter.n_layers
+
+    @property
+    def d_model(self) -> int:
+        config = getattr(self.model, "config", None)
+        d = getattr(config, "hidden_size", None)
+        if isinstance(d, int):
+            return d
+        weight = getattr(self.adapter.embedding, "weight", None)
+        if weight is None:
+            raise XlalignError(f"cannot tell the hidden size of {type(self.model).__name__}")
+        return int(weight.shape[-1])
+
+    @property
+    def max_positions(self) -> int | None:
+        """Longest input (in tokens) the model's position scheme allows, if it has a limit."""
+        n = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        if not isinstance(n, int):
+            return None
+        return n - self.adapter.position_offset if self.adapter.position_offset else n
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as torch reads it."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as e:
+        raise XlalignError(f"unknown device '{device}': use cpu, cuda, cuda:N or auto") from e
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise XlalignError(f"device '{device}' asked for, but CUDA is not available here")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The dtype to load in: as asked, else float32 on CPU and bfloat16 on CUDA."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise XlalignError(f"dtype {dtype} not supported: use one of {', '.join(DTYPES)}")
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise XlalignError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+#: What a Hub id looks like: ``name`` or ``org/name``; anything else is taken as a path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or (os.sep in model and not _HUB_ID.match(model))
+
+
+def is_causal_lm_config(config: Any) -> bool:
+    """True when ``config`` describes a decoder LM (loaded with ``AutoModelForCausalLM``)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    archs: Sequence[str] = getattr(config, "architectures", None) or ()
+    if archs:
+        return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    model_type = getattr(config, "model_type", "")
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in ENCODER_FAMILIES
+
+
+def load_model(
+    model: str,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "auto",
+    device_map: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    random_init_seed: int | None = None,
+) -> LoadedModel:
+    """Load ``model`` (a Hub id or a local folder) and its tokenizer for capture.
+
+    Decoder LMs load with ``AutoModelForCausalLM``, everything else with ``AutoModel``.
+    ``random_init_seed`` builds the same architecture from the loaded config with fresh weights
+    (``torch.manual_seed(random_init_seed)``, no weights read): the random-init control.
+    ``device_map`` (e.g. ``"auto"``, needs Accelerate) spreads a large model over devices and
+    overrides ``device``.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(model).expanduser()
+    if not local.exists() and _looks_like_path(model):
+        raise XlalignError(f"model path '{model}' does not exist")
+    source = str(local) if local.exists() else model
+    if local.exists() and not local.is_dir():
+        raise XlalignError(f"model path '{model}' is a file; give the folder that holds it")
+
+    torch_device = resolve_device("cuda" if device_map and device == "auto" else device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    hub_kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(source, **hub_kwargs)
+    except OSError as e:
+        raise XlalignError(
+            f"cannot load model '{model}': no such local folder, and the Hub gave: {_first_line(e)}"
+        ) from None
+    except ValueError as e:
+        raise XlalignError(f"cannot load the config of '{model}': {_first_line(e)}") from None
+    if getattr(config, "is_encoder_decoder", False):
+        raise XlalignError(
+            f"'{model}' is an encoder-decoder model ({config.model_type}); xlalign captures "
+            "decoder-only and encoder-only models"
+        )
+    causal = is_causal_lm_config(config)
+    auto = AutoModelForCausalLM if causal else AutoModel
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **hub_kwargs)
+    except (OSError, ValueError) as e:
+        raise XlalignError(f"cannot load the tokenizer of '{model}': {_first_line(e)}") from None
+
+    net: nn.Module
+    try:
+        if random_init_seed is not None:
+            # The random-init control: same config, fresh weights, nothing read from disk.
+            torch.manual_seed(random_init_seed)
+            net = auto.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        else:
+            load_kwargs: dict[str, Any] = dict(hub_kwargs, dtype=torch_dtype)
+            if device_map is not None:
+                load_kwargs["device_map"] = device_map
+            net = auto.from_pretrained(source, **load_kwargs)
+        if device_map is None or random_init_seed is not None:  # from_config takes no map
+            net = net.to(torch_device)
+    except OSError as e:
+        raise XlalignError(f"cannot load the weights of '{model}': {_first_line(e)}") from None
+    except ImportError as e:
+        raise XlalignError(f"cannot load '{model}': {_first_line(e)}") from None
+    net.eval()
+
+    adapter = resolve_adapter(net)
+    embed_weight = next(adapter.embedding.parameters(), None)
+    device_used = embed_weight.device if embed_weight is not None else torch_device
+    adds_bos, bos_token, adds_eos = detect_special_tokens(tokenizer)
+    return LoadedModel(
+        model=net,
+        tokenizer=tokenizer,
+        adapter=adapter,
+        model_id=model,
+        revision=revision,
+        commit_hash=getattr(config, "_commit_hash", None),
+        weights_fingerprint=weights_fingerprint(local) if local.is_dir() else None,
+        dtype=torch_dtype,
+        device=device_used,
+        device_map=device_map,
+        adds_bos=adds_bos,
+        bos_token=bos_token,
+        adds_eos=adds_eos,
+        random_init_seed=random_init_seed,
+        is_causal_lm=causal,
+    )
+
+
+def wrap_model(
+    model: nn.Module,
+    tokenizer: Any,
+    *,
+    model_id: str = "<memory>",
+    random_init_seed: int | None = None,
+) -> LoadedModel:
+    """A :class:`LoadedModel` for a model already in memory (benchmarks, notebooks)."""
+    model.eval()
+    adapter = resolve_adapter(model)
+    weight = next(model.parameters())
+    adds_bos, bos_token, adds_eos = detect_special_tokens(tokenizer)
+    config = getattr(model, "config", None)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        adapter=adapter,
+        model_id=model_id,
+        dtype=weight.dtype,
+        device=weight.device,
+        adds_bos=adds_bos,
+        bos_token=bos_token,
+        adds_eos=adds_eos,
+        random_init_seed=random_init_seed,
+        is_causal_lm=config is not None and is_causal_lm_config(config),
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def detect_special_tokens(
+    tokenizer: Any, probe: str = "Hello world"
+) -> tuple[bool, str | None, bool]:
+    """``(adds_bos, bos_token, adds_eos)`` found by tokenising ``probe`` with special tokens.
+
+    ``adds_bos`` is true when the first id is the BOS id or, for tokenizers with no BOS token
+    (BERT, XLM-R), the CLS id: either way a token the tokenizer put in front of the text.
+    Qwen2-style tokenizers add nothing, and then nothing should be skipped.
+    """
+    ids = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
+    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    if not ids:
+        return False, None, False
+    first_token: str | None = None
+    for attr in ("bos_token", "cls_token"):
+        token_id = getattr(tokenizer, f"{attr}_id", None)
+        if token_id is not None and ids[0] == token_id and (not plain or plain[0] != token_id):
+            first_token = getattr(tokenizer, attr)
+            break
+    last_added = False
+    for attr in ("eos_token", "sep_token"):
+        token_id = getattr(tokenizer, f"{attr}_id", None)
+        if token_id is not None and ids[-1] == token_id and (not plain or plain[-1] != token_id):
+            last_added = True
+            break
+    return first_token is not None, first_token, last_added
+
+
+def weights_fingerprint(folder: Path, sample_bytes: int = 1 << 20) -> str | None:
+    """A sampled SHA-256 of a local folder's weight files, or None when it holds none.
+
+    Hashes each ``*.safetensors`` / ``*.bin`` file's name and size, its first ``sample_bytes``
+    (for safetensors that includes the header with every tensor's name, shape and offset) and
+    its last ``sample_bytes``. Cheap on multi-GB checkpoints, and any re-save changes it.
+    """
+    files = sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")])
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        h.update(f"{path.name}\0{size}\0".encode())
+        with path.open("rb") as f:
+            h.update(f.read(sample_bytes))
+            if size > sample_bytes:
+                f.seek(max(sample_bytes, size - sample_bytes))
+                h.update(f.read(sample_bytes))
+    return "sha256-sampled:" + h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# adapters
+
+
+def _get_path(root: nn.Module, path: str) -> Any:
+    obj: Any = root
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def resolve_adapter(model: nn.Module) -> ModelAdapter:
+    """Find the embedding, the blocks and the final norm of ``model`` (see the module doc)."""
+    config = getattr(model, "config", None)
+    family = str(getattr(config, "model_type", type(model).__name__.lower()))
+    base = getattr(model, "base_model", None)
+    if not isinstance(base, nn.Module):
+        base = model
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def path_of(m: nn.Module | None) -> str | None:
+        return None if m is None else (names.get(id(m)) or "<root>")
+
+    paths = FAMILIES.get(family)
+    found = _from_family(base, paths) if paths is not None else None
+    if found is None:
+        found = _generic_search(base, config, family)
+    embedding, blocks_module, final_norm, positions = found
+    blocks = list(blocks_module)
+    offset, pad_position = 0, 0
+    if family in PADDING_OFFSET_FAMILIES:
+        pad_id = getattr(config, "pad_token_id", None)
+        pad_position = int(pad_id) if pad_id is not None else 1
+        offset = pad_position + 1
+    return ModelAdapter(
+        family=family,
+        base=base,
+        embedding=embedding,
+        blocks=blocks,
+        final_norm=final_norm,
+        has_additive_positions=positions is not None,
+        paths={
+            "base": path_of(base),
+            "embedding": path_of(embedding),
+            "blocks": path_of(blocks_module),
+            "final_norm": path_of(final_norm),
+            "positions": path_of(positions),
+        },
+        position_offset=offset,
+        pad_position=pad_position,
+    )
+
+
+_Found = tuple[nn.Module, nn.ModuleList, nn.Module | None, nn.Module | None]
+
+
+def _from_family(base: nn.Module, paths: FamilyPaths) -> _Found | None:
+    embedding = _get_path(base, paths.embedding)
+    blocks = _get_path(base, paths.blocks)
+    if not isinstance(embedding, nn.Module) or not isinstance(blocks, nn.ModuleList):
+        return None
+    final_norm = _get_path(base, paths.final_norm) if paths.final_norm else None
+    positions = _get_path(base, paths.positions) if paths.positions else None
+    return (
+        embedding,
+        blocks,
+        final_norm if isinstance(final_norm, nn.Module) else None,
+        positions if isinstance(positions, nn.Module) else None,
+    )
+
+
+def _generic_search(base: nn.Module, config: Any, family: str) -> _Found:
+    where = f"{type(base).__name__} (model_type '{family}')"
+    try:
+        embedding = base.get_input_embeddings()  # type: ignore[operator]
+    except (AttributeError, NotImplementedError, TypeError):
+        embedding = None
+    if not isinstance(embedding, nn.Module):
+        raise XlalignError(
+            f"unsupported model: no input embedding module found in {where} "
+            "(get_input_embeddings() gave none)"
+        )
+    n_layers = getattr(config, "num_hidden_layers", None)
+    candidates = [
+        (name, m)
+        for name, m in base.named_modules()
+        if isinstance(m, nn.ModuleList)
+        and len(m) > 0
+        and (n_layers is None or len(m) == n_layers)
+        and len({type(b) for b in m}) == 1
+    ]
+    if not candidates:
+        wanted = f"{n_layers} " if n_layers is not None else ""
+        raise XlalignError(
+            f"unsupported model: no list of transformer blocks found in {where} "
+            f"(looked for an nn.ModuleList of {wanted}identical modules)"
+        )
+    _, blocks = min(candidates, key=lambda c: c[0].count("."))
+    final_norm = next(
+        (m for name in _NORM_NAMES if isinstance(m := getattr(base, name, None), nn.Module)), None
+    )
+    inside_blocks = {id(m) for m in blocks.modules()}
+    positions = next(
+        (
+            m
+            for name, m in base.named_modules()
+            if name.rsplit(".", 1)[-1] in _POSITION_NAMES
+            and isinstance(m, nn.Embedding)
+            and id(m) not in inside_blocks
+        ),
+        None,
+    )
+    return embedding, blocks, final_norm, positions

@@ -1,0 +1,166 @@
+"""Pooling a padded batch of hidden states into one vector per prompt, on the device.
+
+Pools (``B`` prompts, ``T`` padded positions, ``d`` hidden size):
+
+- ``last``: the last real token (attention mask 1), wherever padding sits.
+- ``first``: the first real token ([CLS] for BERT-style tokenizers, the first text token for
+  Qwen2-style ones that add no BOS).
+- ``mean``: the mean over real tokens that are not special tokens; special tokens come from the
+  tokenizer's ``special_tokens_mask``, never from their position.
+- ``weighted``: MEXA's position-weighted mean (Kargaran et al. 2024, cisnlp/MEXA):
+  ``sum_t t*m_t*h_t / sum_t t*m_t`` with ``t`` the 1-based position among real tokens and
+  ``m`` the attention mask.
+- ``tokens``: every real token's vector (special tokens included), stored flat.
+
+Every pool reads only real positions: padding is zeroed with ``where`` before any sum, because
+a padded row may hold NaN or garbage and ``0 * NaN`` is NaN. Every vector pool is a weighted sum
+over tokens (one-hot weights for ``first`` and ``last``), so all pools of a site come from one
+batched float32 matmul where float32 matmuls are exact (CPU, or CUDA with TF32 off); elsewhere
+``first``/``last`` are gathers and the means elementwise sums, so TF32/bf16 matmul settings
+cannot round them. Either way ``first`` and ``last`` are bit-exact copies of the hidden state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from xlalign.errors import XlalignError
+
+#: Pools that give one vector per prompt.
+VECTOR_POOLS = ("last", "mean", "first", "weighted")
+#: All pools; ``tokens`` keeps every real token's vector.
+POOLS = (*VECTOR_POOLS, "tokens")
+
+POOL_DESCRIPTIONS = {
+    "last": "hidden state of the last real (non-padding) token",
+    "mean": "mean over real tokens that are not special tokens (tokenizer's special-tokens mask)",
+    "first": "hidden state of the first real (non-padding) token",
+    "weighted": "MEXA position-weighted mean: sum_t t*m_t*h_t / sum_t t*m_t, t 1-based",
+    "tokens": "every real token's hidden state, flat, with per-prompt offsets",
+}
+
+
+def parse_pools(spec: str | Sequence[str]) -> list[str]:
+    """Pools named by ``spec`` (``"last,mean"``), in the order given, duplicates removed."""
+    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    items = [s for s in items if s]
+    if not items:
+        raise XlalignError(f"no pools given: choose from {', '.join(POOLS)}")
+    out: list[str] = []
+    for item in items:
+        if item not in POOLS:
+            raise XlalignError(f"pool '{item}' unknown: choose from {', '.join(POOLS)}")
+        if item not in out:
+            out.append(item)
+    return out
+
+
+@dataclass
+class PoolPlan:
+    """Everything pooling needs for one batch, on one device.
+
+    ``weights``: ``(B, P, T)`` float32, one row per vector pool in ``vector_pools`` order, such
+    that pool ``p`` of prompt ``b`` is ``sum_t weights[b, p, t] * h[b, t]`` (one-hot rows for
+    ``first`` and ``last``); ``first_idx``/``last_idx``: ``(B,)`` positions; ``real``:
+    ``(B, T)`` bool.
+    """
+
+    vector_pools: tuple[str, ...]
+    real: torch.Tensor
+    first_idx: torch.Tensor
+    last_idx: torch.Tensor
+    weights: torch.Tensor
+    want_tokens: bool
+
+    def to(self, device: torch.device) -> PoolPlan:
+        if self.real.device == device:
+            return self
+        return PoolPlan(
+            self.vector_pools,
+            self.real.to(device),
+            self.first_idx.to(device),
+            self.last_idx.to(device),
+            self.weights.to(device),
+            self.want_tokens,
+        )
+
+
+def make_plan(
+    attention_mask: torch.Tensor, special_mask: torch.Tensor, pools: Sequence[str]
+) -> PoolPlan:
+    """A :class:`PoolPlan` from a ``(B, T)`` attention mask and special-tokens mask.
+
+    Nothing assumes where the padding is: first/last come from the mask itself, so left and
+    right padding give the same vectors.
+    """
+    real = attention_mask.bool()
+    rank = torch.cumsum(real.long(), dim=1) * real  # 1-based position among real tokens, 0 = pad
+    lengths = rank.max(dim=1).values
+    if bool((lengths == 0).any()):
+        raise XlalignError("a prompt has no tokens at all; empty texts cannot be captured")
+    first_idx = (rank == 1).long().argmax(dim=1)
+    last_idx = (rank == lengths[:, None]).long().argmax(dim=1)
+    vector_pools = tuple(p for p in pools if p in VECTOR_POOLS)
+    rows = []
+    for name in vector_pools:
+        if name == "first":
+            rows.append((rank == 1).float())
+        elif name == "last":
+            rows.append((rank == lengths[:, None]).float())
+        elif name == "mean":
+            keep = (real & ~special_mask.bool()).float()
+            # A prompt made only of special tokens gets a zero vector, reported as zero-norm.
+            rows.append(keep / keep.sum(dim=1, keepdim=True).clamp(min=1.0))
+        else:
+            t = rank.float()
+            rows.append(t / t.sum(dim=1, keepdim=True))
+    b, n = attention_mask.shape
+    weights = torch.stack(rows, dim=1) if rows else torch.zeros(b, 0, n)
+    return PoolPlan(
+        vector_pools=vector_pools,
+        real=real,
+        first_idx=first_idx,
+        last_idx=last_idx,
+        weights=weights,
+        want_tokens="tokens" in pools,
+    )
+
+
+def _matmul_is_exact_fp32(device: torch.device) -> bool:
+    """Whether a float32 matmul on ``device`` really runs in float32 (no TF32/bf16 shortcuts)."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    if device.type == "cuda":
+        return not torch.backends.cuda.matmul.allow_tf32
+    return device.type == "cpu"
+
+
+def pool(hidden: torch.Tensor, plan: PoolPlan) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pool ``hidden`` ``(B, T, d)`` -> ``((B, P, d) float32, (n_real, d) float32 or None)``.
+
+    ``P`` follows ``plan.vector_pools``; token vectors come row by row, each row's real tokens
+    in order.
+    """
+    plan = plan.to(hidden.device)
+    b, _, d = hidden.shape
+    tokens = hidden[plan.real].float() if plan.want_tokens else None
+    if not plan.vector_pools:
+        return hidden.new_zeros((b, 0, d), dtype=torch.float32), tokens
+    zeroed = torch.where(plan.real[..., None], hidden, 0).float()
+    if _matmul_is_exact_fp32(hidden.device):
+        # One batched matmul gives every pool of the site: (B, P, T) @ (B, T, d). With exact
+        # float32 products and finite inputs, the one-hot rows copy first/last bit for bit.
+        return torch.bmm(plan.weights, zeroed), tokens
+    rows = torch.arange(b, device=hidden.device)
+    out = []
+    for k, name in enumerate(plan.vector_pools):
+        if name == "first":
+            out.append(zeroed[rows, plan.first_idx])
+        elif name == "last":
+            out.append(zeroed[rows, plan.last_idx])
+        else:
+            out.append((zeroed * plan.weights[:, k, :, None]).sum(dim=1))
+    return torch.stack(out, dim=1), tokens

@@ -1,0 +1,1 @@
+"""Studies built on a run folder: the layer sweep (``layers``) and the origin study (``origin``)."""

@@ -1,0 +1,397 @@
+"""The layer sweep: every metric at every site, pool and language pair of a run, on one null.
+
+Reads the run site by site (memory-mapped), so memory stays bounded by one site's arrays of two
+languages. Monte Carlo z uses one permutation array for every site, pool and pair, so layers are
+compared on the same null (calibrated similarity).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xlalign.errors import RunError, XlalignError
+from xlalign.metrics import (
+    cknna,
+    cohen_d_pc1,
+    linear_cka,
+    matched_vs_scrambled_z_sweep,
+    mutual_knn,
+    retrieval_scores,
+    semantic_hub_score,
+    svcca,
+    xsim_error,
+)
+from xlalign.metrics.bootstrap import cka_ci, p1_ci, z_ci
+from xlalign.store import TOKEN_POOL, Run, atomic_write_json
+
+#: Metric selectors (``--metrics``) and the record names each one produces.
+METRICS: dict[str, tuple[str, ...]] = {
+    "z": ("z",),
+    "p1": ("p1_xy", "p1_yx"),
+    "mexa": ("mexa",),
+    "mrr": ("mrr",),
+    "xsim": ("xsim_error",),
+    "cka": ("cka",),
+    "cka_unbiased": ("cka_unbiased",),
+    "knn": ("mutual_knn",),
+    "cknna": ("cknna",),
+    "svcca": ("svcca",),
+    "hub": ("semantic_hub",),
+    "cohen": ("cohen_d_pc1",),
+}
+DEFAULT_METRICS = ("z", "p1", "mexa", "xsim", "cka", "knn", "hub")
+#: Metrics with bootstrap confidence intervals.
+CI_METRICS = ("z", "p1_xy", "p1_yx", "cka")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What the layer sweep computes (each field is the ``xlalign align`` flag of the same name)."""
+
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    """Metric selectors, from :data:`METRICS`."""
+    null: str = "exact"
+    """Null of the z statistic: ``exact`` or ``monte-carlo``."""
+    n_perms: int = 1000
+    """Monte Carlo permutations (shared by every site)."""
+    seed: int = 42
+    """Seed of the Monte Carlo null and of the bootstrap."""
+    stratify: str | None = None
+    """Metadata column: permute only within its groups (separates instance from template)."""
+    center: bool = False
+    """Remove each language's mean vector before normalising."""
+    pivot: str | None = None
+    """Compare every language with this one only, instead of every pair."""
+    n_boot: int = 200
+    """Bootstrap resamples for confidence intervals (0: none)."""
+    ci_level: float = 0.95
+    """Confidence level of the intervals."""
+    sites: tuple[str, ...] | None = None
+    """Sites to sweep (default: all in the run)."""
+    pools: tuple[str, ...] | None = None
+    """Pools to sweep (default: every per-prompt pool in the run)."""
+    langs: tuple[str, ...] | None = None
+    """Languages to include (default: all in the run)."""
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            raise XlalignError(
+                f"--metrics: unknown metric(s) {', '.join(unknown)}; choose from "
+                f"{', '.join(METRICS)}"
+            )
+        if not self.metrics:
+            raise XlalignError("--metrics: give at least one metric")
+        if self.null not in ("exact", "monte-carlo"):
+            raise XlalignError(f"--null must be 'exact' or 'monte-carlo', got {self.null!r}")
+        if self.n_boot < 0:
+            raise XlalignError(f"--n-boot must be >= 0, got {self.n_boot}")
+        if self.n_perms < 2:
+            raise XlalignError(f"--n-perms must be at least 2, got {self.n_perms}")
+        if not 0 < self.ci_level < 1:
+            raise XlalignError(f"--ci-level must be between 0 and 1, got {self.ci_level}")
+
+
+@dataclass
+class _Rec:
+    site: str
+    depth: int
+    pool: str
+    x: str
+    y: str
+    metric: str
+    value: float | None
+    n: int
+    undefined_reason: str | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "site": self.site,
+            "depth": self.depth,
+            "pool": self.pool,
+            "x": self.x,
+            "y": self.y,
+            "metric": self.metric,
+            "value": self.value,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "n": self.n,
+            "undefined_reason": self.undefined_reason,
+            "detail": self.detail,
+        }
+
+
+def _finite(v: Any) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def language_pairs(langs: Sequence[str], pivot: str | None) -> list[tuple[str, str]]:
+    """Every unordered pair of ``langs`` in order, or ``(pivot, other)`` for each other."""
+    if pivot is None:
+        return list(itertools.combinations(langs, 2))
+    if pivot not in langs:
+        raise XlalignError(f"--pivot '{pivot}' is not a language of the run: {', '.join(langs)}")
+    return [(pivot, lang) for lang in langs if lang != pivot]
+
+
+def _selected(run: Run, cfg: SweepConfig) -> tuple[list[str], list[str], list[str]]:
+    def pick(kind: str, asked: Sequence[str] | None, have: Sequence[str]) -> list[str]:
+        if asked is None:
+            return list(have)
+        missing = [a for a in asked if a not in have]
+        if missing:
+            raise RunError(
+                f"{kind} {', '.join(missing)} not in run {run.path}: it has {', '.join(have)}"
+            )
+        return list(asked)
+
+    langs = pick("language(s)", cfg.langs, run.languages)
+    sites = pick("site(s)", cfg.sites, run.sites)
+    vector_pools = [p for p in run.pools if p != TOKEN_POOL]
+    pools = pick("pool(s)", cfg.pools, vector_pools)
+    if TOKEN_POOL in pools:
+        raise RunError("pool 'tokens' has one vector per token; sweep a pooled vector instead")
+    if len(langs) < 2:
+        raise RunError(f"the sweep needs two languages; selected {', '.join(langs)}")
+    return langs, sites, pools
+
+
+def _strata(run: Run, cfg: SweepConfig) -> list[Any] | None:
+    if cfg.stratify is None:
+        return None
+    meta = run.meta
+    if cfg.stratify not in meta:
+        raise RunError(
+            f"--stratify column '{cfg.stratify}' not in run: it has "
+            f"{', '.join(meta) or 'no metadata columns'}"
+        )
+    return list(meta[cfg.stratify])
+
+
+def _guard(fn: Callable[[], Any]) -> tuple[Any, str | None]:
+    """Run a metric; a metric that cannot be computed on this data gives its reason instead."""
+    try:
+        return fn(), None
+    except XlalignError as e:
+        return None, str(e)
+
+
+def _site_metrics(
+    x: np.ndarray, y: np.ndarray, cfg: SweepConfig, strata: Sequence[Any] | None
+) -> Iterator[tuple[str, float | None, str | None, dict[str, Any]]]:
+    """``(metric, value, undefined_reason, detail)`` for every metric except z."""
+    chosen = set(cfg.metrics)
+    if chosen & {"p1", "mexa", "mrr"}:
+        r, why = _guard(lambda: retrieval_scores(x, y))
+        for sel, names in (("p1", ("p1_xy", "p1_yx")), ("mexa", ("mexa",)), ("mrr", ("mrr",))):
+            if sel in chosen:
+                for name in names:
+                    yield name, None if r is None else _finite(getattr(r, name)), why, {}
+    simple: dict[str, tuple[str, Callable[[], Any], str]] = {
+        "xsim": ("xsim_error", lambda: xsim_error(x, y), "error"),
+        "cka": ("cka", lambda: linear_cka(x, y), "cka"),
+        "cka_unbiased": ("cka_unbiased", lambda: linear_cka(x, y, unbiased=True), "cka"),
+        "knn": ("mutual_knn", lambda: mutual_knn(x, y), "score"),
+        "cknna": ("cknna", lambda: cknna(x, y), "score"),
+        "svcca": ("svcca", lambda: svcca(x, y), "score"),
+        "hub": ("semantic_hub", lambda: semantic_hub_score(x, y), "score"),
+        "cohen": ("cohen_d_pc1", lambda: cohen_d_pc1(x, y), "d"),
+    }
+    for sel in cfg.metrics:
+        if sel not in simple:
+            continue
+        name, fn, attr = simple[sel]
+        res, why = _guard(fn)
+        value = None if res is None else _finite(getattr(res, attr))
+        if res is not None and value is None:
+            why = getattr(res, "undefined_reason", None) or "undefined"
+        detail = res.to_dict() if res is not None and hasattr(res, "to_dict") else {}
+        yield name, value, why, detail
+
+
+def _ci(
+    metric: str, x: np.ndarray, y: np.ndarray, cfg: SweepConfig, strata: Sequence[Any] | None
+) -> tuple[float | None, float | None]:
+    if cfg.n_boot == 0 or metric not in CI_METRICS:
+        return None, None
+    kw = dict(n_boot=cfg.n_boot, seed=cfg.seed, level=cfg.ci_level)
+    fns: dict[str, Callable[[], Any]] = {
+        "z": lambda: z_ci(x, y, strata=strata, center=cfg.center, **kw),  # type: ignore[arg-type]
+        "p1_xy": lambda: p1_ci(x, y, direction="xy", **kw),  # type: ignore[arg-type]
+        "p1_yx": lambda: p1_ci(x, y, direction="yx", **kw),  # type: ignore[arg-type]
+        "cka": lambda: cka_ci(x, y, **kw),  # type: ignore[arg-type]
+    }
+    ci, _why = _guard(fns[metric])
+    if ci is None:
+        return None, None
+    return _finite(ci.low), _finite(ci.high)
+
+
+def layer_sweep(
+    run: Run, config: SweepConfig | None = None, *, progress: bool = True
+) -> dict[str, Any]:
+    """The sweep's results as a JSON-ready dict (the contents of ``alignment.json``).
+
+    ``records`` holds one entry per site x pool x language pair x metric, in long format, with
+    its confidence interval where one is computed and the reason where the value is undefined.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config or SweepConfig()
+    langs, sites, pools = _selected(run, cfg)
+    pairs = language_pairs(langs, cfg.pivot)
+    strata = _strata(run, cfg)
+    depth = {s: run.sites.index(s) for s in sites}
+    records: list[_Rec] = []
+    total = len(pairs) * len(pools) * len(sites)
+    bar = tqdm(total=total, desc="align", unit="site", disable=not progress)
+    for (lx, ly), pool in itertools.product(pairs, pools):
+        zs = {}
+        if "z" in cfg.metrics:
+            zs = matched_vs_scrambled_z_sweep(
+                _LazySites(run, lx, ly, pool, sites),
+                method=cfg.null,
+                n_perms=cfg.n_perms,
+                seed=cfg.seed,
+                strata=strata,
+                center=cfg.center,
+            )
+        for site in sites:
+            x = np.asarray(run.array(lx, site, pool))
+            y = np.asarray(run.array(ly, site, pool))
+            base = dict(site=site, depth=depth[site], pool=pool, x=lx, y=ly, n=len(x))
+            site_recs: list[_Rec] = []
+            if site in zs:
+                z = zs[site]
+                site_recs.append(
+                    _Rec(
+                        metric="z",
+                        value=_finite(z.z),
+                        undefined_reason=z.undefined_reason,
+                        detail=z.to_dict(),
+                        **base,  # type: ignore[arg-type]
+                    )
+                )
+            for name, value, why, detail in _site_metrics(x, y, cfg, strata):
+                site_recs.append(
+                    _Rec(metric=name, value=value, undefined_reason=why, detail=detail, **base)  # type: ignore[arg-type]
+                )
+            for rec in site_recs:
+                if rec.value is not None:
+                    rec.ci_low, rec.ci_high = _ci(rec.metric, x, y, cfg, strata)
+            records.extend(site_recs)
+            bar.update(1)
+    bar.close()
+    return {
+        "run": str(run.path),
+        "model": run.manifest.get("model"),
+        "languages": langs,
+        "pairs": [list(p) for p in pairs],
+        "sites": sites,
+        "pools": pools,
+        "metrics": list(cfg.metrics),
+        "null": cfg.null,
+        "n_perms": cfg.n_perms if cfg.null == "monte-carlo" else None,
+        "seed": cfg.seed,
+        "stratify": cfg.stratify,
+        "center": cfg.center,
+        "n_boot": cfg.n_boot,
+        "ci_level": cfg.ci_level,
+        "records": [r.to_dict() for r in records],
+    }
+
+
+class _LazySites(Mapping[str, tuple[np.ndarray, np.ndarray]]):
+    """A read-only mapping site -> (x, y) that loads each site's arrays only when asked."""
+
+    def __init__(self, run: Run, lx: str, ly: str, pool: str, sites: Sequence[str]) -> None:
+        self.run, self.lx, self.ly, self.pool, self.sites = run, lx, ly, pool, list(sites)
+
+    def __len__(self) -> int:
+        return len(self.sites)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.sites)
+
+    def __getitem__(self, site: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.run.array(self.lx, site, self.pool), self.run.array(self.ly, site, self.pool)
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+CSV_FIELDS = (
+    "site",
+    "depth",
+    "pool",
+    "x",
+    "y",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+    "undefined_reason",
+)
+
+
+def write_alignment(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Write ``alignment.json``, ``alignment.csv`` and ``alignment.png`` into ``out_dir``."""
+    from xlalign.report.figures import alignment_figure
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "alignment.json", "csv": out / "alignment.csv"}
+    atomic_write_json(paths["json"], result)
+    tmp = paths["csv"].with_name(".alignment.csv.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for rec in result["records"]:
+            w.writerow({k: "" if rec.get(k) is None else rec[k] for k in CSV_FIELDS})
+    tmp.replace(paths["csv"])
+    pairs = [tuple(p) for p in result["pairs"]]
+    if pairs:
+        fig = alignment_figure(result, None, pairs[0])  # type: ignore[arg-type]
+        paths["png"] = out / "alignment.png"
+        fig.savefig(paths["png"], format="png", dpi=110, metadata={"Software": None})
+    return paths
+
+
+def format_table(result: dict[str, Any], max_pairs: int = 6) -> str:
+    """A compact text table per language pair and pool: sites down, metrics across."""
+    names = [n for sel in result["metrics"] for n in METRICS[sel]]
+    by_key: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in result["records"]:
+        by_key[(r["x"], r["y"], r["pool"], r["site"], r["metric"])] = r
+    lines: list[str] = []
+    for lx, ly in [tuple(p) for p in result["pairs"]][:max_pairs]:
+        for pool in result["pools"]:
+            lines.append(f"{lx} vs {ly}, pool {pool} (null {result['null']})")
+            lines.append(f"{'site':<8}" + "".join(f"{n[:11]:>12}" for n in names))
+            for site in result["sites"]:
+                cells = []
+                for n in names:
+                    rec = by_key.get((lx, ly, pool, site, n))
+                    v = None if rec is None else rec["value"]
+                    cells.append(f"{'undef' if v is None else format(v, '.3f'):>12}")
+                lines.append(f"{site:<8}" + "".join(cells))
+            lines.append("")
+    if len(result["pairs"]) > max_pairs:
+        lines.append(f"... and {len(result['pairs']) - max_pairs} more pairs in alignment.json")
+    return "\n".join(lines).rstrip()

