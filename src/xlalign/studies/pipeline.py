@@ -25,6 +25,7 @@ import numpy as np
 from xlalign.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import RunError, XlalignError
 from xlalign.store import MANIFEST, Run, atomic_write_json, load_run, read_json
+from xlalign.studies.layers import DEFAULT_METRICS, SweepConfig
 
 CONTROL_DIR = "control-random-init"
 CORPUS_FILE = "corpus.jsonl"
@@ -210,7 +211,7 @@ class StudyConfig:
     """Hub revision of the model."""
     trust_remote_code: bool = False
     """Run the model repository's own code (off unless asked)."""
-    metrics: tuple[str, ...] = ("z", "p1", "mexa", "xsim", "cka", "knn", "hub")
+    metrics: tuple[str, ...] = DEFAULT_METRICS
     """Sweep metrics."""
     null: str = "exact"
     """Null of the z statistic: exact or monte-carlo."""
@@ -246,10 +247,16 @@ class StudyConfig:
             )
         if self.control not in (None, "none", "random-init"):
             raise XlalignError(f"--control must be random-init or none, got '{self.control}'")
-        if self.null not in ("exact", "monte-carlo"):
-            raise XlalignError(f"--null must be 'exact' or 'monte-carlo', got '{self.null}'")
         if self.batch_size < 1:
             raise XlalignError(f"--batch-size must be at least 1, got {self.batch_size}")
+        self.sweep_config()  # checks the sweep's options now, before any forward pass
+
+    def sweep_config(self) -> SweepConfig:
+        """The layer sweep's part of this study."""
+        return SweepConfig(
+            metrics=self.metrics, null=self.null, n_perms=self.n_perms, seed=self.seed,
+            stratify=self.stratify, center=self.center, pivot=self.pivot, n_boot=self.n_boot,
+        )  # fmt: skip
 
 
 CONFIG_FIELDS = {f for f in StudyConfig.__dataclass_fields__}
@@ -363,7 +370,7 @@ def run_study(
     (what each stage did and how long it took).
     """
     from xlalign.problems import generate_problems
-    from xlalign.studies.layers import SweepConfig, layer_sweep, write_alignment
+    from xlalign.studies.layers import layer_sweep, write_alignment
     from xlalign.studies.origin import OriginConfig, origin_study
 
     started = time.perf_counter()
@@ -395,10 +402,7 @@ def run_study(
                 random_init_seed=cfg.control_seed, **common,  # type: ignore[arg-type]
             )  # fmt: skip
             clock.notes["extract control (random-init)"] = cstate
-    sweep_cfg = SweepConfig(
-        metrics=cfg.metrics, null=cfg.null, n_perms=cfg.n_perms, seed=cfg.seed,
-        stratify=cfg.stratify, center=cfg.center, pivot=cfg.pivot, n_boot=cfg.n_boot,
-    )  # fmt: skip
+    sweep_cfg = cfg.sweep_config()
     k = 3 if use_control else 2
     with clock.stage("align", n_stages, k):
         alignment = layer_sweep(run, sweep_cfg, progress=progress)
