@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -11,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from xlalign.cli import main
-from xlalign.errors import RunError
+from xlalign.errors import RunError, XlalignError
 from xlalign.store import load_run
 from xlalign.studies.origin import OriginConfig, check_origin_run, origin_study, summarize
 
@@ -324,3 +325,29 @@ def test_real_minilm_origin(minilm_path, tmp_path):
     summary = "\n".join(summarize(res))
     assert "additive position embeddings at embed: yes" in summary
     assert "unknown-token rate" in summary  # the English-centric vocabulary misses Chinese
+
+
+def test_origin_in_one_step_from_model_and_corpus(tiny_models, problems_jsonl, tmp_path, capsys):
+    out = tmp_path / "one-step"
+    code = main(
+        ["origin", "--model", str(tiny_models["llama"]), "--data", str(problems_jsonl),
+         "--langs", "zh,en", "-o", str(out), "--sites", "embed,L0,L1", "--control",
+         "random-init", "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    res = json.loads((out / "origin.json").read_text())
+    assert [r["site"] for r in res["decomposition"]] == ["embed", "L0", "L1"]
+    assert res["control"]["seed"] == 0
+    assert load_run(out / "control-random-init").manifest["random_init_seed"] == 0
+    assert "random-init control" in capsys.readouterr().out
+
+
+def test_cached_npz_is_reported_as_z_l0_cached(qwen_study_run, tmp_path):
+    npz = tmp_path / "all_layers_lasttok.npz"
+    assert main(["export-npz", str(qwen_study_run.path), "--pool", "last", "-o", str(npz)]) == 0
+    res = origin_study(qwen_study_run, cached_npz=npz)
+    assert res["z_l0_cached"] == res["z_l0_output_last_token"]
+    assert res["z_l0_cached_source"] == str(npz)
+    np.savez(tmp_path / "bad.npz", zh_L1=np.zeros((3, 2)))
+    with pytest.raises(XlalignError, match=r"bad\.npz: missing key\(s\) zh_L0, en_L0"):
+        origin_study(qwen_study_run, cached_npz=tmp_path / "bad.npz")
