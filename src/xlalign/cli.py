@@ -332,6 +332,9 @@ def run_cmd(
     heatmap_site: Annotated[
         str | None, typer.Option("--heatmap-site", help="Site of the heatmap (best z).")
     ] = None,
+    label: Annotated[
+        str | None, typer.Option("--label", help="Model name in the report (default: its id).")
+    ] = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Progress bars.")
     ] = True,
@@ -346,6 +349,7 @@ def run_cmd(
         "trust_remote_code": trust_remote_code, "null": null, "n_perms": n_perms, "seed": seed,
         "stratify": stratify, "center": center, "pivot": pivot, "n_boot": n_boot,
         "control": control, "control_seed": control_seed, "heatmap_site": heatmap_site,
+        "label": label,
         "langs": tuple(_csv_list(langs)) if langs else None,
         "metrics": tuple(_csv_list(metrics)) if metrics else None,
     }  # fmt: skip
@@ -375,6 +379,7 @@ def demo_cmd(
     cfg = StudyConfig(
         model=str(bundled_model_path()), problems=problems, langs=("zh", "en"),
         output=str(output), device="cpu", control="random-init",
+        label="all-MiniLM-L6-v2 (bundled, English-centric)",
     )  # fmt: skip
     result = run_study(cfg, command=sys.argv, progress=progress)
     print(f"report: {result['paths'].get('report_html', output / 'report.html')}")

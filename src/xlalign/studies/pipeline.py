@@ -235,6 +235,8 @@ class StudyConfig:
     """Site of the similarity heatmap (default: the site with the highest mean-pool z)."""
     report: bool = True
     """Write report.html and report.md."""
+    label: str | None = None
+    """Name of the model in the report and summary (default: the model id or path)."""
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -428,7 +430,7 @@ def run_study(
         )  # fmt: skip
         atomic_write_json(out / "origin.json", origin)
         paths["origin"] = out / "origin.json"
-    summary = study_summary(alignment, origin, run, out)
+    summary = study_summary(alignment, origin, run, out, label=cfg.label)
     (out / "config.toml").write_text(config_to_toml(cfg), encoding="utf-8")
     paths["config"] = out / "config.toml"
     with clock.stage("report", n_stages, k + 2):
@@ -448,13 +450,17 @@ def run_study(
 
 
 def study_summary(
-    alignment: Mapping[str, Any], origin: Mapping[str, Any], run: Run, out: Path
+    alignment: Mapping[str, Any],
+    origin: Mapping[str, Any],
+    run: Run,
+    out: Path,
+    label: str | None = None,
 ) -> list[str]:
     """Five lines a person reads first: model, alignment peak, embedding origin, control, caveat."""
     recs = [r for r in alignment["records"] if r["metric"] == "z" and r["value"] is not None]
     lx, ly = origin["languages"]
     lines = [
-        f"model {run.manifest.get('model')} ({run.manifest.get('architecture')}, "
+        f"model {label or run.manifest.get('model')} ({run.manifest.get('architecture')}, "
         f"{run.n_layers} layers), {lx}/{ly}, {run.n_rows} pairs, null {alignment['null']}",
     ]
     if recs:
@@ -609,7 +615,7 @@ def _write_report(
         categories=categories,
     )
     inputs = ReportInputs(
-        title=f"xlalign: {run.manifest.get('model')} ({lx}/{ly})",
+        title=f"xlalign: {cfg.label or run.manifest.get('model')} ({lx}/{ly})",
         alignment=alignment,
         control_alignment=control_alignment,
         origin=origin,
