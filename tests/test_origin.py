@@ -313,10 +313,26 @@ def test_real_minilm_origin(minilm_path, tmp_path):
     res = origin_study(run)
     assert res["positions"]["has_additive_positions"] is True
     assert res["token_classes"]["zh"]["special"] == res["token_classes"]["en"]["special"] == 100
-    # [CLS] and [SEP] are special: the last real token of every prompt is [SEP] on both sides
-    assert res["last_token_table"] == [
-        {"zh": "[SEP]", "en": "[SEP]", "zh_id": 102, "en_id": 102, "identical": True, "count": 50}
-    ]
+    # [CLS] and [SEP] are special; every prompt ends in [SEP], so the last-token analyses use
+    # the last non-special token instead of a token every pair shares
+    assert "last non-special token" in res["last_token"]
+    table = res["last_token_table"]
+    assert all(r["zh"] != "[SEP]" and r["en"] != "[SEP]" for r in table)
+    assert sum(r["count"] for r in table) == 50
+    by_en = {r["en"] for r in table}
+    assert by_en <= {".", "?", ")"}, by_en
+    vecs = run.token_vectors("en", "embed")
+    pos = [int(np.flatnonzero(~m)[-1]) for m in run.special_tokens_mask("en")]
+    expect = np.stack([v[p] for v, p in zip(vecs, pos, strict=True)])
+    zh_pos = [int(np.flatnonzero(~m)[-1]) for m in run.special_tokens_mask("zh")]
+    zh_expect = np.stack(
+        [v[p] for v, p in zip(run.token_vectors("zh", "embed"), zh_pos, strict=True)]
+    )
+    from xlalign.metrics import matched_vs_scrambled_z
+
+    assert res["z_raw_embed_last_token"] == pytest.approx(
+        matched_vs_scrambled_z(zh_expect, expect).z, rel=1e-9
+    )
     tok = run.tokenizer()
     ids = run.token_ids("en")[0]
     mask = run.special_tokens_mask("en")[0]

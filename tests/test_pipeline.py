@@ -158,3 +158,25 @@ def test_bad_metric_in_config_fails_before_any_forward_pass(tmp_path):
     conf.write_text('model = "m"\nproblems = 20\nmetrics = ["z", "bleu"]\n')
     with pytest.raises(XlalignError, match=r"--metrics: unknown metric\(s\) bleu"):
         StudyConfig(**load_config_file(conf))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": "llama"}, "model differs"),
+        ({"sites": "embed,L0"}, "sites differ"),
+        ({"dtype": "bfloat16"}, "dtype differs"),
+    ],
+)
+def test_another_model_sites_or_dtype_is_not_reused(study, tiny_models, change, message):
+    cfg, _out, _ = study
+    if "model" in change:
+        change = {"model": str(tiny_models[change["model"]])}
+    other = StudyConfig(**{**cfg.__dict__, **change})
+    with pytest.raises(XlalignError, match=message):
+        run_study(other, progress=False, say=lambda _m: None)
+
+
+def test_one_language_is_refused_before_any_work():
+    with pytest.raises(XlalignError, match="--langs needs at least two languages, got zh"):
+        StudyConfig(model="m", problems=20, langs=("zh",))

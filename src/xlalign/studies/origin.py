@@ -128,14 +128,65 @@ def _finite(v: float | None) -> float | None:
 
 @dataclass
 class _Tokens:
-    """One language's prompts: ids, special mask, and the last real token of each."""
+    """One language's prompts: ids, special mask, and where each prompt's last token is.
+
+    With ``content`` the last token is the last non-special one (BERT-style prompts end in
+    [SEP], which would make every pair's "last token" identical); else the last one.
+    """
 
     ids: list[np.ndarray]
     special: list[np.ndarray]
+    content: bool = False
+
+    @property
+    def last_pos(self) -> np.ndarray:
+        if not self.content:
+            return np.array([len(r) - 1 for r in self.ids], dtype=np.int64)
+        out = []
+        for sp in self.special:
+            real = np.flatnonzero(~sp)
+            out.append(int(real[-1]) if real.size else len(sp) - 1)
+        return np.array(out, dtype=np.int64)
 
     @property
     def last(self) -> np.ndarray:
-        return np.array([int(r[-1]) for r in self.ids], dtype=np.int64)
+        return np.array([int(r[p]) for r, p in zip(self.ids, self.last_pos, strict=True)])
+
+    @property
+    def ends_special(self) -> bool:
+        return any(bool(sp[-1]) for sp in self.special if sp.size)
+
+
+class _LastVectors:
+    """Last-token vectors of a run at a site, for the tokens in ``tokens`` (see _Tokens)."""
+
+    def __init__(self, run: Run, tokens: Mapping[str, _Tokens]) -> None:
+        self.run, self.tokens = run, tokens
+
+    def __call__(self, lang: str, site: str) -> np.ndarray:
+        tok = self.tokens[lang]
+        if not tok.content:
+            return np.asarray(self.run.array(lang, site, "last"))
+        vecs = self.run.token_vectors(lang, site)
+        return np.stack([v[p] for v, p in zip(vecs, tok.last_pos, strict=True)])
+
+
+def _load_tokens(run: Run, langs: Sequence[str]) -> tuple[dict[str, _Tokens], str]:
+    """Every language's tokens, and a note saying which token "last" means in this run."""
+    tokens = {lang: _Tokens(run.token_ids(lang), run.special_tokens_mask(lang)) for lang in langs}
+    if not any(t.ends_special for t in tokens.values()):
+        return tokens, "the last token of each prompt (the tokenizer appends no special token)"
+    if "tokens" not in run.pools:
+        return tokens, (
+            "the last token of each prompt, which is a special token the tokenizer appends "
+            "(e.g. [SEP]); extract with --pool tokens to analyse the last non-special token"
+        )
+    for t in tokens.values():
+        t.content = True
+    return tokens, (
+        "the last non-special token of each prompt (the tokenizer appends a special token, "
+        "e.g. [SEP], which is the same in every prompt)"
+    )
 
 
 def _shared_masks(tx: _Tokens, ty: _Tokens) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -216,9 +267,7 @@ def origin_study(
     say = progress or (lambda _msg: None)
     tokenizer = run.tokenizer()
     classifier = TokenClassifier(tokenizer)
-    tokens = {
-        lang: _Tokens(run.token_ids(lang), run.special_tokens_mask(lang)) for lang in (lx, ly)
-    }
+    tokens, last_note = _load_tokens(run, (lx, ly))
     strata = _strata(run, cfg)
 
     say("seed keys")
@@ -233,11 +282,10 @@ def origin_study(
             "seed": cfg.seed if cfg.null == "monte-carlo" else None,
         },
     }
-    out.update(_seed_keys(run, lx, ly, cfg, cached_npz))
+    out["last_token"] = last_note
+    out.update(_seed_keys(run, lx, ly, cfg, cached_npz, _LastVectors(run, tokens)))
     out["tokenizer"] = {
-        "name": run.manifest.get("tokenizer", {}).get("name")
-        if isinstance(run.manifest.get("tokenizer"), dict)
-        else run.manifest.get("tokenizer"),
+        "name": run.manifest.get("tokenizer_name"),
         "adds_bos": bool(run.manifest.get("adds_bos", False)),
         "bos_token": run.manifest.get("bos_token"),
         "unk_token": getattr(tokenizer, "unk_token", None),
@@ -263,13 +311,10 @@ def origin_study(
     if control is not None:
         say("random-weights control")
         check_origin_run(control)
-        ctl_tokens = {
-            lang: _Tokens(control.token_ids(lang), control.special_tokens_mask(lang))
-            for lang in (lx, ly)
-        }
+        ctl_tokens, _ = _load_tokens(control, (lx, ly))
         ctl: dict[str, Any] = {"kind": "random-init", **dict(control_info or {})}
         ctl["run"] = str(control.path)
-        ctl.update(_seed_keys(control, lx, ly, cfg, None))
+        ctl.update(_seed_keys(control, lx, ly, cfg, None, _LastVectors(control, ctl_tokens)))
         ctl["decomposition"] = [
             _decompose(control, site, lx, ly, ctl_tokens, strata, cfg) for site in control.sites
         ]
@@ -307,11 +352,16 @@ def _unk_rate(tok: _Tokens, unk_id: int | None) -> float:
 
 
 def _seed_keys(
-    run: Run, lx: str, ly: str, cfg: OriginConfig, cached_npz: str | Path | None
+    run: Run,
+    lx: str,
+    ly: str,
+    cfg: OriginConfig,
+    cached_npz: str | Path | None,
+    last: _LastVectors,
 ) -> dict[str, Any]:
     """The study's keys, plus norm ratio and PCA-k z, with the full result behind each z."""
-    emb_last_x, emb_last_y = run.array(lx, "embed", "last"), run.array(ly, "embed", "last")
-    l0_last_x, l0_last_y = run.array(lx, "L0", "last"), run.array(ly, "L0", "last")
+    emb_last_x, emb_last_y = last(lx, "embed"), last(ly, "embed")
+    l0_last_x, l0_last_y = last(lx, "L0"), last(ly, "L0")
     zs: dict[str, Z] = {
         "z_raw_embed_last_token": _z(emb_last_x, emb_last_y, cfg),
         "z_raw_embed_mean_no_bos": _z(
@@ -357,14 +407,8 @@ def _seed_keys(
         undefined["embedding_cohen_d_pc0"] = str(e)
     norms = {
         lang: {
-            "embed": float(
-                np.linalg.norm(
-                    np.asarray(run.array(lang, "embed", "last"), np.float64), axis=1
-                ).mean()
-            ),
-            "L0": float(
-                np.linalg.norm(np.asarray(run.array(lang, "L0", "last"), np.float64), axis=1).mean()
-            ),
+            site: float(np.linalg.norm(np.asarray(last(lang, site), np.float64), axis=1).mean())
+            for site in ("embed", "L0")
         }
         for lang in (lx, ly)
     }
@@ -426,7 +470,8 @@ def _decompose(
     tx, ty = tokens[lx], tokens[ly]
     zs: dict[str, Z] = {}
     ns: dict[str, int] = {}
-    last_x, last_y = run.array(lx, site, "last"), run.array(ly, site, "last")
+    last = _LastVectors(run, tokens)
+    last_x, last_y = last(lx, site), last(ly, site)
     zs["z_mean_full"] = _z(run.array(lx, site, "mean"), run.array(ly, site, "mean"), cfg)
     zs["z_last"] = _z(last_x, last_y, cfg)
     keep = np.flatnonzero(tx.last != ty.last)
@@ -533,6 +578,8 @@ def summarize(origin: Mapping[str, Any]) -> list[str]:
         f"; additive position embeddings at embed: "
         f"{'yes' if origin['positions']['has_additive_positions'] else 'no'}",
     ]
+    if origin.get("last_token"):
+        lines.append(f"last-token analyses use {origin['last_token']}")
     unk = {k: v for k, v in tok.get("unk_rate", {}).items() if v}
     if unk:
         lines.append(

@@ -64,7 +64,9 @@ def ensure_run(
     if manifest_path.exists():
         old = read_json(manifest_path)
         if old.get("complete"):
-            _check_reusable(old, output, corpus, langs, pools, random_init_seed)
+            _check_reusable(
+                old, output, model, corpus, langs, sites, pools, dtype, revision, random_init_seed
+            )
             _save_corpus(corpus, output)
             return load_run(output), "reused"
         state = "resumed"
@@ -81,16 +83,36 @@ def ensure_run(
 def _check_reusable(
     old: Mapping[str, Any],
     output: Path,
+    model: str,
     corpus: ParallelCorpus,
     langs: list[str],
+    sites: str,
     pools: tuple[str, ...],
+    dtype: str | None,
+    revision: str | None,
     random_init_seed: int | None,
 ) -> None:
+    """Raise unless the complete run in ``output`` was made from exactly these inputs."""
+    from xlalign.sites import parse_sites
+
     diffs = []
+    if old.get("model") != model:
+        diffs.append(f"model differs (run: {old.get('model')})")
+    if revision is not None and old.get("revision") != revision:
+        diffs.append(f"revision differs (run: {old.get('revision')})")
+    if dtype is not None and old.get("dtype") != dtype:
+        diffs.append(f"dtype differs (run: {old.get('dtype')})")
     if old.get("corpus_fingerprint") != corpus.fingerprint():
         diffs.append("the corpus differs")
     if list(old.get("languages", [])) != list(langs):
         diffs.append(f"languages differ (run: {','.join(old.get('languages', []))})")
+    has_final = bool((old.get("modules") or {}).get("final_norm"))
+    try:
+        wanted = parse_sites(sites, int(old.get("n_layers", 0)), has_final)
+    except XlalignError:
+        wanted = None
+    if wanted != list(old.get("sites", [])):
+        diffs.append(f"sites differ (run: {','.join(old.get('sites', []))})")
     missing = [p for p in pools if p not in old.get("pools", [])]
     if missing:
         diffs.append(f"pool(s) {', '.join(missing)} missing")
@@ -243,6 +265,8 @@ class StudyConfig:
             raise XlalignError("--model is required (a Hub id or a local model folder)")
         if (self.data is None) == (self.problems is None):
             raise XlalignError("give exactly one of --data FILE and --problems N")
+        if self.langs and len(self.langs) < 2:
+            raise XlalignError(f"--langs needs at least two languages, got {','.join(self.langs)}")
         if self.problems is not None and self.problems < 15:
             raise XlalignError(
                 f"--problems must be at least 15 (3 per category), got {self.problems}"
