@@ -171,3 +171,26 @@ def test_align_cli(qwen_study_run, tmp_path, capsys):
     recs = json.loads((out / "alignment.json").read_text())["records"]
     assert {r["metric"] for r in recs} == {"z", "mexa"}
     assert np.isfinite([r["value"] for r in recs]).all()
+
+
+def test_a_zero_norm_vector_makes_z_undefined_not_the_sweep_fail(tiny_models, problems, tmp_path):
+    from xlalign.capture import extract
+
+    n = 12
+    zh = ("<|endoftext|>", *problems.text("zh")[1:n])  # a prompt of special tokens only
+    en = problems.text("en")[:n]
+    corpus = ParallelCorpus(
+        problems.ids[:n], {"zh": zh, "en": en, "de": tuple(t.upper() for t in en)}
+    )
+    with pytest.warns(UserWarning, match="norm 0"):
+        run = extract(
+            str(tiny_models["qwen2"]), corpus, None, sites="embed,L0", pools=("mean",),
+            output=tmp_path / "zero", progress=False,
+        )  # fmt: skip
+    res = layer_sweep(run, SweepConfig(metrics=("z", "p1"), n_boot=0), progress=False)
+    with_zh = [r for r in res["records"] if "zh" in (r["x"], r["y"])]
+    assert len(with_zh) == 2 * 2 * 3  # two pairs with zh, two sites, three records
+    assert all(r["value"] is None for r in with_zh)
+    assert all("zero-norm rows at indices [0]" in r["undefined_reason"] for r in with_zh)
+    others = records(res, x="en", y="de")
+    assert len(others) == 6 and all(isinstance(r["value"], float) for r in others)

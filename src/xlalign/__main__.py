@@ -1,6 +1,8 @@
-"""``python -m xlalign`` (also what ``accelerate launch -m xlalign`` runs)."""
+"""``python -m xlalign`` (also what ``torchrun -m xlalign`` and ``accelerate launch -m xlalign`` run)."""
+
+import sys
 
 from xlalign.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

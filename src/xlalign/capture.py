@@ -11,6 +11,10 @@ resumes where it stopped and produces the same arrays as one that never stopped.
 
 Exactness under padding: position ids follow the attention mask (``cumsum(mask) - 1``), so a
 left-padded prompt sees the positions it would see alone; pools read real tokens only.
+
+Data parallel: under ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE > 1``) every process
+runs :func:`extract` with the same arguments; the batches are dealt round-robin over the ranks
+and each writes its rows into the one run folder (see :mod:`xlalign.distributed`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import inspect
 import platform
 import sys
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,20 +37,34 @@ import torch
 from torch import nn
 
 from xlalign.corpus import ParallelCorpus, load_corpus
+from xlalign.distributed import (
+    SHARD_BY,
+    Group,
+    LaunchEnv,
+    assign_batches,
+    launch_env,
+    rank_device,
+    rank_max_memory,
+    run_on_main,
+    wait_until,
+)
 from xlalign.errors import RunError, XlalignError
-from xlalign.models import LoadedModel, dtype_name, load_model
+from xlalign.models import LoadedModel, device_map_summary, dtype_name, load_model
 from xlalign.pooling import POOL_DESCRIPTIONS, PoolPlan, make_plan, parse_pools, pool
 from xlalign.sites import EMBED, FINAL, parse_sites
 from xlalign.store import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
+    PROGRESS_DIR,
     Run,
     RunWriter,
     TokenData,
     load_run,
     prepare_folder,
+    rank_sessions,
     read_json,
+    read_progress,
 )
 
 PADDING_SIDES = ("right", "left")
@@ -88,6 +107,8 @@ class ExtractConfig:
     """Continue an incomplete run in the output folder."""
     overwrite: bool = False
     """Replace a run already in the output folder."""
+    shard_by: str = "batch"
+    """Data-parallel launches: deal out batches, or whole languages (one writer per file)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
@@ -96,6 +117,10 @@ class ExtractConfig:
             raise XlalignError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.padding_side not in PADDING_SIDES:
             raise XlalignError(f"--padding-side must be left or right, got '{self.padding_side}'")
+        if self.shard_by not in SHARD_BY:
+            raise XlalignError(
+                f"--shard-by must be one of {', '.join(SHARD_BY)}, got '{self.shard_by}'"
+            )
         if self.resume and self.overwrite:
             raise XlalignError(
                 "--resume and --overwrite conflict: --resume continues the run in the output "
@@ -343,11 +368,14 @@ def extract(
     padding_side: str = "right",
     dtype: str | torch.dtype | None = None,
     device: str = "auto",
-    device_map: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
     random_init_seed: int | None = None,
     progress: bool = True,
+    max_memory: dict[int | str, int | str] | None = None,
+    offload_folder: str | Path | None = None,
+    shard_by: str = "batch",
 ) -> Run:
     """Capture ``sites`` x ``pools`` hidden states of every prompt of ``corpus`` into ``output``.
 
@@ -360,10 +388,17 @@ def extract(
     A folder holding a complete run is refused unless ``overwrite``; ``resume`` continues an
     incomplete one after checking that model, corpus, sites, pools, batch size and padding side
     match, and gives arrays identical to an uninterrupted run.
+
+    ``device_map`` (``"auto"``), ``max_memory`` and ``offload_folder`` load a model too large
+    for one device with Accelerate (see :func:`~xlalign.models.load_model`). Started by
+    ``torchrun``/``accelerate launch`` with ``WORLD_SIZE > 1``, every rank calls this with the
+    same arguments and gets the same finished run; ``shard_by`` says how work is dealt (see
+    :func:`~xlalign.distributed.assign_batches`).
     """
     started = time.perf_counter()
-    config = ExtractConfig(sites, pools, batch_size, padding_side, resume, overwrite)
+    config = ExtractConfig(sites, pools, batch_size, padding_side, resume, overwrite, shard_by)
     output = Path(output)
+    env = launch_env()
 
     lang_list = _lang_list(langs)
     if not isinstance(corpus, ParallelCorpus):
@@ -377,6 +412,44 @@ def extract(
     if not resume:  # refuse before spending time on loading the model
         prepare_folder(output, overwrite, check_only=True)
 
+    # The rendezvous comes after every rank's read-only check above, so no rank can still be
+    # looking at a folder that rank 0 is about to replace (--overwrite).
+    group = Group(env) if env.distributed else None
+    try:
+        return _extract(
+            model, corpus, lang_list, pool_list, config, output, env, group, started,
+            dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
+            offload_folder=offload_folder, revision=revision,
+            trust_remote_code=trust_remote_code, random_init_seed=random_init_seed,
+            progress=progress,
+        )  # fmt: skip
+    finally:
+        if group is not None:
+            group.close()
+
+
+def _extract(
+    model: str | LoadedModel,
+    corpus: ParallelCorpus,
+    lang_list: list[str],
+    pool_list: list[str],
+    config: ExtractConfig,
+    output: Path,
+    env: LaunchEnv,
+    group: Group | None,
+    started: float,
+    *,
+    dtype: str | torch.dtype | None,
+    device: str,
+    device_map: str | dict[str, Any] | None,
+    max_memory: dict[int | str, int | str] | None,
+    offload_folder: str | Path | None,
+    revision: str | None,
+    trust_remote_code: bool,
+    random_init_seed: int | None,
+    progress: bool,
+) -> Run:
+    """:func:`extract` once the corpus is loaded and (with several ranks) the group formed."""
     t0 = time.perf_counter()
     if isinstance(model, LoadedModel):
         loaded = model
@@ -385,12 +458,18 @@ def extract(
                 "random_init_seed given with an already loaded model; pass it to load_model"
             )
     else:
-        with _hf_progress_bars(progress):
+        if device_map is not None and env.distributed:
+            max_memory = rank_max_memory(env, max_memory)
+            if offload_folder is not None:  # ranks on one host must not share offload files
+                offload_folder = Path(offload_folder) / env.tag
+        with _hf_progress_bars(progress and env.is_main):
             loaded = load_model(
                 model,
                 dtype=dtype,
-                device=device,
+                device=rank_device(env, device),
                 device_map=device_map,
+                max_memory=max_memory,
+                offload_folder=offload_folder,
                 revision=revision,
                 trust_remote_code=trust_remote_code,
                 random_init_seed=random_init_seed,
@@ -406,7 +485,13 @@ def extract(
     tokenize_s = time.perf_counter() - t0
 
     manifest = _manifest(loaded, corpus, lang_list, site_list, pool_list, config, tokens, batches)
-    writer = _open_writer(output, manifest, config, corpus, tokens, loaded)
+    mine: dict[str, set[int]] | None = None
+    launch_id = None
+    if group is None:
+        writer = _open_writer(output, manifest, config, corpus, tokens, loaded)
+    else:
+        writer, mine, launch_id = _open_writer_ranked(group, output, manifest, config, corpus,
+                                                      tokens, loaded, batches)  # fmt: skip
 
     session: dict[str, Any] = {
         "started": _now(),
@@ -415,13 +500,45 @@ def extract(
         "device": str(loaded.device),
     }
     # Recorded before capturing, so a killed session still shows in the resumed run's history.
-    writer.manifest.setdefault("sessions", []).append(session)
-    writer.write_manifest()
+    if group is None:
+        writer.manifest.setdefault("sessions", []).append(session)
+        writer.write_manifest()
+    else:  # only rank 0 writes the manifest; a rank keeps its sessions in its progress file
+        session.update(
+            rank=env.rank, world_size=env.world_size, host=platform.node(), launch=launch_id
+        )
+        writer.progress_extra.setdefault("sessions", []).append(session)
+        writer.record_progress()
     t0 = time.perf_counter()
-    n_done = _capture(loaded, corpus, writer, tokens, batches, site_list, config, progress)
+    n_done = _capture(loaded, corpus, writer, tokens, batches, site_list, config,
+                      progress and env.is_main, mine)  # fmt: skip
     capture_s = time.perf_counter() - t0
     session.update(capture_s=round(capture_s, 4), prompts=n_done)
     session["prompts_per_s"] = round(n_done / capture_s, 2) if capture_s > 0 else None
+
+    if group is not None:
+        session["total_s"] = round(time.perf_counter() - started, 4)
+        session["finished"] = True  # rank 0 waits for this on every rank, not just the batches
+        writer.flush()
+        writer.record_progress()
+        if not env.is_main:
+            writer.close()
+            # Rank 0 marks the run complete once every rank's batches are recorded.
+            wait_until(lambda: _complete(output), f"rank 0 to finish {output}")
+            return load_run(output)
+        wait_until(
+            lambda: _all_recorded(output, batches) and _launch_finished(output, env, launch_id),
+            f"every rank to finish its batches in {output}",
+        )
+        writer.manifest["sessions"] = [*writer.manifest.get("sessions", []), *rank_sessions(output)]
+        writer.manifest["data_parallel"] = {
+            "world_size": env.world_size,
+            "shard_by": config.shard_by,
+            "wall_s": round(time.perf_counter() - started, 4),
+        }
+    elif (output / PROGRESS_DIR).is_dir():  # one process finishing a data-parallel run
+        merged = [*writer.manifest["sessions"], *rank_sessions(output)]
+        writer.manifest["sessions"] = sorted(merged, key=lambda s: str(s.get("started", "")))
 
     zero, n_zero = writer.zero_norm_vectors(corpus.ids)
     sessions = writer.manifest["sessions"]
@@ -455,7 +572,7 @@ def extract(
                 f"language {first['lang']}, pool {first['pool']}, id {first['id']}); they are "
                 f"listed under zero_norm_vectors in {output / MANIFEST}"
             ),
-            stacklevel=2,
+            stacklevel=3,
         )
     return load_run(output)
 
@@ -581,6 +698,7 @@ def _manifest(
         "dtype": dtype_name(loaded.dtype),
         "device": str(loaded.device),
         "device_map": loaded.device_map,
+        "hf_device_map": device_map_summary(loaded.model),
         "random_init_seed": loaded.random_init_seed,
         "has_additive_positions": loaded.adapter.has_additive_positions,
         "modules": dict(loaded.adapter.paths),
@@ -611,6 +729,64 @@ def _manifest(
     }
 
 
+def _complete(output: Path) -> bool:
+    try:
+        return bool(read_json(output / MANIFEST).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def _launch_finished(output: Path, env: LaunchEnv, launch_id: str | None) -> bool:
+    """Whether every rank of this launch has recorded its finished session."""
+    finished = {
+        s.get("rank")
+        for s in rank_sessions(output)
+        if s.get("launch") == launch_id and s.get("finished")
+    }
+    return finished >= set(range(env.world_size))
+
+
+def _all_recorded(output: Path, batches: dict[str, list[np.ndarray]]) -> bool:
+    """Whether every batch of every language is in some progress file of the run."""
+    done = read_progress(output)
+    return all(set(range(len(b))) <= set(done.get(lang, ())) for lang, b in batches.items())
+
+
+def _open_writer_ranked(
+    group: Group,
+    output: Path,
+    manifest: dict[str, Any],
+    config: ExtractConfig,
+    corpus: ParallelCorpus,
+    tokens: dict[str, TokenData],
+    loaded: LoadedModel,
+    batches: dict[str, list[np.ndarray]],
+) -> tuple[RunWriter, dict[str, set[int]], str]:
+    """One rank's writer on the shared run folder, the batches it runs, and the launch's id.
+
+    Rank 0 creates the folder (or checks the run it resumes, exactly as a single process would)
+    while the others wait; then every rank opens the same array files. The batches already done
+    are rank 0's reading of the progress files, broadcast, so every rank deals from one list.
+    """
+    env = group.env
+    progress_path = output / PROGRESS_DIR / f"{env.tag}.json"
+    opened = run_on_main(
+        group, lambda: _open_writer(output, manifest, config, corpus, tokens, loaded,
+                                    progress_path)
+    )  # fmt: skip
+    done, launch_id = group.broadcast(
+        ({lang: sorted(d) for lang, d in opened.done.items()}, uuid.uuid4().hex)
+        if env.is_main
+        else None
+    )
+    writer: RunWriter = (
+        opened if env.is_main else RunWriter.reopen(output, read_json(output / MANIFEST),
+                                                    progress_path)
+    )  # fmt: skip
+    writer.done = {lang: set(done.get(lang, ())) for lang in writer.languages}
+    return writer, assign_batches(batches, writer.done, env, config.shard_by), launch_id
+
+
 def _open_writer(
     output: Path,
     manifest: dict[str, Any],
@@ -618,6 +794,7 @@ def _open_writer(
     corpus: ParallelCorpus,
     tokens: dict[str, TokenData],
     loaded: LoadedModel,
+    progress_path: Path | None = None,
 ) -> RunWriter:
     existing = output / MANIFEST
     if config.resume and existing.exists():
@@ -637,10 +814,10 @@ def _open_writer(
                 f"cannot resume '{output}': " + "; ".join(diffs)
                 + " (use the same flags, or --overwrite to start again)"
             )  # fmt: skip
-        return RunWriter.reopen(output, old)
+        return RunWriter.reopen(output, old, progress_path)
     prepare_folder(output, config.overwrite)
     meta = {"ids": list(corpus.ids), "columns": {k: list(v) for k, v in corpus.meta.items()}}
-    return RunWriter.create(output, manifest, meta, tokens, loaded.tokenizer)
+    return RunWriter.create(output, manifest, meta, tokens, loaded.tokenizer, progress_path)
 
 
 def _capture(
@@ -652,14 +829,20 @@ def _capture(
     sites: list[str],
     config: ExtractConfig,
     progress: bool,
+    only: dict[str, set[int]] | None = None,
 ) -> int:
-    """Run every batch not yet done; returns how many prompts this call captured."""
+    """Run every batch not yet done (of ``only``, if given); returns the prompts captured."""
     from tqdm.auto import tqdm
 
-    total = sum(len(tokens[lang].lengths) for lang in batches)
-    already = sum(
-        len(b) for lang, bs in batches.items() for i, b in enumerate(bs) if i in writer.done[lang]
-    )
+    if only is None:
+        total = sum(len(tokens[lang].lengths) for lang in batches)
+        already = sum(
+            len(b) for lang, bs in batches.items() for i, b in enumerate(bs)
+            if i in writer.done[lang]
+        )  # fmt: skip
+    else:  # one rank of a data-parallel launch: its own share
+        total = sum(len(batches[lang][i]) for lang in batches for i in only[lang])
+        already = 0
     pad_id = pad_id_of(loaded.tokenizer)
     adapter = loaded.adapter
     pools = list(writer.manifest["pools"])
@@ -674,7 +857,7 @@ def _capture(
             for lang, lang_batches in batches.items():
                 bar.set_postfix_str(lang)
                 for index, rows in enumerate(lang_batches):
-                    if index in writer.done[lang]:
+                    if index in writer.done[lang] or (only is not None and index not in only[lang]):
                         continue
                     batch = make_batch(
                         tokens[lang],

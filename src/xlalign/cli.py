@@ -73,6 +73,22 @@ def extract_cmd(
     device_map: Annotated[
         str | None, typer.Option("--device-map", help="Accelerate device map, e.g. auto.")
     ] = None,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--max-memory", help="With --device-map: per device, e.g. 0=70GiB,cpu=200GiB."
+        ),
+    ] = None,
+    offload_folder: Annotated[
+        Path | None,
+        typer.Option(
+            "--offload-folder", help="With --device-map: where weights that fit nowhere go."
+        ),
+    ] = None,
+    shard_by: Annotated[
+        str,
+        typer.Option("--shard-by", help="torchrun/accelerate launch: deal out batch or language."),
+    ] = "batch",
     revision: Annotated[str | None, typer.Option("--revision", help="Hub revision.")] = None,
     trust_remote_code: Annotated[
         bool, typer.Option("--trust-remote-code", help="Run the model repo's own code.")
@@ -99,6 +115,7 @@ def extract_cmd(
     import warnings
 
     from xlalign.capture import ZeroNormWarning, extract
+    from xlalign.distributed import launch_env, parse_max_memory
     from xlalign.sites import describe_sites
 
     if control not in (None, "random-init"):
@@ -113,6 +130,8 @@ def extract_cmd(
             resume=resume, overwrite=overwrite, padding_side=padding_side, dtype=dtype,
             device=device, device_map=device_map, revision=revision,
             trust_remote_code=trust_remote_code, random_init_seed=seed, progress=progress,
+            max_memory=parse_max_memory(max_memory), offload_folder=offload_folder,
+            shard_by=shard_by,
         )  # fmt: skip
     for w in caught:
         if issubclass(w.category, ZeroNormWarning):
@@ -120,6 +139,8 @@ def extract_cmd(
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
+    if not launch_env().is_main:
+        return  # one summary line per launch, from rank 0
     t = run.manifest.get("timings", {})
     print(
         f"wrote {output}: {len(run.languages)} languages x {run.n_rows} prompts, sites "
@@ -259,6 +280,10 @@ def origin_cmd(
         raise XlalignError(f"--control must be random-init, got '{control}'")
     if (run is None) == (model is None):
         raise XlalignError("give either a RUN folder or --model with --data and -o (not both)")
+    if run is not None and (output is not None or data is not None):
+        raise XlalignError(
+            "-o and --data go with --model; with a RUN folder, origin.json is written into RUN"
+        )
     if model is not None and (data is None or output is None):
         raise XlalignError("--model needs --data (the corpus) and -o (the run folder)")
     lang_list = _csv_list(langs) if langs else None

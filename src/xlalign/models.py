@@ -243,7 +243,9 @@ def load_model(
     *,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device = "auto",
-    device_map: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
+    offload_folder: str | Path | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
     random_init_seed: int | None = None,
@@ -254,7 +256,10 @@ def load_model(
     ``random_init_seed`` builds the same architecture from the loaded config with fresh weights
     (``torch.manual_seed(random_init_seed)``, no weights read): the random-init control.
     ``device_map`` (e.g. ``"auto"``, needs Accelerate) spreads a large model over devices and
-    overrides ``device``.
+    overrides ``device`` (Accelerate big-model inference): each block runs on the device it
+    was placed on, and the capture hooks pool there. ``max_memory`` (``{0: "70GiB", "cpu":
+    "200GiB"}``) caps what each device may hold; what does not fit goes to the CPU, then to
+    ``offload_folder`` on disk.
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -265,7 +270,9 @@ def load_model(
     if local.exists() and not local.is_dir():
         raise XlalignError(f"model path '{model}' is a file; give the folder that holds it")
 
-    torch_device = resolve_device("cuda" if device_map and device == "auto" else device)
+    if device_map is None and (max_memory is not None or offload_folder is not None):
+        raise XlalignError("--max-memory and --offload-folder need --device-map (e.g. auto)")
+    torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     hub_kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
@@ -298,6 +305,10 @@ def load_model(
             load_kwargs: dict[str, Any] = dict(hub_kwargs, dtype=torch_dtype)
             if device_map is not None:
                 load_kwargs["device_map"] = device_map
+                if max_memory is not None:
+                    load_kwargs["max_memory"] = max_memory
+                if offload_folder is not None:
+                    load_kwargs["offload_folder"] = str(offload_folder)
             net = auto.from_pretrained(source, **load_kwargs)
         if device_map is None or random_init_seed is not None:  # from_config takes no map
             net = net.to(torch_device)
@@ -305,11 +316,17 @@ def load_model(
         raise XlalignError(f"cannot load the weights of '{model}': {_first_line(e)}") from None
     except ImportError as e:
         raise XlalignError(f"cannot load '{model}': {_first_line(e)}") from None
+    except ValueError as e:
+        if device_map is None:
+            raise
+        # Accelerate's refusals (no room for the model, no offload folder) are user-fixable.
+        raise XlalignError(
+            f"cannot place '{model}' with --device-map {device_map}: {_first_line(e)}"
+        ) from None
     net.eval()
 
     adapter = resolve_adapter(net)
-    embed_weight = next(adapter.embedding.parameters(), None)
-    device_used = embed_weight.device if embed_weight is not None else torch_device
+    device_used = input_device(adapter, torch_device)
     adds_bos, bos_token, adds_eos = detect_special_tokens(tokenizer)
     return LoadedModel(
         model=net,
@@ -321,13 +338,39 @@ def load_model(
         weights_fingerprint=weights_fingerprint(local) if local.is_dir() else None,
         dtype=torch_dtype,
         device=device_used,
-        device_map=device_map,
+        device_map=device_map if isinstance(device_map, str) or device_map is None else "custom",
         adds_bos=adds_bos,
         bos_token=bos_token,
         adds_eos=adds_eos,
         random_init_seed=random_init_seed,
         is_causal_lm=causal,
     )
+
+
+def input_device(adapter: ModelAdapter, fallback: torch.device) -> torch.device:
+    """The device the model's inputs go to: where the embedding runs.
+
+    With a device map, Accelerate may keep the embedding's weights on the ``meta`` device (CPU
+    or disk offload) and move them in at each call; its hook names the execution device then.
+    """
+    hook = getattr(adapter.embedding, "_hf_hook", None)
+    executes_on = getattr(hook, "execution_device", None)
+    if executes_on is not None:
+        return torch.device(
+            executes_on if not isinstance(executes_on, int) else f"cuda:{executes_on}"
+        )
+    weight = next(adapter.embedding.parameters(), None)
+    if weight is None or weight.device.type == "meta":
+        return fallback
+    return weight.device
+
+
+def device_map_summary(model: nn.Module) -> dict[str, str] | None:
+    """``model.hf_device_map`` as ``{module: device}`` strings (None without a device map)."""
+    mapping = getattr(model, "hf_device_map", None)
+    if not isinstance(mapping, dict):
+        return None
+    return {str(k): str(v) for k, v in mapping.items()}
 
 
 def wrap_model(

@@ -5,6 +5,7 @@ Layout of a run folder::
     manifest.json                      what was captured, how, from what; "complete" last
     meta.json                          ids and per-row corpus columns (e.g. category)
     progress.json                      batches done per language (for --resume)
+    progress/rank-<r>-of-<n>.json      the same per rank of a data-parallel launch
     tokenizer/                         the tokenizer, saved, so tokens decode offline
     tokens/<lang>.ids.npy              int32   (total_tokens,)   every prompt's ids, flat
     tokens/<lang>.offsets.npy          int64   (n_rows + 1,)     row i is ids[off[i]:off[i+1]]
@@ -40,6 +41,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 META = "meta.json"
 PROGRESS = "progress.json"
+#: Per-rank progress records of a data-parallel launch: ``progress/rank-<r>-of-<n>.json``.
+PROGRESS_DIR = "progress"
 TOKENIZER_DIR = "tokenizer"
 ARRAYS_DIR = "arrays"
 TOKENS_DIR = "tokens"
@@ -160,8 +163,14 @@ class RunWriter:
         path: Path,
         manifest: dict[str, Any],
         token_lengths: Mapping[str, int],
+        progress_path: Path | None = None,
     ) -> None:
         self.path = path
+        #: where this writer records its batches: ``progress.json``, or for one rank of a
+        #: data-parallel launch ``progress/rank-<r>-of-<n>.json`` (see :mod:`xlalign.distributed`)
+        self.progress_path = progress_path or path / PROGRESS
+        #: extra entries of the progress record (a rank keeps its sessions there)
+        self.progress_extra: dict[str, Any] = {}
         self.manifest = manifest
         self.languages: list[str] = list(manifest["languages"])
         self.sites: list[str] = list(manifest["sites"])
@@ -189,13 +198,14 @@ class RunWriter:
         meta: Mapping[str, Any],
         tokens: Mapping[str, TokenData],
         tokenizer: Any = None,
+        progress_path: Path | None = None,
     ) -> RunWriter:
         """Lay out a new run in ``path`` (empty or absent): token files, empty arrays, manifest."""
         for lang in manifest["languages"]:
             _check_name("language", lang)
         path.mkdir(parents=True, exist_ok=True)
         lengths = {lang: int(t.offsets[-1]) for lang, t in tokens.items()}
-        writer = cls(path, manifest, lengths)
+        writer = cls(path, manifest, lengths, progress_path)
         for lang, data in tokens.items():
             ids_p, off_p, spec_p = token_paths(path, lang)
             _save_npy(ids_p, data.ids.astype(np.int32, copy=False))
@@ -210,17 +220,26 @@ class RunWriter:
         return writer
 
     @classmethod
-    def reopen(cls, path: Path, manifest: dict[str, Any]) -> RunWriter:
-        """Open an incomplete run for resuming; reads which batches are done."""
+    def reopen(
+        cls, path: Path, manifest: dict[str, Any], progress_path: Path | None = None
+    ) -> RunWriter:
+        """Open an incomplete run for resuming; reads which batches are done.
+
+        Done means recorded in any progress file of the run (``progress.json`` and every
+        rank's), so a run begun by one launch can be finished by another of any size.
+        """
         lengths = {}
         for lang in manifest["languages"]:
             offsets = np.load(token_paths(path, lang)[1], allow_pickle=False)
             lengths[lang] = int(offsets[-1])
-        writer = cls(path, manifest, lengths)
+        writer = cls(path, manifest, lengths, progress_path)
         progress = read_progress(path)
         for lang, batches in progress.items():
             if lang in writer.done:
                 writer.done[lang] = set(int(b) for b in batches)
+        if writer.progress_path.exists():  # keep this rank's earlier sessions
+            old = read_json(writer.progress_path)
+            writer.progress_extra = {k: v for k, v in old.items() if k != "done"}
         writer._open_arrays(create=False)
         return writer
 
@@ -315,10 +334,13 @@ class RunWriter:
             self._write_progress()
         self._last_flush = time.monotonic()
 
+    def record_progress(self) -> None:
+        """Write the progress record now (batches flushed so far, and ``progress_extra``)."""
+        self._write_progress()
+
     def _write_progress(self) -> None:
-        atomic_write_json(
-            self.path / PROGRESS, {"done": {k: sorted(v) for k, v in self.done.items()}}
-        )
+        record = {"done": {k: sorted(v) for k, v in self.done.items()}, **self.progress_extra}
+        atomic_write_json(self.progress_path, record)
 
     def close(self) -> None:
         """Flush and record everything written, and release the memory maps."""
@@ -364,13 +386,38 @@ class RunWriter:
         return self.manifest
 
 
+def progress_files(path: Path) -> list[Path]:
+    """Every progress record of the run at ``path``: ``progress.json`` and each rank's."""
+    files = [path / PROGRESS] if (path / PROGRESS).exists() else []
+    return files + sorted((path / PROGRESS_DIR).glob("rank-*.json"))
+
+
 def read_progress(path: Path) -> dict[str, list[int]]:
-    """Batches recorded done per language in the run at ``path`` (empty when none)."""
-    p = path / PROGRESS
-    if not p.exists():
-        return {}
-    data = read_json(p)
-    return {str(k): [int(b) for b in v] for k, v in data.get("done", {}).items()}
+    """Batches recorded done per language in the run at ``path`` (empty when none).
+
+    The union over every progress file: a data-parallel launch records each rank's batches in
+    its own file (see :data:`PROGRESS_DIR`).
+    """
+    done: dict[str, set[int]] = {}
+    for p in progress_files(path):
+        try:
+            data = read_json(p)
+        except (OSError, json.JSONDecodeError):
+            continue  # written atomically; unreadable only while being replaced on some FS
+        for k, v in data.get("done", {}).items():
+            done.setdefault(str(k), set()).update(int(b) for b in v)
+    return {k: sorted(v) for k, v in done.items()}
+
+
+def rank_sessions(path: Path) -> list[dict[str, Any]]:
+    """The sessions every rank of every data-parallel launch recorded in its progress file."""
+    sessions: list[dict[str, Any]] = []
+    for p in sorted((path / PROGRESS_DIR).glob("rank-*.json")):
+        try:
+            sessions += list(read_json(p).get("sessions", []))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return sessions
 
 
 def prepare_folder(path: Path, overwrite: bool, *, check_only: bool = False) -> None:

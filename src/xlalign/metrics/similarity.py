@@ -31,6 +31,7 @@ import numpy as np
 from xlalign.errors import XlalignError
 from xlalign.metrics._checks import (
     CHUNK_ROWS,
+    DENSE_MAX_ENTRIES,
     TIE_TOL,
     Result,
     UnitRows,
@@ -195,11 +196,18 @@ def linear_cka(x: Any, y: Any, unbiased: bool = False, prepare: bool = False) ->
     ``H = I - 11^T/n``, and ``CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))``, computed as
     ``||Xc^T Yc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)``. ``unbiased=True`` uses Song et al.'s
     unbiased HSIC (needs ``n >= 4``; can be slightly negative). Memory: ``O(d_x d_y)`` or one
-    row block of the kernels, never ``n x n``.
+    row block of the kernels, never ``n x n``. Inputs bigger than ``DENSE_MAX_ENTRIES`` with
+    ``n >= max(d_x, d_y) / 2`` (e.g. a memory-mapped ``(1_000_000, 1024)`` float32 site) are
+    streamed in row chunks: no float64 copy of x or y is made, memory is ``O(n + d^2)`` and
+    the value equals the in-memory computation to float64 rounding.
 
     Args:
         prepare: clamp and L2-normalise first as platonic-rep does (:func:`prepare_features`).
     """
+    if not prepare:
+        xa, ya = check_pair(x, y, min_pairs=4 if unbiased else 3, same_dim=False)
+        if _stream_cka(xa, ya):
+            return _linear_cka_streamed(xa, ya, unbiased)
     fx, fy = _features(x, y, 4 if unbiased else 3, prepare)
     n = fx.shape[0]
     xc, x_var = _centred(fx)
@@ -220,6 +228,110 @@ def linear_cka(x: Any, y: Any, unbiased: bool = False, prepare: bool = False) ->
         reason = "the unbiased HSIC of a side with itself is not positive (too few pairs?)"
         return CkaResult(cka=None, unbiased=unbiased, n=n, undefined_reason=reason)
     return CkaResult(cka=float(hxy / np.sqrt(hxx * hyy)), unbiased=unbiased, n=n)
+
+
+def _stream_cka(xa: np.ndarray, ya: np.ndarray) -> bool:
+    """Whether :func:`linear_cka` should stream ``xa``, ``ya`` instead of copying them.
+
+    Only large inputs stream (small ones keep the in-memory path bit for bit), and only when
+    the scatter matrices are the cheaper route (``d <= 2 n``); with fewer rows than half the
+    width the float64 copy is smaller than a ``d x d`` scatter matrix anyway.
+    """
+    n, dx = xa.shape
+    dy = ya.shape[1]
+    big = n * max(dx, dy) > DENSE_MAX_ENTRIES
+    return big and dx * dy <= n * (dx + dy) and max(dx, dy) <= 2 * n
+
+
+def _linear_cka_streamed(xa: np.ndarray, ya: np.ndarray, unbiased: bool) -> CkaResult:
+    """Linear CKA of ``xa (n, d_x)`` and ``ya (n, d_y)`` from three scatter matrices.
+
+    Two passes over row chunks of ``CHUNK_ROWS`` rows: the first gives the float64 column means
+    (and the raw sums of squares for the no-variance check), the second accumulates
+    ``Cxy = Xc^T Yc``, ``Cxx = Xc^T Xc`` and ``Cyy = Yc^T Yc`` with each chunk centred by the
+    exact means, so, as in the in-memory path, no large shared mean is cancelled late.
+    Biased: ``HSIC(x, y) = ||Cxy||_F^2``. Unbiased (Song et al. 2012): the ``n``-vectors of
+    kernel diagonals and row sums are rebuilt from chunk sums (see ``_hsic_unbiased_stats``).
+    """
+    n, dx = xa.shape
+    dy = ya.shape[1]
+    sx, sy = np.zeros(dx), np.zeros(dy)
+    sqx = sqy = 0.0
+    for start in range(0, n, CHUNK_ROWS):
+        xb = np.asarray(xa[start : start + CHUNK_ROWS], dtype=np.float64)
+        yb = np.asarray(ya[start : start + CHUNK_ROWS], dtype=np.float64)
+        sx += xb.sum(axis=0)
+        sy += yb.sum(axis=0)
+        sqx += float(np.einsum("ij,ij->", xb, xb))
+        sqy += float(np.einsum("ij,ij->", yb, yb))
+    xbar, ybar = sx / n, sy / n
+    cxy = np.zeros((dx, dy))
+    cxx = np.zeros((dx, dx))
+    cyy = np.zeros((dy, dy))
+    # Unbiased HSIC needs, besides the scatter matrices: centred column sums, row norms^2
+    # (kernel diagonals) and norm-weighted column sums (see _hsic_unbiased_stats).
+    ax, ay = np.zeros(dx), np.zeros(dy)
+    kd, ld = np.empty(n), np.empty(n)
+    w = {key: np.zeros(d) for key, d in (("xk", dx), ("xl", dx), ("yk", dy), ("yl", dy))}
+    for start in range(0, n, CHUNK_ROWS):
+        rows = slice(start, min(n, start + CHUNK_ROWS))
+        xc = np.asarray(xa[rows], dtype=np.float64) - xbar
+        yc = np.asarray(ya[rows], dtype=np.float64) - ybar
+        cxy += xc.T @ yc
+        cxx += xc.T @ xc
+        cyy += yc.T @ yc
+        if unbiased:
+            kb, lb = np.einsum("ij,ij->i", xc, xc), np.einsum("ij,ij->i", yc, yc)
+            kd[rows], ld[rows] = kb, lb
+            ax += xc.sum(axis=0)
+            ay += yc.sum(axis=0)
+            w["xk"] += kb @ xc
+            w["xl"] += lb @ xc
+            w["yk"] += kb @ yc
+            w["yl"] += lb @ yc
+    x_var = np.sqrt(max(float(np.trace(cxx)), 0.0)) > 1e-10 * np.sqrt(sqx)
+    y_var = np.sqrt(max(float(np.trace(cyy)), 0.0)) > 1e-10 * np.sqrt(sqy)
+    if not (x_var and y_var):
+        side = "x" if not x_var else "y"
+        reason = f"{side} has no variance: all its rows are identical, so CKA is 0/0"
+        return CkaResult(cka=None, unbiased=unbiased, n=n, undefined_reason=reason)
+    if unbiased:
+        hxy = _hsic_unbiased_stats(n, cxy, ax, ay, kd, ld, w["xl"], w["yk"])
+        hxx = _hsic_unbiased_stats(n, cxx, ax, ax, kd, kd, w["xk"], w["xk"])
+        hyy = _hsic_unbiased_stats(n, cyy, ay, ay, ld, ld, w["yl"], w["yl"])
+    else:
+        hxy = float(np.einsum("ij,ij->", cxy, cxy))
+        hxx = float(np.einsum("ij,ij->", cxx, cxx))
+        hyy = float(np.einsum("ij,ij->", cyy, cyy))
+    if hxx <= 0 or hyy <= 0:
+        reason = "the unbiased HSIC of a side with itself is not positive (too few pairs?)"
+        return CkaResult(cka=None, unbiased=unbiased, n=n, undefined_reason=reason)
+    return CkaResult(cka=float(hxy / np.sqrt(hxx * hyy)), unbiased=unbiased, n=n)
+
+
+def _hsic_unbiased_stats(
+    m: int,
+    cab: np.ndarray,
+    sa: np.ndarray,
+    sb: np.ndarray,
+    kd: np.ndarray,
+    ld: np.ndarray,
+    wa: np.ndarray,
+    wb: np.ndarray,
+) -> float:
+    """:func:`_hsic_unbiased_linear` of features ``a``, ``b`` from their sums, not their rows.
+
+    ``cab = a^T b`` ``(d_a, d_b)``; ``sa``, ``sb``: column sums; ``kd``, ``ld``: ``(m,)`` row
+    norms^2; ``wa = sum_i ld_i a_i``, ``wb = sum_i kd_i b_i``. With ``k1_i = a_i . sa - kd_i``
+    and ``l1_i = b_i . sb - ld_i``: ``sum k1 = |sa|^2 - sum kd`` and
+    ``k1 . l1 = sa^T cab sb - sa . wa - sb . wb + kd . ld``.
+    """
+    kl = float(kd @ ld)
+    tr = float(np.einsum("ij,ij->", cab, cab)) - kl
+    k1_sum = float(sa @ sa) - float(kd.sum())
+    l1_sum = float(sb @ sb) - float(ld.sum())
+    k1_l1 = float(sa @ cab @ sb) - float(sa @ wa) - float(sb @ wb) + kl
+    return (tr + k1_sum * l1_sum / ((m - 1) * (m - 2)) - 2 * k1_l1 / (m - 2)) / (m * (m - 3))
 
 
 # --------------------------------------------------------------------------- k-NN metrics
@@ -356,7 +468,9 @@ def svcca(x: Any, y: Any, dims: int = 10, prepare: bool = False) -> SvccaResult:
 def semantic_hub_score(x: Any, y: Any) -> HubResult:
     """Mean ``cos(x_i, y_i)`` minus mean ``cos(x_i, y_j)`` over ``i != j`` (Wu et al. 2024).
 
-    The off-diagonal mean is the exact mean of the scrambled null, from sums of unit rows:
+    The off-diagonal mean is the exact null mean over derangements (the z's null, over all
+    permutations, has mean ``sum S / n^2``, so this is ``n/(n-1)`` times matched minus it); it
+    comes from sums of unit rows:
     ``sum_ij S_ij = (sum_i x_i) . (sum_j y_j)``; nothing ``n x n`` is formed. Needs ``n >= 2``.
     """
     xa, ya = check_pair(x, y, min_pairs=2)

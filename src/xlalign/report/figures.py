@@ -1,4 +1,5 @@
-"""The report's figures: alignment against depth, PCA scatters and a grouped similarity heatmap.
+"""The report's figures: alignment against depth, PCA scatters, a grouped similarity heatmap and
+the language x language matrices of a many-language sweep.
 
 Figures are built on :class:`matplotlib.figure.Figure` directly (no ``pyplot``), so making a
 report touches no global plotting state and works with any backend the caller has chosen.
@@ -39,6 +40,15 @@ _ZERO_BASELINE = frozenset({"z", "cohen_d_pc1"})
 
 #: At most this many language pairs get an alignment figure (one figure per pair).
 MAX_PAIRS = 6
+
+#: Language-matrix figures show at most this many sites (default: first, middle, last) ...
+MAX_MATRIX_SITES = 3
+#: ... for at most this many metrics (one figure each).
+MAX_MATRIX_METRICS = 6
+#: Above this many languages the matrix axes carry no language names (they would overlap).
+MAX_MATRIX_LABELS = 40
+#: Matrix names that are not record names (``p1`` folds ``p1_xy`` and ``p1_yx``).
+MATRIX_LABELS = {"p1": "P@1 (row language → column language)"}
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 _PNG_DPI = 110
@@ -466,6 +476,92 @@ def heatmap_figure(heatmap: HeatmapInput) -> Figure:
         fontsize=10,
     )
     return fig
+
+
+def matrix_metrics(alignment: Mapping[str, Any] | None) -> list[str]:
+    """Return the metrics with language matrices in ``alignment``, known metrics first."""
+    found = list((alignment or {}).get("matrices") or {})
+    order = ["z", "p1", *METRIC_LABELS]
+    known = [m for m in dict.fromkeys(order) if m in found]
+    return known + [m for m in found if m not in known]
+
+
+def matrix_sites(sites: Sequence[str], chosen: Sequence[str] | None = None) -> list[str]:
+    """Return the sites to show: ``chosen`` (those present), else the first, middle and last."""
+    if chosen:
+        return [s for s in chosen if s in sites][:MAX_MATRIX_SITES]
+    if len(sites) <= MAX_MATRIX_SITES:
+        return list(sites)
+    picks = [0, (len(sites) - 1) // 2, len(sites) - 1]
+    return [sites[i] for i in dict.fromkeys(picks)]
+
+
+def language_matrix(alignment: Mapping[str, Any], metric: str, pool: str, site: str) -> np.ndarray:
+    """Return the ``(L, L)`` matrix of ``metric`` at ``site`` as floats, NaN where undefined."""
+    langs = list(alignment.get("languages") or [])
+    raw = (((alignment.get("matrices") or {}).get(metric) or {}).get(pool) or {}).get(site)
+    out = np.full((len(langs), len(langs)), np.nan)
+    if isinstance(raw, list):
+        for i, row in enumerate(raw[: len(langs)]):
+            for j, v in enumerate(list(row)[: len(langs)]):
+                out[i, j] = _as_float(v)
+    return out
+
+
+def language_matrix_figure(
+    alignment: Mapping[str, Any], metric: str, pool: str, sites: Sequence[str]
+) -> Figure:
+    """Return one heatmap per site of the ``(L, L)`` matrix of ``metric`` for ``pool``.
+
+    Rows are the x language, columns the y language (for P@1: retrieval from row to column);
+    cells never computed (the diagonal, pairs a pivot left out) are grey. Values are written
+    in the cells when there are at most 12 languages.
+    """
+    langs = [str(lang) for lang in alignment.get("languages") or []]
+    n = len(langs)
+    mats = {site: language_matrix(alignment, metric, pool, site) for site in sites}
+    finite = np.concatenate([m[np.isfinite(m)] for m in mats.values()] or [np.zeros(0)])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if vmin == vmax:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    side = min(6.0, max(3.2, 0.32 * n + 1.6))
+    fig = Figure(figsize=(side * len(sites) + 1.2, side + 0.9), layout="constrained")
+    axes = fig.subplots(1, max(1, len(sites)), squeeze=False)[0]
+    cmap = _grey_bad("viridis")
+    im = None
+    for ax, site in zip(axes, sites, strict=False):
+        m = mats[site]
+        im = ax.imshow(
+            np.ma.masked_invalid(m), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest"
+        )
+        ax.set_title(mpl_text(site), fontsize=10)
+        if n <= MAX_MATRIX_LABELS:
+            names = [mpl_text(_short(lang, 12)) for lang in langs]
+            size = 8 if n <= 12 else 6
+            ax.set_xticks(np.arange(n), names, fontsize=size, rotation=90 if n > 6 else 0)
+            ax.set_yticks(np.arange(n), names, fontsize=size)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if n <= 12:
+            for (i, j), v in np.ndenumerate(m):
+                if np.isfinite(v):
+                    bright = (v - vmin) / (vmax - vmin) > 0.6
+                    ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=7,
+                            color="black" if bright else "white")  # fmt: skip
+        ax.set_xlabel("y language", fontsize=8)
+        ax.set_ylabel("x language", fontsize=8)
+    label = MATRIX_LABELS.get(metric) or METRIC_LABELS.get(metric, metric)
+    if im is not None:
+        fig.colorbar(im, ax=list(axes), shrink=0.8, label=mpl_text(label))
+    fig.suptitle(mpl_text(f"{label} between languages ({pool} pool)"), fontsize=11)
+    return fig
+
+
+def _grey_bad(name: str) -> Any:
+    from matplotlib import colormaps
+
+    return colormaps[name].with_extremes(bad="0.85")
 
 
 def save_figure(fig: Figure, out_dir: Path, name: str) -> tuple[Path, Path]:

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from xlalign.report.figures import (
+    MATRIX_LABELS,
+    MAX_MATRIX_METRICS,
     MAX_PAIRS,
     METRIC_LABELS,
     HeatmapInput,
@@ -30,6 +32,9 @@ from xlalign.report.figures import (
     alignment_series,
     alignment_sites,
     heatmap_figure,
+    language_matrix_figure,
+    matrix_metrics,
+    matrix_sites,
     pca_figure,
     safe_name,
     save_figure,
@@ -82,7 +87,9 @@ class ReportInputs:
     ``alignment`` and ``control_alignment`` are parsed ``alignment.json`` documents (the model
     and its random-weights control); ``origin`` is the parsed ``origin.json``; ``pca`` maps a
     site label to the vectors of its PCA scatter; ``provenance`` is a nested dict shown as a
-    flat table; ``summary_lines`` open the report.
+    flat table; ``summary_lines`` open the report. ``matrix_sites`` picks the sites of the
+    language x language heatmaps (default: first, middle and last; at most three), shown when
+    ``alignment`` holds ``matrices`` for three or more languages.
     """
 
     title: str
@@ -93,6 +100,7 @@ class ReportInputs:
     heatmap: HeatmapInput | None = None
     provenance: Mapping[str, Any] = field(default_factory=dict)
     summary_lines: Sequence[str] = field(default_factory=list)
+    matrix_sites: Sequence[str] | None = None
 
 
 def build_report(out_dir: Path, inputs: ReportInputs) -> dict[str, Path]:
@@ -102,7 +110,8 @@ def build_report(out_dir: Path, inputs: ReportInputs) -> dict[str, Path]:
     or external links), ``report.md`` (figures by relative path) and every figure as
     ``fig_<name>.png`` and ``fig_<name>.svg`` into ``out_dir``. Figure names: ``alignment``
     (one language pair) or ``alignment_<x>-<y>`` (several pairs, the first
-    :data:`MAX_PAIRS`), ``pca`` and ``heatmap``, each only when its inputs are given.
+    :data:`MAX_PAIRS`), ``pca`` and ``heatmap``, each only when its inputs are given, and
+    ``languages_<metric>`` per metric with language matrices (three or more languages).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,13 +121,17 @@ def build_report(out_dir: Path, inputs: ReportInputs) -> dict[str, Path]:
     nav: list[tuple[str, str]] = []
     if inputs.summary_lines:
         nav.append(("summary", "Summary"))
-    for anchor, label, section in (
+    sections = [
         ("alignment", "Alignment against depth", _alignment_section(out_dir, inputs, figures)),
+        ("languages", "Language x language", _matrix_section(out_dir, inputs, figures)),
         ("pca", "PCA scatter", _pca_section(out_dir, inputs, figures)),
         ("heatmap", "Similarity heatmap", _heatmap_section(out_dir, inputs, figures)),
         ("origin", "Origin findings", _origin_section(inputs.origin)),
         ("provenance", "Provenance", _provenance_section(inputs.provenance)),
-    ):
+    ]
+    for anchor, label, section in sections:
+        if not section:  # only the language matrices are left out when there are none
+            continue
         nav.append((anchor, label))
         blocks.append(Heading(2, label, anchor))
         blocks += section
@@ -263,6 +276,38 @@ def _alignment_table(
         rows,
         caption=f"{label}, {pool} pool",
     )
+
+
+def _matrix_section(out_dir: Path, inputs: ReportInputs, figures: dict[str, Path]) -> list[Block]:
+    """Heatmaps of each metric between every two languages, at a few sites (L >= 3 only)."""
+    doc = inputs.alignment
+    langs = list((doc or {}).get("languages") or [])
+    metrics = matrix_metrics(doc)
+    if doc is None or len(langs) < 3 or not metrics:
+        return []
+    sites = matrix_sites(alignment_sites(doc), inputs.matrix_sites)
+    pools = alignment_pools(doc)
+    pool = pools[0] if pools else "last"
+    pivot = doc.get("pivot")
+    blocks: list[Block] = [
+        Para(
+            f"{len(langs)} languages. Each heatmap compares every language (rows, x) with every "
+            "other (columns, y) at one site; grey cells were not computed"
+            + (f" (pivot {pivot}: only its row and column)" if pivot else "")
+            + f". Pool {pool}; alignment.json holds every site and pool under 'matrices'."
+        )
+    ]
+    if len(metrics) > MAX_MATRIX_METRICS:
+        blocks.append(
+            Para(f"Showing the first {MAX_MATRIX_METRICS} of {len(metrics)} metrics.", note=True)
+        )
+    for metric in metrics[:MAX_MATRIX_METRICS]:
+        name = f"languages_{safe_name(metric)}"
+        png, _ = save_figure(language_matrix_figure(doc, metric, pool, sites), out_dir, name)
+        figures[name] = png
+        label = MATRIX_LABELS.get(metric) or METRIC_LABELS.get(metric, metric)
+        blocks.append(Image(png, f"{label} between languages", f"{label} at {', '.join(sites)}."))
+    return blocks
 
 
 def _pca_section(out_dir: Path, inputs: ReportInputs, figures: dict[str, Path]) -> list[Block]:

@@ -3,6 +3,15 @@
 Reads the run site by site (memory-mapped), so memory stays bounded by one site's arrays of two
 languages. Monte Carlo z uses one permutation array for every site, pool and pair, so layers are
 compared on the same null (calibrated similarity).
+
+Scale: the exact z, CKA and the semantic-hub score stream over row chunks (``O(N d^2)`` time,
+``O(N + d^2)`` memory); retrieval (P@1, MEXA, MRR, xSIM) streams in tiles but costs
+``O(N^2 d)``; the k-NN metrics, SVCCA and Cohen's d hold float64 copies and are meant for
+study-sized N. Bootstrap intervals are skipped above :data:`CI_MAX_N` pairs.
+
+Many languages: every pair of languages (or each against ``pivot``) is read pair by pair from
+the memory-mapped store, never all languages at once, and ``matrices`` in the result holds the
+L x L matrix of each metric per pool and site (see :func:`language_matrices`).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from xlalign.metrics import (
     cknna,
     cohen_d_pc1,
     linear_cka,
+    matched_vs_scrambled_z,
     matched_vs_scrambled_z_sweep,
     mutual_knn,
     retrieval_scores,
@@ -50,6 +60,16 @@ METRICS: dict[str, tuple[str, ...]] = {
 DEFAULT_METRICS = ("z", "p1", "mexa", "xsim", "cka", "knn", "hub")
 #: Metrics with bootstrap confidence intervals.
 CI_METRICS = ("z", "p1_xy", "p1_yx", "cka")
+#: Above this many pairs the bootstrap intervals are skipped: the interval helpers hold
+#: ``N x N`` float64 matrices (10,000 pairs: 800 MB) and re-read them ``n_boot`` times.
+CI_MAX_N = 10_000
+#: Metrics whose value does not change when the two languages swap places.
+SYMMETRIC_METRICS = frozenset(
+    {"z", "mexa", "cka", "cka_unbiased", "mutual_knn", "cknna", "svcca", "semantic_hub"}
+)
+#: Directed record pairs folded into one matrix: ``p1[i][j]`` retrieves language j's partner
+#: of each language-i sentence (``p1_xy`` of the pair (i, j), or ``p1_yx`` of (j, i)).
+_FOLDED = {"p1_xy": ("p1", False), "p1_yx": ("p1", True)}
 
 
 @dataclass(frozen=True)
@@ -241,6 +261,37 @@ def _ci(
     return _finite(ci.low), _finite(ci.high)
 
 
+def _z_all_sites(
+    run: Run,
+    lx: str,
+    ly: str,
+    pool: str,
+    sites: Sequence[str],
+    cfg: SweepConfig,
+    strata: Sequence[Any] | None,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """z at every site on one null; a site whose data cannot be scored gets its reason."""
+    kw: dict[str, Any] = dict(
+        method=cfg.null, n_perms=cfg.n_perms, seed=cfg.seed, strata=strata, center=cfg.center
+    )
+    try:
+        return matched_vs_scrambled_z_sweep(_LazySites(run, lx, ly, pool, sites), **kw), {}  # type: ignore[arg-type]
+    except XlalignError:
+        pass
+    # One site failed (e.g. a zero-norm vector): score the others one by one. The same seed
+    # draws the same permutations, so they still share one null.
+    zs: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for site in sites:
+        x, y = run.array(lx, site, pool), run.array(ly, site, pool)
+        res, why = _guard(lambda x=x, y=y: matched_vs_scrambled_z(x, y, **kw))  # type: ignore[misc]
+        if res is None:
+            errors[site] = why or "undefined"
+        else:
+            zs[site] = res
+    return zs, errors
+
+
 def layer_sweep(
     run: Run, config: SweepConfig | None = None, *, progress: bool = True
 ) -> dict[str, Any]:
@@ -259,21 +310,23 @@ def layer_sweep(
     records: list[_Rec] = []
     total = len(pairs) * len(pools) * len(sites)
     bar = tqdm(total=total, desc="align", unit="site", disable=not progress)
+    ci_skipped = None
+    if cfg.n_boot > 0 and run.n_rows > CI_MAX_N:
+        ci_skipped = (
+            f"bootstrap intervals skipped: {run.n_rows} pairs > {CI_MAX_N} (the interval helpers "
+            "hold N x N matrices); use --n-boot 0 or a subsample"
+        )
     for (lx, ly), pool in itertools.product(pairs, pools):
-        zs = {}
+        zs: dict[str, Any] = {}
+        z_errors: dict[str, str] = {}
         if "z" in cfg.metrics:
-            zs = matched_vs_scrambled_z_sweep(
-                _LazySites(run, lx, ly, pool, sites),
-                method=cfg.null,
-                n_perms=cfg.n_perms,
-                seed=cfg.seed,
-                strata=strata,
-                center=cfg.center,
-            )
+            zs, z_errors = _z_all_sites(run, lx, ly, pool, sites, cfg, strata)
         for site in sites:
             x = np.asarray(run.array(lx, site, pool))
             y = np.asarray(run.array(ly, site, pool))
-            base = dict(site=site, depth=depth[site], pool=pool, x=lx, y=ly, n=len(x))
+            base: dict[str, Any] = dict(
+                site=site, depth=depth[site], pool=pool, x=lx, y=ly, n=len(x)
+            )
             site_recs: list[_Rec] = []
             if site in zs:
                 z = zs[site]
@@ -286,16 +339,21 @@ def layer_sweep(
                         **base,  # type: ignore[arg-type]
                     )
                 )
+            elif site in z_errors:
+                site_recs.append(
+                    _Rec(metric="z", value=None, undefined_reason=z_errors[site], **base)
+                )  # type: ignore[arg-type]
             for name, value, why, detail in _site_metrics(x, y, cfg, strata):
                 site_recs.append(
                     _Rec(metric=name, value=value, undefined_reason=why, detail=detail, **base)  # type: ignore[arg-type]
                 )
             for rec in site_recs:
-                if rec.value is not None:
+                if rec.value is not None and ci_skipped is None:
                     rec.ci_low, rec.ci_high = _ci(rec.metric, x, y, cfg, strata)
             records.extend(site_recs)
             bar.update(1)
     bar.close()
+    record_dicts = [r.to_dict() for r in records]
     return {
         "run": str(run.path),
         "model": run.manifest.get("model"),
@@ -311,7 +369,50 @@ def layer_sweep(
         "center": cfg.center,
         "n_boot": cfg.n_boot,
         "ci_level": cfg.ci_level,
-        "records": [r.to_dict() for r in records],
+        "ci_skipped": ci_skipped,
+        "pivot": cfg.pivot,
+        "records": record_dicts,
+        "matrices": language_matrices(record_dicts, langs, pools, sites),
+        "matrix_orientation": (
+            "matrices[metric][pool][site][i][j]: languages[i] as x against languages[j] as y; "
+            "symmetric metrics fill both triangles, directed ones (p1, mrr, xsim_error, "
+            "cohen_d_pc1) only the direction computed; the diagonal and pairs not compared "
+            "(see pivot) are null"
+        ),
+    }
+
+
+def language_matrices(
+    records: Sequence[Mapping[str, Any]],
+    langs: Sequence[str],
+    pools: Sequence[str],
+    sites: Sequence[str],
+) -> dict[str, dict[str, dict[str, list[list[float | None]]]]]:
+    """``{metric: {pool: {site: M}}}``, ``M`` the ``(L, L)`` nested list over ``langs``.
+
+    ``M[i][j]`` is the record of the pair (``langs[i]`` as x, ``langs[j]`` as y); a symmetric
+    metric (:data:`SYMMETRIC_METRICS`) fills ``M[j][i]`` too. ``p1_xy``/``p1_yx`` become one
+    directed matrix ``p1`` (``p1[i][j]``: share of language-i sentences whose nearest
+    language-j sentence is their translation). Entries never computed are None.
+    """
+    index = {lang: k for k, lang in enumerate(langs)}
+    n = len(langs)
+    out: dict[str, dict[str, dict[str, list[list[float | None]]]]] = {}
+    for rec in records:
+        x, y = index.get(rec["x"]), index.get(rec["y"])
+        if x is None or y is None or rec["pool"] not in pools or rec["site"] not in sites:
+            continue
+        name, flip = _FOLDED.get(rec["metric"], (rec["metric"], False))
+        per_pool = out.setdefault(name, {}).setdefault(rec["pool"], {})
+        m = per_pool.setdefault(rec["site"], [[None] * n for _ in range(n)])
+        i, j = (y, x) if flip else (x, y)
+        m[i][j] = rec["value"]
+        if name in SYMMETRIC_METRICS:
+            m[j][i] = rec["value"]
+    # sites in depth order within each pool, whatever order the records came in
+    return {
+        name: {pool: {s: per[s] for s in sites if s in per} for pool, per in by_pool.items()}
+        for name, by_pool in out.items()
     }
 
 
