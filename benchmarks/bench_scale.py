@@ -18,12 +18,13 @@ When the disk cannot hold every site at the largest N (10^6 x 1024 x 8 sites x 2
 is still read and computed on its own, but reads after the first come from the page cache.
 
 Part 2, retrieval (P@1 both ways, MEXA, MRR: ``retrieval_scores``) is ``O(N^2 d)``: at
-N = 10^6 that is 2e15 float64 flops, days on a 2-core CPU, so it is timed on the first rows
-of the smallest run at ``--retrieval-n`` sizes, each in a fresh subprocess, and the fitted
-power law is extrapolated to 10^5 and 10^6 (printed as an extrapolation).
+N = 10^6 that is 2e15 float64 flops, hours per site on a 2-core CPU, so it is timed on the
+first rows of the smallest run at ``--retrieval-n`` sizes, each in a fresh subprocess, and the
+fitted power law is extrapolated to 10^5 and 10^6 (printed as an extrapolation).
 
-The whole default run takes about 25 minutes on a 2-core VM (most of it the 10^6 sweep);
-``--n 100000 --sites 2`` gives a first figure in about a minute.
+The whole default run took 22 minutes on a shared 2-core VM, 16 of them the 10^6 sweep (about
+5e13 float64 flops of scatter matrices); ``--n 100000 --sites 2`` gives a first figure in
+about a minute. Figures: docs/benchmarks.md, "Scaling".
 """
 
 from __future__ import annotations
