@@ -20,20 +20,10 @@ ALL_POOLS = ("last", "mean", "first", "weighted", "tokens")
 RTOL = 1e-5
 
 
-def subset(corpus: ParallelCorpus, n: int) -> ParallelCorpus:
-    """The first ``n`` rows: the problems are shuffled, so these mix all five categories."""
-    return ParallelCorpus(
-        corpus.ids[:n],
-        {lang: corpus.texts[lang][:n] for lang in corpus.languages},
-        {k: v[:n] for k, v in corpus.meta.items()},
-        source=f"{corpus.source}[:{n}]",
-    )
-
-
 @pytest.fixture(scope="module")
 def small(problems: ParallelCorpus) -> ParallelCorpus:
     # 40 rows: batch size 32 gives one full and one partial batch, 7 gives a ragged tail.
-    return subset(problems, 40)
+    return problems.head(40)
 
 
 # ---------------------------------------------------------------------------------------------

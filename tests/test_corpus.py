@@ -235,3 +235,10 @@ def test_corpus_needs_two_languages():
 def test_corpus_rejects_duplicate_ids():
     with pytest.raises(CorpusError, match="duplicate id '0'"):
         ParallelCorpus(("0", "0"), {"en": ("x", "y"), "zh": ("一", "二")})
+
+
+def test_head_keeps_the_first_rows_of_every_column(problems):
+    h = problems.head(3)
+    assert h.ids == ("0", "1", "2") and h.text("en") == problems.text("en")[:3]
+    assert h.meta["category"] == problems.meta["category"][:3]
+    assert len(problems.head(10_000)) == len(problems)

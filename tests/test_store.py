@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import xlalign
-from xlalign.corpus import ParallelCorpus
 from xlalign.errors import XlalignError
 from xlalign.store import RunWriter, export_npz, load_run
 
@@ -22,18 +21,9 @@ MANIFEST_KEYS = {
 }  # fmt: skip
 
 
-def subset(corpus: ParallelCorpus, n: int) -> ParallelCorpus:
-    return ParallelCorpus(
-        corpus.ids[:n],
-        {lang: corpus.texts[lang][:n] for lang in corpus.languages},
-        {k: v[:n] for k, v in corpus.meta.items()},
-        source=f"{corpus.source}[:{n}]",
-    )
-
-
 @pytest.fixture(scope="module")
 def small(problems):
-    return subset(problems, 30)
+    return problems.head(30)
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +212,7 @@ def test_resume_refuses_a_different_setup(tiny_models, small, tmp_path, monkeypa
     with pytest.raises(XlalignError, match="model_key differs"):
         xlalign.extract(str(tiny_models["llama"]), small, "zh,en", batch_size=4, output=out,
                         resume=True)  # fmt: skip
-    other = subset(small, 20)
+    other = small.head(20)
     with pytest.raises(XlalignError, match="corpus_fingerprint differs"):
         xlalign.extract(path, other, "zh,en", batch_size=4, output=out, resume=True)
 

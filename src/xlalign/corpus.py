@@ -102,6 +102,15 @@ class ParallelCorpus:
             self.skipped,
         )  # fmt: skip
 
+    def head(self, n: int) -> ParallelCorpus:
+        """The first ``n`` rows (all of them if there are fewer)."""
+        return ParallelCorpus(
+            self.ids[:n],
+            {lang: texts[:n] for lang, texts in self.texts.items()},
+            {k: v[:n] for k, v in self.meta.items()},
+            source=f"{self.source}[:{n}]",
+        )
+
     def rows(self) -> Iterator[dict[str, Any]]:
         """One dict per row: ``id``, metadata columns, then one field per language."""
         for i, row_id in enumerate(self.ids):
