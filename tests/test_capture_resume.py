@@ -14,33 +14,17 @@ import numpy as np
 import pytest
 
 import xlalign
+from slowcli import SLOW_CLI
 from xlalign.corpus import ParallelCorpus
 from xlalign.errors import XlalignError
 
-# Runs the real CLI in a child process, with each batch slowed down and flushed so the parent
-# can kill it part-way through at a known state.
-SLOW_CLI = """
-import sys, time
-import xlalign.store as store
-
-delay = float(sys.argv[1])
-real_mark_done = store.RunWriter.mark_done
-
-def mark_done(self, lang, batch):
-    self.flush_interval_s = 0.0
-    real_mark_done(self, lang, batch)
-    time.sleep(delay)
-
-store.RunWriter.mark_done = mark_done
-from xlalign.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
-
 
 def _cli(script: Path, delay: float, args: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", XLALIGN_TEST_DELAY=str(delay)
+    )
     return subprocess.Popen(
-        [sys.executable, str(script), str(delay), *args],
+        [sys.executable, str(script), *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

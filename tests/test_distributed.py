@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import xlalign
+from slowcli import SLOW_CLI
 from xlalign.capture import plan_batches
 from xlalign.corpus import ParallelCorpus
 from xlalign.distributed import (
@@ -37,27 +38,6 @@ from xlalign.store import read_progress
 BIN = Path(sys.executable).parent
 ROWS = 40
 BATCH = 4  # 10 batches per language, 20 in all
-
-# The real CLI with each batch slowed down and flushed, so the test can kill a rank at a known
-# state; each rank leaves its pid in PID_DIR so the test knows which process is which rank.
-SLOW_CLI = """
-import os, sys, time
-from pathlib import Path
-import xlalign.store as store
-
-delay = float(os.environ.get("XLALIGN_TEST_DELAY", "0"))
-Path(os.environ["XLALIGN_TEST_PIDS"], f"rank{os.environ['RANK']}").write_text(str(os.getpid()))
-real_mark_done = store.RunWriter.mark_done
-
-def mark_done(self, lang, batch):
-    self.flush_interval_s = 0.0
-    real_mark_done(self, lang, batch)
-    time.sleep(delay)
-
-store.RunWriter.mark_done = mark_done
-from xlalign.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def _free_port() -> int:
