@@ -147,3 +147,38 @@ def test_tokenize_keeps_special_mask(wordpiece_tokenizer):
     ids, special = data.row(0)
     assert ids[0] == wordpiece_tokenizer.cls_token_id and special[0] and special[-1]
     assert not special[1:-1].any()
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_last_skips_appended_special_tokens_and_eos_is_the_appended_one(padding_side, monkeypatch):
+    import xlalign.pooling as pooling
+
+    torch.manual_seed(0)
+    h, mask = _hidden([5, 3, 4], padding_side)
+    h = torch.where(torch.isnan(h), h, torch.randn_like(h))
+    real = mask.bool()
+    special = torch.zeros_like(real)
+    for b in range(3):  # [CLS] ... [SEP]: the first and the last real token are special
+        pos = torch.nonzero(real[b]).flatten()
+        special[b, pos[0]] = special[b, pos[-1]] = True
+    plan = make_plan(mask, special, ["last", "eos", "first"])
+    fast, _ = pool(h, plan)
+    monkeypatch.setattr(pooling, "_matmul_is_exact_fp32", lambda device: False)
+    slow, _ = pool(h, plan)
+    for out in (fast, slow):
+        for b in range(3):
+            pos = torch.nonzero(real[b]).flatten()
+            assert torch.equal(out[b, 0], h[b, pos[-2]])  # the token before [SEP]
+            assert torch.equal(out[b, 1], h[b, pos[-1]])  # [SEP]
+            assert torch.equal(out[b, 2], h[b, pos[0]])  # [CLS]
+
+
+def test_last_of_only_special_tokens_is_the_final_token_and_eos_needs_a_special_end():
+    h, mask = _hidden([2, 3], "right", poison=0.0)
+    special = mask.bool().clone()  # row 0: all special
+    special[1] = False
+    plan = make_plan(mask, special, ["last"])
+    pooled, _ = pool(h, plan)
+    assert torch.equal(pooled[0, 0], h[0, 1]) and torch.equal(pooled[1, 0], h[1, 2])
+    with pytest.raises(XlalignError, match="pool 'eos' needs a special token"):
+        make_plan(mask, special, ["eos"])

@@ -50,7 +50,15 @@ from xlalign.distributed import (
 )
 from xlalign.errors import RunError, XlalignError
 from xlalign.models import LoadedModel, device_map_summary, dtype_name, load_model
-from xlalign.pooling import POOL_DESCRIPTIONS, PoolPlan, make_plan, parse_pools, pool
+from xlalign.pooling import (
+    POOL_DESCRIPTIONS,
+    POOL_SEMANTICS,
+    PoolPlan,
+    check_eos,
+    make_plan,
+    parse_pools,
+    pool,
+)
 from xlalign.sites import EMBED, FINAL, parse_sites
 from xlalign.store import (
     FORMAT,
@@ -80,6 +88,7 @@ RESUME_KEYS = (
     "pools",
     "batch_size",
     "padding_side",
+    "pool_semantics",
 )
 
 
@@ -98,7 +107,7 @@ class ExtractConfig:
     sites: str | Sequence[str] = "all"
     """Sites to capture: embed, L<i>, L<i>-L<j>, final, all (comma-separated)."""
     pools: str | Sequence[str] = ("last", "mean")
-    """Pools: last, mean, first, weighted, tokens (comma-separated)."""
+    """Pools: last, mean, first, weighted, eos, tokens (comma-separated)."""
     batch_size: int = 32
     """Prompts per forward pass."""
     padding_side: str = "right"
@@ -481,6 +490,9 @@ def _extract(
     t0 = time.perf_counter()
     tokens = {lang: tokenize(loaded.tokenizer, corpus.text(lang)) for lang in lang_list}
     _check_lengths(loaded, tokens, corpus)
+    if "eos" in pool_list:
+        for lang, data in tokens.items():
+            check_eos([data.row(i)[1] for i in range(len(data.lengths))], corpus.ids, lang)
     batches = {lang: plan_batches(tokens[lang].lengths, config.batch_size) for lang in lang_list}
     tokenize_s = time.perf_counter() - t0
 
@@ -711,6 +723,7 @@ def _manifest(
         "sites": sites,
         "site_info": {s: _site_info(loaded, s) for s in sites},
         "pools": pools,
+        "pool_semantics": POOL_SEMANTICS,
         "pool_info": {p: POOL_DESCRIPTIONS[p] for p in pools},
         "languages": langs,
         "n_rows": len(corpus),

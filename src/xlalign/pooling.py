@@ -2,7 +2,12 @@
 
 Pools (``B`` prompts, ``T`` padded positions, ``d`` hidden size):
 
-- ``last``: the last real token (attention mask 1), wherever padding sits.
+- ``last``: the last real token that is not a special token: for a decoder whose tokenizer
+  appends nothing (GPT-2, Qwen2, Llama) the last token; for an encoder the token before
+  ``[SEP]``; where a tokenizer appends an EOS, the token before it. One meaning for every model
+  (a prompt made only of special tokens falls back to its last real token).
+- ``eos``: the final special token a tokenizer appends (``[SEP]``, ``</s>``); only for
+  tokenizers that append one to every prompt (:func:`check_eos` refuses the others).
 - ``first``: the first real token ([CLS] for BERT-style tokenizers, the first text token for
   Qwen2-style ones that add no BOS).
 - ``mean``: the mean over real tokens that are not special tokens; special tokens come from the
@@ -14,10 +19,15 @@ Pools (``B`` prompts, ``T`` padded positions, ``d`` hidden size):
 
 Every pool reads only real positions: padding is zeroed with ``where`` before any sum, because
 a padded row may hold NaN or garbage and ``0 * NaN`` is NaN. Every vector pool is a weighted sum
-over tokens (one-hot weights for ``first`` and ``last``), so all pools of a site come from one
+over tokens (one-hot weights for ``first``, ``last`` and ``eos``), so all pools of a site come from one
 batched float32 matmul where float32 matmuls are exact (CPU, or CUDA with TF32 off); elsewhere
-``first``/``last`` are gathers and the means elementwise sums, so TF32/bf16 matmul settings
-cannot round them. Either way ``first`` and ``last`` are bit-exact copies of the hidden state.
+``first``/``last``/``eos`` are gathers and the means elementwise sums, so TF32/bf16 matmul
+settings cannot round them. Either way the one-token pools are bit-exact copies of the hidden
+state.
+
+Run folders record :data:`POOL_SEMANTICS` in their manifest (``pool_semantics``). Runs written
+before it (no such key) stored as ``last`` the last real token, special or not; the store reads
+them with that meaning named (see :func:`xlalign.store.load_run`), never as today's ``last``.
 """
 
 from __future__ import annotations
@@ -30,12 +40,19 @@ import torch
 from xlalign.errors import XlalignError
 
 #: Pools that give one vector per prompt.
-VECTOR_POOLS = ("last", "mean", "first", "weighted")
+VECTOR_POOLS = ("last", "mean", "first", "weighted", "eos")
 #: All pools; ``tokens`` keeps every real token's vector.
 POOLS = (*VECTOR_POOLS, "tokens")
 
+#: Version of the pool definitions, stored in each run's manifest as ``pool_semantics``.
+#: 2: ``last`` is the last non-special token and ``eos`` the appended special token. Before it
+#: (no key in the manifest), ``last`` was the last real token, special or not.
+POOL_SEMANTICS = 2
+
 POOL_DESCRIPTIONS = {
-    "last": "hidden state of the last real (non-padding) token",
+    "last": "hidden state of the last real token that is not a special token "
+    "(the token before [SEP] or an appended EOS; the last token where none is appended)",
+    "eos": "hidden state of the final special token the tokenizer appends ([SEP], </s>)",
     "mean": "mean over real tokens that are not special tokens (tokenizer's special-tokens mask)",
     "first": "hidden state of the first real (non-padding) token",
     "weighted": "MEXA position-weighted mean: sum_t t*m_t*h_t / sum_t t*m_t, t 1-based",
@@ -64,14 +81,16 @@ class PoolPlan:
 
     ``weights``: ``(B, P, T)`` float32, one row per vector pool in ``vector_pools`` order, such
     that pool ``p`` of prompt ``b`` is ``sum_t weights[b, p, t] * h[b, t]`` (one-hot rows for
-    ``first`` and ``last``); ``first_idx``/``last_idx``: ``(B,)`` positions; ``real``:
-    ``(B, T)`` bool.
+    ``first``, ``last`` and ``eos``); ``first_idx``/``last_idx``/``eos_idx``: ``(B,)``
+    positions (``last_idx`` the last non-special real token, ``eos_idx`` the last real token);
+    ``real``: ``(B, T)`` bool.
     """
 
     vector_pools: tuple[str, ...]
     real: torch.Tensor
     first_idx: torch.Tensor
     last_idx: torch.Tensor
+    eos_idx: torch.Tensor
     weights: torch.Tensor
     want_tokens: bool
 
@@ -83,6 +102,7 @@ class PoolPlan:
             self.real.to(device),
             self.first_idx.to(device),
             self.last_idx.to(device),
+            self.eos_idx.to(device),
             self.weights.to(device),
             self.want_tokens,
         )
@@ -94,7 +114,8 @@ def make_plan(
     """A :class:`PoolPlan` from a ``(B, T)`` attention mask and special-tokens mask.
 
     Nothing assumes where the padding is: first/last come from the mask itself, so left and
-    right padding give the same vectors.
+    right padding give the same vectors. With ``eos`` among ``pools`` every prompt must end in
+    a special token (an :class:`XlalignError` otherwise; :func:`check_eos` says which prompt).
     """
     real = attention_mask.bool()
     rank = torch.cumsum(real.long(), dim=1) * real  # 1-based position among real tokens, 0 = pad
@@ -102,13 +123,29 @@ def make_plan(
     if bool((lengths == 0).any()):
         raise XlalignError("a prompt has no tokens at all; empty texts cannot be captured")
     first_idx = (rank == 1).long().argmax(dim=1)
-    last_idx = (rank == lengths[:, None]).long().argmax(dim=1)
+    eos_idx = (rank == lengths[:, None]).long().argmax(dim=1)
+    content = real & ~special_mask.bool()
+    crank = torch.cumsum(content.long(), dim=1) * content  # rank among non-special real tokens
+    n_content = crank.max(dim=1).values
+    last_content = (crank == n_content[:, None]) & content
+    # A prompt made only of special tokens has no content token: its last real token stands in.
+    last_idx = torch.where(n_content > 0, last_content.long().argmax(dim=1), eos_idx)
     vector_pools = tuple(p for p in pools if p in VECTOR_POOLS)
+    if "eos" in vector_pools:
+        ends_special = special_mask.bool().gather(1, eos_idx[:, None]).squeeze(1)
+        if not bool(ends_special.all()):
+            raise XlalignError(
+                "pool 'eos' needs a special token at the end of every prompt, and this "
+                "tokenizer appends none; use pool 'last'"
+            )
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     rows = []
     for name in vector_pools:
         if name == "first":
             rows.append((rank == 1).float())
         elif name == "last":
+            rows.append((positions[None, :] == last_idx[:, None]).float())
+        elif name == "eos":
             rows.append((rank == lengths[:, None]).float())
         elif name == "mean":
             keep = (real & ~special_mask.bool()).float()
@@ -124,6 +161,7 @@ def make_plan(
         real=real,
         first_idx=first_idx,
         last_idx=last_idx,
+        eos_idx=eos_idx,
         weights=weights,
         want_tokens="tokens" in pools,
     )
@@ -152,7 +190,7 @@ def pool(hidden: torch.Tensor, plan: PoolPlan) -> tuple[torch.Tensor, torch.Tens
     zeroed = torch.where(plan.real[..., None], hidden, 0).float()
     if _matmul_is_exact_fp32(hidden.device):
         # One batched matmul gives every pool of the site: (B, P, T) @ (B, T, d). With exact
-        # float32 products and finite inputs, the one-hot rows copy first/last bit for bit.
+        # float32 products and finite inputs, the one-hot rows copy first/last/eos bit for bit.
         return torch.bmm(plan.weights, zeroed), tokens
     rows = torch.arange(b, device=hidden.device)
     out = []
@@ -161,6 +199,22 @@ def pool(hidden: torch.Tensor, plan: PoolPlan) -> tuple[torch.Tensor, torch.Tens
             out.append(zeroed[rows, plan.first_idx])
         elif name == "last":
             out.append(zeroed[rows, plan.last_idx])
+        elif name == "eos":
+            out.append(zeroed[rows, plan.eos_idx])
         else:
             out.append((zeroed * plan.weights[:, k, :, None]).sum(dim=1))
     return torch.stack(out, dim=1), tokens
+
+
+def check_eos(special_rows: Sequence[Sequence[bool]], ids: Sequence[str], lang: str) -> None:
+    """Raise unless every prompt ends in a special token (what pool ``eos`` reads).
+
+    ``special_rows`` holds each prompt's special-tokens mask, ``ids`` the prompts' ids.
+    """
+    for i, row in enumerate(special_rows):
+        if len(row) and not bool(row[-1]):
+            raise XlalignError(
+                f"pool 'eos' asked for, but prompt id {ids[i]} ({lang}) does not end in a "
+                "special token: this tokenizer appends no EOS/[SEP]. Pool 'last' (the last "
+                "non-special token) is the prompt's final token here"
+            )

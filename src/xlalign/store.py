@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from xlalign.errors import RunError, XlalignError
-from xlalign.pooling import VECTOR_POOLS
+from xlalign.pooling import POOL_SEMANTICS, VECTOR_POOLS
 from xlalign.sites import describe_sites
 
 FORMAT = "xlalign.run"
@@ -468,6 +468,8 @@ class Run:
     path: Path
     manifest: dict[str, Any]
     _meta: dict[str, Any] | None = field(default=None, repr=False)
+    #: A run written before ``pool_semantics``: how its pools are read (see :func:`load_run`).
+    legacy: LegacyPools | None = field(default=None, repr=False)
 
     # -- what is in the run
 
@@ -486,8 +488,19 @@ class Run:
 
     @property
     def pools(self) -> tuple[str, ...]:
-        """Captured pools, ``tokens`` included when token vectors were kept."""
+        """Captured pools, ``tokens`` included when token vectors were kept.
+
+        For a run written before ``pool_semantics`` these are the pools under today's names
+        (its stored ``last`` may read as ``eos``, or not at all; see :attr:`pool_note`).
+        """
+        if self.legacy is not None:
+            return self.legacy.pools
         return tuple(self.manifest["pools"])
+
+    @property
+    def pool_note(self) -> str | None:
+        """For a run written before ``pool_semantics``, how its stored pools are read."""
+        return self.legacy.note if self.legacy is not None else None
 
     @property
     def ids(self) -> tuple[str, ...]:
@@ -529,6 +542,8 @@ class Run:
         if site not in self.sites:
             raise RunError(f"site '{site}' not in run: it has {describe_sites(self.sites)}")
         if pool is not None and pool not in self.pools:
+            if self.legacy is not None and pool in self.legacy.refused:
+                raise RunError(self.legacy.refused[pool])
             raise RunError(f"pool '{pool}' not in run: it has {', '.join(self.pools)}")
 
     def array(self, lang: str, site: str, pool: str, *, mmap: bool = True) -> np.ndarray:
@@ -538,8 +553,9 @@ class Run:
             raise RunError(
                 "pool 'tokens' holds one vector per token: use run.token_vectors(lang, site)"
             )
+        stored = self.legacy.files.get(pool, pool) if self.legacy is not None else pool
         return np.load(
-            array_path(self.path, lang, site, pool),
+            array_path(self.path, lang, site, stored),
             mmap_mode="r" if mmap else None,
             allow_pickle=False,
         )
@@ -643,6 +659,13 @@ def load_run(path: str | Path, *, allow_incomplete: bool = False) -> Run:
             f"xlalign reads ({FORMAT_VERSION}); upgrade xlalign"
         )
     run = Run(path, manifest)
+    if "pool_semantics" not in manifest:
+        run.legacy = legacy_pools(run)
+    elif int(manifest["pool_semantics"]) > POOL_SEMANTICS:
+        raise RunError(
+            f"{manifest_path}: pool_semantics {manifest['pool_semantics']} is newer than this "
+            f"xlalign reads ({POOL_SEMANTICS}); upgrade xlalign"
+        )
     if not run.complete and not allow_incomplete:
         done = sum(len(v) for v in read_progress(path).values())
         total = sum(int(v) for v in manifest.get("n_batches", {}).values())
@@ -652,6 +675,65 @@ def load_run(path: str | Path, *, allow_incomplete: bool = False) -> Run:
             "xlalign.extract(..., resume=True)"
         )
     return run
+
+
+@dataclass(frozen=True)
+class LegacyPools:
+    """How a run written before ``pool_semantics`` is read under today's pool names.
+
+    Such runs stored as ``last`` the last real token, special or not. ``pools``: the pools it
+    is read as; ``files``: pool name -> stored file name where they differ; ``refused``: pool
+    name -> the error given when it is asked for; ``note``: one sentence for people.
+    """
+
+    pools: tuple[str, ...]
+    files: dict[str, str]
+    refused: dict[str, str]
+    note: str
+
+
+def legacy_pools(run: Run) -> LegacyPools:
+    """Today's reading of ``run``, written before pool ``last`` meant the last non-special token.
+
+    Its stored ``last`` is the prompt's final token. Where no prompt ends in a special token,
+    that is today's ``last``; where every prompt does, it is today's ``eos``, and ``last`` is
+    refused; where some do, it is neither and both are refused. Never reinterpreted silently.
+    """
+    stored = tuple(run.manifest["pools"])
+    if "last" not in stored:
+        return LegacyPools(stored, {}, {}, "written before pool_semantics; it has no pool 'last'")
+    ends = []
+    for lang in run.languages:
+        _, offsets, special = run._tokens(lang)
+        if len(offsets) > 1:
+            ends.append(special[offsets[1:] - 1])
+    ends_special = np.concatenate(ends) if ends else np.zeros(0, dtype=bool)
+    again = (
+        f"extract it again with this xlalign (`xlalign extract ... --overwrite -o {run.path}`) "
+        "for pool 'last', the last non-special token"
+    )
+    old = f"run '{run.path}' was written by an older xlalign, whose pool 'last' was the final token"
+    if not ends_special.any():
+        return LegacyPools(
+            stored, {}, {},
+            f"{old}; no prompt of this run ends in a special token, so that is today's 'last' "
+            "(the last non-special token)",
+        )  # fmt: skip
+    if ends_special.all():
+        pools = tuple("eos" if p == "last" else p for p in stored)
+        return LegacyPools(
+            pools, {"eos": "last"},
+            {"last": f"{old}, here the special token the tokenizer appends ([SEP]/EOS); it is "
+                     f"read as pool 'eos'. Today's pool 'last' is not in this run: {again}"},
+            f"{old}, here the appended special token: its stored 'last' vectors are read as "
+            f"pool 'eos'; {again}",
+        )  # fmt: skip
+    pools = tuple(p for p in stored if p != "last")
+    message = (
+        f"{old}: a special token for {int(ends_special.sum())} of {ends_special.size} prompts "
+        f"and a text token for the others, which is neither 'last' nor 'eos' today; {again}"
+    )
+    return LegacyPools(pools, {}, {"last": message, "eos": message}, message)
 
 
 def export_npz(
@@ -672,7 +754,7 @@ def export_npz(
     if pool == TOKEN_POOL:
         raise RunError("pool 'tokens' has no fixed shape per prompt; export a vector pool")
     if pool not in run.pools:
-        raise RunError(f"pool '{pool}' not in run: it has {', '.join(run.pools)}")
+        run._check(run.languages[0], run.sites[0], pool)  # names why (a legacy run's 'last')
     chosen_sites = list(sites) if sites is not None else list(run.sites)
     chosen_langs = list(langs) if langs is not None else list(run.languages)
     arrays = {

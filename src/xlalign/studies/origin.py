@@ -77,15 +77,21 @@ class OriginConfig:
 def check_origin_run(run: Run) -> None:
     """Raise a RunError naming what the run lacks for the origin study and how to extract it."""
     missing = [f"site '{s}'" for s in REQUIRED_SITES if s not in run.sites]
-    missing += [f"pool '{p}'" for p in REQUIRED_POOLS if p not in run.pools]
+    # pool 'last' can be picked from token vectors (a run written before its meaning changed)
+    missing += [
+        f"pool '{p}'" for p in REQUIRED_POOLS
+        if p not in run.pools and not (p == "last" and "tokens" in run.pools)
+    ]  # fmt: skip
     if len(run.languages) < 2:
         missing.append("a second language")
     if not (run.path / "tokens").is_dir():
         missing.append("token ids")
     if missing:
+        note = f" ({run.pool_note})" if run.pool_note and "pool 'last'" in missing else ""
         raise RunError(
             f"{run.path}: the origin study needs {', '.join(missing)}; the run has sites "
-            f"{', '.join(run.sites)} and pools {', '.join(run.pools)}. Extract with: {EXTRACT_HINT}"
+            f"{', '.join(run.sites)} and pools {', '.join(run.pools)}{note}. Extract with: "
+            f"{EXTRACT_HINT}"
         )
 
 
@@ -130,18 +136,16 @@ def _finite(v: float | None) -> float | None:
 class _Tokens:
     """One language's prompts: ids, special mask, and where each prompt's last token is.
 
-    With ``content`` the last token is the last non-special one (BERT-style prompts end in
-    [SEP], which would make every pair's "last token" identical); else the last one.
+    The last token is the last non-special one, as pool ``last`` defines it (BERT-style prompts
+    end in [SEP], which would make every pair's "last token" identical); a prompt of special
+    tokens only falls back to its final token.
     """
 
     ids: list[np.ndarray]
     special: list[np.ndarray]
-    content: bool = False
 
     @property
     def last_pos(self) -> np.ndarray:
-        if not self.content:
-            return np.array([len(r) - 1 for r in self.ids], dtype=np.int64)
         out = []
         for sp in self.special:
             real = np.flatnonzero(~sp)
@@ -158,35 +162,35 @@ class _Tokens:
 
 
 class _LastVectors:
-    """Last-token vectors of a run at a site, for the tokens in ``tokens`` (see _Tokens)."""
+    """Pool ``last`` vectors of a run at a site: stored, or picked from its token vectors.
+
+    A run written before pool ``last`` meant the last non-special token may not offer it (see
+    :func:`xlalign.store.legacy_pools`); its token vectors, where kept, still give it exactly.
+    """
 
     def __init__(self, run: Run, tokens: Mapping[str, _Tokens]) -> None:
         self.run, self.tokens = run, tokens
 
     def __call__(self, lang: str, site: str) -> np.ndarray:
-        tok = self.tokens[lang]
-        if not tok.content:
+        if "last" in self.run.pools:
             return np.asarray(self.run.array(lang, site, "last"))
         vecs = self.run.token_vectors(lang, site)
-        return np.stack([v[p] for v, p in zip(vecs, tok.last_pos, strict=True)])
+        return np.stack([v[p] for v, p in zip(vecs, self.tokens[lang].last_pos, strict=True)])
 
 
 def _load_tokens(run: Run, langs: Sequence[str]) -> tuple[dict[str, _Tokens], str]:
     """Every language's tokens, and a note saying which token "last" means in this run."""
     tokens = {lang: _Tokens(run.token_ids(lang), run.special_tokens_mask(lang)) for lang in langs}
     if not any(t.ends_special for t in tokens.values()):
-        return tokens, "the last token of each prompt (the tokenizer appends no special token)"
-    if "tokens" not in run.pools:
-        return tokens, (
-            "the last token of each prompt, which is a special token the tokenizer appends "
-            "(e.g. [SEP]); extract with --pool tokens to analyse the last non-special token"
+        note = "the last token of each prompt (pool last; the tokenizer appends no special token)"
+    else:
+        note = (
+            "the last non-special token of each prompt (pool last; the tokenizer appends a "
+            "special token, e.g. [SEP], which is pool eos)"
         )
-    for t in tokens.values():
-        t.content = True
-    return tokens, (
-        "the last non-special token of each prompt (the tokenizer appends a special token, "
-        "e.g. [SEP], which is the same in every prompt)"
-    )
+    if "last" not in run.pools:
+        note += "; picked from the run's token vectors"
+    return tokens, note
 
 
 def _shared_masks(tx: _Tokens, ty: _Tokens) -> tuple[list[np.ndarray], list[np.ndarray]]:
