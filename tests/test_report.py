@@ -133,7 +133,8 @@ def _origin() -> dict[str, Any]:
         },
         "shared_tokens": {
             "pairs_with_shared": 48,
-            "total": 50,
+            "n_pairs": 50,
+            "total": 220,
             "by_class": {"digit": 180, "punct": 40},
             "embedding_cosine": 1.0,
             "embedding_cosine_note": "same id, same embedding row",
@@ -288,7 +289,8 @@ def test_origin_tables_present(report: dict[str, Path]) -> None:
     assert _row(page, "total") == "<tr><td>total</td><td>1330</td><td>1320</td></tr>"
     assert "adds a BOS token: false" in page
     assert "additive position embeddings: true" in page
-    assert "pairs sharing at least one token: 48 of 50" in page
+    assert "pairs sharing at least one token: 48 of 50" in page  # pairs, not shared tokens
+    assert "shared tokens, counted once per pair and summed over pairs: 220" in page
     # Provenance: nested keys flattened, long strings kept whole.
     assert "<td>versions.torch</td><td>2.13.0</td>" in page
     assert f"<td>corpus_sha256</td><td>{'f' * 64}</td>" in page

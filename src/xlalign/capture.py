@@ -61,6 +61,7 @@ from xlalign.pooling import (
 )
 from xlalign.sites import EMBED, FINAL, parse_sites
 from xlalign.store import (
+    CORPUS,
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -714,7 +715,10 @@ def _manifest(
         "random_init_seed": loaded.random_init_seed,
         "has_additive_positions": loaded.adapter.has_additive_positions,
         "modules": dict(loaded.adapter.paths),
-        "tokenizer_name": getattr(tok, "name_or_path", None) or loaded.model_id,
+        # the name the user gave, not the folder it resolved to (the tokenizer comes with it)
+        "tokenizer_name": loaded.model_id
+        if loaded.model_id != "<memory>"
+        else getattr(tok, "name_or_path", None) or loaded.model_id,
         "tokenizer_class": type(tok).__name__,
         "adds_bos": loaded.adds_bos,
         "bos_token": loaded.bos_token,
@@ -829,6 +833,7 @@ def _open_writer(
             )  # fmt: skip
         return RunWriter.reopen(output, old, progress_path)
     prepare_folder(output, config.overwrite)
+    corpus.to_jsonl(output / CORPUS)  # later studies (the random-init control) need the texts
     meta = {"ids": list(corpus.ids), "columns": {k: list(v) for k, v in corpus.meta.items()}}
     return RunWriter.create(output, manifest, meta, tokens, loaded.tokenizer, progress_path)
 

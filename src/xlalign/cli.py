@@ -239,7 +239,10 @@ def origin_cmd(
     model: Annotated[
         str | None, typer.Option("--model", help="Extract first from this model (one step).")
     ] = None,
-    data: Annotated[Path | None, typer.Option("--data", help="Corpus for --model.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Corpus for --model (with RUN: only if it kept none)."),
+    ] = None,
     langs: Annotated[
         str | None, typer.Option("--langs", help="Two languages (default: the run's first two).")
     ] = None,
@@ -280,10 +283,8 @@ def origin_cmd(
         raise XlalignError(f"--control must be random-init, got '{control}'")
     if (run is None) == (model is None):
         raise XlalignError("give either a RUN folder or --model with --data and -o (not both)")
-    if run is not None and (output is not None or data is not None):
-        raise XlalignError(
-            "-o and --data go with --model; with a RUN folder, origin.json is written into RUN"
-        )
+    if run is not None and output is not None:
+        raise XlalignError("-o goes with --model; with a RUN folder, origin.json goes into RUN")
     if model is not None and (data is None or output is None):
         raise XlalignError("--model needs --data (the corpus) and -o (the run folder)")
     lang_list = _csv_list(langs) if langs else None
@@ -386,6 +387,9 @@ def run_cmd(
     cfg = StudyConfig(**{**values, **flags})
     result = run_study(cfg, command=sys.argv, progress=progress)
     print("\n".join(result["summary"]))
+    report = result["paths"].get("report_html")
+    if report is not None and not any(line.startswith("report:") for line in result["summary"]):
+        print(f"report: {report}")
 
 
 @app.command("demo")

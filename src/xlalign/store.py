@@ -4,6 +4,7 @@ Layout of a run folder::
 
     manifest.json                      what was captured, how, from what; "complete" last
     meta.json                          ids and per-row corpus columns (e.g. category)
+    corpus.jsonl                       the corpus itself (the control re-runs it; no --data)
     progress.json                      batches done per language (for --resume)
     progress/rank-<r>-of-<n>.json      the same per rank of a data-parallel launch
     tokenizer/                         the tokenizer, saved, so tokens decode offline
@@ -40,6 +41,8 @@ FORMAT = "xlalign.run"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 META = "meta.json"
+#: The corpus a run was made from, kept beside it (written by extract).
+CORPUS = "corpus.jsonl"
 PROGRESS = "progress.json"
 #: Per-rank progress records of a data-parallel launch: ``progress/rank-<r>-of-<n>.json``.
 PROGRESS_DIR = "progress"

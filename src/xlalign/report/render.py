@@ -537,7 +537,9 @@ def _shared_tokens(origin: Mapping[str, Any]) -> list[Block]:
     note = shared.get("embedding_cosine_note")
     items = [
         f"pairs sharing at least one token: {fmt_value(shared.get('pairs_with_shared'))} "
-        f"of {fmt_value(shared.get('total'))}",
+        f"of {fmt_value(shared.get('n_pairs'))}",
+        f"shared tokens, counted once per pair and summed over pairs: "
+        f"{fmt_value(shared.get('total'))}",
         f"embedding cosine of a shared token across languages: {fmt_value(cos)}"
         + (f" ({note})" if note else ""),
     ]

@@ -475,24 +475,39 @@ def write_alignment(result: dict[str, Any], out_dir: str | Path) -> dict[str, Pa
 
 
 def format_table(result: dict[str, Any], max_pairs: int = 6) -> str:
-    """A compact text table per language pair and pool: sites down, metrics across."""
+    """A compact text table per language pair and pool: sites down, metrics across.
+
+    Columns are as wide as the metric names; an undefined value shows as ``undef [k]``, with
+    reason ``k`` listed under the table.
+    """
     names = [n for sel in result["metrics"] for n in METRICS[sel]]
+    widths = [max(12, len(n) + 2) for n in names]
     by_key: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in result["records"]:
         by_key[(r["x"], r["y"], r["pool"], r["site"], r["metric"])] = r
     lines: list[str] = []
+    reasons: dict[str, int] = {}
     for lx, ly in [tuple(p) for p in result["pairs"]][:max_pairs]:
         for pool in result["pools"]:
             lines.append(f"{lx} vs {ly}, pool {pool} (null {result['null']})")
-            lines.append(f"{'site':<8}" + "".join(f"{n[:11]:>12}" for n in names))
+            lines.append(f"{'site':<8}" + "".join(f"{n:>{w}}" for n, w in zip(names, widths)))
             for site in result["sites"]:
                 cells = []
-                for n in names:
+                for n, w in zip(names, widths):
                     rec = by_key.get((lx, ly, pool, site, n))
                     v = None if rec is None else rec["value"]
-                    cells.append(f"{'undef' if v is None else format(v, '.3f'):>12}")
+                    if v is not None:
+                        text = format(v, ".3f")
+                    else:
+                        why = "not computed" if rec is None else rec.get("undefined_reason")
+                        k = reasons.setdefault(str(why or "no reason recorded"), len(reasons) + 1)
+                        text = f"undef [{k}]"
+                    cells.append(f"{text:>{w}}")
                 lines.append(f"{site:<8}" + "".join(cells))
             lines.append("")
+    if reasons:
+        lines.append("undefined:")
+        lines += [f"  [{k}] {why}" for why, k in reasons.items()]
     if len(result["pairs"]) > max_pairs:
         lines.append(f"... and {len(result['pairs']) - max_pairs} more pairs in alignment.json")
     return "\n".join(lines).rstrip()

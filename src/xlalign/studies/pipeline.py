@@ -24,11 +24,11 @@ import numpy as np
 
 from xlalign.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import RunError, XlalignError
-from xlalign.store import MANIFEST, Run, atomic_write_json, load_run, read_json
+from xlalign.store import CORPUS, MANIFEST, Run, atomic_write_json, load_run, read_json
 from xlalign.studies.layers import DEFAULT_METRICS, SweepConfig
 
 CONTROL_DIR = "control-random-init"
-CORPUS_FILE = "corpus.jsonl"
+CORPUS_FILE = CORPUS
 STUDY_POOLS = ("last", "mean", "tokens")
 
 
@@ -196,6 +196,7 @@ def run_origin(
 
 
 def _corpus_for(run: Run, data: Path | None) -> ParallelCorpus:
+    """The corpus ``run`` was made from: ``data`` if given, else the copy kept in the run."""
     if data is not None:
         return load_corpus(data, list(run.languages))
     return run_corpus(run)
