@@ -144,7 +144,9 @@ def test_batched_capture_equals_one_prompt_reference(
     ref = references(arch)
     for lang in ("zh", "en"):
         for site in run.sites:
-            for pool in ("last", "mean", "first", "weighted") + (("eos",) if arch == "bert" else ()):
+            for pool in ("last", "mean", "first", "weighted") + (
+                ("eos",) if arch == "bert" else ()
+            ):
                 expected = np.stack(
                     [pool_reference(r["sites"][site], r["special"], pool) for r in ref[lang]]
                 )

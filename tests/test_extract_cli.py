@@ -155,3 +155,22 @@ def test_zero_norm_vectors_give_one_warning_line(tiny_models, data, tmp_path, ca
     assert len(warnings) == 1
     assert warnings[0].startswith("xlalign: warning: 80 captured vector(s) have norm 0")
     assert xlalign.load_run(out).manifest["n_zero_norm_vectors"] == 80
+
+
+def test_origin_control_after_extract_needs_no_data(tiny_models, data, tmp_path, capsys):
+    """The README tour's order: extract, then origin RUN --control random-init, nothing else."""
+    out = tmp_path / "run"
+    argv = _extract(tiny_models["qwen2"], data, out, "--sites", "embed,L0", "--pool",
+                    "last,mean,tokens")  # fmt: skip
+    assert main(argv) == 0
+    kept = xlalign.load_corpus(out / "corpus.jsonl")
+    assert kept.fingerprint() == xlalign.load_corpus(data).fingerprint()
+    assert main(["origin", str(out), "--control", "random-init", "--no-progress"]) == 0
+    origin = json.loads((out / "origin.json").read_text())
+    assert origin["control"] is not None
+    # --data is accepted with a RUN folder (it names the corpus for the control); -o is not
+    argv = ["origin", str(out), "--data", str(data), "--control", "random-init", "--no-progress"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["origin", str(out), "-o", str(tmp_path / "elsewhere")]) == 2
+    assert "-o goes with --model" in capsys.readouterr().err

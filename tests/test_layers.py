@@ -194,3 +194,23 @@ def test_a_zero_norm_vector_makes_z_undefined_not_the_sweep_fail(tiny_models, pr
     assert all("zero-norm rows at indices [0]" in r["undefined_reason"] for r in with_zh)
     others = records(res, x="en", y="de")
     assert len(others) == 6 and all(isinstance(r["value"], float) for r in others)
+
+
+def test_table_keeps_metric_names_whole_and_says_why_a_value_is_undefined():
+    rec = {"x": "zh", "y": "en", "pool": "last", "site": "embed"}
+    result = {
+        "metrics": ["z", "hub"], "pairs": [["zh", "en"]], "pools": ["last"],
+        "sites": ["embed", "L0"], "null": "exact",
+        "records": [
+            {**rec, "metric": "z", "value": None, "undefined_reason": "the null has zero spread"},
+            {**rec, "metric": "semantic_hub", "value": 0.25, "undefined_reason": None},
+            {**rec, "site": "L0", "metric": "z", "value": 3.5, "undefined_reason": None},
+            {**rec, "site": "L0", "metric": "semantic_hub", "value": None,
+             "undefined_reason": "zero-norm rows at indices [0]"},
+        ],
+    }  # fmt: skip
+    lines = format_table(result).splitlines()
+    assert lines[1].split() == ["site", "z", "semantic_hub"]
+    assert lines[2].split() == ["embed", "undef", "[1]", "0.250"]
+    assert lines[3].split() == ["L0", "3.500", "undef", "[2]"]
+    assert lines[-2:] == ["  [1] the null has zero spread", "  [2] zero-norm rows at indices [0]"]

@@ -98,9 +98,33 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
         load_model(str(tmp_path / "nowhere"))
 
 
-def test_unknown_hub_id_offline_is_a_clear_error():
-    with pytest.raises(XlalignError, match="cannot load model 'no-such-org/no-such-model'"):
+def test_unknown_hub_id_offline_fails_fast_with_a_hint(monkeypatch):
+    import transformers
+
+    def never(*args, **kwargs):  # transformers would retry an unreachable Hub for ~30 s
+        raise AssertionError("from_pretrained must not run for an offline Hub miss")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", never)
+    with pytest.raises(
+        XlalignError,
+        match=r"model 'no-such-org/no-such-model' is not a local folder and not in the Hugging "
+        r"Face cache, and HF_HUB_OFFLINE is set.*--model path/to/folder.*--model minilm",
+    ):
         load_model("no-such-org/no-such-model")
+
+
+def test_hub_miss_without_offline_flag_fails_fast_too(monkeypatch):
+    """Unset HF_HUB_OFFLINE: one short request (here no network, or no such repo) decides."""
+    import transformers
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(
+        transformers.AutoConfig, "from_pretrained",
+        lambda *a, **k: (_ for _ in ()).throw(AssertionError("no retries")),
+    )  # fmt: skip
+    with pytest.raises(XlalignError, match=r"no-such-model-xlalign.*--model minilm"):
+        load_model("no-such-org/no-such-model-xlalign")
 
 
 def test_dtype_and_device_choices(tiny_models):

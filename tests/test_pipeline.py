@@ -79,6 +79,7 @@ def test_run_cli_with_config_file_reuses_the_folder(study, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "[1/5] extract done" in printed and "(reused)" in printed
     assert "peak alignment z" in printed
+    assert f"report: {out / 'report.html'}" in printed  # as the demo does
 
 
 @pytest.mark.parametrize(

@@ -154,8 +154,10 @@ def test_sweep_origin_and_export_use_the_same_last_token(tiny_models, problems, 
     assert z["L0", "eos"] != z["L0", "last"]  # [SEP] is another vector
     assert "pool last" in origin["last_token"] and "pool eos" in origin["last_token"]
     npz = np.load(export_npz(run, tmp_path / "x.npz", pool="last"), allow_pickle=False)
-    picked = [v[int(np.flatnonzero(~m)[-1])] for v, m in
-              zip(run.token_vectors("zh", "L0"), run.special_tokens_mask("zh"), strict=True)]
+    picked = [
+        v[int(np.flatnonzero(~m)[-1])]
+        for v, m in zip(run.token_vectors("zh", "L0"), run.special_tokens_mask("zh"), strict=True)
+    ]
     np.testing.assert_array_equal(npz["zh_L0"], np.stack(picked))
 
 

@@ -61,7 +61,7 @@ def test_readme_tour_runs_as_printed(model_names, tmp_path, monkeypatch, capsys)
     outputs = []
     for argv in commands:
         assert argv[0] == "xlalign"
-        args = [model_names.get(a, a) if i and argv[i] == "--model" else a
+        args = [model_names.get(a, a) if argv[i - 1] == "--model" else a
                 for i, a in enumerate(argv[1:], start=1)]  # fmt: skip
         rc = main(args)
         out = capsys.readouterr()
@@ -82,3 +82,7 @@ def test_readme_tour_runs_as_printed(model_names, tmp_path, monkeypatch, capsys)
     assert "extract done" in outputs[-1] and "(reused)" in outputs[-1]
     assert f"report: {run / 'report.html'}" in outputs[-1]
     assert (run / "report.html").exists()
+    if not model_names:  # the name resolved by itself: the name, not its folder, is shown
+        assert 'model = "minilm"' in (run / "config.toml").read_text()
+        for name in ("report.md", "origin.json", "alignment.json"):
+            assert "site-packages" not in (run / name).read_text(encoding="utf-8"), name

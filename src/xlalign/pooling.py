@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -206,7 +207,7 @@ def pool(hidden: torch.Tensor, plan: PoolPlan) -> tuple[torch.Tensor, torch.Tens
     return torch.stack(out, dim=1), tokens
 
 
-def check_eos(special_rows: Sequence[Sequence[bool]], ids: Sequence[str], lang: str) -> None:
+def check_eos(special_rows: Sequence[Any], ids: Sequence[str], lang: str) -> None:
     """Raise unless every prompt ends in a special token (what pool ``eos`` reads).
 
     ``special_rows`` holds each prompt's special-tokens mask, ``ids`` the prompts' ids.

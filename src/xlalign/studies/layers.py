@@ -490,10 +490,12 @@ def format_table(result: dict[str, Any], max_pairs: int = 6) -> str:
     for lx, ly in [tuple(p) for p in result["pairs"]][:max_pairs]:
         for pool in result["pools"]:
             lines.append(f"{lx} vs {ly}, pool {pool} (null {result['null']})")
-            lines.append(f"{'site':<8}" + "".join(f"{n:>{w}}" for n, w in zip(names, widths)))
+            lines.append(
+                f"{'site':<8}" + "".join(f"{n:>{w}}" for n, w in zip(names, widths, strict=True))
+            )
             for site in result["sites"]:
                 cells = []
-                for n, w in zip(names, widths):
+                for n, w in zip(names, widths, strict=True):
                     rec = by_key.get((lx, ly, pool, site, n))
                     v = None if rec is None else rec["value"]
                     if v is not None:
