@@ -88,7 +88,10 @@ def test_resume_and_overwrite_flags(tiny_models, data, tmp_path, capsys):
         (["--sites", "L40"], "site 'L40' not in model: it has embed, L0..L3, final"),
         (["--sites", "L2-L1"], "site range 'L2-L1' runs backwards"),
         (["--sites", "layer3"], "site 'layer3' not understood"),
-        (["--pool", "max"], "pool 'max' unknown: choose from last, mean, first, weighted, tokens"),
+        (
+            ["--pool", "max"],
+            "pool 'max' unknown: choose from last, mean, first, weighted, eos, tokens",
+        ),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--padding-side", "middle"], "--padding-side must be left or right"),
         (["--dtype", "fp8"], "unknown dtype 'fp8'"),

@@ -152,6 +152,7 @@ def test_sweep_origin_and_export_use_the_same_last_token(tiny_models, problems, 
     assert origin["z_raw_embed_last_token"] == pytest.approx(z["embed", "last"], rel=1e-9)
     assert origin["z_l0_output_last_token"] == pytest.approx(z["L0", "last"], rel=1e-9)
     assert z["L0", "eos"] != z["L0", "last"]  # [SEP] is another vector
+    assert "not a special token" in sweep["pool_info"]["last"] and sweep["pool_note"] is None
     assert "pool last" in origin["last_token"] and "pool eos" in origin["last_token"]
     npz = np.load(export_npz(run, tmp_path / "x.npz", pool="last"), allow_pickle=False)
     picked = [
@@ -193,7 +194,7 @@ def bert_run(tiny_models, problems, tmp_path_factory):
     )  # fmt: skip
 
 
-def test_old_bert_run_reads_its_last_as_eos_and_refuses_last(bert_run, tmp_path, capsys):
+def test_old_bert_run_reads_its_last_as_eos_and_refuses_last(bert_run, problems, tmp_path, capsys):
     old = load_run(_make_legacy(bert_run.path, tmp_path / "old", "eos"))
     assert "last" not in old.pools and "eos" in old.pools
     assert "read as pool 'eos'" in str(old.pool_note)
@@ -207,12 +208,21 @@ def test_old_bert_run_reads_its_last_as_eos_and_refuses_last(bert_run, tmp_path,
     # the sweep sees pool eos, never a 'last' that is [SEP]
     sweep = layer_sweep(old, SweepConfig(metrics=("z",), n_boot=0), progress=False)
     assert set(sweep["pools"]) == {"mean", "eos"}
+    assert "read as pool 'eos'" in sweep["pool_note"]  # alignment.json and the report say so
     # the origin study picks today's last token from the token vectors, and says so
     origin = origin_study(old)
     assert origin["z_raw_embed_last_token"] == pytest.approx(
         origin_study(bert_run)["z_raw_embed_last_token"], rel=1e-12
     )
     assert "picked from the run's token vectors" in origin["last_token"]
+    # xlalign run does not reuse it as if its 'last' were today's
+    from xlalign.studies.pipeline import ensure_run
+
+    with pytest.raises(RunError, match=r"pool\(s\) last missing \(run .* older xlalign"):
+        ensure_run(
+            old.manifest["model"], problems.head(40), old.path, langs=["zh", "en"],
+            sites="embed,L0", pools=("last", "mean", "tokens"), progress=False,
+        )  # fmt: skip
 
 
 def test_old_decoder_run_keeps_last_with_the_meaning_named(tiny_models, problems, tmp_path):

@@ -82,6 +82,8 @@ def test_readme_tour_runs_as_printed(model_names, tmp_path, monkeypatch, capsys)
     assert "extract done" in outputs[-1] and "(reused)" in outputs[-1]
     assert f"report: {run / 'report.html'}" in outputs[-1]
     assert (run / "report.html").exists()
+    report = (run / "report.md").read_text(encoding="utf-8")
+    assert "last: hidden state of the last real token that is not a special token" in report
     if not model_names:  # the name resolved by itself: the name, not its folder, is shown
         assert 'model = "minilm"' in (run / "config.toml").read_text()
         for name in ("report.md", "origin.json", "alignment.json"):

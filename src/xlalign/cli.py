@@ -62,7 +62,8 @@ def extract_cmd(
         str, typer.Option("--sites", help="embed, L<i>, L<i>-L<j>, final or all, comma-separated.")
     ] = "all",
     pool: Annotated[
-        str, typer.Option("--pool", help="last, mean, first, weighted, tokens, comma-separated.")
+        str,
+        typer.Option("--pool", help="last, mean, first, weighted, eos, tokens, comma-separated."),
     ] = "last,mean",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per forward.")] = 32,
     dtype: Annotated[

@@ -217,6 +217,7 @@ def _alignment_section(
     ]
     if main and main.get("null"):
         blocks.append(Para(f"Null distribution: {fmt_value(main.get('null'))}.", note=True))
+    blocks += _pool_meanings(main)
     if len(pairs) > MAX_PAIRS:
         blocks.append(
             Para(f"Showing the first {MAX_PAIRS} of {len(pairs)} language pairs.", note=True)
@@ -522,6 +523,20 @@ def _token_classes(origin: Mapping[str, Any]) -> list[Block]:
     totals = [sum(_num(v) for v in per_lang[lang].values()) for lang in langs]
     rows.append(["total", *(fmt_value(t) for t in totals)])
     return [head, Table(["class", *langs], rows, caption="Tokens of each class, whole corpus")]
+
+
+def _pool_meanings(alignment: Mapping[str, Any] | None) -> list[Block]:
+    """What each pool of the sweep is (one meaning of ``last`` everywhere), and any legacy note."""
+    info = _mapping(_get(alignment, "pool_info"))
+    blocks: list[Block] = []
+    if info:
+        items = [f"{p}: {why}" for p, why in info.items() if why]
+        if items:
+            blocks += [Para("Pools:", note=True), Bullets(items)]
+    note = _get(alignment, "pool_note")
+    if note:
+        blocks.append(Para(f"Run written by an older xlalign: {note}.", note=True))
+    return blocks
 
 
 def _num(v: Any) -> int | float:

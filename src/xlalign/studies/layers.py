@@ -40,6 +40,7 @@ from xlalign.metrics import (
     xsim_error,
 )
 from xlalign.metrics.bootstrap import cka_ci, p1_ci, z_ci
+from xlalign.pooling import POOL_DESCRIPTIONS
 from xlalign.store import TOKEN_POOL, Run, atomic_write_json
 
 #: Metric selectors (``--metrics``) and the record names each one produces.
@@ -361,6 +362,8 @@ def layer_sweep(
         "pairs": [list(p) for p in pairs],
         "sites": sites,
         "pools": pools,
+        "pool_info": {p: POOL_DESCRIPTIONS.get(p) for p in pools},
+        "pool_note": run.pool_note,
         "metrics": list(cfg.metrics),
         "null": cfg.null,
         "n_perms": cfg.n_perms if cfg.null == "monte-carlo" else None,

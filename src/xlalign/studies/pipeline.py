@@ -113,9 +113,14 @@ def _check_reusable(
         wanted = None
     if wanted != list(old.get("sites", [])):
         diffs.append(f"sites differ (run: {','.join(old.get('sites', []))})")
-    missing = [p for p in pools if p not in old.get("pools", [])]
+    have = list(old.get("pools", []))
+    note = None
+    if "pool_semantics" not in old:  # an older run: its pools under today's names
+        legacy = load_run(output)
+        have, note = list(legacy.pools), legacy.pool_note
+    missing = [p for p in pools if p not in have]
     if missing:
-        diffs.append(f"pool(s) {', '.join(missing)} missing")
+        diffs.append(f"pool(s) {', '.join(missing)} missing" + (f" ({note})" if note else ""))
     if old.get("random_init_seed") != random_init_seed:
         diffs.append(f"random_init_seed differs (run: {old.get('random_init_seed')})")
     if diffs:
