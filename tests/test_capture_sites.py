@@ -171,6 +171,11 @@ def test_last_skips_appended_special_tokens_and_eos_is_the_appended_one(padding_
             assert torch.equal(out[b, 0], h[b, pos[-2]])  # the token before [SEP]
             assert torch.equal(out[b, 1], h[b, pos[-1]])  # [SEP]
             assert torch.equal(out[b, 2], h[b, pos[0]])  # [CLS]
+    # pool order and MEXA's absolute positions leave 'last' alone
+    after, _ = pool(
+        h, make_plan(mask, special, ["weighted", "last"], weighted_positions="absolute")
+    )
+    assert torch.equal(after[:, 1], slow[:, 0])
 
 
 def test_last_of_only_special_tokens_is_the_final_token_and_eos_needs_a_special_end():
