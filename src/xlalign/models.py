@@ -250,7 +250,11 @@ def check_hub_reachable(model: str, revision: str | None = None, timeout_s: floa
     does not have, is left to ``from_pretrained`` and its own messages.
     """
     from huggingface_hub import HfApi, constants, try_to_load_from_cache
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         cached = try_to_load_from_cache(model, "config.json", revision=revision)
@@ -265,6 +269,8 @@ def check_hub_reachable(model: str, revision: str | None = None, timeout_s: floa
         )
     try:
         HfApi().model_info(model, revision=revision, timeout=timeout_s)
+    except GatedRepoError:  # it exists; from_pretrained explains access (a RepositoryNotFound)
+        return
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
         raise XlalignError(
             f"model '{model}' is not a local folder, and the Hub has no such model"
