@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from xlalign.pooling import POOL_SEMANTICS
 from xlalign.store import (
     FORMAT,
     FORMAT_VERSION,
@@ -133,6 +134,7 @@ def _write_metadata(
         "d_model": d,
         "sites": sites,
         "pools": pools,
+        "pool_semantics": POOL_SEMANTICS,
         "languages": langs,
         "n_rows": n,
         "ids": ids,
