@@ -15,8 +15,8 @@ MANIFEST_KEYS = {
     "format", "format_version", "complete", "model", "revision", "weights_fingerprint",
     "architecture", "family", "n_layers", "d_model", "dtype", "device", "random_init_seed",
     "has_additive_positions", "tokenizer_name", "adds_bos", "bos_token", "sites", "site_info",
-    "pools", "pool_semantics", "pool_info", "languages", "n_rows", "ids", "meta_columns", "corpus_source",
-    "corpus_fingerprint", "padding_side", "batch_size", "n_batches", "versions", "timings",
+    "pools", "pool_semantics", "pool_info", "languages", "n_rows", "ids", "meta_columns",
+    "corpus_source", "corpus_fingerprint", "padding_side", "batch_size", "n_batches", "versions", "timings",
     "sessions", "zero_norm_vectors", "n_zero_norm_vectors",
 }  # fmt: skip
 
