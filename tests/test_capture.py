@@ -361,7 +361,7 @@ def test_zero_norm_vectors_are_reported_not_divided(tiny_models, small, tmp_path
 @pytest.mark.minilm
 def test_minilm_special_tokens_found_and_left_out_of_mean(minilm_path, small, tmp_path):
     run = xlalign.extract(
-        str(minilm_path), small, "zh,en", sites="embed,L5", pools="mean,last,tokens",
+        str(minilm_path), small, "zh,en", sites="embed,L5", pools="mean,last,eos,tokens",
         batch_size=7, padding_side="left", output=tmp_path / "r", progress=False,
     )  # fmt: skip
     m = run.manifest
@@ -373,13 +373,14 @@ def test_minilm_special_tokens_found_and_left_out_of_mean(minilm_path, small, tm
         ids, specials = run.token_ids(lang), run.special_tokens_mask(lang)
         for site in run.sites:
             vectors = run.token_vectors(lang, site)
-            mean, last = run[lang, site, "mean"], run[lang, site, "last"]
+            mean, last, eos = (run[lang, site, p] for p in ("mean", "last", "eos"))
             for i in range(len(small)):
                 assert ids[i][0] == tok.cls_token_id and ids[i][-1] == tok.sep_token_id
                 assert specials[i].tolist() == [True] + [False] * (len(ids[i]) - 2) + [True]
                 expected = vectors[i][1:-1].astype(np.float64).mean(axis=0)
                 assert_rows_close(mean[i][None], expected[None], f"minilm {lang} {site} mean")
-                np.testing.assert_array_equal(last[i], vectors[i][-1])  # [SEP]
+                np.testing.assert_array_equal(last[i], vectors[i][-2])  # the token before [SEP]
+                np.testing.assert_array_equal(eos[i], vectors[i][-1])  # [SEP]
 
     # one prompt alone through the plain model gives the same vectors
     model = AutoModel.from_pretrained(minilm_path).eval()
