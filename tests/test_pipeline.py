@@ -39,6 +39,10 @@ def test_study_writes_every_output(study):
     assert set(prov["wall_time_s"]) >= {"extract", "align", "origin", "report", "total"}
     assert prov["stages"]["extract"] == "captured"
     assert len(first["summary"]) == 5
+    # one meaning of 'last': the report lists it, as the run's manifest describes it
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert f"last: {manifest['pool_info']['last']}" in (out / "report.md").read_text()
+    assert "not a special token" in manifest["pool_info"]["last"]
 
 
 def test_second_run_reuses_activations_and_gives_identical_json(study):
