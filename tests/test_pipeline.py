@@ -41,7 +41,10 @@ def test_study_writes_every_output(study):
     assert len(first["summary"]) == 5
     # one meaning of 'last': the report lists it, as the run's manifest describes it
     manifest = json.loads((out / "manifest.json").read_text())
-    assert f"last: {manifest['pool_info']['last']}" in (out / "report.md").read_text()
+    from xlalign.report.template import md_escape
+
+    expected = md_escape(f"last: {manifest['pool_info']['last']}")
+    assert expected in (out / "report.md").read_text()
     assert "not a special token" in manifest["pool_info"]["last"]
 
 
