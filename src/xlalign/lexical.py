@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+#: Site name of the lexical baseline's records in ``alignment.json`` (their ``depth`` is null).
+LEXICAL_SITE = "lexical"
 #: Above this many matrix entries (rows x distinct ids, both languages together) the dense
 #: bag-of-ids arrays are not built; the baseline is recorded as undefined with the reason.
 MAX_ENTRIES = 200_000_000

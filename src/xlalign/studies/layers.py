@@ -17,6 +17,7 @@ L x L matrix of each metric per pool and site (see :func:`language_matrices`).
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from xlalign.errors import RunError, XlalignError
+from xlalign.lexical import LEXICAL_SITE
 from xlalign.metrics import (
     cknna,
     cohen_d_pc1,
@@ -446,9 +448,6 @@ class _LazySites(Mapping[str, tuple[np.ndarray, np.ndarray]]):
 # ---------------------------------------------------------------------------------------------
 # controls computed beside the sweep: the lexical baseline, dominant dimensions, standardizing
 
-#: Site name of the model-free lexical baseline's records (their ``depth`` is None).
-LEXICAL_SITE = "lexical"
-
 
 def lexical_records(
     run: Run,
@@ -474,14 +473,14 @@ def lexical_records(
         size = n_entries(ids)
         recs: list[_Rec] = []
         if size > MAX_ENTRIES:
-            why = (
+            skip_why = (
                 f"lexical baseline skipped: {size} bag-of-ids entries > {MAX_ENTRIES} "
                 "(use a subsample)"
             )
             names = ["z"] if "z" in cfg.metrics else []
             names += [nm for sel in cfg.metrics if sel != "z" for nm in METRICS[sel]]
             recs = [
-                _Rec(LEXICAL_SITE, None, "", lx, ly, nm, None, n, undefined_reason=why)
+                _Rec(LEXICAL_SITE, None, "", lx, ly, nm, None, n, undefined_reason=skip_why)
                 for nm in names
             ]
         else:
@@ -492,12 +491,12 @@ def lexical_records(
                     method=cfg.null, n_perms=cfg.n_perms, seed=cfg.seed, strata=strata,
                     center=cfg.center,
                 )  # fmt: skip
-                z, why = _guard(lambda: matched_vs_scrambled_z(x, y, **kw))
+                z, z_why = _guard(functools.partial(matched_vs_scrambled_z, x, y, **kw))
                 recs.append(
                     _Rec(
                         metric="z",
                         value=None if z is None else _finite(z.z),
-                        undefined_reason=why if z is None else z.undefined_reason,
+                        undefined_reason=z_why if z is None else z.undefined_reason,
                         detail={} if z is None else z.to_dict(),
                         **base,
                     )
@@ -513,7 +512,10 @@ def lexical_records(
             for rec in recs:
                 d = dict(rec.__dict__)
                 d["pool"] = pool
-                d["detail"] = {**rec.detail, "features": "bag of token ids (special tokens left out)"}
+                d["detail"] = {
+                    **rec.detail,
+                    "features": "bag of token ids (special tokens left out)",
+                }
                 out.append(_Rec(**d))
     return out
 
@@ -527,7 +529,7 @@ def dominance_records(
     the indices of the three largest, ``flagged`` whether ``share`` exceeds
     :data:`~xlalign.metrics.dominance.DOMINANCE_WARN`.
     """
-    from xlalign.metrics.dominance import DOMINANCE_WARN, dimension_dominance
+    from xlalign.metrics.dominance import DOMINANCE_WARN
 
     out: list[dict[str, Any]] = []
     for site in sites:
@@ -539,7 +541,7 @@ def dominance_records(
                     "pool": pool,
                     "lang": lang,
                 }
-                res, why = _guard(lambda: dimension_dominance(run.array(lang, site, pool)))
+                res, why = _guard(functools.partial(_dominance_of, run, lang, site, pool))
                 if res is None:
                     rec.update(share=None, top_dims=[], top_shares=[], undefined_reason=why)
                 else:
@@ -550,6 +552,12 @@ def dominance_records(
                 rec["flagged"] = rec["share"] is not None and rec["share"] > DOMINANCE_WARN
                 out.append(rec)
     return out
+
+
+def _dominance_of(run: Run, lang: str, site: str, pool: str) -> Any:
+    from xlalign.metrics.dominance import dimension_dominance
+
+    return dimension_dominance(run.array(lang, site, pool))
 
 
 class StandardizedRun:
