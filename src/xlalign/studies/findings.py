@@ -177,6 +177,7 @@ def build_findings(
                             model_idx, control_idx, x, y, pool, sites, metric
                         ),
                         "n": best.get("n"),
+                        "source": "alignment",
                     }
                 )
     if n_pairs is not None and n_pairs < SMALL_SAMPLE:
@@ -349,10 +350,11 @@ def summary_lines(doc: Mapping[str, Any], max_pairs: int = 6) -> list[str]:
             pairs.append(f["pair"])
     for pair in pairs[:max_pairs]:
         for f in (g for g in doc["findings"] if g["pair"] == pair):
+            src = " (origin study)" if f.get("source") == "origin" else ""
             lines.append(
                 f"  {pair[0]}/{pair[1]} {f['pool']:<6} {_LABELS.get(f['metric'], f['metric']):<9}"
                 f" {_fmt_ci(f['model'])} at {f['site']}; control {_fmt_ci(f['control'])}; "
-                f"lexical {_fmt_ci(f['lexical'])} -> {f['verdict']}"
+                f"lexical {_fmt_ci(f['lexical'])} -> {f['verdict']}{src}"
             )
     if len(pairs) > max_pairs:
         lines.append(f"  ... and {len(pairs) - max_pairs} more pairs in findings.json")
@@ -433,9 +435,133 @@ def findings_for_sweep(
     )
 
 
+#: The origin study's z keys that make findings, by the pool they measure.
+_ORIGIN_POOLS = {"mean": "z_mean_full", "last": "z_last"}
+
+
+def findings_for_origin(origin: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``findings.json`` document of an origin study (``origin.json``): z only.
+
+    For the mean pool and the last token (the origin study's meaning: the last non-special
+    token where the tokenizer appends one), the model's best site of the decomposition, the
+    control's z there, the lexical baseline's z and the within-category z. The origin study
+    has no intervals, so verdicts compare point values (a warning says so).
+    """
+    lx, ly = (str(v) for v in origin["languages"])
+    ctl = origin.get("control") or None
+    ctl_rows = {r["site"]: r for r in (ctl or {}).get("decomposition") or []}
+    lex = origin.get("lexical") or {}
+    lexical = None if lex.get("z") is None else {"value": lex["z"], "ci_low": None, "ci_high": None}
+    findings: list[dict[str, Any]] = []
+    warnings = ["origin z values have no confidence intervals: verdicts compare point values"]
+    n = origin.get("n_pairs")
+    if isinstance(n, int) and n < SMALL_SAMPLE:
+        warnings.insert(0, f"only {n} pairs (under {SMALL_SAMPLE}): these numbers are not reliable")
+    if ctl is None:
+        warnings.append("no random-weights control: no finding can be beyond-control")
+    for pool, key in _ORIGIN_POOLS.items():
+        rows = [r for r in origin.get("decomposition") or [] if r.get(key) is not None]
+        if not rows:
+            continue
+        best = max(rows, key=lambda r: float(r[key]))
+        model = {"value": best[key], "ci_low": None, "ci_high": None}
+        c_row = ctl_rows.get(best["site"])
+        control = (
+            None
+            if c_row is None or c_row.get(key) is None
+            else {"value": c_row[key], "ci_low": None, "ci_high": None}
+        )
+        strat = None
+        if pool == "last" and best.get("z_stratified") is not None:
+            strat = {"value": best["z_stratified"], "ci_low": None, "ci_high": None}
+        gains = [
+            (float(r[key]) - float(ctl_rows[r["site"]][key]), r)
+            for r in rows
+            if r["site"] in ctl_rows and ctl_rows[r["site"]].get(key) is not None
+        ]
+        gain = max(gains, key=lambda g: g[0], default=None)
+        findings.append(
+            {
+                "pair": [lx, ly],
+                "pool": pool,
+                "metric": "z",
+                "site": best["site"],
+                "model": model,
+                "control": control,
+                "lexical": lexical,
+                "stratified": strat,
+                "verdict": verdict(model, control, lexical),
+                "largest_gain": None
+                if gain is None
+                else {
+                    "site": gain[1]["site"],
+                    "gain": gain[0],
+                    "model": gain[1][key],
+                    "control": ctl_rows[gain[1]["site"]][key],
+                },
+                "n": n,
+                "source": "origin",
+            }
+        )
+    study = {
+        "model": origin.get("model"),
+        "languages": [lx, ly],
+        "n_pairs": n,
+        "null": (origin.get("null") or {}).get("method"),
+        "standardize": False,
+        "control": None if ctl is None else "random-init",
+    }
+    return {
+        "headline": headline(findings, ctl is not None),
+        "findings": findings,
+        "warnings": warnings,
+        "study": study,
+        "dominance": [],
+    }
+
+
+def merge_findings(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """``new`` with the findings of ``old`` that came from another study kept after its own.
+
+    ``align`` (source ``alignment``) and ``origin`` (source ``origin``) write into the same
+    folder; each replaces only its own part. The headline, study and dominance entries come
+    from the sweep when it has run, else from the origin study.
+    """
+    sources = {f.get("source") for f in new.get("findings") or []}
+    parts = dict((old or {}).get("parts") or {})
+    for src in sources or {"alignment"}:
+        parts[str(src)] = {k: new.get(k) for k in ("headline", "warnings", "study", "dominance")}
+    kept = [f for f in (old or {}).get("findings") or [] if f.get("source") not in sources]
+    lead = parts.get("alignment") or next(iter(parts.values()))
+    warnings: list[str] = []
+    for part in parts.values():
+        warnings += [w for w in part.get("warnings") or [] if w not in warnings]
+    return {
+        **{k: v for k, v in new.items() if k not in ("findings", "warnings")},
+        "headline": lead.get("headline"),
+        "findings": [*(new.get("findings") or []), *kept],
+        "warnings": warnings,
+        "study": lead.get("study"),
+        "dominance": lead.get("dominance") or [],
+        "parts": parts,
+    }
+
+
 def write_findings(doc: Mapping[str, Any], out_dir: str | Path) -> Path:
-    """Write ``findings.json`` into ``out_dir``; returns its path."""
+    """Write ``findings.json`` into ``out_dir``, keeping another study's part; returns its path.
+
+    See :func:`merge_findings`: the sweep and the origin study each replace only their own
+    findings in a folder's ``findings.json``.
+    """
+    import json
+
     path = Path(out_dir) / FINDINGS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, doc)
+    old = None
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None  # an unreadable old file is replaced, not merged
+    atomic_write_json(path, merge_findings(old if isinstance(old, dict) else None, doc))
     return path

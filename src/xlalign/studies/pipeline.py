@@ -183,7 +183,7 @@ def run_align(
     if note:
         findings["warnings"].append(note)
     paths["findings"] = write_findings(findings, out)
-    return result, summary_lines(findings), paths
+    return result, summary_lines(read_json(paths["findings"])), paths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,6 +206,7 @@ def run_origin(
     progress: bool = True,
 ) -> tuple[dict[str, Any], list[str], Path]:
     """Run the origin study on a run folder (or extract one first); write ``origin.json``."""
+    from xlalign.studies.findings import findings_for_origin
     from xlalign.studies.origin import OriginConfig, origin_study, summarize
 
     cfg = config or OriginConfig()
@@ -235,7 +236,9 @@ def run_origin(
     )
     path = loaded.path / "origin.json"
     atomic_write_json(path, result)
-    return result, summarize(result), path
+    # the lexical baseline is always there, so findings.json is always written
+    findings = read_json(write_findings(findings_for_origin(result), loaded.path))
+    return result, [*summarize(result), *summary_lines(findings)], path
 
 
 def _corpus_for(run: Run, data: Path | None) -> ParallelCorpus:
@@ -502,6 +505,7 @@ def run_study(
         paths["origin"] = out / "origin.json"
     findings = study_findings(run, alignment, control_alignment, origin, sweep_cfg, cfg.label)
     paths["findings"] = write_findings(findings, out)
+    findings = read_json(paths["findings"])  # the summary and report read the file alone
     summary = summary_lines(findings)
     (out / "config.toml").write_text(config_to_toml(cfg), encoding="utf-8")
     paths["config"] = out / "config.toml"
