@@ -324,10 +324,15 @@ def headline(findings: Sequence[Mapping[str, Any]], has_control: bool = True) ->
     for f in zs:
         ctl = f["control"]
         lex = f["lexical"]
+        ctl_text = (
+            "no control run"
+            if not has_control
+            else f"control {_fmt(None if ctl is None else ctl['value'])} at {f['site']}"
+        )
         parts.append(
             f"{f['pool']}-pool z {_fmt(f['model']['value'])} at {f['site']} is {f['verdict']} "
-            f"(control {_fmt(None if ctl is None else ctl['value'])}, lexical "
-            f"{_fmt(None if lex is None else lex['value'])}): {_PHRASES[f['verdict']]}"
+            f"({ctl_text}, lexical {_fmt(None if lex is None else lex['value'])}): "
+            f"{_PHRASES[f['verdict']]}"
         )
     return lead + "; ".join(parts)
 
