@@ -33,6 +33,7 @@ from xlalign.report.figures import (
     alignment_sites,
     heatmap_figure,
     language_matrix_figure,
+    lexical_value,
     matrix_metrics,
     matrix_sites,
     pca_figure,
@@ -379,6 +380,14 @@ def _alignment_table(
                 else Cell(UNDEFINED, title=series[m].reasons.get(site), undefined=True)
             )
         rows.append(row)
+    lexical = {m: lexical_value(doc, pair, m, pool) for m in metrics}
+    if any(v is not None for v in lexical.values()):
+        rows.append(
+            [
+                "lexical (token ids, no model)",
+                *(_value_cell(lexical[m], "not computed", inline_reason=False) for m in metrics),
+            ]
+        )
     return Table(
         ["site", *(METRIC_LABELS.get(m, m) for m in metrics)],
         rows,
