@@ -160,7 +160,13 @@ def build_findings(
                 model = _value(best)
                 assert model is not None
                 control = _value(control_idx.get((x, y, pool, site, metric)))
-                lexical = _value(model_idx.get((x, y, pool, LEXICAL_SITE, metric)))
+                lex_rec = model_idx.get((x, y, pool, LEXICAL_SITE, metric))
+                lexical = _value(lex_rec)
+                if lex_rec is not None and lexical is None:
+                    why = lex_rec.get("undefined_reason") or "undefined"
+                    msg = f"{x}/{y}: the lexical baseline's {_LABELS[metric]} is undefined ({why})"
+                    if msg not in warnings:
+                        warnings.append(msg)
                 strat = stratified((x, y), pool, site) if stratified and metric == "z" else None
                 findings.append(
                     {

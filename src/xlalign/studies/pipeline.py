@@ -2,7 +2,9 @@
 
 A study folder holds the trained model's run (the store), the random-weights control's run in
 ``control-random-init/``, and the study's outputs beside them: ``alignment.json``,
-``origin.json``, ``report.html``, ``report.md``, figures, ``config.toml`` (the resolved
+``origin.json``, ``findings.json`` (what survives the controls; the console summary and the
+report's first section are made from it), ``report.html``, ``report.md``, figures,
+``config.toml`` (the resolved
 configuration) and ``provenance.json``. Running the same study again on the same folder reuses
 the stored activations: no forward pass runs twice.
 """
