@@ -81,7 +81,8 @@ def test_run_cli_with_config_file_reuses_the_folder(study, tmp_path, capsys):
     assert main(["run", "--config", str(conf), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "[1/5] extract done" in printed and "(reused)" in printed
-    assert "peak alignment z" in printed
+    headline = json.loads((out / "findings.json").read_text())["headline"]
+    assert headline in printed and "mean-pool z" in headline and "control" in headline
 
 
 @pytest.mark.parametrize(
