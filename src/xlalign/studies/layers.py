@@ -533,15 +533,20 @@ def lexical_records(
 
     out: list[_Rec] = []
     for lx, ly in pairs:
-        ids = [run.token_ids(lx), run.token_ids(ly)]
+        skip_why = None
+        try:
+            ids = [run.token_ids(lx), run.token_ids(ly)]
+        except (OSError, XlalignError) as e:  # a run folder without its token files
+            ids = [[np.zeros(0, np.int64)] * run.n_rows] * 2
+            skip_why = f"lexical baseline skipped: the run's token ids cannot be read ({e})"
         n = len(ids[0])
-        size = n_entries(ids)
         recs: list[_Rec] = []
-        if size > MAX_ENTRIES:
+        if skip_why is None and (size := n_entries(ids)) > MAX_ENTRIES:
             skip_why = (
                 f"lexical baseline skipped: {size} bag-of-ids entries > {MAX_ENTRIES} "
                 "(use a subsample)"
             )
+        if skip_why is not None:
             names = ["z"] if "z" in cfg.metrics else []
             names += [nm for sel in cfg.metrics if sel != "z" for nm in METRICS[sel]]
             recs = [
