@@ -542,7 +542,10 @@ def merge_findings(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dic
     parts = dict((old or {}).get("parts") or {})
     for src in sources or {"alignment"}:
         parts[str(src)] = {k: new.get(k) for k in ("headline", "warnings", "study", "dominance")}
-    kept = [f for f in (old or {}).get("findings") or [] if f.get("source") not in sources]
+    # a finding without a source predates the field: it came from the sweep
+    kept = [
+        f for f in (old or {}).get("findings") or [] if f.get("source", "alignment") not in sources
+    ]
     lead = parts.get("alignment") or next(iter(parts.values()))
     warnings: list[str] = []
     for part in parts.values():
