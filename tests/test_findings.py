@@ -340,6 +340,11 @@ def test_origin_findings_and_merge(study):
     assert len(merged["findings"]) == len(sweep["findings"]) + len(doc["findings"])
     again = merge_findings(merged, doc)  # origin replaces only its own part
     assert len(again["findings"]) == len(merged["findings"])
+    # findings written before the 'source' field are the sweep's: a new sweep replaces them
+    legacy = {
+        "findings": [{k: x for k, x in f.items() if k != "source"} for f in sweep["findings"]]
+    }
+    assert merge_findings(legacy, sweep)["findings"] == sweep["findings"]
 
 
 def test_build_findings_without_control_says_so():

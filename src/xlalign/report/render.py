@@ -233,7 +233,7 @@ def _findings_section(findings: Mapping[str, Any] | None) -> list[Block]:
                 _ci_cell(f.get("lexical")),
                 _ci_cell(f.get("stratified")),
                 str(f.get("verdict")),
-                f"{gain['site']} (+{fmt_value(gain['gain'])})"
+                f"{gain['site']} ({'+' if gain['gain'] >= 0 else ''}{fmt_value(gain['gain'])})"
                 if isinstance(gain, Mapping)
                 else Cell("none", undefined=True),
             ]
@@ -320,7 +320,8 @@ def _alignment_section(
         Para(
             "Each panel is one metric against depth (embedding site first). Solid lines: the "
             "model, one per pool, with confidence bands where the metric has them; dashed: the "
-            "same model with random weights (control). Gaps are undefined values."
+            "same model with random weights (control); dotted horizontal: the lexical "
+            "baseline (bags of token ids, no model). Gaps are undefined values."
             + ("" if control else " No random-weights control was run.")
         )
     ]

@@ -343,8 +343,14 @@ def headline(findings: Sequence[Mapping[str, Any]], has_control: bool = True) ->
     return lead + "; ".join(parts)
 
 
-def summary_lines(doc: Mapping[str, Any], max_pairs: int = 6) -> list[str]:
-    """The console summary, made from a ``findings.json`` document alone."""
+def summary_lines(
+    doc: Mapping[str, Any], max_pairs: int = 6, *, per_finding: bool = True
+) -> list[str]:
+    """The console summary, made from a ``findings.json`` document alone.
+
+    The study, the headline, one line per finding (``per_finding``; the report shows them as
+    a table instead) and the warnings.
+    """
     study = doc.get("study") or {}
     langs = study.get("languages") or []
     lines = []
@@ -359,7 +365,7 @@ def summary_lines(doc: Mapping[str, Any], max_pairs: int = 6) -> list[str]:
     for f in doc.get("findings") or []:
         if f["pair"] not in pairs:
             pairs.append(f["pair"])
-    for pair in pairs[:max_pairs]:
+    for pair in pairs[:max_pairs] if per_finding else []:
         for f in (g for g in doc["findings"] if g["pair"] == pair):
             src = " (origin study)" if f.get("source") == "origin" else ""
             lines.append(
@@ -367,7 +373,7 @@ def summary_lines(doc: Mapping[str, Any], max_pairs: int = 6) -> list[str]:
                 f" {_fmt_ci(f['model'])} at {f['site']}; control {_fmt_ci(f['control'])}; "
                 f"lexical {_fmt_ci(f['lexical'])} -> {f['verdict']}{src}"
             )
-    if len(pairs) > max_pairs:
+    if per_finding and len(pairs) > max_pairs:
         lines.append(f"  ... and {len(pairs) - max_pairs} more pairs in findings.json")
     lines += [f"warning: {w}" for w in doc.get("warnings") or []]
     return lines

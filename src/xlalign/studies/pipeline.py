@@ -677,7 +677,7 @@ def _write_report(
         pca=pca,
         heatmap=heatmap,
         provenance=provenance,
-        summary_lines=summary_lines(findings),
+        summary_lines=summary_lines(findings, per_finding=False),
         findings=findings,
     )
     return {f"report_{k}": v for k, v in build_report(out, inputs).items()}
