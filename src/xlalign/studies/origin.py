@@ -606,6 +606,8 @@ def summarize(origin: Mapping[str, Any]) -> list[str]:
         row = f"  {key:<26} {_fmt(origin.get(key)):>9}"
         if ctl:
             row += f"   random-init control {_fmt(ctl.get(key)):>9}"
+        else:
+            row += "   random-init control   not run"
         if origin.get(key) is None and key in origin.get("undefined", {}):
             row += f"   ({origin['undefined'][key]})"
         lines.append(row)
