@@ -364,3 +364,28 @@ def test_build_findings_without_control_says_so():
     assert (f["site"], f["verdict"], f["control"]) == ("L0", "no-control", None)
     assert any("no random-weights control" in w for w in doc["warnings"])
     assert "no-control" in doc["headline"] and "no control run" in doc["headline"]
+
+
+def test_dimension_dominance_and_standardize_against_numpy():
+    from xlalign.errors import XlalignError
+    from xlalign.metrics.dominance import dimension_dominance, standardize_pair
+
+    rs = np.random.RandomState(3)
+    x = rs.randn(5000, 9).astype(np.float32)  # more rows than one chunk
+    x[:, 7] *= 6.0
+    per = (x.astype(np.float64) ** 2).sum(axis=0)
+    res = dimension_dominance(x)
+    assert res.top_dims == list(np.argsort(-per)[:3])
+    assert res.share == pytest.approx(per.max() / per.sum(), rel=1e-12)
+    assert sum(res.top_shares) < 1.0
+    assert dimension_dominance(np.zeros((4, 3))).share is None
+    with pytest.raises(XlalignError, match="NaN or inf"):
+        dimension_dominance(np.array([[1.0, np.nan]]))
+    a, b = rs.randn(20, 4), rs.randn(30, 4)
+    a[:, 2] = b[:, 2] = 5.0  # a constant dimension becomes 0
+    sa, sb = standardize_pair(a, b)
+    both = np.concatenate([a, b])
+    keep = [0, 1, 3]
+    ref = (both[:, keep] - both[:, keep].mean(0)) / both[:, keep].std(0)
+    assert np.allclose(np.concatenate([sa, sb])[:, keep], ref, atol=1e-12)
+    assert np.all(sa[:, 2] == 0) and np.all(sb[:, 2] == 0)

@@ -24,6 +24,8 @@ __all__ = [
     "standardize_pair",
 ]
 
+_CHUNK = 4096  # rows per block: float64 copies stay small whatever the run's size
+
 #: A site where one dimension holds more than this share of the mean squared norm is flagged.
 DOMINANCE_WARN = 0.5
 
@@ -49,12 +51,15 @@ def dimension_dominance(x: Any, k: int = 3) -> DominanceResult:
     ``x`` is ``(n_rows, d_model)``; sums in float64 over the raw (uncentred) vectors, so the
     shares of all dimensions add up to 1.
     """
-    a = np.asarray(x, dtype=np.float64)
+    a = np.asarray(x)  # a memory-mapped array stays mapped: read in row chunks below
     if a.ndim != 2 or a.shape[0] == 0:
         raise XlalignError(f"expected a non-empty (n_rows, d_model) array, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise XlalignError("the vectors hold NaN or inf values")
-    per_dim = np.einsum("ij,ij->j", a, a)
+    per_dim = np.zeros(a.shape[1], dtype=np.float64)
+    for start in range(0, a.shape[0], _CHUNK):
+        block = np.asarray(a[start : start + _CHUNK], dtype=np.float64)
+        if not np.isfinite(block).all():
+            raise XlalignError("the vectors hold NaN or inf values")
+        per_dim += np.einsum("ij,ij->j", block, block)
     total = float(per_dim.sum())
     if total == 0.0:
         return DominanceResult(None, [], [], a.shape[0], a.shape[1])
