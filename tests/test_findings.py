@@ -389,3 +389,28 @@ def test_dimension_dominance_and_standardize_against_numpy():
     ref = (both[:, keep] - both[:, keep].mean(0)) / both[:, keep].std(0)
     assert np.allclose(np.concatenate([sa, sb])[:, keep], ref, atol=1e-12)
     assert np.all(sa[:, 2] == 0) and np.all(sb[:, 2] == 0)
+
+
+def test_align_sweeps_the_control_beside_the_run_and_writes_findings(study, tmp_path, capsys):
+    import shutil
+
+    out, _ = study
+    run = tmp_path / "copy"
+    shutil.copytree(out, run)
+    (run / "findings.json").unlink()
+    args = ["align", str(run), "--metrics", "z,p1,cka", "--n-boot", "0", "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    doc = json.loads((run / "findings.json").read_text())
+    assert doc["headline"] in printed
+    control = json.loads((run / "control-random-init" / "alignment.json").read_text())
+    assert control["n_boot"] == 0  # swept again with align's own settings
+    for f in doc["findings"]:
+        (c,) = [
+            r for r in control["records"]
+            if (r["x"], r["y"], r["pool"], r["site"], r["metric"])
+            == (*f["pair"], f["pool"], f["site"], f["metric"])
+        ]  # fmt: skip
+        assert f["control"]["value"] == c["value"]
+        assert f["verdict"] == reference_verdict(f["model"], f["control"], f["lexical"])
+    assert any("verdicts compare point values" in w for w in doc["warnings"])
