@@ -73,11 +73,10 @@ def _load(p):
 
 
 @pytest.fixture(scope="module")
-def result(runs, tmp_path_factory):
-    root, a, b = runs
-    out = tmp_path_factory.mktemp("out") / "cmp"
+def result(runs):
+    _root, a, b = runs
     return compare(
-        [a.path, b.path], labels={"A": "Qwen tiny", "B": "GPT-2 wide"}, output=out, config=FAST,
+        [a.path, b.path], labels={"A": "Qwen tiny", "B": "GPT-2 wide"}, config=FAST,
         progress=False, say=lambda _m: None,
     )  # fmt: skip
 
@@ -124,22 +123,14 @@ def test_relative_depth_puts_embed_at_0_and_the_last_block_at_1():
     assert relative_depth("lexical", 4) is None
 
 
-def test_report_files_and_fields(result):
-    out = result.paths["json"].parent
-    doc = json.loads((out / "compare.json").read_text())
-    assert set(doc) == set(result.to_dict())
-    for key in ("runs", "corpus", "curves", "similarity", "findings", "headline"):
+def test_fields_are_those_of_compare_json(result):
+    doc = result.to_dict()
+    assert set(doc) == {f for f in result.__dataclass_fields__ if f != "paths"}
+    for key in ("runs", "corpus", "curves", "similarity", "findings", "ranking", "headline"):
         assert doc[key], key
     assert [r["label"] for r in doc["runs"]] == ["Qwen tiny", "GPT-2 wide"]
-    html = (out / "report.html").read_text()
-    assert "<script" not in html and 'src="http' not in html
-    assert (
-        html.count("data:image/png;base64,") >= 4
-    )  # 2 pools of curves + 2 langs x 2 pools heatmaps
-    md = (out / "report.md").read_text()
-    for fig in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
-        assert (out / fig).exists()
-    assert "Qwen tiny" in md and "GPT-2 wide" in md
+    assert result.corpus["shared"] == "all" and result.corpus["note"] is None
+    json.dumps(doc)  # JSON-ready as it is
 
 
 def test_curves_carry_relative_depth_model_and_control(result, runs):
@@ -207,7 +198,7 @@ def test_a_different_corpus_is_refused(runs, tiny_models, tmp_path, capsys):
     other = generate_problems(N, seed=7)  # same ids p0000..., other texts
     c = _extract(tiny_models["qwen2"], other, tmp_path / "c")
     other.to_jsonl(tmp_path / "c" / "corpus.jsonl")
-    with pytest.raises(XlalignError, match="different corpora: .* ids are shared but their texts"):
+    with pytest.raises(XlalignError, match=r"different corpora: .* ids are shared but their texts"):
         compare([a.path, c.path], config=FAST, progress=False, say=lambda _m: None)
     assert main(["compare", str(a.path), str(c.path), "-o", str(tmp_path / "o")]) == 2
     assert "different corpora" in capsys.readouterr().err
@@ -307,21 +298,44 @@ def test_private_verdict_contract(model, control, lexical, expect):
     assert _verdict(pt(model), pt(control), pt(lexical)) == expect
 
 
+@pytest.mark.slow
 def test_cli_with_labels_writes_the_report(runs, tmp_path, capsys):
     _, a, b = runs
     out = tmp_path / "cmp"
     code = main(
-        ["compare", str(a.path), str(b.path), "-o", str(out), "--label", "A=qwen",
-         "--label", f"{b.path}=gpt", "--k", "5", "--n-perms", "0", "--no-progress"]
+        ["compare", str(a.path), str(b.path), "-o", str(out), "--label", "A=Qwen tiny",
+         "--label", f"{b.path}=GPT-2 wide", "--k", "5", "--n-perms", "0", "--no-progress"]
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
     doc = json.loads((out / "compare.json").read_text())
-    assert [r["label"] for r in doc["runs"]] == ["qwen", "gpt"]
+    assert [r["label"] for r in doc["runs"]] == ["Qwen tiny", "GPT-2 wide"]
     assert all("p_value" not in r for r in doc["similarity"])
     assert str(out / "report.html") in capsys.readouterr().out
+    html = (out / "report.html").read_text()
+    assert "<script" not in html and 'src="http' not in html
+    # one curve figure per pool, one heatmap figure per language and pool
+    assert html.count("data:image/png;base64,") == 2 + 2 * 2
+    md = (out / "report.md").read_text()
+    figs = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
+    assert len(figs) == 6 and all((out / f).exists() for f in figs)
+    assert "Qwen tiny" in md and "GPT-2 wide" in md and "Findings" in md
+    # a second comparison may replace the first in the same folder; a foreign folder is refused
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert main(["compare", str(a.path), str(b.path), "-o", str(tmp_path / "busy")]) == 2
+    assert "holds no comparison" in capsys.readouterr().err
+
+
+def test_cli_refuses_bad_labels_and_a_single_run(runs, tmp_path, capsys):
+    _, a, b = runs
+    out = tmp_path / "cmp"
     assert main(["compare", str(a.path), str(b.path), "--label", "Z=x", "-o", str(out)]) == 2
     assert "--label Z=" in capsys.readouterr().err
+    assert main(["compare", str(a.path), str(b.path), "--label", "qwen", "-o", str(out)]) == 2
+    assert "write RUN=NAME" in capsys.readouterr().err
     assert main(["compare", str(a.path), "-o", str(out)]) == 2
+    assert "at least two runs" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_python_api_is_exported_lazily(runs):

@@ -577,6 +577,7 @@ def linear_cka_matrix(
     widths = [a.shape[1] for a in [*xa, *ya]]
     fits = (len(xa) + len(ya)) * n * n <= _GRAM_MAX_ENTRIES
     gram = fits and n <= float(np.median(widths)) ** 2
+    null_reason: str | None
     if not gram and n_perms > 0:
         null_reason = (
             f"no permutation null: {n} rows make the Gram route too costly "

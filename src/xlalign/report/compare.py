@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from xlalign.report.figures import METRIC_LABELS, mpl_text, safe_name, save_figure
-from xlalign.report.render import fmt_value, flatten
+from xlalign.report.render import flatten, fmt_value
 from xlalign.report.template import (
     Block,
     Bullets,
@@ -259,7 +259,7 @@ def _findings_section(doc: Mapping[str, Any]) -> list[Block]:
                 "verdict",
             ],
             rows,
-        )  # fmt: skip
+        )
     )
     return blocks
 

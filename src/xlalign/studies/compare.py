@@ -265,7 +265,7 @@ def shared_rows(models: Sequence[_Model], langs: Sequence[str]) -> dict[str, Any
     base = corpora[first.label]
     common: list[str] = []
     differ: list[str] = []
-    for k, row_id in enumerate(base.ids):
+    for row_id in base.ids:
         if not all(row_id in index[label] for label in corpora):
             continue
         texts = [
@@ -334,16 +334,17 @@ def _sweep_config(stored: Sequence[dict[str, Any] | None], cfg: CompareConfig) -
     doc = next((d for d in stored if d), None)
     if doc is None:
         return SweepConfig()
+    base = SweepConfig()
+
+    def get(key: str) -> Any:
+        v = doc.get(key)
+        return getattr(base, key) if v is None else v
+
     return SweepConfig(
-        metrics=tuple(doc.get("metrics") or SweepConfig().metrics),
-        null=str(doc.get("null") or "exact"),
-        n_perms=int(doc.get("n_perms") or 1000),
-        seed=int(doc.get("seed") or 42),
-        stratify=doc.get("stratify"),
-        center=bool(doc.get("center")),
-        n_boot=int(doc.get("n_boot") if doc.get("n_boot") is not None else 200),
-        ci_level=float(doc.get("ci_level") or 0.95),
-    )
+        metrics=tuple(get("metrics")), null=str(get("null")), n_perms=int(get("n_perms")),
+        seed=int(get("seed")), stratify=doc.get("stratify"), center=bool(get("center")),
+        n_boot=int(get("n_boot")), ci_level=float(get("ci_level")),
+    )  # fmt: skip
 
 
 def _load_sweeps(
@@ -507,9 +508,8 @@ def _verdict(
         return "below-control"
     if m_lo <= c_hi:
         return "matched-by-control"
-    if lexical is not None and lexical.get("value") is not None:
-        if m_lo <= _interval(lexical)[1]:
-            return "matched-by-lexical"
+    if lexical is not None and lexical.get("value") is not None and m_lo <= _interval(lexical)[1]:
+        return "matched-by-lexical"
     return "beyond-control"
 
 
@@ -541,15 +541,8 @@ def _findings(models: Sequence[_Model]) -> tuple[list[dict[str, Any]], list[dict
                 by_key.setdefault(key, []).append(r)
         for key, rows in by_key.items():
             pair, pool, metric = key
-
-            def gain(r: Mapping[str, Any]) -> float | None:
-                c = ctrl.get((pair, pool, metric, r["site"]))
-                if c is None or c.get("value") is None:
-                    return None
-                return float(r["value"]) - float(c["value"])
-
             best = max(rows, key=lambda r: float(r["value"]))
-            gains = [(g, r) for r in rows if (g := gain(r)) is not None]
+            gains = [(g, r) for r in rows if (g := _gain(r, ctrl, key)) is not None]
             at = max(gains, key=lambda gr: gr[0])[1] if gains else best
             c = ctrl.get((pair, pool, metric, at["site"]))
             model_pt, control_pt = _point(at), _point(c)
@@ -566,7 +559,7 @@ def _findings(models: Sequence[_Model]) -> tuple[list[dict[str, Any]], list[dict
                     "model": model_pt,
                     "control": control_pt,
                     "lexical": lexical_pt,
-                    "gain_over_control": gain(at),
+                    "gain_over_control": _gain(at, ctrl, key),
                     "best_site": best["site"],
                     "best_relative_depth": relative_depth(str(best["site"]), m.run.n_layers),
                     "best_value": best["value"],
@@ -574,6 +567,16 @@ def _findings(models: Sequence[_Model]) -> tuple[list[dict[str, Any]], list[dict
                 }
             )
     return findings, _ranking(findings)
+
+
+def _gain(
+    r: Mapping[str, Any], ctrl: Mapping[tuple[Any, ...], Mapping[str, Any]], key: tuple[Any, ...]
+) -> float | None:
+    """The model's value minus its control's at the record's site (None without a control)."""
+    c = ctrl.get((*key, r["site"]))
+    if c is None or c.get("value") is None:
+        return None
+    return float(r["value"]) - float(c["value"])
 
 
 def _ranking(findings: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -732,7 +735,7 @@ def compare(
                 "seed": sweep_cfg.seed,
             },
             "relative_depth": "embed 0, block i of n at (i + 1) / n, final 1",
-        },  # fmt: skip
+        },
     )
     if output is not None:
         result.paths = write_compare(result, Path(output))
