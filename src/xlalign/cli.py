@@ -426,7 +426,7 @@ def compare_cmd(
     k: Annotated[int, typer.Option("--k", help="Neighbours of mutual k-NN.")] = 10,
     n_perms: Annotated[
         int, typer.Option("--n-perms", help="Row permutations of the CKA null (0: none).")
-    ] = 200,
+    ] = 100,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the CKA null.")] = 0,
     pools: Annotated[str | None, typer.Option("--pools", help="Pools (default: shared).")] = None,
     langs: Annotated[

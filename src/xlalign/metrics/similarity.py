@@ -602,7 +602,11 @@ def linear_cka_matrix(
             value[:, j] = kx @ kyj
             if do_null:
                 sq = kyj.reshape(n, n)
-                null = np.stack([kx @ sq[np.ix_(p, p)].ravel() for p in perms], axis=1)
+                null = np.empty((len(xa), n_perms))
+                step = max(1, _BLOCK_ENTRIES // (n * n))  # permuted Grams per matrix product
+                for lo in range(0, n_perms, step):
+                    batch = np.stack([sq[np.ix_(p, p)].ravel() for p in perms[lo : lo + step]])
+                    null[:, lo : lo + step] = kx @ batch.T
                 null_mean[:, j] = null.mean(axis=1)  # type: ignore[index]
                 null_std[:, j] = null.std(axis=1)  # type: ignore[index]
                 p_value[:, j] = (1 + (null >= value[:, j : j + 1] - 1e-12).sum(1)) / (n_perms + 1)  # type: ignore[index]

@@ -59,7 +59,7 @@ class CompareConfig:
 
     k: int = 10
     """Neighbours of mutual k-NN."""
-    n_perms: int = 200
+    n_perms: int = 100
     """Row permutations of the CKA null (0: none); skipped where it is not cheap."""
     seed: int = 0
     """Seed of the CKA null's permutations."""
