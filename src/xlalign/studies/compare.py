@@ -356,12 +356,13 @@ def _load_sweeps(
 ) -> SweepConfig:
     """Each model's and control's sweep: the stored ``alignment.json``, or computed now."""
     stored: list[dict[str, Any] | None] = []
-    if not partial:
-        for m in models:
-            m.alignment = _stored_alignment(m.run.path)
-            if m.control is not None:
-                m.control_alignment = _stored_alignment(m.control.path)
-            stored += [m.alignment, m.control_alignment]
+    for m in models:
+        m.alignment = _stored_alignment(m.run.path)
+        if m.control is not None:
+            m.control_alignment = _stored_alignment(m.control.path)
+        stored += [m.alignment, m.control_alignment]
+        if partial:  # stored sweeps cover other rows: keep their settings, not their values
+            m.alignment = m.control_alignment = None
     sweep_cfg = _sweep_config(stored, cfg)
     for m in models:
         assert m.rows is not None
@@ -662,6 +663,8 @@ def compare(
     given = [str(r) for r in runs]
     if len(given) < 2:
         raise XlalignError(f"compare needs at least two runs, got {len(given)}")
+    if output is not None:
+        _check_output(Path(output))
     opened = [load_run(p) for p in given]
     names = _labels(given, labels, opened)
     models = [
@@ -792,10 +795,8 @@ def _summary(
     return headline, lines
 
 
-def write_compare(result: CompareResult, out: Path) -> dict[str, Path]:
-    """Write ``compare.json`` and the report into ``out``; returns the paths."""
-    from xlalign.report.compare import build_compare_report
-
+def _check_output(out: Path) -> None:
+    """Refuse an output that is a file, or a non-empty folder holding no earlier comparison."""
     if out.exists() and not out.is_dir():
         raise XlalignError(f"output '{out}' exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / "compare.json").exists():
@@ -803,6 +804,13 @@ def write_compare(result: CompareResult, out: Path) -> dict[str, Path]:
             f"output folder '{out}' is not empty and holds no comparison (no compare.json); "
             "choose a new or empty folder"
         )
+
+
+def write_compare(result: CompareResult, out: Path) -> dict[str, Path]:
+    """Write ``compare.json`` and the report into ``out``; returns the paths."""
+    from xlalign.report.compare import build_compare_report
+
+    _check_output(out)
     out.mkdir(parents=True, exist_ok=True)
     doc = result.to_dict()
     atomic_write_json(out / "compare.json", doc)
