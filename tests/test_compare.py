@@ -130,6 +130,8 @@ def test_fields_are_those_of_compare_json(result):
         assert doc[key], key
     assert [r["label"] for r in doc["runs"]] == ["Qwen tiny", "GPT-2 wide"]
     assert result.corpus["shared"] == "all" and result.corpus["note"] is None
+    assert result.headline not in result.summary
+    assert result.headline in {r["statement"] for r in result.ranking if r["metric"] == "z"}
     json.dumps(doc)  # JSON-ready as it is
 
 
@@ -346,3 +348,31 @@ def test_python_api_is_exported_lazily(runs):
                           say=lambda _m: None)  # fmt: skip
     assert [r["label"] for r in res.runs] == ["x", "y"]
     assert res.paths == {}
+
+
+def test_a_lexical_baseline_in_the_sweep_is_drawn_flat_and_judged(runs, tmp_path):
+    """A sweep with a model-free ``lexical`` site (depth null): kind lexical, no depth, and a
+    model that clears its control but not the lexical baseline is matched-by-lexical."""
+    import shutil
+
+    _, a, b = runs
+    copy = tmp_path / "a"
+    shutil.copytree(a.path, copy)
+    doc = json.loads((copy / "alignment.json").read_text())
+    zs = [r for r in doc["records"] if r["metric"] == "z" and r["value"] is not None]
+    top = max(r["ci_high"] for r in zs)
+    for pool in doc["pools"]:
+        doc["records"].append(
+            {**zs[0], "site": "lexical", "depth": None, "pool": pool, "value": top + 1,
+             "ci_low": top + 0.5, "ci_high": top + 2}
+        )  # fmt: skip
+    (copy / "alignment.json").write_text(json.dumps(doc))
+    res = compare([copy, b.path], config=FAST, progress=False, say=lambda _m: None)
+    lex = [c for c in res.curves if c["kind"] == "lexical"]
+    assert len(lex) == len(doc["pools"]) and all(c["relative_depth"] is None for c in lex)
+    for f in res.findings:
+        if f["label"] == res.runs[0]["label"] and f["metric"] == "z":
+            assert f["lexical"]["value"] == top + 1
+            assert f["verdict"] in ("matched-by-lexical", "matched-by-control", "below-control")
+            clears = f["model"]["ci_low"] > f["control"]["ci_high"]
+            assert (f["verdict"] == "matched-by-lexical") == clears

@@ -448,7 +448,7 @@ def compare_cmd(
         [str(r) for r in runs], labels=parse_labels(label or []), output=output, config=cfg,
         progress=progress,
     )  # fmt: skip
-    print("\n".join([result.headline, *result.summary[1:], *result.warnings]))
+    print("\n".join([result.headline, *result.summary, *result.warnings]))
     print(f"report: {result.paths['html']}")
 
 

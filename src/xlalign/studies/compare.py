@@ -784,15 +784,12 @@ def _summary(
     if corpus.get("note"):
         lines.append(f"corpus: {corpus['note']}")
     z_first = sorted(ranking, key=lambda r: (FINDING_METRICS.index(r["metric"]), r["pool"]))
-    lines += [r["statement"] for r in z_first if r["metric"] == "z"] or [
+    statements = [r["statement"] for r in z_first if r["metric"] == "z"] or [
         r["statement"] for r in z_first[:2]
     ]
-    head = next((r for r in z_first), None)
-    if head is None:
-        headline = "no finding: the sweeps hold none of z, P@1 or CKA with a value"
-    else:
-        headline = head["statement"]
-    return headline, lines
+    if not statements:
+        return "no finding: the sweeps hold none of z, P@1 or CKA with a value", lines
+    return statements[0], lines + statements[1:]
 
 
 def _check_output(out: Path) -> None:
