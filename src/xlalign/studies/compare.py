@@ -174,6 +174,8 @@ def _labels(
     final: list[str] = []
     for i, run in enumerate(runs):
         name = out[i] or Path(str(run.manifest.get("model") or run.path)).name or str(run.path)
+        if out[i] is None and run.manifest.get("random_init_seed") is not None:
+            name += " (random-init)"
         base, k = name, 2
         while name in final:  # the same run twice, or two runs of one model
             name, k = f"{base} #{k}", k + 1
