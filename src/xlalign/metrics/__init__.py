@@ -23,6 +23,7 @@ from xlalign.metrics.retrieval import (
 )
 from xlalign.metrics.separation import CohenResult, cohen_d_pc1, pca_subspace_z
 from xlalign.metrics.similarity import (
+    COMPAT_MODES,
     CkaResult,
     CknnaResult,
     HubResult,
@@ -30,10 +31,15 @@ from xlalign.metrics.similarity import (
     SiteMatrix,
     SvccaResult,
     cknna,
+    cycle_knn,
+    edit_distance_knn,
+    lcs_knn,
     linear_cka,
     linear_cka_matrix,
     mutual_knn,
     mutual_knn_matrix,
+    platonic_clamp,
+    platonic_threshold,
     prepare_features,
     semantic_hub_score,
     svcca,
@@ -41,6 +47,7 @@ from xlalign.metrics.similarity import (
 
 __all__ = [
     "CI",
+    "COMPAT_MODES",
     "DEGENERATE_STD",
     "CkaResult",
     "CknnaResult",
@@ -56,7 +63,10 @@ __all__ = [
     "cka_ci",
     "cknna",
     "cohen_d_pc1",
+    "cycle_knn",
     "draw_permutations",
+    "edit_distance_knn",
+    "lcs_knn",
     "linear_cka",
     "linear_cka_matrix",
     "matched_vs_scrambled_z",
@@ -66,6 +76,8 @@ __all__ = [
     "null_samples",
     "p1_ci",
     "pca_subspace_z",
+    "platonic_clamp",
+    "platonic_threshold",
     "prepare_features",
     "retrieval_hits",
     "retrieval_scores",
