@@ -286,6 +286,9 @@ def test_findings_follow_the_verdict_rules_on_the_records(result):
     ("model", "control", "lexical", "expect"),
     [
         ((5, 4, 6), None, None, "no-control"),
+        ((5, 4, 6), None, (3, 2, 3.5), "no-control"),
+        ((5, 4, 6), None, (5, 4.5, 6), "matched-by-lexical"),
+        ((5, None, None), (5, None, None), None, "matched-by-control"),
         ((5, 4, 6), (1, 0, 2), None, "beyond-control"),
         ((5, 4, 6), (1, 0, 2), (3, 2, 4.5), "matched-by-lexical"),
         ((5, 4, 6), (1, 0, 2), (3, 2, 3.5), "beyond-control"),

@@ -499,21 +499,24 @@ def _verdict(
 ) -> str:
     """The verdict of ``findings.json`` (issue 10) from three ``{value, ci_low, ci_high}``.
 
-    No control: ``no-control``. The model's interval below the control's: ``below-control``;
-    overlapping it: ``matched-by-control``; above it but not above the lexical baseline's:
-    ``matched-by-lexical``; above both: ``beyond-control``. A missing interval is the value.
+    Checked in order, intervals closed (a missing bound is the value; a mapping whose value is
+    None counts as absent): ``below-control`` (the model's interval below the control's),
+    ``matched-by-control`` (not above it), ``matched-by-lexical`` (not above the lexical
+    baseline's), ``no-control`` (no control), else ``beyond-control``. Used only until
+    :func:`xlalign.studies.findings.verdict` exists; it follows the same rules.
     """
-    if control is None or control.get("value") is None:
-        return "no-control"
     m_lo, m_hi = _interval(model)
-    c_lo, c_hi = _interval(control)
-    if m_hi < c_lo:
-        return "below-control"
-    if m_lo <= c_hi:
-        return "matched-by-control"
+    has_control = control is not None and control.get("value") is not None
+    if has_control:
+        assert control is not None
+        c_lo, c_hi = _interval(control)
+        if m_hi < c_lo:
+            return "below-control"
+        if m_lo <= c_hi:
+            return "matched-by-control"
     if lexical is not None and lexical.get("value") is not None and m_lo <= _interval(lexical)[1]:
         return "matched-by-lexical"
-    return "beyond-control"
+    return "beyond-control" if has_control else "no-control"
 
 
 def _point(r: Mapping[str, Any] | None) -> dict[str, Any] | None:
