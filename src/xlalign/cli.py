@@ -442,6 +442,47 @@ def demo_cmd(
     print("\n".join(result["summary"]))
 
 
+@app.command("compare")
+def compare_cmd(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Two or more run or study folders (xlalign run/extract).")
+    ],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Folder for compare.json and the report.")
+    ],
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="RUN=NAME (RUN as given, or its letter A, B...); repeat."),
+    ] = None,
+    k: Annotated[int, typer.Option("--k", help="Neighbours of mutual k-NN.")] = 10,
+    n_perms: Annotated[
+        int, typer.Option("--n-perms", help="Row permutations of the CKA null (0: none).")
+    ] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the CKA null.")] = 0,
+    pools: Annotated[str | None, typer.Option("--pools", help="Pools (default: shared).")] = None,
+    langs: Annotated[
+        str | None, typer.Option("--langs", help="Languages (default: shared).")
+    ] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bars.")
+    ] = True,
+) -> None:
+    """Compare models on one corpus: curves on relative depth, model-to-model similarity."""
+    from xlalign.studies.compare import CompareConfig, compare, parse_labels
+
+    cfg = CompareConfig(
+        k=k, n_perms=n_perms, seed=seed,
+        pools=tuple(_csv_list(pools)) if pools else None,
+        langs=tuple(_csv_list(langs)) if langs else None,
+    )  # fmt: skip
+    result = compare(
+        [str(r) for r in runs], labels=parse_labels(label or []), output=output, config=cfg,
+        progress=progress,
+    )  # fmt: skip
+    print("\n".join([result.headline, *result.summary, *result.warnings]))
+    print(f"report: {result.paths['html']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 a user error, 1 anything else)."""
     try:
