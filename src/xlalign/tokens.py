@@ -100,3 +100,25 @@ class TokenClassifier:
             for cls in self.classes(row.tolist()):
                 out[cls] += 1
         return out
+
+
+def vocabulary_classes(tokenizer: Any, size: int) -> np.ndarray:
+    """``(size,)`` int8: index into :data:`TOKEN_CLASSES` of every id ``0 .. size-1``.
+
+    Ids the tokenizer does not have (an unembedding padded past the vocabulary, as Qwen2.5's
+    151,936 rows for 151,665 tokens) stand for no text and are classed ``other``. Decoding is
+    batched (``batch_decode``, one id per entry) and classed as :class:`TokenClassifier` does.
+    """
+    n_tok = len(tokenizer)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    special = {int(i) for i in tokenizer.all_special_ids} - {unk}
+    known = min(size, n_tok)
+    texts = tokenizer.batch_decode(
+        [[i] for i in range(known)], clean_up_tokenization_spaces=False
+    )
+    index = {c: k for k, c in enumerate(TOKEN_CLASSES)}
+    out = np.full(size, index["other"], dtype=np.int8)
+    for i, text in enumerate(texts):
+        text = text[2:] if text.startswith("##") and len(text) > 2 else text
+        out[i] = index[classify_text(text, special=i in special)]
+    return out
