@@ -302,6 +302,43 @@ def origin_cmd(
     print(f"wrote {path}")
 
 
+@app.command("lens")
+def lens_cmd(
+    run: Annotated[Path, typer.Argument(help="Run folder of a causal LM (last pool).")],
+    sites: Annotated[str | None, typer.Option("--sites", help="Sites (default: all).")] = None,
+    langs: Annotated[str | None, typer.Option("--langs", help="Languages (default: all).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Top tokens kept per prompt.")] = 5,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples for CIs.")] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 42,
+    device: Annotated[
+        str, typer.Option("--device", help="Where the norm and head run: cpu, cuda, auto.")
+    ] = "cpu",
+    control: Annotated[
+        bool,
+        typer.Option("--control/--no-control", help="Also decode RUN/control-random-init."),
+    ] = True,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bars.")
+    ] = True,
+) -> None:
+    """Logit lens by language: token-class mass of each site's last-token state (lens.json)."""
+    from xlalign.sites import parse_sites
+    from xlalign.store import load_run
+    from xlalign.studies.lens import LensConfig, run_lens
+
+    chosen = None
+    if sites is not None:
+        loaded = load_run(run)
+        chosen = tuple(parse_sites(sites, loaded.n_layers, "final" in loaded.sites, where="run"))
+    cfg = LensConfig(
+        sites=chosen, langs=tuple(_csv_list(langs)) if langs else None, top_k=top_k,
+        n_boot=n_boot, seed=seed, device=device,
+    )  # fmt: skip
+    _doc, lines, path = run_lens(run, cfg, control=control, progress=progress)
+    print("\n".join(lines))
+    print(f"wrote {path}")
+
+
 @app.command("run")
 def run_cmd(
     config: Annotated[
