@@ -32,15 +32,53 @@ def _csv_list(value: str) -> list[str]:
 
 @app.command("problems")
 def problems_cmd(
-    n: Annotated[int, typer.Option("--n", help="Number of problems (n // 5 per category).")] = 200,
+    n: Annotated[
+        int | None,
+        typer.Option("--n", help="Number of problems (n // 5 per category; default 200)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of random.Random, as in the study.")] = 42,
     output: Annotated[
         Path, typer.Option("-o", "--output", help="JSONL file to write (id, category, zh, en).")
     ] = Path("problems.jsonl"),
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            help="arithmetic (the study's problems) or translate-words (HSK word translation, "
+            "zh/en with answer_zh/answer_en, for xlalign lens; needs --model and xlalign[hsk]).",
+        ),
+    ] = "arithmetic",
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="translate-words: the model whose tokenizer decides."),
+    ] = None,
 ) -> None:
-    """Write the study's parallel zh/en problem set as JSONL."""
+    """Write a built-in parallel zh/en corpus as JSONL (the study's problems by default)."""
+    if task == "translate-words":
+        from transformers import AutoTokenizer
+
+        from xlalign.corpora import translate_words
+
+        if model is None:
+            raise XlalignError(
+                "--task translate-words needs --model: only words whose answers are single "
+                "tokens of that model's tokenizer are kept"
+            )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model)
+        except (OSError, ValueError) as e:
+            raise XlalignError(f"cannot load the tokenizer of '{model}': {e}") from None
+        words = translate_words(tokenizer, n, seed=seed)
+        words.to_jsonl(output)
+        print(f"wrote {len(words)} word-translation rows (zh, en) to {output}: {words.source}")
+        return
+    if task != "arithmetic":
+        raise XlalignError(f"--task must be arithmetic or translate-words, got '{task}'")
+    if model is not None:
+        raise XlalignError("--model goes with --task translate-words")
     from xlalign.problems import generate_problems
 
+    n = 200 if n is None else n
     if n < 5:
         raise XlalignError(f"--n must be at least 5 (one problem per category), got {n}")
     corpus = generate_problems(n, seed)

@@ -106,7 +106,7 @@ def lens_figure(doc: Mapping[str, Any], control: Mapping[str, Any] | None = None
             if col == ncols - 1:
                 ax.legend(fontsize=7, loc="upper left", frameon=False)
     note = " Dashed: random-weights control." if ctrl_rows else " No random-weights control."
-    fig.suptitle(mpl_text("Latent language against depth (logit lens)" + note), fontsize=10)
+    fig.suptitle(mpl_text("Latent language against depth (logit lens)." + note), fontsize=10)
     return fig
 
 
