@@ -286,3 +286,21 @@ def test_missing_pool_names_what_the_run_has(lens_runs, tmp_path, problems, tiny
     )  # fmt: skip
     with pytest.raises(RunError, match=r"pool .last. not in run.*it has mean"):
         lens_study(run)
+
+
+def test_report_section_shows_the_lens_with_answers(lens_runs, tmp_path) -> None:
+    from xlalign.report import ReportInputs, build_report
+
+    run = load_run(lens_runs[("qwen2", True)])
+    doc = lens_study(run, LensConfig(n_boot=20))
+    paths = build_report(tmp_path, ReportInputs(title="t", lens=doc))
+    assert paths["lens"] == tmp_path / "fig_lens.png" and paths["lens"].stat().st_size > 0
+    md = (tmp_path / "report.md").read_text()
+    assert "Latent language (logit lens)" in md and "No random-weights control" in md
+    assert "P(zh answer)" in md and "P(en answer)" in md
+    # one table row per site and language, in the site order of the run
+    table = [line for line in md.splitlines() if line.startswith(("| embed", "| L", "| final"))]
+    assert len(table) == len(run.sites) * len(run.languages)
+    without = build_report(tmp_path / "none", ReportInputs(title="t"))
+    assert "lens" not in without
+    assert "logit lens" not in (tmp_path / "none" / "report.md").read_text()
