@@ -221,7 +221,7 @@ def test_control_is_decoded_through_its_own_random_head(lens_runs, problems, tmp
     """``run_lens`` finds the control folder and decodes it with the same random weights."""
     import shutil
 
-    from xlalign.studies.pipeline import CONTROL_DIR
+    from xlalign.store import CONTROL_DIR
 
     src = lens_runs[("qwen2", False)]
     study = tmp_path / "study"

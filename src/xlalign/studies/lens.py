@@ -42,7 +42,7 @@ import torch
 from xlalign.errors import RunError, XlalignError
 from xlalign.models import LensModules, lens_modules, load_model
 from xlalign.sites import FINAL
-from xlalign.store import Run, atomic_write_json, load_run
+from xlalign.store import CONTROL_DIR, MANIFEST, Run, atomic_write_json, load_run
 from xlalign.tokens import TOKEN_CLASSES, decode_token, vocabulary_classes
 
 LENS_FILE = "lens.json"
@@ -574,12 +574,10 @@ def run_lens(
     ``control``) and the control's own ``lens.json`` into its folder. Returns the document,
     the summary lines and the path written.
     """
-    from xlalign.studies.pipeline import CONTROL_DIR
-
     run = load_run(path)
     doc = lens_study(run, config, progress=progress)
     control_path = run.path / CONTROL_DIR
-    if control and (control_path / "manifest.json").exists():
+    if control and (control_path / MANIFEST).exists():
         control_run = load_run(control_path)
         control_doc = lens_study(control_run, config, progress=progress)
         write_lens(control_doc, control_run.path)
