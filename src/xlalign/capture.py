@@ -62,7 +62,7 @@ from xlalign.pooling import (
 )
 from xlalign.sites import EMBED, FINAL, parse_sites
 from xlalign.store import (
-    CORPUS,
+    CORPUS_FILE,
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -861,7 +861,7 @@ def _open_writer(
             )  # fmt: skip
         return RunWriter.reopen(output, old, progress_path)
     prepare_folder(output, config.overwrite)
-    corpus.to_jsonl(output / CORPUS)  # later studies (the random-init control) need the texts
+    corpus.to_jsonl(output / CORPUS_FILE)  # later studies (the random-init control) need the texts
     meta = {"ids": list(corpus.ids), "columns": {k: list(v) for k, v in corpus.meta.items()}}
     return RunWriter.create(output, manifest, meta, tokens, loaded.tokenizer, progress_path)
 
