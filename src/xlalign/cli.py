@@ -116,6 +116,7 @@ def extract_cmd(
 
     from xlalign.capture import ZeroNormWarning, extract
     from xlalign.distributed import launch_env, parse_max_memory
+    from xlalign.models import ModelOptions
     from xlalign.sites import describe_sites
 
     if control not in (None, "random-init"):
@@ -125,13 +126,15 @@ def extract_cmd(
     seed = (0 if control_seed is None else control_seed) if control == "random-init" else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        options = ModelOptions(
+            dtype=dtype, device=device, device_map=device_map,
+            max_memory=parse_max_memory(max_memory), offload_folder=offload_folder,
+            revision=revision, trust_remote_code=trust_remote_code, random_init_seed=seed,
+        )  # fmt: skip
         run = extract(
             model, data, langs, sites=sites, pools=pool, batch_size=batch_size, output=output,
-            resume=resume, overwrite=overwrite, padding_side=padding_side, dtype=dtype,
-            device=device, device_map=device_map, revision=revision,
-            trust_remote_code=trust_remote_code, random_init_seed=seed, progress=progress,
-            max_memory=parse_max_memory(max_memory), offload_folder=offload_folder,
-            shard_by=shard_by,
+            resume=resume, overwrite=overwrite, padding_side=padding_side, options=options,
+            progress=progress, shard_by=shard_by,
         )  # fmt: skip
     for w in caught:
         if issubclass(w.category, ZeroNormWarning):

@@ -27,6 +27,7 @@ When a part cannot be found the error says which one and in what class it was lo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -238,20 +239,46 @@ def is_causal_lm_config(config: Any) -> bool:
     return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in ENCODER_FAMILIES
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """How to load a model: the options that travel together from the CLI to :func:`load_model`.
+
+    One value instead of nine keyword arguments, so ``xlalign run``, ``extract`` and the
+    random-init control pass the same options down unchanged (the control is
+    ``options.replace(random_init_seed=seed)``).
+    """
+
+    dtype: str | torch.dtype | None = None
+    """float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA)."""
+    device: str | torch.device = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    device_map: str | dict[str, Any] | None = None
+    """Accelerate device map (e.g. ``"auto"``); overrides ``device``."""
+    max_memory: dict[int | str, int | str] | None = None
+    """With ``device_map``: what each device may hold (``{0: "70GiB", "cpu": "200GiB"}``)."""
+    offload_folder: str | Path | None = None
+    """With ``device_map``: where weights that fit nowhere go."""
+    revision: str | None = None
+    """Hub revision."""
+    trust_remote_code: bool = False
+    """Run the model repository's own code (off unless asked)."""
+    random_init_seed: int | None = None
+    """Same architecture with fresh weights from this seed: the random-init control."""
+
+    def replace(self, **changes: Any) -> ModelOptions:
+        """A copy with ``changes`` applied (unknown names are a ``TypeError``)."""
+        return dataclasses.replace(self, **changes)
+
+
 def load_model(
     model: str,
-    *,
-    dtype: str | torch.dtype | None = None,
-    device: str | torch.device = "auto",
-    device_map: str | dict[str, Any] | None = None,
-    max_memory: dict[int | str, int | str] | None = None,
-    offload_folder: str | Path | None = None,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    random_init_seed: int | None = None,
+    options: ModelOptions | None = None,
+    **kwargs: Any,
 ) -> LoadedModel:
     """Load ``model`` (a Hub id or a local folder) and its tokenizer for capture.
 
+    ``options`` (a :class:`ModelOptions`) says how; keyword arguments named like its fields
+    (``load_model(path, dtype="float32", random_init_seed=3)``) override it.
     Decoder LMs load with ``AutoModelForCausalLM``, everything else with ``AutoModel``.
     ``random_init_seed`` builds the same architecture from the loaded config with fresh weights
     (``torch.manual_seed(random_init_seed)``, no weights read): the random-init control.
@@ -262,6 +289,11 @@ def load_model(
     ``offload_folder`` on disk.
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    opts = (options or ModelOptions()).replace(**kwargs) if kwargs else options or ModelOptions()
+    dtype, device, device_map = opts.dtype, opts.device, opts.device_map
+    max_memory, offload_folder, revision = opts.max_memory, opts.offload_folder, opts.revision
+    trust_remote_code, random_init_seed = opts.trust_remote_code, opts.random_init_seed
 
     local = Path(model).expanduser()
     if not local.exists() and _looks_like_path(model):

@@ -24,6 +24,7 @@ import numpy as np
 
 from xlalign.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import RunError, XlalignError
+from xlalign.models import ModelOptions
 from xlalign.store import MANIFEST, Run, atomic_write_json, load_run, read_json
 from xlalign.studies.layers import DEFAULT_METRICS, SweepConfig
 
@@ -45,36 +46,31 @@ def ensure_run(
     sites: str = "all",
     pools: tuple[str, ...] = STUDY_POOLS,
     batch_size: int = 32,
-    device: str = "auto",
-    dtype: str | None = None,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    random_init_seed: int | None = None,
+    options: ModelOptions | None = None,
     progress: bool = True,
 ) -> tuple[Run, str]:
     """The run in ``output``: reused if complete and made from the same inputs, else captured.
+
+    ``options`` says how to load the model (its ``random_init_seed`` makes the control's run).
 
     Returns the run and what happened: ``"reused"``, ``"resumed"`` or ``"captured"``. A complete
     run made from another model, corpus or control seed is an error (never silently mixed).
     """
     from xlalign.capture import extract
 
+    opts = options or ModelOptions()
     state = "captured"
     manifest_path = output / MANIFEST
     if manifest_path.exists():
         old = read_json(manifest_path)
         if old.get("complete"):
-            _check_reusable(
-                old, output, model, corpus, langs, sites, pools, dtype, revision, random_init_seed
-            )
+            _check_reusable(old, output, model, corpus, langs, sites, pools, opts)
             _save_corpus(corpus, output)
             return load_run(output), "reused"
         state = "resumed"
     run = extract(
         model, corpus, langs, sites=sites, pools=pools, batch_size=batch_size, output=output,
-        resume=state == "resumed", device=device, dtype=dtype, revision=revision,
-        trust_remote_code=trust_remote_code, random_init_seed=random_init_seed,
-        progress=progress,
+        resume=state == "resumed", options=opts, progress=progress,
     )  # fmt: skip
     _save_corpus(corpus, output)
     return run, state
@@ -88,12 +84,16 @@ def _check_reusable(
     langs: list[str],
     sites: str,
     pools: tuple[str, ...],
-    dtype: str | None,
-    revision: str | None,
-    random_init_seed: int | None,
+    options: ModelOptions,
 ) -> None:
     """Raise unless the complete run in ``output`` was made from exactly these inputs."""
+    from xlalign.models import dtype_name
     from xlalign.sites import parse_sites
+
+    revision, random_init_seed = options.revision, options.random_init_seed
+    dtype = options.dtype
+    if dtype is not None and not isinstance(dtype, str):
+        dtype = dtype_name(dtype)
 
     diffs = []
     if old.get("model") != model:
@@ -166,6 +166,7 @@ def run_origin(
     from xlalign.studies.origin import OriginConfig, origin_study, summarize
 
     cfg = config or OriginConfig()
+    options = ModelOptions(device=device, dtype=dtype)
     if run is not None:
         loaded = load_run(run)
         corpus = None
@@ -175,7 +176,7 @@ def run_origin(
         corpus = load_corpus(data, langs)
         loaded, _ = ensure_run(
             model, corpus, output, langs=list(corpus.languages), sites=sites,
-            batch_size=batch_size, device=device, dtype=dtype, progress=progress,
+            batch_size=batch_size, options=options, progress=progress,
         )  # fmt: skip
     control = None
     control_info = None
@@ -184,7 +185,7 @@ def run_origin(
         control, _ = ensure_run(
             str(loaded.manifest["model"]), corpus, loaded.path / CONTROL_DIR,
             langs=list(loaded.languages), sites=",".join(loaded.sites), batch_size=batch_size,
-            device=device, dtype=dtype, random_init_seed=control_seed, progress=progress,
+            options=options.replace(random_init_seed=control_seed), progress=progress,
         )  # fmt: skip
         control_info = {"seed": control_seed}
     result = origin_study(
@@ -276,6 +277,13 @@ class StudyConfig:
         if self.batch_size < 1:
             raise XlalignError(f"--batch-size must be at least 1, got {self.batch_size}")
         self.sweep_config()  # checks the sweep's options now, before any forward pass
+
+    def model_options(self) -> ModelOptions:
+        """How this study loads its model (the control adds its ``random_init_seed``)."""
+        return ModelOptions(
+            dtype=self.dtype, device=self.device, revision=self.revision,
+            trust_remote_code=self.trust_remote_code,
+        )  # fmt: skip
 
     def sweep_config(self) -> SweepConfig:
         """The layer sweep's part of this study."""
@@ -412,20 +420,19 @@ def run_study(
     use_control = cfg.control == "random-init"
     n_stages = 5 if use_control else 4
     clock = StageClock(say)
-    common = dict(
-        langs=langs, sites=cfg.sites, batch_size=cfg.batch_size, device=cfg.device,
-        dtype=cfg.dtype, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-        progress=progress,
+    options = cfg.model_options()
+    common: dict[str, Any] = dict(
+        langs=langs, sites=cfg.sites, batch_size=cfg.batch_size, progress=progress,
     )  # fmt: skip
     with clock.stage("extract", n_stages, 1):
-        run, state = ensure_run(cfg.model, corpus, out, **common)  # type: ignore[arg-type]
+        run, state = ensure_run(cfg.model, corpus, out, options=options, **common)
         clock.notes["extract"] = state
     control = None
     if use_control:
         with clock.stage("extract control (random-init)", n_stages, 2):
             control, cstate = ensure_run(
                 str(run.manifest["model"]), corpus, out / CONTROL_DIR,
-                random_init_seed=cfg.control_seed, **common,  # type: ignore[arg-type]
+                options=options.replace(random_init_seed=cfg.control_seed), **common,
             )  # fmt: skip
             clock.notes["extract control (random-init)"] = cstate
     sweep_cfg = cfg.sweep_config()
