@@ -54,7 +54,8 @@ def extract_cmd(
         str, typer.Option("--model", help="Hub id, local folder, .gguf file or named model.")
     ],
     data: Annotated[
-        Path, typer.Option("--data", help="Parallel corpus: JSONL, CSV, TSV or <lang>.txt folder.")
+        Path,
+        typer.Option("--data", help="Parallel corpus: JSONL, CSV, TSV, <lang>.txt folder, or hsk."),
     ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Run folder to write.")],
     langs: Annotated[
@@ -120,6 +121,7 @@ def extract_cmd(
     from xlalign.distributed import launch_env, parse_max_memory
     from xlalign.models import ModelOptions
     from xlalign.sites import describe_sites
+    from xlalign.studies.pipeline import study_corpus
 
     if control not in (None, "random-init"):
         raise XlalignError(f"--control must be random-init, got '{control}'")
@@ -133,8 +135,9 @@ def extract_cmd(
             max_memory=parse_max_memory(max_memory), offload_folder=offload_folder,
             revision=revision, trust_remote_code=trust_remote_code, random_init_seed=seed,
         )  # fmt: skip
+        corpus = study_corpus(str(data), None, 0, _csv_list(langs) if langs else None)
         run = extract(
-            model, data, langs, sites=sites, pools=pool, batch_size=batch_size, output=output,
+            model, corpus, langs, sites=sites, pools=pool, batch_size=batch_size, output=output,
             resume=resume, overwrite=overwrite, padding_side=padding_side, options=options,
             progress=progress, shard_by=shard_by,
         )  # fmt: skip
