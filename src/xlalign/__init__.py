@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from xlalign import corpora
 from xlalign.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import XlalignError
 from xlalign.problems import generate_problems
@@ -18,6 +19,7 @@ __all__ = [
     "ParallelCorpus",
     "XlalignError",
     "__version__",
+    "corpora",
     "extract",
     "generate_problems",
     "load_corpus",
