@@ -1,0 +1,400 @@
+"""Every number of the layer sweep against a brute-force float64 computation from its definition.
+
+The references below are written from docs/metrics.md and the peers' published definitions
+(REFERENCE.md) in plain numpy, on the full ``N x N`` matrices; none calls xlalign.metrics.
+Each record of ``layer_sweep`` is compared with the reference computed on *that* record's site,
+pool and language pair, so a metric routed to the wrong function, site, pool or direction fails.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xlalign.store import load_run
+from xlalign.studies.layers import METRICS, SweepConfig, layer_sweep
+from xlalign.synthetic import write_synthetic_run
+
+N, D = 36, 12
+SITES = ("embed", "L0", "L1")
+POOLS = ("last", "mean")
+ALL_METRICS = tuple(METRICS)
+N_BOOT = 40
+SEED = 7
+
+# ---------------------------------------------------------------------------------------------
+# references, from the definitions
+
+
+def unit(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+def cosines(x: np.ndarray, y: np.ndarray, center: bool = False) -> np.ndarray:
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if center:
+        x, y = x - x.mean(axis=0), y - y.mean(axis=0)
+    return unit(x) @ unit(y).T
+
+
+def exact_z_of_block(s: np.ndarray, strata: np.ndarray | None = None) -> float | None:
+    """z with E and Var over all (within-stratum) permutations, REFERENCE.md's formulas."""
+    n = s.shape[0]
+    labels = np.zeros(n, dtype=int) if strata is None else np.asarray(strata)
+    mean = var = 0.0
+    for lab in np.unique(labels):
+        g = np.flatnonzero(labels == lab)
+        b = s[np.ix_(g, g)]
+        ns = len(g)
+        m = b.sum() / ns**2
+        mean += ns / n * m
+        if ns > 1:
+            r, c = b.mean(axis=1), b.mean(axis=0)
+            resid = b - r[:, None] - c[None, :] + m
+            var += (ns / n) ** 2 * (resid**2).sum() / (ns**2 * (ns - 1))
+    if np.sqrt(var) <= 1e-9:
+        return None
+    return float((np.trace(s) / n - mean) / np.sqrt(var))
+
+
+def hits(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair: gold strictly above every other entry of its row (xy), of its column (yx)."""
+    n = s.shape[0]
+    off = ~np.eye(n, dtype=bool)
+    d = np.diag(s)
+    row = np.array([all(d[i] > s[i, j] + 1e-10 for j in range(n) if off[i, j]) for i in range(n)])
+    col = np.array([all(d[i] > s[j, i] + 1e-10 for j in range(n) if off[j, i]) for i in range(n)])
+    return row, col
+
+
+def mrr(s: np.ndarray) -> float:
+    n = s.shape[0]
+    ranks = [1 + sum(s[i, j] >= s[i, i] - 1e-10 for j in range(n) if j != i) for i in range(n)]
+    return float(np.mean([1.0 / r for r in ranks]))
+
+
+def xsim_error(s: np.ndarray, k: int = 4) -> float:
+    """LASER xSIM, margin ratio: candidates are x_i's k nearest y; gold must score strictly best."""
+    n = s.shape[0]
+    a = np.array([np.sort(s[i])[::-1][:k].mean() for i in range(n)])
+    b = np.array([np.sort(s[:, j])[::-1][:k].mean() for j in range(n)])
+    errors = 0
+    for i in range(n):
+        kth = np.sort(s[i])[::-1][k - 1]
+        cands = [j for j in range(n) if s[i, j] >= kth - 1e-10]
+        score = {j: s[i, j] / ((a[i] + b[j]) / 2) for j in cands}
+        ok = i in score and all(score[i] > score[j] for j in cands if j != i)
+        errors += not ok
+    return errors / n
+
+
+def hsic_biased(k: np.ndarray, l_: np.ndarray) -> float:
+    n = k.shape[0]
+    h = np.eye(n) - np.ones((n, n)) / n
+    return float(np.trace(k @ h @ l_ @ h))
+
+
+def hsic_unbiased(k: np.ndarray, l_: np.ndarray) -> float:
+    """platonic-rep's hsic_unbiased, term by term (Song et al. 2012)."""
+    m = k.shape[0]
+    kt, lt = k.copy(), l_.copy()
+    np.fill_diagonal(kt, 0)
+    np.fill_diagonal(lt, 0)
+    value = (
+        np.sum(kt * lt.T)
+        + np.sum(kt) * np.sum(lt) / ((m - 1) * (m - 2))
+        - 2 * np.sum(kt @ lt) / (m - 2)
+    )
+    return float(value / (m * (m - 3)))
+
+
+def cka(x: np.ndarray, y: np.ndarray, unbiased: bool = False) -> float:
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    k, l_ = x @ x.T, y @ y.T
+    f = hsic_unbiased if unbiased else hsic_biased
+    return f(k, l_) / np.sqrt(f(k, k) * f(l_, l_))
+
+
+def prepare(x: np.ndarray, q: float = 0.95) -> np.ndarray:
+    """platonic-rep's prepare_features then F.normalize."""
+    a = np.asarray(x, np.float64).copy()
+    t = np.mean([np.quantile(np.abs(row), q) for row in a])
+    return unit(np.clip(a, -t, t))
+
+
+def knn_sets(g: np.ndarray, k: int) -> list[set[int]]:
+    """Each row's k nearest by the Gram matrix ``g`` (self excluded, ties to the lower index)."""
+    g = g.copy()
+    np.fill_diagonal(g, -np.inf)
+    return [set(np.argsort(-g[i], kind="stable")[:k].tolist()) for i in range(len(g))]
+
+
+def mutual_knn(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
+    fx, fy = prepare(x), prepare(y)
+    a, b = knn_sets(fx @ fx.T, k), knn_sets(fy @ fy.T, k)
+    return float(np.mean([len(a[i] & b[i]) / k for i in range(len(a))]))
+
+
+def cknna(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
+    """platonic-rep's cknna (unbiased), masks from top-k with the diagonal excluded."""
+    fx, fy = prepare(x), prepare(y)
+    kx, ly = fx @ fx.T, fy @ fy.T
+
+    def mask(g: np.ndarray) -> np.ndarray:
+        m = np.zeros_like(g)
+        for i, nb in enumerate(knn_sets(g, k)):
+            m[i, list(nb)] = 1.0
+        return m
+
+    def sim(a: np.ndarray, b: np.ndarray) -> float:
+        mk = mask(a) * mask(b)
+        return hsic_unbiased(mk * a, mk * b)
+
+    return sim(kx, ly) / np.sqrt(sim(kx, kx) * sim(ly, ly))
+
+
+def svcca(x: np.ndarray, y: np.ndarray, dims: int = 10) -> float:
+    def basis(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, np.float64)
+        a = (a - a.mean(axis=0)) / a.std(axis=0, ddof=1)
+        return np.linalg.svd(a, full_matrices=False)[0][:, :dims]
+
+    return float(np.linalg.svd(basis(x).T @ basis(y), compute_uv=False).mean())
+
+
+def hub(s: np.ndarray) -> float:
+    n = s.shape[0]
+    return float(np.trace(s) / n - (s.sum() - np.trace(s)) / (n * (n - 1)))
+
+
+def cohen_d(x: np.ndarray, y: np.ndarray) -> float:
+    """Cohen's d on PC1 of the pooled unit rows; PC sign: largest |entry| positive (sklearn)."""
+    pooled = np.vstack([unit(x), unit(y)])
+    mean = pooled.mean(axis=0)
+    vals, vecs = np.linalg.eigh(np.cov((pooled - mean).T))
+    pc = vecs[:, np.argmax(vals)]
+    pc = pc * np.sign(pc[np.argmax(np.abs(pc))])
+    px, py = (unit(x) - mean) @ pc, (unit(y) - mean) @ pc
+    return float((px.mean() - py.mean()) / np.sqrt((px.std() ** 2 + py.std() ** 2) / 2))
+
+
+def reference(metric: str, x: np.ndarray, y: np.ndarray) -> float | None:
+    s = cosines(x, y)
+    row, col = hits(s)
+    return {
+        "z": lambda: exact_z_of_block(s),
+        "p1_xy": lambda: float(row.mean()),
+        "p1_yx": lambda: float(col.mean()),
+        "mexa": lambda: float((row & col).mean()),
+        "mrr": lambda: mrr(s),
+        "xsim_error": lambda: xsim_error(s),
+        "cka": lambda: cka(x, y),
+        "cka_unbiased": lambda: cka(x, y, unbiased=True),
+        "mutual_knn": lambda: mutual_knn(x, y),
+        "cknna": lambda: cknna(x, y),
+        "svcca": lambda: svcca(x, y),
+        "semantic_hub": lambda: hub(s),
+        "cohen_d_pc1": lambda: cohen_d(x, y),
+    }[metric]()
+
+
+def percentile_ci(stat, n: int, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """The percentile bootstrap from its definition: default_rng(seed), n_boot x n draws."""
+    draws = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    values = [v for v in (stat(idx) for idx in draws) if v is not None and np.isfinite(v)]
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def reference_ci(
+    metric: str, x: np.ndarray, y: np.ndarray, strata: np.ndarray | None = None
+) -> tuple[float, float]:
+    s = cosines(x, y)
+    row, col = hits(s)
+    xa, ya = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    stats = {
+        "z": lambda idx: exact_z_of_block(
+            s[np.ix_(idx, idx)], None if strata is None else strata[idx]
+        ),
+        "p1_xy": lambda idx: float(row[idx].mean()),
+        "p1_yx": lambda idx: float(col[idx].mean()),
+        # CKA of the resampled rows (a row drawn twice counts twice)
+        "cka": lambda idx: cka(xa[idx], ya[idx]),
+    }
+    return percentile_ci(stats[metric], len(s), N_BOOT, SEED)
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder of three languages whose arrays are pairs with a known, moderate signal.
+
+    The layout comes from ``write_synthetic_run``; the arrays are then replaced by
+    ``signal * shared_i + noise`` (a different signal per site, a small offset per language)
+    so that no metric sits at its ceiling: P@1 = 1 would not tell xy from yx.
+    """
+    path = write_synthetic_run(
+        tmp_path_factory.mktemp("sweep") / "run", N, D, n_sites=len(SITES),
+        langs=("zh", "en", "de"), pools=POOLS, categories=3,
+    )  # fmt: skip
+    rs = np.random.RandomState(11)
+    for k, site in enumerate(SITES):
+        for pool in POOLS:
+            shared = rs.randn(N, D)
+            for lang in ("zh", "en", "de"):
+                v = (0.6 + 0.4 * k) * shared + rs.randn(N, D) + 0.5 * rs.randn(D)
+                np.save(path / "arrays" / lang / site / f"{pool}.npy", v.astype(np.float32))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sweep(run_dir: Path) -> dict:
+    cfg = SweepConfig(metrics=ALL_METRICS, n_boot=N_BOOT, seed=SEED)
+    return layer_sweep(load_run(run_dir), cfg, progress=False)
+
+
+def arrays(run_dir: Path, lang: str, site: str, pool: str) -> np.ndarray:
+    return np.load(run_dir / "arrays" / lang / site / f"{pool}.npy").astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# tests
+
+
+def test_the_data_is_not_at_any_metric_ceiling(run_dir: Path) -> None:
+    # otherwise a swapped direction or site could pass by coincidence
+    x, y = arrays(run_dir, "zh", "L0", "mean"), arrays(run_dir, "en", "L0", "mean")
+    row, col = hits(cosines(x, y))
+    assert 0.1 < row.mean() < 0.95 and 0.1 < col.mean() < 0.95, (row.mean(), col.mean())
+    assert row.mean() != col.mean()
+    other = arrays(run_dir, "zh", "L1", "mean")
+    assert not np.allclose(x, other)
+
+
+def test_every_record_is_the_metric_on_its_own_site_pool_and_pair(
+    sweep: dict, run_dir: Path
+) -> None:
+    names = [n for sel in ALL_METRICS for n in METRICS[sel]]
+    pairs = list(itertools.combinations(("zh", "en", "de"), 2))
+    assert [tuple(p) for p in sweep["pairs"]] == pairs
+    by_key = {(r["x"], r["y"], r["pool"], r["site"], r["metric"]): r for r in sweep["records"]}
+    assert len(by_key) == len(sweep["records"]) == len(pairs) * len(POOLS) * len(SITES) * len(names)
+    for (lx, ly), pool, site in itertools.product(pairs, POOLS, SITES):
+        x, y = arrays(run_dir, lx, site, pool), arrays(run_dir, ly, site, pool)
+        for name in names:
+            rec = by_key[(lx, ly, pool, site, name)]
+            want = reference(name, x, y)
+            assert want is not None and np.isfinite(want)
+            assert rec["value"] == pytest.approx(want, rel=1e-7, abs=1e-9), (
+                lx,
+                ly,
+                pool,
+                site,
+                name,
+            )
+            assert rec["n"] == N and rec["depth"] == SITES.index(site)
+            assert rec["undefined_reason"] is None
+
+
+def test_metric_values_differ_between_metrics(sweep: dict) -> None:
+    # the data tells the metrics apart, so routing one metric to another is caught above
+    recs = [
+        r
+        for r in sweep["records"]
+        if (r["x"], r["y"], r["pool"], r["site"]) == ("zh", "en", "mean", "L0")
+    ]
+    values = [r["value"] for r in recs]
+    assert len(set(np.round(values, 9))) == len(values)
+
+
+def test_confidence_intervals_are_the_percentile_bootstrap_of_each_metric(
+    sweep: dict, run_dir: Path
+) -> None:
+    for rec in sweep["records"]:
+        if rec["metric"] not in ("z", "p1_xy", "p1_yx", "cka"):
+            assert rec["ci_low"] is None and rec["ci_high"] is None, rec["metric"]
+            continue
+        if (rec["x"], rec["y"]) != ("zh", "en") or rec["site"] == "embed":
+            continue
+        x = arrays(run_dir, rec["x"], rec["site"], rec["pool"])
+        y = arrays(run_dir, rec["y"], rec["site"], rec["pool"])
+        low, high = reference_ci(rec["metric"], x, y)
+        assert rec["ci_low"] == pytest.approx(low, rel=1e-7, abs=1e-9), rec["metric"]
+        assert rec["ci_high"] == pytest.approx(high, rel=1e-7, abs=1e-9), rec["metric"]
+        assert rec["ci_low"] < rec["ci_high"]
+
+
+def test_stratified_centered_z_and_its_interval(run_dir: Path) -> None:
+    run = load_run(run_dir)
+    cfg = SweepConfig(
+        metrics=("z",), stratify="category", center=True, n_boot=N_BOOT, seed=SEED,
+        sites=("L1",), pools=("mean",), langs=("zh", "en"),
+    )  # fmt: skip
+    (rec,) = layer_sweep(run, cfg, progress=False)["records"]
+    strata = np.asarray(run.meta["category"])
+    x, y = arrays(run_dir, "zh", "L1", "mean"), arrays(run_dir, "en", "L1", "mean")
+    s = cosines(x, y, center=True)
+    assert rec["value"] == pytest.approx(exact_z_of_block(s, strata), rel=1e-9)
+    # not the unstratified or uncentred value
+    assert rec["value"] != pytest.approx(exact_z_of_block(s), rel=1e-3)
+    assert rec["value"] != pytest.approx(exact_z_of_block(cosines(x, y), strata), rel=1e-3)
+    low, high = percentile_ci(
+        lambda idx: exact_z_of_block(s[np.ix_(idx, idx)], strata[idx]), N, N_BOOT, SEED
+    )
+    assert (rec["ci_low"], rec["ci_high"]) == (
+        pytest.approx(low, rel=1e-7),
+        pytest.approx(high, rel=1e-7),
+    )
+
+
+def test_pivot_orients_every_pair_from_the_pivot(run_dir: Path) -> None:
+    cfg = SweepConfig(metrics=("p1", "cohen"), pivot="en", n_boot=0, sites=("L0",), pools=("last",))
+    res = layer_sweep(load_run(run_dir), cfg, progress=False)
+    assert res["pairs"] == [["en", "zh"], ["en", "de"]]
+    for rec in res["records"]:
+        x, y = arrays(run_dir, rec["x"], "L0", "last"), arrays(run_dir, rec["y"], "L0", "last")
+        assert rec["x"] == "en"
+        assert rec["value"] == pytest.approx(reference(rec["metric"], x, y), rel=1e-9)
+        assert rec["ci_low"] is None
+
+
+def test_language_matrices_hold_the_record_values(sweep: dict) -> None:
+    langs = sweep["languages"]
+    for rec in sweep["records"]:
+        i, j = langs.index(rec["x"]), langs.index(rec["y"])
+        if rec["metric"] in ("p1_xy", "p1_yx"):
+            m = sweep["matrices"]["p1"][rec["pool"]][rec["site"]]
+            a, b = (i, j) if rec["metric"] == "p1_xy" else (j, i)
+            assert m[a][b] == rec["value"]
+            continue
+        m = sweep["matrices"][rec["metric"]][rec["pool"]][rec["site"]]
+        assert m[i][j] == rec["value"]
+        symmetric = rec["metric"] not in ("mrr", "xsim_error", "cohen_d_pc1")
+        assert (m[j][i] == rec["value"]) if symmetric else m[j][i] is None
+        assert m[i][i] is None
+
+
+def test_monte_carlo_null_is_the_studys_draws(run_dir: Path) -> None:
+    run = load_run(run_dir)
+    cfg = SweepConfig(
+        metrics=("z",), null="monte-carlo", n_perms=300, seed=SEED, n_boot=0, pools=("last",),
+        langs=("zh", "en"),
+    )  # fmt: skip
+    res = layer_sweep(run, cfg, progress=False)
+    for rec in res["records"]:
+        x = unit(arrays(run_dir, "zh", rec["site"], "last"))
+        y = unit(arrays(run_dir, "en", rec["site"], "last"))
+        rng = np.random.RandomState(SEED)
+        perms = [rng.permutation(N) for _ in range(300)]  # the same draws at every site
+        null = np.array([np.mean(np.sum(x * y[p], axis=1)) for p in perms])
+        matched = np.mean(np.sum(x * y, axis=1))
+        # float64 here, the study's float32 arithmetic there: agree to float32 precision
+        assert rec["value"] == pytest.approx((matched - null.mean()) / null.std(), rel=1e-4)
+        assert rec["detail"]["p_value"] == pytest.approx((1 + (null >= matched).sum()) / 301)
