@@ -301,6 +301,19 @@ def test_every_record_is_the_metric_on_its_own_site_pool_and_pair(
             )
             assert rec["n"] == N and rec["depth"] == SITES.index(site)
             assert rec["undefined_reason"] is None
+        z = by_key[(lx, ly, pool, site, "z")]["detail"]
+        s = cosines(x, y)
+        assert z["matched"] == pytest.approx(np.trace(s) / N, rel=1e-9)
+        assert z["null_mean"] == pytest.approx(s.mean(), rel=1e-9)
+        resid = s - s.mean(axis=1, keepdims=True) - s.mean(axis=0, keepdims=True) + s.mean()
+        sd = np.sqrt((resid**2).sum() / (N**2 * (N - 1)))
+        assert z["null_std"] == pytest.approx(sd, rel=1e-9)
+        assert (z["method"], z["stratified"], z["centered"], z["p_value"]) == (
+            "exact",
+            False,
+            False,
+            None,
+        )
 
 
 def test_metric_values_differ_between_metrics(sweep: dict) -> None:
@@ -398,3 +411,25 @@ def test_monte_carlo_null_is_the_studys_draws(run_dir: Path) -> None:
         # float64 here, the study's float32 arithmetic there: agree to float32 precision
         assert rec["value"] == pytest.approx((matched - null.mean()) / null.std(), rel=1e-4)
         assert rec["detail"]["p_value"] == pytest.approx((1 + (null >= matched).sum()) / 301)
+
+
+def test_the_result_echoes_its_config_and_skips_intervals_past_the_limit(
+    tmp_path: Path,
+) -> None:
+    from xlalign.studies.layers import CI_MAX_N
+
+    n = CI_MAX_N + 1
+    path = write_synthetic_run(tmp_path / "big", n, 3, n_sites=1, pools=("last",))
+    cfg = SweepConfig(metrics=("z", "p1"), n_boot=5, seed=3, ci_level=0.9, stratify="category")
+    res = layer_sweep(load_run(path), cfg, progress=False)
+    assert f"{n} pairs > {CI_MAX_N}" in res["ci_skipped"]
+    assert all(r["ci_low"] is None and r["ci_high"] is None for r in res["records"])
+    assert all(r["value"] is not None for r in res["records"])
+    echo = {k: res[k] for k in ("null", "n_perms", "seed", "stratify", "center", "n_boot")}
+    assert echo == {
+        "null": "exact", "n_perms": None, "seed": 3, "stratify": "category", "center": False,
+        "n_boot": 5,
+    }  # fmt: skip
+    assert (res["ci_level"], res["pivot"], res["metrics"]) == (0.9, None, ["z", "p1"])
+    assert res["model"] == "synthetic" and res["run"] == str(path)
+    assert res["languages"] == ["zh", "en"] and res["sites"] == ["embed"]
