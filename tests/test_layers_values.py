@@ -433,3 +433,48 @@ def test_the_result_echoes_its_config_and_skips_intervals_past_the_limit(
     assert (res["ci_level"], res["pivot"], res["metrics"]) == (0.9, None, ["z", "p1"])
     assert res["model"] == "synthetic" and res["run"] == str(path)
     assert res["languages"] == ["zh", "en"] and res["sites"] == ["embed"]
+
+
+def test_written_files_and_table_carry_the_record_values(sweep: dict, tmp_path: Path) -> None:
+    import csv
+    import json
+
+    from xlalign.studies.layers import CSV_FIELDS, format_table, write_alignment
+
+    paths = write_alignment(sweep, tmp_path / "out")
+    # JSON turns tuples into lists; nothing else may change
+    assert json.loads(paths["json"].read_text(encoding="utf-8")) == json.loads(json.dumps(sweep))
+    with paths["csv"].open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames or ()) == CSV_FIELDS
+        rows = list(reader)
+    assert len(rows) == len(sweep["records"])
+    for row, rec in zip(rows, sweep["records"], strict=True):
+        for k in CSV_FIELDS:
+            want = rec[k]
+            if want is None:
+                assert row[k] == "", k
+            elif isinstance(want, float):
+                assert float(row[k]) == want, k
+            else:
+                assert row[k] == str(want), k
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((tmp_path / "out").glob(".*tmp"))
+
+    table = format_table(sweep, max_pairs=2).splitlines()
+    names = [n for sel in sweep["metrics"] for n in METRICS[sel]]
+    by_key = {(r["x"], r["y"], r["pool"], r["site"], r["metric"]): r for r in sweep["records"]}
+    k = 0
+    for lx, ly in [tuple(p) for p in sweep["pairs"]][:2]:
+        for pool in sweep["pools"]:
+            assert table[k] == f"{lx} vs {ly}, pool {pool} (null exact)"
+            assert table[k + 1].split() == ["site", *[n[:11] for n in names]]
+            for i, site in enumerate(sweep["sites"]):
+                cells = table[k + 2 + i].split()
+                assert cells[0] == site
+                want = [format(by_key[(lx, ly, pool, site, n)]["value"], ".3f") for n in names]
+                assert cells[1:] == want, (lx, ly, pool, site)
+            assert table[k + 2 + len(sweep["sites"])] == ""
+            k += 3 + len(sweep["sites"])
+    assert table[k] == "... and 1 more pairs in alignment.json"
+    assert len(table) == k + 1
