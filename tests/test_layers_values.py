@@ -9,6 +9,7 @@ pool and language pair, so a metric routed to the wrong function, site, pool or 
 from __future__ import annotations
 
 import itertools
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -478,3 +479,57 @@ def test_written_files_and_table_carry_the_record_values(sweep: dict, tmp_path: 
             k += 3 + len(sweep["sites"])
     assert table[k] == "... and 1 more pairs in alignment.json"
     assert len(table) == k + 1
+
+
+def test_a_site_that_cannot_be_scored_gets_its_reason_and_the_others_their_values(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    # a copy of the run where one zh vector at L0 is zero: no direction, so no cosine there
+    path = tmp_path / "run"
+    shutil.copytree(run_dir, path)
+    bad = np.load(path / "arrays" / "zh" / "L0" / "last.npy")
+    bad[4] = 0.0
+    np.save(path / "arrays" / "zh" / "L0" / "last.npy", bad)
+    cfg = SweepConfig(
+        metrics=("z", "p1", "cka"), null="monte-carlo", n_perms=200, seed=SEED, n_boot=0,
+        pools=("last",), langs=("zh", "en"),
+    )  # fmt: skip
+    res = layer_sweep(load_run(path), cfg, progress=False)
+    by = {(r["site"], r["metric"]): r for r in res["records"]}
+    for metric in ("z", "p1_xy", "p1_yx"):
+        rec = by[("L0", metric)]
+        assert rec["value"] is None and "zero-norm rows at indices [4]" in rec["undefined_reason"]
+    x, y = arrays(path, "zh", "L0", "last"), arrays(path, "en", "L0", "last")
+    assert by[("L0", "cka")]["value"] == pytest.approx(cka(x, y), rel=1e-9)  # no norms in CKA
+    rng = np.random.RandomState(SEED)
+    perms = [rng.permutation(N) for _ in range(200)]
+    for site in ("embed", "L1"):
+        xu, yu = unit(arrays(path, "zh", site, "last")), unit(arrays(path, "en", site, "last"))
+        null = np.array([np.mean(np.sum(xu * yu[p], axis=1)) for p in perms])
+        matched = np.mean(np.sum(xu * yu, axis=1))
+        rec = by[(site, "z")]
+        assert rec["value"] == pytest.approx((matched - null.mean()) / null.std(), rel=1e-4)
+        assert rec["undefined_reason"] is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"metrics": ("z", "bleu")}, r"--metrics: unknown metric\(s\) bleu; choose from z, p1"),
+        ({"metrics": ()}, "--metrics: give at least one"),
+        ({"null": "bootstrap"}, "--null must be 'exact' or 'monte-carlo', got 'bootstrap'"),
+        ({"n_boot": -1}, "--n-boot must be >= 0, got -1"),
+        ({"n_perms": 1}, "--n-perms must be at least 2, got 1"),
+        ({"ci_level": 1.0}, "--ci-level must be between 0 and 1, got 1.0"),
+        ({"ci_level": 0.0}, "--ci-level must be between 0 and 1, got 0.0"),
+    ],
+)
+def test_a_bad_sweep_config_names_its_flag_and_value(kwargs: dict, message: str) -> None:
+    from xlalign.errors import XlalignError
+
+    with pytest.raises(XlalignError, match=message):
+        SweepConfig(**kwargs)
+
+
+def test_edge_values_of_the_sweep_config_are_accepted() -> None:
+    SweepConfig(n_boot=0, n_perms=2, ci_level=0.5, metrics=("z",))
