@@ -9,6 +9,7 @@ pool and language pair, so a metric routed to the wrong function, site, pool or 
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 from pathlib import Path
 
@@ -533,3 +534,40 @@ def test_a_bad_sweep_config_names_its_flag_and_value(kwargs: dict, message: str)
 
 def test_edge_values_of_the_sweep_config_are_accepted() -> None:
     SweepConfig(n_boot=0, n_perms=2, ci_level=0.5, metrics=("z",))
+
+
+def test_a_bad_selection_names_what_was_asked_and_what_the_run_has(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    from xlalign.errors import RunError, XlalignError
+
+    run = load_run(run_dir)
+    where = str(run_dir)
+    cases = [
+        ({"sites": ("L9", "L0")}, rf"site\(s\) L9 not in run {where}: it has embed, L0, L1$"),
+        ({"langs": ("zh", "xx")}, rf"language\(s\) xx not in run {where}: it has zh, en, de$"),
+        ({"pools": ("first",)}, rf"pool\(s\) first not in run {where}: it has last, mean$"),
+        ({"langs": ("en",)}, "the sweep needs two languages; selected en$"),
+        ({"stratify": "topic"}, "--stratify column 'topic' not in run: it has category$"),
+        ({"pivot": "xx"}, "--pivot 'xx' is not a language of the run: zh, en, de$"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(XlalignError, match=message):
+            layer_sweep(run, SweepConfig(metrics=("z",), n_boot=0, **kwargs), progress=False)
+    # a run that kept token vectors: they are never swept, and asking for them is refused
+    path = tmp_path / "tokens"
+    shutil.copytree(run_dir, path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["pools"] = [*manifest["pools"], "tokens"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with_tokens = load_run(path)
+    res = layer_sweep(with_tokens, SweepConfig(metrics=("z",), n_boot=0), progress=False)
+    assert res["pools"] == ["last", "mean"]
+    with pytest.raises(RunError, match="pool 'tokens' has one vector per token"):
+        cfg = SweepConfig(metrics=("z",), n_boot=0, pools=("tokens",))
+        layer_sweep(with_tokens, cfg, progress=False)
+    # selections keep the order asked
+    cfg = SweepConfig(metrics=("z",), n_boot=0, sites=("L1", "embed"), langs=("en", "zh"))
+    res = layer_sweep(run, cfg, progress=False)
+    assert res["sites"] == ["L1", "embed"] and res["pairs"] == [["en", "zh"]]
+    assert [r["depth"] for r in res["records"]] == [2, 0, 2, 0]
