@@ -571,3 +571,36 @@ def test_a_bad_selection_names_what_was_asked_and_what_the_run_has(
     res = layer_sweep(run, cfg, progress=False)
     assert res["sites"] == ["L1", "embed"] and res["pairs"] == [["en", "zh"]]
     assert [r["depth"] for r in res["records"]] == [2, 0, 2, 0]
+
+
+@pytest.mark.parametrize("selector", ALL_METRICS)
+def test_each_metric_selector_alone_gives_exactly_its_records(
+    selector: str, run_dir: Path, sweep: dict
+) -> None:
+    cfg = SweepConfig(metrics=(selector,), n_boot=0, sites=("L0",), langs=("zh", "en"))
+    res = layer_sweep(load_run(run_dir), cfg, progress=False)
+    got = {(r["pool"], r["metric"]): r["value"] for r in res["records"]}
+    assert sorted(got) == sorted((p, m) for p in POOLS for m in METRICS[selector])
+    full = {
+        (r["pool"], r["metric"]): r["value"]
+        for r in sweep["records"]
+        if (r["site"], r["x"], r["y"]) == ("L0", "zh", "en")
+    }
+    for key, value in got.items():
+        assert value == full[key], key
+
+
+def test_a_run_without_metadata_says_so_when_asked_to_stratify(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    from xlalign.errors import RunError
+
+    path = tmp_path / "nometa"
+    shutil.copytree(run_dir, path)
+    meta = json.loads((path / "meta.json").read_text())
+    meta["columns"] = {}
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        RunError, match=r"--stratify column 'category' not in run: it has no metadata columns$"
+    ):
+        layer_sweep(load_run(path), SweepConfig(stratify="category"), progress=False)
