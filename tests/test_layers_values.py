@@ -604,3 +604,24 @@ def test_a_run_without_metadata_says_so_when_asked_to_stratify(
         RunError, match=r"--stratify column 'category' not in run: it has no metadata columns$"
     ):
         layer_sweep(load_run(path), SweepConfig(stratify="category"), progress=False)
+
+
+def test_undefined_metrics_carry_their_own_reason(tmp_path: Path) -> None:
+    # every zh vector identical (the study's embedding-level last token within a category):
+    # z has a one-point null, CKA a side without variance; d = 4 < SVCCA's 10 dims
+    path = write_synthetic_run(tmp_path / "flat", 12, 4, n_sites=1, pools=("last",))
+    np.save(path / "arrays" / "zh" / "embed" / "last.npy", np.ones((12, 4), dtype=np.float32))
+    metrics = ("z", "cka", "svcca", "p1")
+    res = layer_sweep(load_run(path), SweepConfig(metrics=metrics, n_boot=10), progress=False)
+    by = {r["metric"]: r for r in res["records"]}
+    assert by["z"]["value"] is None and "zero spread" in by["z"]["undefined_reason"]
+    assert by["cka"]["value"] is None and "no variance" in by["cka"]["undefined_reason"]
+    assert by["svcca"]["value"] is None and "dims" in by["svcca"]["undefined_reason"]
+    assert by["cka"]["detail"]["undefined_reason"] == by["cka"]["undefined_reason"]
+    # retrieving x from y: every candidate ties, and ties are misses; retrieving y from x:
+    # every query has the same nearest y, which is the partner of exactly one of them
+    assert by["p1_yx"]["value"] == 0.0 and by["p1_yx"]["undefined_reason"] is None
+    assert by["p1_xy"]["value"] == pytest.approx(1 / 12)
+    for rec in res["records"]:
+        if rec["value"] is None:
+            assert rec["ci_low"] is None and rec["ci_high"] is None
