@@ -159,6 +159,47 @@ def cknna(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
     return sim(kx, ly) / np.sqrt(sim(kx, kx) * sim(ly, ly))
 
 
+def knn_lists(f: np.ndarray, k: int) -> list[list[int]]:
+    """Each row's k nearest by inner product, nearest first (self excluded, ties to lower index)."""
+    g = f @ f.T
+    np.fill_diagonal(g, -np.inf)
+    return [np.argsort(-g[i], kind="stable")[:k].tolist() for i in range(len(g))]
+
+
+def cycle_knn(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
+    """Share of i with some y-space neighbour j that has i among its x-space neighbours."""
+    a, b = knn_lists(prepare(x), k), knn_lists(prepare(y), k)
+    return float(np.mean([any(i in a[j] for j in b[i]) for i in range(len(a))]))
+
+
+def lcs(p: list[int], q: list[int]) -> int:
+    t = [[0] * (len(q) + 1) for _ in range(len(p) + 1)]
+    for i, u in enumerate(p):
+        for j, v in enumerate(q):
+            t[i + 1][j + 1] = t[i][j] + 1 if u == v else max(t[i][j + 1], t[i + 1][j])
+    return t[-1][-1]
+
+
+def levenshtein(p: list[int], q: list[int]) -> int:
+    t = [[i + j if i * j == 0 else 0 for j in range(len(q) + 1)] for i in range(len(p) + 1)]
+    for i in range(1, len(p) + 1):
+        for j in range(1, len(q) + 1):
+            t[i][j] = min(
+                t[i - 1][j] + 1, t[i][j - 1] + 1, t[i - 1][j - 1] + (p[i - 1] != q[j - 1])
+            )
+    return t[-1][-1]
+
+
+def lcs_knn(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
+    a, b = knn_lists(prepare(x), k), knn_lists(prepare(y), k)
+    return float(np.mean([lcs(a[i], b[i]) for i in range(len(a))]))
+
+
+def edit_distance_knn(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
+    a, b = knn_lists(prepare(x), k), knn_lists(prepare(y), k)
+    return 1.0 - float(np.mean([levenshtein(a[i], b[i]) for i in range(len(a))])) / k
+
+
 def svcca(x: np.ndarray, y: np.ndarray, dims: int = 10) -> float:
     def basis(a: np.ndarray) -> np.ndarray:
         a = np.asarray(a, np.float64)
@@ -201,6 +242,9 @@ def reference(metric: str, x: np.ndarray, y: np.ndarray) -> float | None:
         "svcca": lambda: svcca(x, y),
         "semantic_hub": lambda: hub(s),
         "cohen_d_pc1": lambda: cohen_d(x, y),
+        "cycle_knn": lambda: cycle_knn(x, y),
+        "lcs_knn": lambda: lcs_knn(x, y),
+        "edit_distance_knn": lambda: edit_distance_knn(x, y),
     }[metric]()
 
 
@@ -391,7 +435,7 @@ def test_language_matrices_hold_the_record_values(sweep: dict) -> None:
             continue
         m = sweep["matrices"][rec["metric"]][rec["pool"]][rec["site"]]
         assert m[i][j] == rec["value"]
-        symmetric = rec["metric"] not in ("mrr", "xsim_error", "cohen_d_pc1")
+        symmetric = rec["metric"] not in ("mrr", "xsim_error", "cohen_d_pc1", "cycle_knn")
         assert (m[j][i] == rec["value"]) if symmetric else m[j][i] is None
         assert m[i][i] is None
 
