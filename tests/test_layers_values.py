@@ -466,7 +466,7 @@ def test_the_result_echoes_its_config_and_skips_intervals_past_the_limit(
 
     n = CI_MAX_N + 1
     path = write_synthetic_run(tmp_path / "big", n, 3, n_sites=1, pools=("last",))
-    cfg = SweepConfig(metrics=("z", "p1"), n_boot=5, seed=3, ci_level=0.9, stratify="category")
+    cfg = SweepConfig(metrics=("z",), n_boot=5, seed=3, ci_level=0.9, stratify="category")
     res = layer_sweep(load_run(path), cfg, progress=False)
     assert f"{n} pairs > {CI_MAX_N}" in res["ci_skipped"]
     assert all(r["ci_low"] is None and r["ci_high"] is None for r in res["records"])
@@ -476,7 +476,7 @@ def test_the_result_echoes_its_config_and_skips_intervals_past_the_limit(
         "null": "exact", "n_perms": None, "seed": 3, "stratify": "category", "center": False,
         "n_boot": 5,
     }  # fmt: skip
-    assert (res["ci_level"], res["pivot"], res["metrics"]) == (0.9, None, ["z", "p1"])
+    assert (res["ci_level"], res["pivot"], res["metrics"]) == (0.9, None, ["z"])
     assert res["model"] == "synthetic" and res["run"] == str(path)
     assert res["languages"] == ["zh", "en"] and res["sites"] == ["embed"]
 
