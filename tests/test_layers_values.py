@@ -669,3 +669,48 @@ def test_undefined_metrics_carry_their_own_reason(tmp_path: Path) -> None:
     for rec in res["records"]:
         if rec["value"] is None:
             assert rec["ci_low"] is None and rec["ci_high"] is None
+
+
+def test_platonic_mode_clamps_once_over_all_sites_then_normalises(
+    run_dir: Path, sweep: dict
+) -> None:
+    # platonic-rep: one threshold per model over all layers (each prompt's 0.95 quantile of |x|
+    # over every layer's values, averaged over prompts), clamp, L2-normalise rows, then the
+    # metric; its CKA adds 1e-6 to the denominator
+    cfg = SweepConfig(metrics=("cka", "knn", "z"), compat="platonic", n_boot=0, langs=("zh", "en"))
+    res = layer_sweep(load_run(run_dir), cfg, progress=False)
+
+    def threshold(lang: str, pool: str) -> float:
+        flat = np.concatenate([np.abs(arrays(run_dir, lang, s, pool)) for s in SITES], axis=1)
+        return float(np.mean([np.quantile(row, 0.95) for row in flat]))
+
+    for rec in res["records"]:
+        x = arrays(run_dir, "zh", rec["site"], rec["pool"])
+        y = arrays(run_dir, "en", rec["site"], rec["pool"])
+        tx, ty = threshold("zh", rec["pool"]), threshold("en", rec["pool"])
+        px, py = unit(np.clip(x, -tx, tx)), unit(np.clip(y, -ty, ty))
+        if rec["metric"] == "cka":
+            k, l_ = px @ px.T, py @ py.T
+            want = hsic_biased(k, l_) / (np.sqrt(hsic_biased(k, k) * hsic_biased(l_, l_)) + 1e-6)
+        elif rec["metric"] == "mutual_knn":
+            a, b = knn_sets(px @ px.T, 10), knn_sets(py @ py.T, 10)
+            want = float(np.mean([len(a[i] & b[i]) / 10 for i in range(N)]))
+        else:  # z has no platonic variant: unchanged
+            want = reference("z", x, y)
+        assert rec["value"] == pytest.approx(want, rel=1e-9), (
+            rec["site"],
+            rec["pool"],
+            rec["metric"],
+        )
+    # and the mode changes the numbers it is meant to change
+    exact = {
+        (r["site"], r["pool"], r["metric"]): r["value"]
+        for r in sweep["records"]
+        if (r["x"], r["y"]) == ("zh", "en")
+    }
+    changed = [
+        r["value"] != pytest.approx(exact[(r["site"], r["pool"], r["metric"])], rel=1e-6)
+        for r in res["records"]
+        if r["metric"] == "cka"
+    ]
+    assert all(changed)
