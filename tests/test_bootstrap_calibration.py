@@ -140,3 +140,47 @@ def test_a_fixed_seed_gives_the_same_interval_and_another_seed_another() -> None
         assert a == b, fn.__name__
         c = fn(x, y, n_boot=100, seed=12)
         assert (c.low, c.high) != (a.low, a.high), fn.__name__
+
+
+def _cka64(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    h = np.eye(len(a)) - 1.0 / len(a)
+    k, l_ = h @ a @ a.T @ h, h @ b @ b.T @ h
+    return float((k * l_).sum() / np.sqrt((k * k).sum() * (l_ * l_).sum()))
+
+
+def test_defaults_are_1000_resamples_seed_0_and_95_percent() -> None:
+    rs = np.random.RandomState(6)
+    x, y = hit_pairs(rs.rand(20) < 0.5, 6, rs)
+    v = rs.randn(20)
+    for fn, args in ((z_ci, (x, y)), (p1_ci, (x, y)), (cka_ci, (x, y))):
+        default = fn(*args)
+        assert (default.n_boot, default.level) == (1000, 0.95), fn.__name__
+        assert default == fn(*args, n_boot=1000, seed=0, level=0.95), fn.__name__
+    default = bootstrap_ci(lambda idx: float(v[idx].mean()), 20)
+    draws = np.random.default_rng(0).integers(0, 20, size=(1000, 20))
+    low, high = np.quantile(v[draws].mean(axis=1), [0.025, 0.975])
+    assert (default.low, default.high) == (pytest.approx(low), pytest.approx(high))
+
+
+def test_cka_interval_in_float64_whatever_the_input_and_its_smallest_sample() -> None:
+    from xlalign.errors import XlalignError
+
+    rs = np.random.RandomState(7)
+    # float32 input with a large shared offset: float32 arithmetic would lose digits
+    x = (rs.randn(30, 5) + 300).astype(np.float32)
+    y = (x[:, :4] + rs.randn(30, 4) + 500).astype(np.float32)
+    ci = cka_ci(x, y, n_boot=30, seed=1)
+    assert ci.point == pytest.approx(_cka64(x, y), rel=1e-10)
+    draws = np.random.default_rng(1).integers(0, 30, size=(30, 30))
+    low, high = np.quantile([_cka64(x[i], y[i]) for i in draws], [0.025, 0.975])
+    assert (ci.low, ci.high) == (pytest.approx(low, rel=1e-10), pytest.approx(high, rel=1e-10))
+    assert cka_ci(x[:3], y[:3], n_boot=5).point == pytest.approx(_cka64(x[:3], y[:3]), rel=1e-9)
+    with pytest.raises(XlalignError, match="3"):
+        cka_ci(x[:2], y[:2], n_boot=5)
+    zero = np.array(x, dtype=np.float64)
+    zero[2] = 0.0
+    with pytest.raises(XlalignError, match=r"\bx\b"):
+        cka_ci(zero, y, n_boot=5, prepare=True)
+    with pytest.raises(XlalignError, match=r"\by\b"):
+        cka_ci(y, zero[:, :4], n_boot=5, prepare=True)
