@@ -184,3 +184,22 @@ def test_cka_interval_in_float64_whatever_the_input_and_its_smallest_sample() ->
         cka_ci(zero, y, n_boot=5, prepare=True)
     with pytest.raises(XlalignError, match=r"\by\b"):
         cka_ci(y, zero[:, :4], n_boot=5, prepare=True)
+
+
+def test_small_strata_in_a_resample_contribute_their_mean_and_their_variance() -> None:
+    # strata of 3: resamples often hold a stratum once (a fixed point: mean only) or twice
+    rs = np.random.RandomState(8)
+    n, d = 30, 6
+    labels = np.arange(n) // 3
+    shared = rs.randn(n, d)
+    x, y = shared + 0.7 * rs.randn(n, d), shared + 0.7 * rs.randn(n, d)
+    s = _unit(x) @ _unit(y).T
+    ci = z_ci(x, y, n_boot=150, seed=4, strata=labels)
+    draws = np.random.default_rng(4).integers(0, n, size=(150, n))
+    sizes = [np.bincount(labels[i]) for i in draws]
+    # the cases are exercised: most resamples hold some stratum once, and some twice
+    assert sum((c == 1).any() for c in sizes) > 100 and sum((c == 2).any() for c in sizes) > 100
+    vals = [v for v in (_strat_z(s[np.ix_(i, i)], labels[i]) for i in draws) if v is not None]
+    assert ci.n_skipped == 150 - len(vals) == 0
+    low, high = np.quantile(vals, [0.025, 0.975])
+    assert ci.low == pytest.approx(low, rel=1e-9) and ci.high == pytest.approx(high, rel=1e-9)
