@@ -203,3 +203,44 @@ def test_small_strata_in_a_resample_contribute_their_mean_and_their_variance() -
     assert ci.n_skipped == 150 - len(vals) == 0
     low, high = np.quantile(vals, [0.025, 0.975])
     assert ci.low == pytest.approx(low, rel=1e-9) and ci.high == pytest.approx(high, rel=1e-9)
+
+
+def test_levels_smallest_inputs_and_error_names() -> None:
+    from xlalign.errors import XlalignError
+
+    rs = np.random.RandomState(9)
+    hits = rs.rand(25) < 0.5
+    x, y = hit_pairs(hits, 8, rs)
+    draws = np.random.default_rng(2).integers(0, 25, size=(60, 25))
+    # the level reaches the quantiles
+    p1 = p1_ci(x, y, n_boot=60, seed=2, level=0.8)
+    low, high = np.quantile(hits[draws].mean(axis=1), [0.1, 0.9])
+    assert (p1.low, p1.high, p1.level) == (pytest.approx(low), pytest.approx(high), 0.8)
+    s = _unit(x) @ _unit(y).T
+    zero = np.zeros(25, dtype=int)
+    z = z_ci(x, y, n_boot=60, seed=2, level=0.8)
+    vals = [_strat_z(s[np.ix_(i, i)], zero[i]) for i in draws]
+    low, high = np.quantile([v for v in vals if v is not None], [0.1, 0.9])
+    assert (z.low, z.high, z.level) == (pytest.approx(low), pytest.approx(high), 0.8)
+    # the smallest inputs
+    one = bootstrap_ci(lambda idx: float(idx.sum()), 1, n_boot=1)
+    assert (one.low, one.high, one.point, one.n_boot) == (0.0, 0.0, 0.0, 1)
+    with pytest.raises(XlalignError, match="level"):
+        bootstrap_ci(lambda idx: 0.0, 5, level=0.0)
+    with pytest.raises(XlalignError, match="n=0"):
+        bootstrap_ci(lambda idx: 0.0, 0)
+    with pytest.raises(XlalignError, match="3"):
+        z_ci(x[:2], y[:2], n_boot=5)
+    # every resample undefined: no interval, but the level and the full-sample value stay
+    only_full = bootstrap_ci(
+        lambda idx: 1.5 if np.array_equal(idx, np.arange(6)) else None, 6, n_boot=20, level=0.9
+    )
+    assert (only_full.low, only_full.high) == (None, None)
+    assert (only_full.level, only_full.point, only_full.n_skipped) == (0.9, 1.5, 20)
+    # a zero vector has no direction: the error names its side
+    bad = x.copy()
+    bad[3] = 0.0
+    with pytest.raises(XlalignError, match=r"^x\b|\bx\b.*\[3\]"):
+        z_ci(bad, y, n_boot=5)
+    with pytest.raises(XlalignError, match=r"^y\b|\by\b.*\[3\]"):
+        z_ci(y, bad, n_boot=5)
