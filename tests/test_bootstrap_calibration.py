@@ -244,3 +244,19 @@ def test_levels_smallest_inputs_and_error_names() -> None:
         z_ci(bad, y, n_boot=5)
     with pytest.raises(XlalignError, match=r"^y\b|\by\b.*\[3\]"):
         z_ci(y, bad, n_boot=5)
+
+
+def test_cka_interval_is_scale_invariant_down_to_tiny_variances() -> None:
+    # CKA does not change when one side is scaled; a side with a tiny (but real) variance must
+    # not be mistaken for a constant one
+    rs = np.random.RandomState(10)
+    x = rs.randn(25, 4)
+    y = x @ rs.randn(4, 3) + rs.randn(25, 3)
+    ref = cka_ci(x, y, n_boot=40, seed=3)
+    for scale in (1e-4, 1e3):
+        got = cka_ci(x, scale * y, n_boot=40, seed=3)
+        assert got.n_skipped == 0
+        assert (got.low, got.high) == (
+            pytest.approx(ref.low, rel=1e-8),
+            pytest.approx(ref.high, rel=1e-8),
+        )
