@@ -225,8 +225,9 @@ def test_levels_smallest_inputs_and_error_names() -> None:
     # the smallest inputs
     one = bootstrap_ci(lambda idx: float(idx.sum()), 1, n_boot=1)
     assert (one.low, one.high, one.point, one.n_boot) == (0.0, 0.0, 0.0, 1)
-    with pytest.raises(XlalignError, match="level"):
-        bootstrap_ci(lambda idx: 0.0, 5, level=0.0)
+    for level in (0.0, 1.0):
+        with pytest.raises(XlalignError, match="level"):
+            bootstrap_ci(lambda idx: 0.0, 5, level=level)
     with pytest.raises(XlalignError, match="n=0"):
         bootstrap_ci(lambda idx: 0.0, 0)
     with pytest.raises(XlalignError, match="3"):
@@ -237,6 +238,7 @@ def test_levels_smallest_inputs_and_error_names() -> None:
     )
     assert (only_full.low, only_full.high) == (None, None)
     assert (only_full.level, only_full.point, only_full.n_skipped) == (0.9, 1.5, 20)
+    assert only_full.n_boot == 20
     # a zero vector has no direction: the error names its side
     bad = x.copy()
     bad[3] = 0.0
