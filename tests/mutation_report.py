@@ -57,7 +57,10 @@ def main() -> int:
         if key in ("survived", "no tests", "timeout", "suspicious"):
             survivors.append(f"  {status:<10} {name}")
     total: Counter[str] = Counter()
-    print(f"{'module':<28}{'mutants':>8}{'killed':>8}{'equiv':>7}{'alive':>7}{'kill rate':>11}")
+    print(
+        f"{'module':<28}{'mutants':>8}{'unrun':>7}{'killed':>8}{'equiv':>7}{'alive':>7}"
+        f"{'kill rate':>11}"
+    )
     for module, c in sorted(by_module.items()):
         total.update(c)
         print(_row(module, c))
@@ -69,11 +72,13 @@ def main() -> int:
 
 
 def _row(label: str, c: Counter[str]) -> str:
+    """Kill rate over the mutants that ran and are not equivalent ("unrun": not checked yet)."""
     n = sum(c.values())
-    counted = n - c["equivalent"]
+    unrun = c["not checked"]
+    counted = n - c["equivalent"] - unrun
     rate = f"{100 * c['killed'] / counted:.1f}%" if counted else "-"
     alive = counted - c["killed"]
-    return f"{label:<28}{n:>8}{c['killed']:>8}{c['equivalent']:>7}{alive:>7}{rate:>11}"
+    return f"{label:<28}{n:>8}{unrun:>7}{c['killed']:>8}{c['equivalent']:>7}{alive:>7}{rate:>11}"
 
 
 if __name__ == "__main__":

@@ -151,12 +151,13 @@ def _cka64(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_defaults_are_1000_resamples_seed_0_and_95_percent() -> None:
     rs = np.random.RandomState(6)
-    x, y = hit_pairs(rs.rand(20) < 0.5, 6, rs)
+    x, y = hit_pairs(rs.rand(60) < 0.5, 6, rs)
     v = rs.randn(20)
     for fn, args in ((z_ci, (x, y)), (p1_ci, (x, y)), (cka_ci, (x, y))):
         default = fn(*args)
         assert (default.n_boot, default.level) == (1000, 0.95), fn.__name__
         assert default == fn(*args, n_boot=1000, seed=0, level=0.95), fn.__name__
+        assert default != fn(*args, seed=1), fn.__name__  # the seed shows in the interval
     default = bootstrap_ci(lambda idx: float(v[idx].mean()), 20)
     draws = np.random.default_rng(0).integers(0, 20, size=(1000, 20))
     low, high = np.quantile(v[draws].mean(axis=1), [0.025, 0.975])
