@@ -300,8 +300,10 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def sweep(run_dir: Path) -> dict:
+    # function scope on purpose: mutmut runs, for each mutant, only the tests that call the
+    # mutated function, and a module-scoped result would be credited to the first test alone
     cfg = SweepConfig(metrics=ALL_METRICS, n_boot=N_BOOT, seed=SEED)
     return layer_sweep(load_run(run_dir), cfg, progress=False)
 
