@@ -304,7 +304,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sweep(run_dir: Path) -> dict:
     # function scope on purpose: mutmut runs, for each mutant, only the tests that call the
     # mutated function, and a module-scoped result would be credited to the first test alone
-    cfg = SweepConfig(metrics=ALL_METRICS, n_boot=N_BOOT, seed=SEED)
+    cfg = SweepConfig(lexical=False, metrics=ALL_METRICS, n_boot=N_BOOT, seed=SEED)
     return layer_sweep(load_run(run_dir), cfg, progress=False)
 
 
@@ -394,7 +394,7 @@ def test_confidence_intervals_are_the_percentile_bootstrap_of_each_metric(
 
 def test_stratified_centered_z_and_its_interval(run_dir: Path) -> None:
     run = load_run(run_dir)
-    cfg = SweepConfig(
+    cfg = SweepConfig(lexical=False, 
         metrics=("z",), stratify="category", center=True, n_boot=N_BOOT, seed=SEED,
         sites=("L1",), pools=("mean",), langs=("zh", "en"),
     )  # fmt: skip
@@ -416,7 +416,9 @@ def test_stratified_centered_z_and_its_interval(run_dir: Path) -> None:
 
 
 def test_pivot_orients_every_pair_from_the_pivot(run_dir: Path) -> None:
-    cfg = SweepConfig(metrics=("p1", "cohen"), pivot="en", n_boot=0, sites=("L0",), pools=("last",))
+    cfg = SweepConfig(
+        lexical=False, metrics=("p1", "cohen"), pivot="en", n_boot=0, sites=("L0",), pools=("last",)
+    )
     res = layer_sweep(load_run(run_dir), cfg, progress=False)
     assert res["pairs"] == [["en", "zh"], ["en", "de"]]
     for rec in res["records"]:
@@ -444,7 +446,7 @@ def test_language_matrices_hold_the_record_values(sweep: dict) -> None:
 
 def test_monte_carlo_null_is_the_studys_draws(run_dir: Path) -> None:
     run = load_run(run_dir)
-    cfg = SweepConfig(
+    cfg = SweepConfig(lexical=False, 
         metrics=("z",), null="monte-carlo", n_perms=300, seed=SEED, n_boot=0, pools=("last",),
         langs=("zh", "en"),
     )  # fmt: skip
@@ -468,7 +470,9 @@ def test_the_result_echoes_its_config_and_skips_intervals_past_the_limit(
 
     n = CI_MAX_N + 1
     path = write_synthetic_run(tmp_path / "big", n, 3, n_sites=1, pools=("last",))
-    cfg = SweepConfig(metrics=("z",), n_boot=5, seed=3, ci_level=0.9, stratify="category")
+    cfg = SweepConfig(
+        lexical=False, metrics=("z",), n_boot=5, seed=3, ci_level=0.9, stratify="category"
+    )
     res = layer_sweep(load_run(path), cfg, progress=False)
     assert f"{n} pairs > {CI_MAX_N}" in res["ci_skipped"]
     assert all(r["ci_low"] is None and r["ci_high"] is None for r in res["records"])
@@ -537,7 +541,7 @@ def test_a_site_that_cannot_be_scored_gets_its_reason_and_the_others_their_value
     bad = np.load(path / "arrays" / "zh" / "L0" / "last.npy")
     bad[4] = 0.0
     np.save(path / "arrays" / "zh" / "L0" / "last.npy", bad)
-    cfg = SweepConfig(
+    cfg = SweepConfig(lexical=False, 
         metrics=("z", "p1", "cka"), null="monte-carlo", n_perms=200, seed=SEED, n_boot=0,
         pools=("last",), langs=("zh", "en"),
     )  # fmt: skip
@@ -575,11 +579,11 @@ def test_a_bad_sweep_config_names_its_flag_and_value(kwargs: dict, message: str)
     from xlalign.errors import XlalignError
 
     with pytest.raises(XlalignError, match=message):
-        SweepConfig(**kwargs)
+        SweepConfig(lexical=False, **kwargs)
 
 
 def test_edge_values_of_the_sweep_config_are_accepted() -> None:
-    SweepConfig(n_boot=0, n_perms=2, ci_level=0.5, metrics=("z",))
+    SweepConfig(lexical=False, n_boot=0, n_perms=2, ci_level=0.5, metrics=("z",))
 
 
 def test_a_bad_selection_names_what_was_asked_and_what_the_run_has(
@@ -599,7 +603,9 @@ def test_a_bad_selection_names_what_was_asked_and_what_the_run_has(
     ]
     for kwargs, message in cases:
         with pytest.raises(XlalignError, match=message):
-            layer_sweep(run, SweepConfig(metrics=("z",), n_boot=0, **kwargs), progress=False)
+            layer_sweep(
+                run, SweepConfig(lexical=False, metrics=("z",), n_boot=0, **kwargs), progress=False
+            )
     # a run that kept token vectors: they are never swept, and asking for them is refused
     path = tmp_path / "tokens"
     shutil.copytree(run_dir, path)
@@ -607,13 +613,17 @@ def test_a_bad_selection_names_what_was_asked_and_what_the_run_has(
     manifest["pools"] = [*manifest["pools"], "tokens"]
     (path / "manifest.json").write_text(json.dumps(manifest))
     with_tokens = load_run(path)
-    res = layer_sweep(with_tokens, SweepConfig(metrics=("z",), n_boot=0), progress=False)
+    res = layer_sweep(
+        with_tokens, SweepConfig(lexical=False, metrics=("z",), n_boot=0), progress=False
+    )
     assert res["pools"] == ["last", "mean"]
     with pytest.raises(RunError, match="pool 'tokens' has one vector per token"):
-        cfg = SweepConfig(metrics=("z",), n_boot=0, pools=("tokens",))
+        cfg = SweepConfig(lexical=False, metrics=("z",), n_boot=0, pools=("tokens",))
         layer_sweep(with_tokens, cfg, progress=False)
     # selections keep the order asked
-    cfg = SweepConfig(metrics=("z",), n_boot=0, sites=("L1", "embed"), langs=("en", "zh"))
+    cfg = SweepConfig(
+        lexical=False, metrics=("z",), n_boot=0, sites=("L1", "embed"), langs=("en", "zh")
+    )
     res = layer_sweep(run, cfg, progress=False)
     assert res["sites"] == ["L1", "embed"] and res["pairs"] == [["en", "zh"]]
     assert [r["depth"] for r in res["records"]] == [2, 0, 2, 0]
@@ -623,7 +633,9 @@ def test_a_bad_selection_names_what_was_asked_and_what_the_run_has(
 def test_each_metric_selector_alone_gives_exactly_its_records(
     selector: str, run_dir: Path, sweep: dict
 ) -> None:
-    cfg = SweepConfig(metrics=(selector,), n_boot=0, sites=("L0",), langs=("zh", "en"))
+    cfg = SweepConfig(
+        lexical=False, metrics=(selector,), n_boot=0, sites=("L0",), langs=("zh", "en")
+    )
     res = layer_sweep(load_run(run_dir), cfg, progress=False)
     got = {(r["pool"], r["metric"]): r["value"] for r in res["records"]}
     assert sorted(got) == sorted((p, m) for p in POOLS for m in METRICS[selector])
@@ -649,7 +661,7 @@ def test_a_run_without_metadata_says_so_when_asked_to_stratify(
     with pytest.raises(
         RunError, match=r"--stratify column 'category' not in run: it has no metadata columns$"
     ):
-        layer_sweep(load_run(path), SweepConfig(stratify="category"), progress=False)
+        layer_sweep(load_run(path), SweepConfig(lexical=False, stratify="category"), progress=False)
 
 
 def test_undefined_metrics_carry_their_own_reason(tmp_path: Path) -> None:
@@ -658,7 +670,9 @@ def test_undefined_metrics_carry_their_own_reason(tmp_path: Path) -> None:
     path = write_synthetic_run(tmp_path / "flat", 12, 4, n_sites=1, pools=("last",))
     np.save(path / "arrays" / "zh" / "embed" / "last.npy", np.ones((12, 4), dtype=np.float32))
     metrics = ("z", "cka", "svcca", "p1")
-    res = layer_sweep(load_run(path), SweepConfig(metrics=metrics, n_boot=10), progress=False)
+    res = layer_sweep(
+        load_run(path), SweepConfig(lexical=False, metrics=metrics, n_boot=10), progress=False
+    )
     by = {r["metric"]: r for r in res["records"]}
     assert by["z"]["value"] is None and "zero spread" in by["z"]["undefined_reason"]
     assert by["cka"]["value"] is None and "no variance" in by["cka"]["undefined_reason"]
@@ -679,7 +693,9 @@ def test_platonic_mode_clamps_once_over_all_sites_then_normalises(
     # platonic-rep: one threshold per model over all layers (each prompt's 0.95 quantile of |x|
     # over every layer's values, averaged over prompts), clamp, L2-normalise rows, then the
     # metric; its CKA adds 1e-6 to the denominator
-    cfg = SweepConfig(metrics=("cka", "knn", "z"), compat="platonic", n_boot=0, langs=("zh", "en"))
+    cfg = SweepConfig(
+        lexical=False, metrics=("cka", "knn", "z"), compat="platonic", n_boot=0, langs=("zh", "en")
+    )
     res = layer_sweep(load_run(run_dir), cfg, progress=False)
 
     def threshold(lang: str, pool: str) -> float:
