@@ -28,7 +28,7 @@ bench:
 
 # Mutation testing of the study layer (opt-in, slow: see docs/testing.md). Narrow it with e.g.
 # `make mutate MUTANTS='xlalign.metrics.bootstrap*'`. Results stay in mutants/ (git-ignored).
-MUTANTS ?= xlalign.metrics.bootstrap* xlalign.studies.layers* xlalign.studies.origin*
+MUTANTS ?= xlalign.metrics.bootstrap* xlalign.studies.layers* xlalign.studies.origin* xlalign.studies.findings*
 mutate:
 	$(PY) -m mutmut run --max-children 2 $(foreach m,$(MUTANTS),'$(m)')
 	$(PY) tests/mutation_report.py
