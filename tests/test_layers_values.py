@@ -394,7 +394,7 @@ def test_confidence_intervals_are_the_percentile_bootstrap_of_each_metric(
 
 def test_stratified_centered_z_and_its_interval(run_dir: Path) -> None:
     run = load_run(run_dir)
-    cfg = SweepConfig(lexical=False, 
+    cfg = SweepConfig(lexical=False,
         metrics=("z",), stratify="category", center=True, n_boot=N_BOOT, seed=SEED,
         sites=("L1",), pools=("mean",), langs=("zh", "en"),
     )  # fmt: skip
@@ -446,7 +446,7 @@ def test_language_matrices_hold_the_record_values(sweep: dict) -> None:
 
 def test_monte_carlo_null_is_the_studys_draws(run_dir: Path) -> None:
     run = load_run(run_dir)
-    cfg = SweepConfig(lexical=False, 
+    cfg = SweepConfig(lexical=False,
         metrics=("z",), null="monte-carlo", n_perms=300, seed=SEED, n_boot=0, pools=("last",),
         langs=("zh", "en"),
     )  # fmt: skip
@@ -541,7 +541,7 @@ def test_a_site_that_cannot_be_scored_gets_its_reason_and_the_others_their_value
     bad = np.load(path / "arrays" / "zh" / "L0" / "last.npy")
     bad[4] = 0.0
     np.save(path / "arrays" / "zh" / "L0" / "last.npy", bad)
-    cfg = SweepConfig(lexical=False, 
+    cfg = SweepConfig(lexical=False,
         metrics=("z", "p1", "cka"), null="monte-carlo", n_perms=200, seed=SEED, n_boot=0,
         pools=("last",), langs=("zh", "en"),
     )  # fmt: skip
