@@ -585,7 +585,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="xlalign")
     except SystemExit as e:  # typer exits on --help and on usage errors (already printed)
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if code == 130:  # typer turns Ctrl-C into a silent exit 130 before the handler below
+            print("xlalign: interrupted", file=sys.stderr)
+        return code
     except XlalignError as e:
         print(f"xlalign: error: {e}", file=sys.stderr)
         return 2
