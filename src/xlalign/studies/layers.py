@@ -39,7 +39,9 @@ from xlalign.metrics import (
     svcca,
     xsim_error,
 )
+from xlalign.metrics._checks import strata_codes
 from xlalign.metrics.bootstrap import cka_ci, p1_ci, z_ci
+from xlalign.metrics.pairwise import Pair, Side
 from xlalign.store import TOKEN_POOL, Run, atomic_write_json
 
 #: Metric selectors (``--metrics``) and the record names each one produces.
@@ -63,6 +65,11 @@ CI_METRICS = ("z", "p1_xy", "p1_yx", "cka")
 #: Above this many pairs the bootstrap intervals are skipped: the interval helpers hold
 #: ``N x N`` float64 matrices (10,000 pairs: 800 MB) and re-read them ``n_boot`` times.
 CI_MAX_N = 10_000
+#: Up to this many pairs a site's metrics come from matrices built once and shared
+#: (:mod:`xlalign.metrics.pairwise`: one cosine matrix, per-language Gram matrices reused
+#: across pairs, batched intervals); above it each metric streams on its own (``n x n``
+#: float64 matrices: 4,096 pairs hold 128 MiB each).
+SHARED_MAX_N = 4096
 #: Metrics whose value does not change when the two languages swap places.
 SYMMETRIC_METRICS = frozenset(
     {"z", "mexa", "cka", "cka_unbiased", "mutual_knn", "cknna", "svcca", "semantic_hub"}
@@ -211,12 +218,20 @@ def _guard(fn: Callable[[], Any]) -> tuple[Any, str | None]:
 
 
 def _site_metrics(
-    x: np.ndarray, y: np.ndarray, cfg: SweepConfig, strata: Sequence[Any] | None
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: SweepConfig,
+    strata: Sequence[Any] | None,
+    pair: Pair | None = None,
 ) -> Iterator[tuple[str, float | None, str | None, dict[str, Any]]]:
-    """``(metric, value, undefined_reason, detail)`` for every metric except z."""
+    """``(metric, value, undefined_reason, detail)`` for every metric except z.
+
+    With ``pair`` the cosine metrics, CKA and the k-NN metrics come from its shared matrices
+    (equal values, computed once); the others from the public functions.
+    """
     chosen = set(cfg.metrics)
     if chosen & {"p1", "mexa", "mrr"}:
-        r, why = _guard(lambda: retrieval_scores(x, y))
+        r, why = _guard(pair.retrieval if pair is not None else lambda: retrieval_scores(x, y))
         for sel, names in (("p1", ("p1_xy", "p1_yx")), ("mexa", ("mexa",)), ("mrr", ("mrr",))):
             if sel in chosen:
                 for name in names:
@@ -231,6 +246,12 @@ def _site_metrics(
         "hub": ("semantic_hub", lambda: semantic_hub_score(x, y), "score"),
         "cohen": ("cohen_d_pc1", lambda: cohen_d_pc1(x, y), "d"),
     }
+    if pair is not None:
+        shared: dict[str, Callable[[], Any]] = {"xsim": pair.xsim, "cka": pair.cka}
+        shared["knn"] = pair.mutual_knn
+        shared |= {"cknna": pair.cknna, "hub": pair.hub}
+        for sel, fn in shared.items():
+            simple[sel] = (simple[sel][0], fn, simple[sel][2])
     for sel in cfg.metrics:
         if sel not in simple:
             continue
@@ -244,7 +265,12 @@ def _site_metrics(
 
 
 def _ci(
-    metric: str, x: np.ndarray, y: np.ndarray, cfg: SweepConfig, strata: Sequence[Any] | None
+    metric: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: SweepConfig,
+    strata: Sequence[Any] | None,
+    pair: Pair | None = None,
 ) -> tuple[float | None, float | None]:
     if cfg.n_boot == 0 or metric not in CI_METRICS:
         return None, None
@@ -255,6 +281,15 @@ def _ci(
         "p1_yx": lambda: p1_ci(x, y, direction="yx", **kw),  # type: ignore[arg-type]
         "cka": lambda: cka_ci(x, y, **kw),  # type: ignore[arg-type]
     }
+    if pair is not None:
+        nb, seed, level = cfg.n_boot, cfg.seed, cfg.ci_level
+        codes = strata_codes(strata, pair.n)
+        fns = {
+            "z": lambda: pair.z_ci(nb, seed, level, codes, cfg.center),
+            "p1_xy": lambda: pair.p1_ci("xy", nb, seed, level),
+            "p1_yx": lambda: pair.p1_ci("yx", nb, seed, level),
+            "cka": lambda: pair.cka_ci(nb, seed, level),
+        }
     ci, _why = _guard(fns[metric])
     if ci is None:
         return None, None
@@ -292,6 +327,13 @@ def _z_all_sites(
     return zs, errors
 
 
+def _z_single(
+    x: np.ndarray, y: np.ndarray, cfg: SweepConfig, strata: Sequence[Any] | None
+) -> Callable[[Any, bool], Any]:
+    """The exact z of one site from the public function (when no shared Pair could be built)."""
+    return lambda _codes, center: matched_vs_scrambled_z(x, y, strata=strata, center=center)
+
+
 def layer_sweep(
     run: Run, config: SweepConfig | None = None, *, progress: bool = True
 ) -> dict[str, Any]:
@@ -316,18 +358,49 @@ def layer_sweep(
             f"bootstrap intervals skipped: {run.n_rows} pairs > {CI_MAX_N} (the interval helpers "
             "hold N x N matrices); use --n-boot 0 or a subsample"
         )
-    for (lx, ly), pool in itertools.product(pairs, pools):
-        zs: dict[str, Any] = {}
-        z_errors: dict[str, str] = {}
-        if "z" in cfg.metrics:
-            zs, z_errors = _z_all_sites(run, lx, ly, pool, sites, cfg, strata)
-        for site in sites:
+    shared = run.n_rows <= SHARED_MAX_N
+    exact_shared = shared and cfg.null == "exact"
+    codes, codes_err = (
+        (None, None) if strata is None else _guard(lambda: strata_codes(strata, run.n_rows))
+    )
+    z_by: dict[tuple[int, int], tuple[dict[str, Any], dict[str, str]]] = {}
+    if "z" in cfg.metrics and not exact_shared:
+        for (pi, (lx, ly)), (qi, pool) in itertools.product(enumerate(pairs), enumerate(pools)):
+            z_by[pi, qi] = _z_all_sites(run, lx, ly, pool, sites, cfg, strata)
+    # Site by site, then pair by pair, so that one language's Side (x of consecutive pairs:
+    # the pivot, with --pivot) is built once per site and pool and reused; records are then
+    # listed pair by pair, pool by pool, site by site as before.
+    cells: dict[tuple[int, int, int], list[_Rec]] = {}
+    for (qi, pool), (si, site) in itertools.product(enumerate(pools), enumerate(sites)):
+        x_side: tuple[str, Side | None] | None = None
+        for pi, (lx, ly) in enumerate(pairs):
             x = np.asarray(run.array(lx, site, pool))
             y = np.asarray(run.array(ly, site, pool))
+            pair: Pair | None = None
+            if shared:
+                if x_side is None or x_side[0] != lx:
+                    x_side = (lx, _guard(lambda x=x: Side(x, "x"))[0])  # type: ignore[misc]
+                y_side = _guard(lambda y=y: Side(y, "y"))[0]  # type: ignore[misc]
+                if x_side[1] is not None and y_side is not None:
+                    pair = _guard(lambda xs=x_side[1], ys=y_side: Pair(xs, ys))[0]  # type: ignore[misc]
             base: dict[str, Any] = dict(
                 site=site, depth=depth[site], pool=pool, x=lx, y=ly, n=len(x)
             )
             site_recs: list[_Rec] = []
+            zs, z_errors = z_by.get((pi, qi), ({}, {}))
+            if "z" in cfg.metrics and exact_shared:
+                z_fn = pair.z if pair is not None else _z_single(x, y, cfg, strata)
+                res, why = (
+                    (None, codes_err)
+                    if codes_err
+                    else _guard(
+                        lambda f=z_fn: f(codes, cfg.center)  # type: ignore[misc]
+                    )
+                )
+                if res is None:
+                    z_errors = {site: why or "undefined"}
+                else:
+                    zs = {site: res}
             if site in zs:
                 z = zs[site]
                 site_recs.append(
@@ -343,15 +416,17 @@ def layer_sweep(
                 site_recs.append(
                     _Rec(metric="z", value=None, undefined_reason=z_errors[site], **base)
                 )  # type: ignore[arg-type]
-            for name, value, why, detail in _site_metrics(x, y, cfg, strata):
+            for name, value, why, detail in _site_metrics(x, y, cfg, strata, pair):
                 site_recs.append(
                     _Rec(metric=name, value=value, undefined_reason=why, detail=detail, **base)  # type: ignore[arg-type]
                 )
             for rec in site_recs:
                 if rec.value is not None and ci_skipped is None:
-                    rec.ci_low, rec.ci_high = _ci(rec.metric, x, y, cfg, strata)
-            records.extend(site_recs)
+                    rec.ci_low, rec.ci_high = _ci(rec.metric, x, y, cfg, strata, pair)
+            cells[pi, qi, si] = site_recs
             bar.update(1)
+    for pi, qi, si in itertools.product(range(len(pairs)), range(len(pools)), range(len(sites))):
+        records.extend(cells[pi, qi, si])
     bar.close()
     record_dicts = [r.to_dict() for r in records]
     return {
