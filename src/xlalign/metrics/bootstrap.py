@@ -24,6 +24,7 @@ Meant for the study's scale (hundreds to a few thousand pairs), not for 100k.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,9 @@ __all__ = [
 #: Most entries of the ``(chunk, n)`` count matrix per batched step (float64: 32 MiB); each
 #: step also holds a few products of that size.
 BOOT_CHUNK_ENTRIES = 2**22
+
+#: Count matrices up to this many entries (float64: 64 MiB) are kept for reuse.
+BOOT_CACHE_ENTRIES = 2**23
 
 
 @dataclass(frozen=True)
@@ -115,15 +119,31 @@ def bootstrap_counts(
 
     Row k counts how often each pair is drawn in resample k; the draws are exactly
     :func:`bootstrap_ci`'s (``default_rng(seed).integers(0, n, size=(n_boot, n))``): drawing
-    them chunk by chunk continues the same stream.
+    them chunk by chunk continues the same stream. The arrays are read-only: the last few
+    ``(n, n_boot, seed)`` are cached (the sweep asks for the same resamples at every site,
+    pair and metric).
     """
-    rng = np.random.default_rng(seed)
     step = chunk or max(1, BOOT_CHUNK_ENTRIES // n)
+    if n_boot * n <= BOOT_CACHE_ENTRIES:
+        yield from _cached_counts(n, n_boot, seed, step)
+    else:
+        yield from _draw_counts(n, n_boot, seed, step)
+
+
+def _draw_counts(n: int, n_boot: int, seed: int, step: int) -> Iterator[np.ndarray]:
+    rng = np.random.default_rng(seed)
     for k0 in range(0, n_boot, step):
         b = min(step, n_boot - k0)
         draws = rng.integers(0, n, size=(b, n))
         flat = (draws + n * np.arange(b)[:, None]).ravel()
-        yield np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+        out = np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+        out.flags.writeable = False
+        yield out
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_counts(n: int, n_boot: int, seed: int, step: int) -> tuple[np.ndarray, ...]:
+    return tuple(_draw_counts(n, n_boot, seed, step))
 
 
 def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:

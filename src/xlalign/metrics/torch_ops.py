@@ -170,7 +170,7 @@ class Pair(_NumpyPair):
         diag, sq = torch.diagonal(b0).contiguous(), b0 * b0
         out = []
         for counts in bootstrap_counts(n, n_boot, seed):
-            c = torch.as_tensor(counts, dtype=F64, device=self.device)
+            c = torch.tensor(counts, dtype=F64, device=self.device)
             rows, cols = c @ b0.T, c @ b0
             tot = (c * rows).sum(dim=1)
             num = (c @ diag - tot / n) / n
@@ -253,7 +253,7 @@ class Pair(_NumpyPair):
         kl, kk, ll = kx * ky, kx * kx, ky * ky
         out = []
         for counts in bootstrap_counts(n, n_boot, seed):
-            c = torch.as_tensor(counts, dtype=F64, device=self.device)
+            c = torch.tensor(counts, dtype=F64, device=self.device)
             ck, cl = c @ kx, c @ ky
             sk, sl = (c * ck).sum(dim=1), (c * cl).sum(dim=1)
 
