@@ -60,3 +60,23 @@ def test_zero_norm_row_in_shared_path_gives_reasons(tmp_path, monkeypatch) -> No
     assert_same(fast, layer_sweep(run, cfg, progress=False))
     (z,) = [r for r in fast["records"] if r["site"] == "L0" and r["metric"] == "z"]
     assert z["value"] is None and "zero-norm rows at indices [4]" in z["undefined_reason"]
+
+
+@pytest.mark.parametrize("shared_max", [4096, 0])
+def test_torch_backend_sweep_equals_numpy(tmp_path, monkeypatch, shared_max) -> None:
+    pytest.importorskip("torch")
+    run = xlalign.load_run(
+        write_synthetic_run(tmp_path / "run", 36, 20, n_sites=2, langs=("zh", "en", "fr"))
+    )
+    monkeypatch.setattr(layers, "SHARED_MAX_N", shared_max)  # 0: the streaming per-metric path
+    cfg = dict(metrics=ALL, n_boot=40, pivot="zh", stratify="category")
+    ref = layer_sweep(run, SweepConfig(backend="numpy", **cfg), progress=False)  # type: ignore[arg-type]
+    got = layer_sweep(run, SweepConfig(backend="torch", **cfg), progress=False)  # type: ignore[arg-type]
+    assert ref["backend"] == "numpy"
+    assert got["backend"] == "torch (cpu)"
+    assert_same(got, ref)
+
+
+def test_bad_backend_names_the_flag() -> None:
+    with pytest.raises(xlalign.errors.XlalignError, match="--backend must be one of"):
+        SweepConfig(backend="jax")

@@ -97,6 +97,10 @@ class Side:
 
         return self._get(("knn", k), build)  # type: ignore[no-any-return]
 
+    def pair_with(self, y: Side) -> Pair:
+        """The :class:`Pair` of this side (x) against ``y``, on this side's backend."""
+        return Pair(self, y)
+
     def _knn_gram(self) -> np.ndarray:
         f = _prepare(self.a, 0.95, self.name)
         g = f @ f.T

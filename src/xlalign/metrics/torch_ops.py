@@ -74,6 +74,12 @@ class Side(_NumpySide):
         super().__init__(a, name)
         self.device = torch.device(device)
 
+    def pair_with(self, y: _NumpySide) -> Pair:
+        """The torch :class:`Pair` of this side (x) against ``y`` (a torch ``Side`` too)."""
+        if not isinstance(y, Side):
+            raise XlalignError("a torch Side pairs only with a torch Side")
+        return Pair(self, y)
+
     def t_rows(self, center: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         def build() -> tuple[torch.Tensor, torch.Tensor]:
             raw, norms = UnitRows(self.a, self.name, center=center).raw(slice(None))

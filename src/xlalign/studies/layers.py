@@ -70,6 +70,8 @@ CI_MAX_N = 10_000
 #: across pairs, batched intervals); above it each metric streams on its own (``n x n``
 #: float64 matrices: 4,096 pairs hold 128 MiB each).
 SHARED_MAX_N = 4096
+#: ``--backend`` choices.
+BACKENDS = ("auto", "numpy", "torch")
 #: Metrics whose value does not change when the two languages swap places.
 SYMMETRIC_METRICS = frozenset(
     {"z", "mexa", "cka", "cka_unbiased", "mutual_knn", "cknna", "svcca", "semantic_hub"}
@@ -107,6 +109,9 @@ class SweepConfig:
     """Pools to sweep (default: every per-prompt pool in the run)."""
     langs: tuple[str, ...] | None = None
     """Languages to include (default: all in the run)."""
+    backend: str = "auto"
+    """Array library of the metrics: numpy, torch (on CUDA when present, else the CPU), or auto
+    (torch where CUDA is present, else numpy)."""
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -125,6 +130,10 @@ class SweepConfig:
             raise XlalignError(f"--n-perms must be at least 2, got {self.n_perms}")
         if not 0 < self.ci_level < 1:
             raise XlalignError(f"--ci-level must be between 0 and 1, got {self.ci_level}")
+        if self.backend not in BACKENDS:
+            raise XlalignError(
+                f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
+            )
 
 
 @dataclass
@@ -327,6 +336,26 @@ def _z_all_sites(
     return zs, errors
 
 
+def _side_factory(backend: str) -> tuple[Callable[[np.ndarray, str], Side], str]:
+    """``((array, name) -> Side, label)`` of the chosen backend (``auto``: torch where CUDA is
+    present, else numpy)."""
+    if backend == "numpy":
+        return Side, "numpy"
+    try:
+        import torch
+
+        from xlalign.metrics import torch_ops
+    except ImportError as err:
+        if backend == "torch":
+            raise XlalignError(f"--backend torch needs torch installed: {err}") from err
+        return Side, "numpy"
+    cuda = torch.cuda.is_available()
+    if backend == "auto" and not cuda:
+        return Side, "numpy"
+    device = "cuda" if cuda else "cpu"
+    return (lambda a, name: torch_ops.Side(a, name, device)), f"torch ({device})"
+
+
 def _z_single(
     x: np.ndarray, y: np.ndarray, cfg: SweepConfig, strata: Sequence[Any] | None
 ) -> Callable[[Any, bool], Any]:
@@ -359,6 +388,7 @@ def layer_sweep(
             "hold N x N matrices); use --n-boot 0 or a subsample"
         )
     shared = run.n_rows <= SHARED_MAX_N
+    make_side, backend = _side_factory(cfg.backend)
     exact_shared = shared and cfg.null == "exact"
     codes, codes_err = (
         (None, None) if strata is None else _guard(lambda: strata_codes(strata, run.n_rows))
@@ -379,10 +409,10 @@ def layer_sweep(
             pair: Pair | None = None
             if shared:
                 if x_side is None or x_side[0] != lx:
-                    x_side = (lx, _guard(lambda x=x: Side(x, "x"))[0])  # type: ignore[misc]
-                y_side = _guard(lambda y=y: Side(y, "y"))[0]  # type: ignore[misc]
+                    x_side = (lx, _guard(lambda x=x: make_side(x, "x"))[0])  # type: ignore[misc]
+                y_side = _guard(lambda y=y: make_side(y, "y"))[0]  # type: ignore[misc]
                 if x_side[1] is not None and y_side is not None:
-                    pair = _guard(lambda xs=x_side[1], ys=y_side: Pair(xs, ys))[0]  # type: ignore[misc]
+                    pair = _guard(lambda xs=x_side[1], ys=y_side: xs.pair_with(ys))[0]  # type: ignore[misc]
             base: dict[str, Any] = dict(
                 site=site, depth=depth[site], pool=pool, x=lx, y=ly, n=len(x)
             )
@@ -446,6 +476,7 @@ def layer_sweep(
         "ci_level": cfg.ci_level,
         "ci_skipped": ci_skipped,
         "pivot": cfg.pivot,
+        "backend": backend,
         "records": record_dicts,
         "matrices": language_matrices(record_dicts, langs, pools, sites),
         "matrix_orientation": (
