@@ -79,21 +79,28 @@ def _legacy_cka_ci(kx: np.ndarray, ky: np.ndarray, n_boot: int, seed: int, level
     return bootstrap.bootstrap_ci(stat, kx.shape[0], n_boot, seed, level)
 
 
-def round_robin(variants: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in variants}
+def round_robin(
+    variants: dict[str, Callable[[], Any]], repeats: int
+) -> dict[str, tuple[float, float]]:
+    """Median ``(wall s, CPU s)`` per variant; CPU time (all threads of this process) is what
+    a shared machine's load does not inflate."""
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            times[name].append((time.perf_counter() - t0, time.process_time() - c0))
+    return {
+        k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+        for k, v in times.items()
+    }
 
 
 def sweep_variants(
     run: Any, pivot: str | None, with_legacy_ci: bool
 ) -> dict[str, Callable[[], Any]]:
-    def go(n_boot: int, old: bool) -> Callable[[], Any]:
-        cfg = SweepConfig(n_boot=n_boot, pivot=pivot)
+    def go(n_boot: int, old: bool, backend: str = "numpy") -> Callable[[], Any]:
+        cfg = SweepConfig(n_boot=n_boot, pivot=pivot, backend=backend)
 
         def fn() -> Any:
             if old:
@@ -104,8 +111,10 @@ def sweep_variants(
         return fn
 
     out = {
-        "shared, n-boot 0": go(0, False),
-        "shared, n-boot 200": go(200, False),
+        "numpy, n-boot 0": go(0, False),
+        "numpy, n-boot 200": go(200, False),
+        "torch-cpu, n-boot 0": go(0, False, "torch"),
+        "torch-cpu, n-boot 200": go(200, False, "torch"),
         "before, n-boot 0": go(0, True),
     }
     if with_legacy_ci:
@@ -113,16 +122,29 @@ def sweep_variants(
     return out
 
 
-def report(title: str, med: dict[str, float]) -> None:
+def report(title: str, med: dict[str, tuple[float, float]]) -> None:
     print(f"\n## {title}")
-    print(f"{'variant':<24} {'median s':>9}")
-    for k, v in med.items():
-        print(f"{k:<24} {v:9.2f}")
-    s0, s200 = med["shared, n-boot 0"], med["shared, n-boot 200"]
-    print(f"intervals cost (shared 200 / shared 0):   {s200 / s0:6.2f}x")
-    print(f"point estimates, before / shared:         {med['before, n-boot 0'] / s0:6.2f}x")
-    if "before, n-boot 200" in med:
-        print(f"with intervals, before / shared:          {med['before, n-boot 200'] / s200:6.2f}x")
+    print(f"{'variant':<24} {'wall s':>8} {'CPU s':>8}")
+    for k, (w, c) in med.items():
+        print(f"{k:<24} {w:8.2f} {c:8.2f}")
+
+    def ratio(a: str, b: str) -> str:
+        if a not in med or b not in med:
+            return "n/a"
+        return f"{med[a][0] / med[b][0]:6.2f}x wall, {med[a][1] / med[b][1]:6.2f}x CPU"
+
+    print(f"intervals cost, numpy (200 / 0):      {ratio('numpy, n-boot 200', 'numpy, n-boot 0')}")
+    print(
+        f"intervals cost, torch-cpu (200 / 0):  "
+        f"{ratio('torch-cpu, n-boot 200', 'torch-cpu, n-boot 0')}"
+    )
+    print(
+        f"torch-cpu / numpy, n-boot 200:        {ratio('torch-cpu, n-boot 200', 'numpy, n-boot 200')}"
+    )
+    print(f"point estimates, before / numpy:      {ratio('before, n-boot 0', 'numpy, n-boot 0')}")
+    print(
+        f"with intervals, before / numpy:       {ratio('before, n-boot 200', 'numpy, n-boot 200')}"
+    )
 
 
 def z_part(repeats: int) -> None:
@@ -135,9 +157,10 @@ def z_part(repeats: int) -> None:
         repeats,
     )
     print("\n## exact z, 5 sites x 200 pairs, d = 2048")
-    for k, v in med.items():
-        print(f"{k:<24} {v * 1e3:9.1f} ms")
-    print(f"speed-up study / exact: {med['study, 1000 draws'] / med['exact sweep']:6.1f}x")
+    for k, (w, c) in med.items():
+        print(f"{k:<24} {w * 1e3:9.1f} ms wall {c * 1e3:9.1f} ms CPU")
+    (sw, sc), (ew, ec) = med["study, 1000 draws"], med["exact sweep"]
+    print(f"speed-up study / exact: {sw / ew:6.1f}x wall, {sc / ec:6.1f}x CPU")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -190,12 +213,15 @@ def main(argv: list[str] | None = None) -> None:
             med = round_robin(sweep_variants(run, pivot, slow_ci), repeats)
             if key == "flores" and not args.quick:
                 with legacy():  # 200+ s: once
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     layer_sweep(run, SweepConfig(n_boot=200, pivot=pivot), progress=False)
-                    med["before, n-boot 200"] = time.perf_counter() - t0
+                    med["before, n-boot 200"] = (
+                        time.perf_counter() - t0,
+                        time.process_time() - c0,
+                    )
             report(title, med)
     if "z" in only:
-        z_part(repeats)
+        z_part(max(repeats, 5))
     print(f"\nload average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
