@@ -43,6 +43,7 @@ __all__ = [
     "bootstrap_counts",
     "cka_ci",
     "cka_ci_grams",
+    "gram_boot_stats",
     "mean_ci",
     "p1_ci",
     "z_ci",
@@ -294,12 +295,32 @@ def p1_ci(
 # --------------------------------------------------------------------------- CKA
 
 
+def gram_boot_stats(k: np.ndarray, n_boot: int, seed: int) -> list[tuple[np.ndarray, ...]]:
+    """Per chunk of resamples, what one side's Gram matrix ``k`` adds to every CKA interval:
+    ``(K c, c^T K c, <H K[idx,idx] H, H K[idx,idx] H>)``, each per resample.
+
+    They depend on one side only, so a pivot language's are computed once per site and reused
+    against every other language (the resamples are the same: same ``n``, ``n_boot``, seed).
+    """
+    k = np.asarray(k, dtype=np.float64)
+    kk = k * k
+    out: list[tuple[np.ndarray, ...]] = []
+    for c in bootstrap_counts(k.shape[0], n_boot, seed):
+        ck = c @ k  # k symmetric: (K c)_j per resample
+        sk = _rowdot(c, ck)
+        out.append((ck, sk, _hsic_counts(c, kk, ck, ck, sk, sk)))
+    return out
+
+
 def cka_ci_grams(
     kx: np.ndarray,
     ky: np.ndarray,
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    *,
+    x_stats: list[tuple[np.ndarray, ...]] | None = None,
+    y_stats: list[tuple[np.ndarray, ...]] | None = None,
 ) -> CI:
     """:func:`cka_ci` from the Gram matrices ``kx = Xc Xc^T``, ``ky = Yc Yc^T`` ``(n, n)``.
 
@@ -307,21 +328,21 @@ def cka_ci_grams(
     resampled ``H K[idx, idx] H``; the full-sample one keeps the sums small). With ``c`` a
     resample's counts: ``<H K H, H L H> = c^T (K∘L) c - 2/n sum_j c_j (Kc)_j (Lc)_j
     + (c^T K c)(c^T L c) / n^2``. Resamples where a side has no variance are skipped.
+    ``x_stats``/``y_stats``: :func:`gram_boot_stats` of a side, when the caller keeps them.
     """
     kx = np.asarray(kx, dtype=np.float64)
     ky = np.asarray(ky, dtype=np.float64)
     n = kx.shape[0]
     _check_args(n, n_boot, level)
     scale = max(float(np.trace(kx)), float(np.trace(ky)))
-    kl, kk, ll = kx * ky, kx * kx, ky * ky
+    xs = x_stats if x_stats is not None else gram_boot_stats(kx, n_boot, seed)
+    ys = y_stats if y_stats is not None else gram_boot_stats(ky, n_boot, seed)
+    kl = kx * ky
     out = []
-    for c in bootstrap_counts(n, n_boot, seed):
-        ck, cl = c @ kx, c @ ky  # both symmetric: (K c)_j per resample
-        sk, sl = _rowdot(c, ck), _rowdot(c, cl)
-
+    for c, (ck, sk, hxx), (cl, sl, hyy) in zip(
+        bootstrap_counts(n, n_boot, seed), xs, ys, strict=True
+    ):
         hxy = _hsic_counts(c, kl, ck, cl, sk, sl)
-        hxx = _hsic_counts(c, kk, ck, ck, sk, sk)
-        hyy = _hsic_counts(c, ll, cl, cl, sl, sl)
         ok = np.minimum(hxx, hyy) > (1e-10 * scale) ** 2
         with np.errstate(divide="ignore", invalid="ignore"):
             out.append(np.where(ok, hxy / np.sqrt(np.where(ok, hxx * hyy, 1.0)), np.nan))

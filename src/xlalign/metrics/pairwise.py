@@ -23,7 +23,7 @@ import numpy as np
 
 from xlalign.errors import XlalignError
 from xlalign.metrics._checks import UnitRows, as_float_array, check_finite, check_k
-from xlalign.metrics.bootstrap import CI, cka_ci_grams, mean_ci, z_ci_cosines
+from xlalign.metrics.bootstrap import CI, cka_ci_grams, gram_boot_stats, mean_ci, z_ci_cosines
 from xlalign.metrics.permutation import ZResult, z_from_cosines
 from xlalign.metrics.retrieval import (
     RetrievalResult,
@@ -86,6 +86,12 @@ class Side:
             return k, float(np.einsum("ij,ij->", k, k)), bool(var)
 
         return self._get("gram", build)  # type: ignore[no-any-return]
+
+    def gram_boot(self, n_boot: int, seed: int) -> list[tuple[np.ndarray, ...]]:
+        """This side's share of every CKA interval (:func:`gram_boot_stats`), kept."""
+        return self._get(  # type: ignore[no-any-return]
+            ("gram_boot", n_boot, seed), lambda: gram_boot_stats(self.gram()[0], n_boot, seed)
+        )
 
     def knn(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(G, mask)``: clamped, normalised features' inner products ``(n, n)`` (diagonal
@@ -209,7 +215,15 @@ class Pair:
     def cka_ci(self, n_boot: int, seed: int, level: float) -> CI:
         """As :func:`~xlalign.metrics.bootstrap.cka_ci`."""
         self._need(3, same_dim=False)
-        return cka_ci_grams(self.x.gram()[0], self.y.gram()[0], n_boot, seed, level)
+        return cka_ci_grams(
+            self.x.gram()[0],
+            self.y.gram()[0],
+            n_boot,
+            seed,
+            level,
+            x_stats=self.x.gram_boot(n_boot, seed),
+            y_stats=self.y.gram_boot(n_boot, seed),
+        )
 
     def mutual_knn(self, k: int = 10) -> KnnResult:
         """As :func:`~xlalign.metrics.similarity.mutual_knn` (``prepare=True``)."""
