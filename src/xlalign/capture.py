@@ -50,7 +50,14 @@ from xlalign.distributed import (
 )
 from xlalign.errors import RunError, XlalignError
 from xlalign.models import LoadedModel, device_map_summary, dtype_name, load_model
-from xlalign.pooling import POOL_DESCRIPTIONS, PoolPlan, make_plan, parse_pools, pool
+from xlalign.pooling import (
+    POOL_DESCRIPTIONS,
+    WEIGHTED_ABSOLUTE_DESCRIPTION,
+    PoolPlan,
+    make_plan,
+    parse_pools,
+    pool,
+)
 from xlalign.sites import EMBED, FINAL, parse_sites
 from xlalign.store import (
     FORMAT,
@@ -80,7 +87,11 @@ RESUME_KEYS = (
     "pools",
     "batch_size",
     "padding_side",
+    "compat",
 )
+
+#: ``compat`` of an extraction: ``exact`` or ``mexa`` (``weighted`` pool on absolute positions).
+EXTRACT_COMPAT = ("exact", "mexa")
 
 
 class ZeroNormWarning(UserWarning):
@@ -109,6 +120,8 @@ class ExtractConfig:
     """Replace a run already in the output folder."""
     shard_by: str = "batch"
     """Data-parallel launches: deal out batches, or whole languages (one writer per file)."""
+    compat: str = "exact"
+    """mexa: the weighted pool counts positions in the padded batch, as MEXA's code does."""
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
@@ -120,6 +133,11 @@ class ExtractConfig:
         if self.shard_by not in SHARD_BY:
             raise XlalignError(
                 f"--shard-by must be one of {', '.join(SHARD_BY)}, got '{self.shard_by}'"
+            )
+        if self.compat not in EXTRACT_COMPAT:
+            raise XlalignError(
+                f"--compat must be one of {', '.join(EXTRACT_COMPAT)} for extract, "
+                f"got '{self.compat}'"
             )
         if self.resume and self.overwrite:
             raise XlalignError(
@@ -376,6 +394,7 @@ def extract(
     max_memory: dict[int | str, int | str] | None = None,
     offload_folder: str | Path | None = None,
     shard_by: str = "batch",
+    compat: str = "exact",
 ) -> Run:
     """Capture ``sites`` x ``pools`` hidden states of every prompt of ``corpus`` into ``output``.
 
@@ -396,7 +415,9 @@ def extract(
     :func:`~xlalign.distributed.assign_batches`).
     """
     started = time.perf_counter()
-    config = ExtractConfig(sites, pools, batch_size, padding_side, resume, overwrite, shard_by)
+    config = ExtractConfig(
+        sites, pools, batch_size, padding_side, resume, overwrite, shard_by, compat
+    )
     output = Path(output)
     env = launch_env()
 
@@ -711,7 +732,8 @@ def _manifest(
         "sites": sites,
         "site_info": {s: _site_info(loaded, s) for s in sites},
         "pools": pools,
-        "pool_info": {p: POOL_DESCRIPTIONS[p] for p in pools},
+        "pool_info": {p: _pool_description(p, config.compat) for p in pools},
+        "compat": config.compat,
         "languages": langs,
         "n_rows": len(corpus),
         "ids": list(corpus.ids),
@@ -727,6 +749,16 @@ def _manifest(
         "command": sys.argv if sys.argv and sys.argv[0] else None,
         "sessions": [],
     }
+
+
+def _weighted(compat: str) -> str:
+    return "absolute" if compat == "mexa" else "real"
+
+
+def _pool_description(pool_name: str, compat: str) -> str:
+    if pool_name == "weighted" and compat == "mexa":
+        return WEIGHTED_ABSOLUTE_DESCRIPTION
+    return POOL_DESCRIPTIONS[pool_name]
 
 
 def _complete(output: Path) -> bool:
@@ -804,10 +836,12 @@ def _open_writer(
                 f"'{output}' already holds a complete run; nothing to resume "
                 "(pass --overwrite to capture it again)"
             )
+        # runs written before a key existed hold its default
+        defaults = {"compat": "exact"}
         diffs = [
-            f"{key} differs (run: {old.get(key)!r}, now: {manifest.get(key)!r})"
+            f"{key} differs (run: {old.get(key, defaults.get(key))!r}, now: {manifest.get(key)!r})"
             for key in RESUME_KEYS
-            if old.get(key) != manifest.get(key)
+            if old.get(key, defaults.get(key)) != manifest.get(key)
         ]
         if diffs:
             raise RunError(
@@ -867,7 +901,9 @@ def _capture(
                         position_offset=adapter.position_offset,
                         pad_position=adapter.pad_position,
                     )
-                    plan = make_plan(batch.attention_mask, batch.special, pools)
+                    plan = make_plan(
+                        batch.attention_mask, batch.special, pools, _weighted(config.compat)
+                    )
                     kwargs = forward_kwargs(loaded, batch, config.padding_side, params)
                     results = capture.run(kwargs, plan)
                     pooled, token_vecs = to_numpy(results, sites)
