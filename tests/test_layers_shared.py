@@ -80,3 +80,29 @@ def test_torch_backend_sweep_equals_numpy(tmp_path, monkeypatch, shared_max) -> 
 def test_bad_backend_names_the_flag() -> None:
     with pytest.raises(xlalign.errors.XlalignError, match="--backend must be one of"):
         SweepConfig(backend="jax")
+
+
+def test_pivot_side_is_built_once_per_site_and_pool(tmp_path, monkeypatch) -> None:
+    run = xlalign.load_run(
+        write_synthetic_run(
+            tmp_path / "run", 30, 12, n_sites=3, langs=("en", "zh", "fr", "de"), pools=("last",)
+        )
+    )
+    built: list[str] = []
+    real = layers._side_factory
+
+    def counting(backend: str):
+        make, label = real(backend)
+
+        def make_counted(a, name):
+            built.append(name)
+            return make(a, name)
+
+        return make_counted, label
+
+    monkeypatch.setattr(layers, "_side_factory", counting)
+    layer_sweep(
+        run, SweepConfig(metrics=("z", "cka", "knn"), n_boot=10, pivot="en"), progress=False
+    )
+    assert built.count("x") == 3  # the pivot: once per site (3 sites, 1 pool), not per language
+    assert built.count("y") == 3 * 3  # each other language at each site
