@@ -338,9 +338,8 @@ def _ci(
     }
     if pair is not None:
         nb, seed, level = cfg.n_boot, cfg.seed, cfg.ci_level
-        codes = strata_codes(strata, pair.n)
         fns = {
-            "z": lambda: pair.z_ci(nb, seed, level, codes, cfg.center),
+            "z": lambda: pair.z_ci(nb, seed, level, strata_codes(strata, pair.n), cfg.center),
             "p1_xy": lambda: pair.p1_ci("xy", nb, seed, level),
             "p1_yx": lambda: pair.p1_ci("yx", nb, seed, level),
             "cka": lambda: pair.cka_ci(nb, seed, level),
