@@ -14,10 +14,10 @@ from xlalign.problems import generate_problems
 from xlalign.studies.compare import (
     CONTROL_DIR,
     CompareConfig,
-    _verdict,
     compare,
     relative_depth,
 )
+from xlalign.studies.findings import verdict
 from xlalign.studies.layers import SweepConfig, layer_sweep, write_alignment
 from xlalign.testing import build_tiny_model
 
@@ -151,7 +151,7 @@ def test_curves_carry_relative_depth_model_and_control(result, runs):
     z = {
         r["site"]: r["value"]
         for r in direct["records"]
-        if r["metric"] == "z" and r["pool"] == "mean"
+        if r["metric"] == "z" and r["pool"] == "mean" and r["depth"] is not None
     }
     got = {
         c["site"]: c["value"]
@@ -296,11 +296,11 @@ def test_findings_follow_the_verdict_rules_on_the_records(result):
         ((1, 0, 2), (5, 4, 6), None, "below-control"),
     ],
 )
-def test_private_verdict_contract(model, control, lexical, expect):
+def test_verdict_contract_used_by_compare(model, control, lexical, expect):
     def pt(t):
         return None if t is None else {"value": t[0], "ci_low": t[1], "ci_high": t[2]}
 
-    assert _verdict(pt(model), pt(control), pt(lexical)) == expect
+    assert verdict(pt(model), pt(control), pt(lexical)) == expect
 
 
 @pytest.mark.slow
@@ -362,6 +362,8 @@ def test_a_lexical_baseline_in_the_sweep_is_drawn_flat_and_judged(runs, tmp_path
     copy = tmp_path / "a"
     shutil.copytree(a.path, copy)
     doc = json.loads((copy / "alignment.json").read_text())
+    # replace the sweep's own lexical records with one z record per pool that beats the model
+    doc["records"] = [r for r in doc["records"] if r["site"] != "lexical"]
     zs = [r for r in doc["records"] if r["metric"] == "z" and r["value"] is not None]
     top = max(r["ci_high"] for r in zs)
     for pool in doc["pools"]:
@@ -371,7 +373,8 @@ def test_a_lexical_baseline_in_the_sweep_is_drawn_flat_and_judged(runs, tmp_path
         )  # fmt: skip
     (copy / "alignment.json").write_text(json.dumps(doc))
     res = compare([copy, b.path], config=FAST, progress=False, say=lambda _m: None)
-    lex = [c for c in res.curves if c["kind"] == "lexical"]
+    first = res.runs[0]["label"]
+    lex = [c for c in res.curves if c["kind"] == "lexical" and c["label"] == first]
     assert len(lex) == len(doc["pools"]) and all(c["relative_depth"] is None for c in lex)
     for f in res.findings:
         if f["label"] == res.runs[0]["label"] and f["metric"] == "z":

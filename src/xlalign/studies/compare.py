@@ -34,23 +34,24 @@ import numpy as np
 
 from xlalign.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import RunError, XlalignError
+from xlalign.lexical import LEXICAL_SITE
 from xlalign.metrics import linear_cka_matrix, mutual_knn_matrix
 from xlalign.sites import EMBED, FINAL
-from xlalign.store import MANIFEST, TOKEN_POOL, Run, atomic_write_json, load_run, read_json
+from xlalign.store import (
+    CONTROL_DIR,
+    CORPUS_FILE,
+    MANIFEST,
+    TOKEN_POOL,
+    Run,
+    atomic_write_json,
+    load_run,
+    read_json,
+)
+from xlalign.studies.findings import FINDING_METRICS, SMALL_SAMPLE, verdict
 from xlalign.studies.layers import SweepConfig, layer_sweep
 
 FORMAT = "xlalign.compare"
-#: The control's folder inside a study folder (``xlalign run --control random-init``).
-CONTROL_DIR = "control-random-init"
-CORPUS_FILE = "corpus.jsonl"
 ALIGNMENT_FILE = "alignment.json"
-#: The lexical baseline's site name in ``alignment.json`` (a model-free reference, no depth).
-LEXICAL_SITE = "lexical"
-#: Metrics the findings judge (higher is better, with confidence intervals in the sweep).
-FINDING_METRICS = ("z", "p1_xy", "p1_yx", "cka")
-#: Under this many shared rows the summary says the numbers are not reliable.
-SMALL_SAMPLE = 30
-VERDICTS = ("beyond-control", "matched-by-control", "matched-by-lexical", "below-control")
 
 
 @dataclass(frozen=True)
@@ -479,46 +480,6 @@ def _similarity(
 # findings
 
 
-def _verdict_fn() -> Callable[[Any, Any, Any], str]:
-    try:  # the honest-findings study's rules, when present
-        from xlalign.studies.findings import verdict  # type: ignore[import-not-found,unused-ignore]
-
-        return verdict  # type: ignore[no-any-return,unused-ignore]
-    except ImportError:
-        return _verdict
-
-
-def _interval(d: Mapping[str, Any]) -> tuple[float, float]:
-    v = float(d["value"])
-    lo, hi = d.get("ci_low"), d.get("ci_high")
-    return (v if lo is None else float(lo)), (v if hi is None else float(hi))
-
-
-def _verdict(
-    model: Mapping[str, Any], control: Mapping[str, Any] | None, lexical: Mapping[str, Any] | None
-) -> str:
-    """The verdict of ``findings.json`` (issue 10) from three ``{value, ci_low, ci_high}``.
-
-    Checked in order, intervals closed (a missing bound is the value; a mapping whose value is
-    None counts as absent): ``below-control`` (the model's interval below the control's),
-    ``matched-by-control`` (not above it), ``matched-by-lexical`` (not above the lexical
-    baseline's), ``no-control`` (no control), else ``beyond-control``. Used only until
-    :func:`xlalign.studies.findings.verdict` exists; it follows the same rules.
-    """
-    m_lo, m_hi = _interval(model)
-    has_control = control is not None and control.get("value") is not None
-    if has_control:
-        assert control is not None
-        c_lo, c_hi = _interval(control)
-        if m_hi < c_lo:
-            return "below-control"
-        if m_lo <= c_hi:
-            return "matched-by-control"
-    if lexical is not None and lexical.get("value") is not None and m_lo <= _interval(lexical)[1]:
-        return "matched-by-lexical"
-    return "beyond-control" if has_control else "no-control"
-
-
 def _point(r: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if r is None or r.get("value") is None:
         return None
@@ -526,7 +487,6 @@ def _point(r: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _findings(models: Sequence[_Model]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    verdict = _verdict_fn()
     findings: list[dict[str, Any]] = []
     for m in models:
         recs = (m.alignment or {}).get("records") or []

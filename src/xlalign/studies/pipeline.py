@@ -26,12 +26,18 @@ import numpy as np
 
 from xlalign.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import RunError, XlalignError
-from xlalign.store import MANIFEST, Run, atomic_write_json, load_run, read_json
+from xlalign.store import (
+    CONTROL_DIR,
+    CORPUS_FILE,
+    MANIFEST,
+    Run,
+    atomic_write_json,
+    load_run,
+    read_json,
+)
 from xlalign.studies.findings import summary_lines, write_findings
 from xlalign.studies.layers import DEFAULT_METRICS, SweepConfig
 
-CONTROL_DIR = "control-random-init"
-CORPUS_FILE = "corpus.jsonl"
 STUDY_POOLS = ("last", "mean", "tokens")
 
 
