@@ -28,10 +28,15 @@ def study(tiny_models, tmp_path_factory):
 def test_study_writes_every_output(study):
     _cfg, out, first = study
     for name in ("alignment.json", "alignment.csv", "origin.json", "report.html", "report.md",
-                 "config.toml", "provenance.json", "manifest.json", "corpus.jsonl"):  # fmt: skip
+                 "config.toml", "provenance.json", "manifest.json", "corpus.jsonl", "lens.json",
+                 "fig_lens.png"):  # fmt: skip
         assert (out / name).is_file(), name
     assert (out / "control-random-init" / "manifest.json").is_file()
     assert (out / "control-random-init" / "alignment.json").is_file()
+    assert (out / "control-random-init" / "lens.json").is_file()
+    lens = json.loads((out / "lens.json").read_text())
+    assert lens["sites"] == ["embed", "L0", "L3"] and lens["control"]["seed"] == 0
+    assert "Latent language" in (out / "report.md").read_text()
     origin = json.loads((out / "origin.json").read_text())
     assert origin["control"]["kind"] == "random-init" and origin["control"]["seed"] == 0
     prov = json.loads((out / "provenance.json").read_text())
@@ -46,7 +51,7 @@ def test_study_writes_every_output(study):
 
 def test_second_run_reuses_activations_and_gives_identical_json(study):
     cfg, out, _first = study
-    before = {p: (out / p).read_bytes() for p in ("alignment.json", "origin.json")}
+    before = {p: (out / p).read_bytes() for p in ("alignment.json", "origin.json", "lens.json")}
     manifest = (out / "manifest.json").read_bytes()
     ctl_manifest = (out / "control-random-init" / "manifest.json").read_bytes()
     second = run_study(cfg, command=["test"], progress=False, say=lambda _m: None)
@@ -54,7 +59,11 @@ def test_second_run_reuses_activations_and_gives_identical_json(study):
     assert (out / "manifest.json").read_bytes() == manifest
     assert (out / "control-random-init" / "manifest.json").read_bytes() == ctl_manifest
     prov = json.loads((out / "provenance.json").read_text())
-    assert prov["stages"] == {"extract": "reused", "extract control (random-init)": "reused"}
+    assert prov["stages"] == {
+        "extract": "reused",
+        "extract control (random-init)": "reused",
+        "lens": "computed",
+    }
     for p, data in before.items():
         assert (out / p).read_bytes() == data, p
     assert second["summary"] == _first_summary(study)
@@ -80,7 +89,7 @@ def test_run_cli_with_config_file_reuses_the_folder(study, tmp_path, capsys):
     )
     assert main(["run", "--config", str(conf), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "[1/5] extract done" in printed and "(reused)" in printed
+    assert "[1/6] extract done" in printed and "(reused)" in printed
     headline = json.loads((out / "findings.json").read_text())["headline"]
     assert headline in printed and "mean-pool z" in headline and "control" in headline
 
@@ -155,6 +164,9 @@ def test_demo_on_the_bundled_model_renders(minilm_path, tmp_path, capsys):
     origin = json.loads((out / "origin.json").read_text())
     assert origin["positions"]["has_additive_positions"] is True
     assert origin["control"] is not None and origin["n_pairs"] == 200
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["stages"]["lens"].startswith("skipped: BertModel is not a causal LM")
+    assert not (out / "lens.json").exists()
     state, errors = check_page(out / "report.html", out / "report.png", tmp_path)
     assert errors == [], errors
     assert state["count"] == 3 and state["allRendered"], state

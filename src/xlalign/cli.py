@@ -32,15 +32,53 @@ def _csv_list(value: str) -> list[str]:
 
 @app.command("problems")
 def problems_cmd(
-    n: Annotated[int, typer.Option("--n", help="Number of problems (n // 5 per category).")] = 200,
+    n: Annotated[
+        int | None,
+        typer.Option("--n", help="Number of problems (n // 5 per category; default 200)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of random.Random, as in the study.")] = 42,
     output: Annotated[
         Path, typer.Option("-o", "--output", help="JSONL file to write (id, category, zh, en).")
     ] = Path("problems.jsonl"),
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            help="arithmetic (the study's problems) or translate-words (HSK word translation, "
+            "zh/en with answer_zh/answer_en, for xlalign lens; needs --model and xlalign[hsk]).",
+        ),
+    ] = "arithmetic",
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="translate-words: the model whose tokenizer decides."),
+    ] = None,
 ) -> None:
-    """Write the study's parallel zh/en problem set as JSONL."""
+    """Write a built-in parallel zh/en corpus as JSONL (the study's problems by default)."""
+    if task == "translate-words":
+        from transformers import AutoTokenizer
+
+        from xlalign.corpora import translate_words
+
+        if model is None:
+            raise XlalignError(
+                "--task translate-words needs --model: only words whose answers are single "
+                "tokens of that model's tokenizer are kept"
+            )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model)
+        except (OSError, ValueError) as e:
+            raise XlalignError(f"cannot load the tokenizer of '{model}': {e}") from None
+        words = translate_words(tokenizer, n, seed=seed)
+        words.to_jsonl(output)
+        print(f"wrote {len(words)} word-translation rows (zh, en) to {output}: {words.source}")
+        return
+    if task != "arithmetic":
+        raise XlalignError(f"--task must be arithmetic or translate-words, got '{task}'")
+    if model is not None:
+        raise XlalignError("--model goes with --task translate-words")
     from xlalign.problems import generate_problems
 
+    n = 200 if n is None else n
     if n < 5:
         raise XlalignError(f"--n must be at least 5 (one problem per category), got {n}")
     corpus = generate_problems(n, seed)
@@ -330,6 +368,43 @@ def origin_cmd(
         device=device, dtype=dtype, config=cfg, control_seed=control_seed if control else None,
         cached_npz=cached_npz, progress=progress,
     )  # fmt: skip
+    print("\n".join(lines))
+    print(f"wrote {path}")
+
+
+@app.command("lens")
+def lens_cmd(
+    run: Annotated[Path, typer.Argument(help="Run folder of a causal LM (last pool).")],
+    sites: Annotated[str | None, typer.Option("--sites", help="Sites (default: all).")] = None,
+    langs: Annotated[str | None, typer.Option("--langs", help="Languages (default: all).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Top tokens kept per prompt.")] = 5,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples for CIs.")] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 42,
+    device: Annotated[
+        str, typer.Option("--device", help="Where the norm and head run: cpu, cuda, auto.")
+    ] = "cpu",
+    control: Annotated[
+        bool,
+        typer.Option("--control/--no-control", help="Also decode RUN/control-random-init."),
+    ] = True,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bars.")
+    ] = True,
+) -> None:
+    """Logit lens by language: token-class mass of each site's last-token state (lens.json)."""
+    from xlalign.sites import parse_sites
+    from xlalign.store import load_run
+    from xlalign.studies.lens import LensConfig, run_lens
+
+    chosen = None
+    if sites is not None:
+        loaded = load_run(run)
+        chosen = tuple(parse_sites(sites, loaded.n_layers, "final" in loaded.sites, where="run"))
+    cfg = LensConfig(
+        sites=chosen, langs=tuple(_csv_list(langs)) if langs else None, top_k=top_k,
+        n_boot=n_boot, seed=seed, device=device,
+    )  # fmt: skip
+    _doc, lines, path = run_lens(run, cfg, control=control, progress=progress)
     print("\n".join(lines))
     print(f"wrote {path}")
 

@@ -571,3 +571,56 @@ def _generic_search(base: nn.Module, config: Any, family: str) -> _Found:
         None,
     )
     return embedding, blocks, final_norm, positions
+
+
+# ---------------------------------------------------------------------------------------------
+# the unembedding (for the logit lens)
+
+
+@dataclass
+class LensModules:
+    """The parts of a causal LM that turn a hidden state into next-token logits.
+
+    ``logits = head(final_norm(h))``, then ``logit_scale`` (Cohere) and the soft cap
+    ``cap * tanh(logits / cap)`` (Gemma 2) where the model's own forward applies them.
+    ``final_norm`` is None for a model without one; ``head`` is ``get_output_embeddings()``
+    (tied to the input embedding or not: the module the model itself uses).
+    """
+
+    final_norm: nn.Module | None
+    head: nn.Module
+    logit_scale: float | None = None
+    softcap: float | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the unembedding (may exceed the tokenizer's vocabulary: padding rows)."""
+        weight = getattr(self.head, "weight", None)
+        if weight is None:
+            raise XlalignError(f"the LM head {type(self.head).__name__} has no weight matrix")
+        return int(weight.shape[0])
+
+
+def lens_modules(loaded: LoadedModel) -> LensModules:
+    """The final norm and the LM head of a loaded causal LM (see :class:`LensModules`).
+
+    Raises :class:`XlalignError` for a model with no LM head (an encoder loaded with
+    ``AutoModel``), naming its class.
+    """
+    model = loaded.model
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if not isinstance(head, nn.Module) or not loaded.is_causal_lm:
+        raise XlalignError(
+            f"{type(model).__name__} ({loaded.model_id}) has no LM head: the logit lens needs "
+            "a causal language model"
+        )
+    config = getattr(model, "config", None)
+    scale = getattr(config, "logit_scale", None)
+    cap = getattr(config, "final_logit_softcapping", None)
+    return LensModules(
+        final_norm=loaded.adapter.final_norm,
+        head=head,
+        logit_scale=float(scale) if isinstance(scale, (int, float)) and scale != 1 else None,
+        softcap=float(cap) if isinstance(cap, (int, float)) and cap else None,
+    )

@@ -469,7 +469,7 @@ def run_study(
         corpus = load_corpus(Path(str(cfg.data)), langs)
     langs = list(corpus.languages)
     use_control = cfg.control == "random-init"
-    n_stages = 5 if use_control else 4
+    n_stages = 6 if use_control else 5
     clock = StageClock(say)
     common = dict(
         langs=langs, sites=cfg.sites, batch_size=cfg.batch_size, device=cfg.device,
@@ -513,26 +513,59 @@ def run_study(
         )  # fmt: skip
         atomic_write_json(out / "origin.json", origin)
         paths["origin"] = out / "origin.json"
+    with clock.stage("lens", n_stages, k + 2):
+        lens, lens_note = _lens_stage(run, control, cfg, progress)
+        clock.notes["lens"] = lens_note
+        if lens is not None:
+            paths["lens"] = out / "lens.json"
     findings = study_findings(run, alignment, control_alignment, origin, sweep_cfg, cfg.label)
     paths["findings"] = write_findings(findings, out)
     findings = read_json(paths["findings"])  # the summary and report read the file alone
     summary = summary_lines(findings)
     (out / "config.toml").write_text(config_to_toml(cfg), encoding="utf-8")
     paths["config"] = out / "config.toml"
-    with clock.stage("report", n_stages, k + 2):
+    with clock.stage("report", n_stages, k + 3):
         provenance = _provenance(run, control, corpus, cfg, command, clock, started)
         atomic_write_json(out / "provenance.json", provenance)
         paths["provenance"] = out / "provenance.json"
         if cfg.report:
-            paths.update(
-                _write_report(
-                    out, cfg, run, alignment, control_alignment, origin, provenance, findings
-                )
+            report = _write_report(
+                out, cfg, run, alignment, control_alignment, origin, provenance, findings, lens
             )
+            paths.update(report)
     provenance["wall_time_s"]["report"] = clock.times.get("report")
     provenance["wall_time_s"]["total"] = round(time.perf_counter() - started, 3)
     atomic_write_json(out / "provenance.json", provenance)
     return {"paths": paths, "summary": summary, "stages": dict(clock.times), "run": run}
+
+
+def _lens_stage(
+    run: Run, control: Run | None, cfg: StudyConfig, progress: bool
+) -> tuple[dict[str, Any] | None, str]:
+    """The logit lens of a causal LM's run (and its control) -> ``(lens.json doc, note)``.
+
+    Encoders have no LM head: the stage is skipped and the note says so.
+    """
+    from xlalign.studies.lens import (
+        LensConfig,
+        control_reference,
+        lens_study,
+        write_lens,
+    )
+
+    if not run.manifest.get("is_causal_lm"):
+        arch = run.manifest.get("architecture") or "the model"
+        return None, f"skipped: {arch} is not a causal LM, no LM head to decode through"
+    if "last" not in run.pools:
+        return None, "skipped: the run has no last pool"
+    lcfg = LensConfig(n_boot=max(1, cfg.n_boot), seed=cfg.seed, device=cfg.device)
+    doc = lens_study(run, lcfg, progress=progress)
+    if control is not None:
+        control_doc = lens_study(control, lcfg, progress=progress)
+        write_lens(control_doc, control.path)
+        doc["control"] = control_reference(control_doc)
+    write_lens(doc, run.path)
+    return doc, "computed"
 
 
 def study_findings(
@@ -647,6 +680,7 @@ def _write_report(
     origin: dict[str, Any],
     provenance: dict[str, Any],
     findings: dict[str, Any],
+    lens: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     from xlalign.report import HeatmapInput, PcaInput, ReportInputs, build_report
 
@@ -687,6 +721,7 @@ def _write_report(
         provenance=provenance,
         summary_lines=summary_lines(findings, per_finding=False),
         findings=findings,
+        lens=lens,
     )
     return {f"report_{k}": v for k, v in build_report(out, inputs).items()}
 
