@@ -27,6 +27,7 @@ When a part cannot be found the error says which one and in what class it was lo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -150,6 +151,9 @@ class LoadedModel:
     adds_eos: bool = False
     random_init_seed: int | None = None
     is_causal_lm: bool = False
+    #: where the weights came from when not a plain folder: a named model's packages, a GGUF
+    #: file's path, sha256 and quantization type (see :mod:`xlalign.checkpoints`).
+    checkpoint: dict[str, Any] | None = None
 
     @property
     def family(self) -> str:
@@ -238,20 +242,46 @@ def is_causal_lm_config(config: Any) -> bool:
     return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in ENCODER_FAMILIES
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """How to load a model: the options that travel together from the CLI to :func:`load_model`.
+
+    One value instead of nine keyword arguments, so ``xlalign run``, ``extract`` and the
+    random-init control pass the same options down unchanged (the control is
+    ``options.replace(random_init_seed=seed)``).
+    """
+
+    dtype: str | torch.dtype | None = None
+    """float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA)."""
+    device: str | torch.device = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    device_map: str | dict[str, Any] | None = None
+    """Accelerate device map (e.g. ``"auto"``); overrides ``device``."""
+    max_memory: dict[int | str, int | str] | None = None
+    """With ``device_map``: what each device may hold (``{0: "70GiB", "cpu": "200GiB"}``)."""
+    offload_folder: str | Path | None = None
+    """With ``device_map``: where weights that fit nowhere go."""
+    revision: str | None = None
+    """Hub revision."""
+    trust_remote_code: bool = False
+    """Run the model repository's own code (off unless asked)."""
+    random_init_seed: int | None = None
+    """Same architecture with fresh weights from this seed: the random-init control."""
+
+    def replace(self, **changes: Any) -> ModelOptions:
+        """A copy with ``changes`` applied (unknown names are a ``TypeError``)."""
+        return dataclasses.replace(self, **changes)
+
+
 def load_model(
     model: str,
-    *,
-    dtype: str | torch.dtype | None = None,
-    device: str | torch.device = "auto",
-    device_map: str | dict[str, Any] | None = None,
-    max_memory: dict[int | str, int | str] | None = None,
-    offload_folder: str | Path | None = None,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    random_init_seed: int | None = None,
+    options: ModelOptions | None = None,
+    **kwargs: Any,
 ) -> LoadedModel:
-    """Load ``model`` (a Hub id or a local folder) and its tokenizer for capture.
+    """Load ``model`` (Hub id, local folder, ``.gguf`` file or named model) and its tokenizer.
 
+    ``options`` (a :class:`ModelOptions`) says how; keyword arguments named like its fields
+    (``load_model(path, dtype="float32", random_init_seed=3)``) override it.
     Decoder LMs load with ``AutoModelForCausalLM``, everything else with ``AutoModel``.
     ``random_init_seed`` builds the same architecture from the loaded config with fresh weights
     (``torch.manual_seed(random_init_seed)``, no weights read): the random-init control.
@@ -263,12 +293,19 @@ def load_model(
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    local = Path(model).expanduser()
+    opts = (options or ModelOptions()).replace(**kwargs) if kwargs else options or ModelOptions()
+    dtype, device, device_map = opts.dtype, opts.device, opts.device_map
+    max_memory, offload_folder, revision = opts.max_memory, opts.offload_folder, opts.revision
+    trust_remote_code, random_init_seed = opts.trust_remote_code, opts.random_init_seed
+
+    local, checkpoint = _resolve_source(model)
     if not local.exists() and _looks_like_path(model):
         raise XlalignError(f"model path '{model}' does not exist")
     source = str(local) if local.exists() else model
     if local.exists() and not local.is_dir():
-        raise XlalignError(f"model path '{model}' is a file; give the folder that holds it")
+        raise XlalignError(
+            f"model path '{model}' is a file; give the folder that holds it (or a .gguf file)"
+        )
 
     if device_map is None and (max_memory is not None or offload_folder is not None):
         raise XlalignError("--max-memory and --offload-folder need --device-map (e.g. auto)")
@@ -344,7 +381,33 @@ def load_model(
         adds_eos=adds_eos,
         random_init_seed=random_init_seed,
         is_causal_lm=causal,
+        checkpoint=checkpoint,
     )
+
+
+def _resolve_source(model: str) -> tuple[Path, dict[str, Any] | None]:
+    """The local path to load ``model`` from, and what a named or GGUF model came from.
+
+    A name from :data:`~xlalign.named_models.NAMED_MODELS` resolves to its installed files; a
+    ``.gguf`` file (or a folder holding exactly one) to its dequantized, cached copy.
+    """
+    from xlalign.checkpoints import dequantized_folder, find_gguf
+    from xlalign.named_models import is_named, resolve_named
+
+    if is_named(model):
+        resolved = resolve_named(model)
+        named = resolved.named
+        info: dict[str, Any] = {"named_model": named.name, "description": named.description,
+                                "licence": named.licence, "packages": list(named.packages)}  # fmt: skip
+        if resolved.gguf is not None:
+            info.update(format="gguf", **resolved.gguf.to_json())
+        return resolved.folder, info
+    local = Path(model).expanduser()
+    gguf_file = find_gguf(local) if local.exists() else None
+    if gguf_file is None:
+        return local, None
+    folder, gguf_info = dequantized_folder(gguf_file)
+    return folder, {"format": "gguf", **gguf_info.to_json(), "file": str(gguf_file)}
 
 
 def input_device(adapter: ModelAdapter, fallback: torch.device) -> torch.device:

