@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from xlalign import lock
 from xlalign.corpus import ParallelCorpus, load_corpus
 from xlalign.distributed import (
     SHARD_BY,
@@ -409,23 +410,31 @@ def extract(
         corpus.text(lang)  # a clear error naming the languages the corpus has
     pool_list = parse_pools(config.pools)
 
-    if not resume:  # refuse before spending time on loading the model
-        prepare_folder(output, overwrite, check_only=True)
-
-    # The rendezvous comes after every rank's read-only check above, so no rank can still be
-    # looking at a folder that rank 0 is about to replace (--overwrite).
-    group = Group(env) if env.distributed else None
+    # One writer per folder: rank 0 holds the lock for its whole launch (the other ranks write
+    # only the rows rank 0 deals them, and their own progress files), a second writer is refused.
+    if env.is_main:
+        lock.acquire(output, "xlalign extract" + (" --resume" if resume else ""))
     try:
-        return _extract(
-            model, corpus, lang_list, pool_list, config, output, env, group, started,
-            dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
-            offload_folder=offload_folder, revision=revision,
-            trust_remote_code=trust_remote_code, random_init_seed=random_init_seed,
-            progress=progress,
-        )  # fmt: skip
+        if not resume:  # refuse before spending time on loading the model
+            prepare_folder(output, overwrite, check_only=True)
+
+        # The rendezvous comes after every rank's read-only check above, so no rank can still be
+        # looking at a folder that rank 0 is about to replace (--overwrite).
+        group = Group(env) if env.distributed else None
+        try:
+            return _extract(
+                model, corpus, lang_list, pool_list, config, output, env, group, started,
+                dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
+                offload_folder=offload_folder, revision=revision,
+                trust_remote_code=trust_remote_code, random_init_seed=random_init_seed,
+                progress=progress,
+            )  # fmt: skip
+        finally:
+            if group is not None:
+                group.close()
     finally:
-        if group is not None:
-            group.close()
+        if env.is_main:
+            lock.release(output)
 
 
 def _extract(
@@ -524,7 +533,10 @@ def _extract(
         if not env.is_main:
             writer.close()
             # Rank 0 marks the run complete once every rank's batches are recorded.
-            wait_until(lambda: _complete(output), f"rank 0 to finish {output}")
+            wait_until(
+                lambda: _complete(output) and lock.holder(output) is None,
+                f"rank 0 to finish {output}",
+            )
             return load_run(output)
         wait_until(
             lambda: _all_recorded(output, batches) and _launch_finished(output, env, launch_id),

@@ -214,6 +214,7 @@ def align_cmd(
     ] = True,
 ) -> None:
     """Sweep alignment metrics over every site, pool and language pair of a run."""
+    from xlalign.lock import folder_lock
     from xlalign.store import load_run
     from xlalign.studies.layers import SweepConfig, format_table, layer_sweep, write_alignment
 
@@ -224,9 +225,10 @@ def align_cmd(
         pools=tuple(_csv_list(pools)) if pools else None,
         langs=tuple(_csv_list(langs)) if langs else None,
     )  # fmt: skip
-    loaded = load_run(run)
-    result = layer_sweep(loaded, cfg, progress=progress)
-    paths = write_alignment(result, output or run)
+    with folder_lock(output or run, "xlalign align"):  # refuses a read-only folder up front
+        loaded = load_run(run)
+        result = layer_sweep(loaded, cfg, progress=progress)
+        paths = write_alignment(result, output or run)
     print(format_table(result))
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
 

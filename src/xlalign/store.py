@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from xlalign.errors import RunError, XlalignError
+from xlalign.lock import LOCK_FILE, busy_message, holder
 from xlalign.pooling import VECTOR_POOLS
 from xlalign.sites import describe_sites
 
@@ -430,8 +431,12 @@ def prepare_folder(path: Path, overwrite: bool, *, check_only: bool = False) -> 
         return
     if not path.is_dir():
         raise RunError(f"output '{path}' exists and is not a folder")
-    if not any(path.iterdir()):
+    entries = [p for p in path.iterdir() if not _is_bookkeeping(p.name)]
+    if not entries:
         return
+    info = holder(path)
+    if info is not None:
+        raise RunError(busy_message(path, info) + "; one writer per folder")
     manifest = path / MANIFEST
     if not manifest.exists():
         raise RunError(
@@ -443,7 +448,23 @@ def prepare_folder(path: Path, overwrite: bool, *, check_only: bool = False) -> 
         hint = "" if _is_complete(path) else " or --resume to continue it"
         raise RunError(f"'{path}' already holds {state} run; pass --overwrite to replace it{hint}")
     if not check_only:
-        shutil.rmtree(path)
+        clear_folder(path)
+
+
+def _is_bookkeeping(name: str) -> bool:
+    """The lock file and the temporary files of an interrupted atomic write: not a run's data."""
+    return name == LOCK_FILE or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def clear_folder(path: Path) -> None:
+    """Delete everything in ``path`` except its lock file (held by this process meanwhile)."""
+    for entry in path.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _is_complete(path: Path) -> bool:
@@ -643,6 +664,11 @@ def load_run(path: str | Path, *, allow_incomplete: bool = False) -> Run:
             f"xlalign reads ({FORMAT_VERSION}); upgrade xlalign"
         )
     run = Run(path, manifest)
+    writer = holder(path)
+    if writer is not None and not allow_incomplete:
+        raise RunError(
+            busy_message(path, writer) + "; it reads as complete only once that writer is done"
+        )
     if not run.complete and not allow_incomplete:
         done = sum(len(v) for v in read_progress(path).values())
         total = sum(int(v) for v in manifest.get("n_batches", {}).values())

@@ -24,6 +24,7 @@ import numpy as np
 
 from xlalign.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import RunError, XlalignError
+from xlalign.lock import folder_lock
 from xlalign.store import MANIFEST, Run, atomic_write_json, load_run, read_json
 from xlalign.studies.layers import DEFAULT_METRICS, SweepConfig
 
@@ -148,6 +149,24 @@ def run_corpus(run: Run) -> ParallelCorpus:
 
 
 def run_origin(
+    *,
+    run: Path | None,
+    model: str | None,
+    data: Path | None,
+    output: Path | None,
+    **kwargs: Any,
+) -> tuple[dict[str, Any], list[str], Path]:
+    """Run the origin study on a run folder (or extract one first); write ``origin.json``.
+
+    Holds the folder's write lock throughout (see :mod:`xlalign.lock`).
+    """
+    folder = run if run is not None else output
+    assert folder is not None
+    with folder_lock(folder, "xlalign origin"):
+        return _run_origin(run=run, model=model, data=data, output=output, **kwargs)
+
+
+def _run_origin(
     *,
     run: Path | None,
     model: str | None,
@@ -384,6 +403,21 @@ class StageClock:
 
 
 def run_study(
+    cfg: StudyConfig,
+    *,
+    command: list[str] | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """:func:`_run_study` holding the study folder's write lock (see :mod:`xlalign.lock`).
+
+    The control's run inside it is locked by its own extraction, like any run.
+    """
+    with folder_lock(Path(cfg.output), "xlalign run"):
+        return _run_study(cfg, command=command, progress=progress, say=say)
+
+
+def _run_study(
     cfg: StudyConfig,
     *,
     command: list[str] | None = None,
