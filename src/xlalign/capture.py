@@ -50,7 +50,14 @@ from xlalign.distributed import (
     wait_until,
 )
 from xlalign.errors import RunError, XlalignError
-from xlalign.models import LoadedModel, device_map_summary, dtype_name, load_model
+from xlalign.models import (
+    LoadedModel,
+    device_map_summary,
+    dtype_name,
+    load_model,
+    state_dict_fingerprint,
+    tokenizer_fingerprint,
+)
 from xlalign.pooling import POOL_DESCRIPTIONS, PoolPlan, make_plan, parse_pools, pool
 from xlalign.sites import EMBED, FINAL, parse_sites
 from xlalign.store import (
@@ -691,7 +698,14 @@ def _manifest(
     batches: dict[str, list[np.ndarray]],
 ) -> dict[str, Any]:
     tok = loaded.tokenizer
-    model_key = loaded.weights_fingerprint or f"{loaded.model_id}@{loaded.revision or 'default'}"
+    # What resume and reuse compare: the weights' content, not the path they were read from.
+    weights = loaded.weights_fingerprint
+    if weights is None:  # an in-memory model or a Hub download: hash the tensors themselves
+        try:
+            weights = state_dict_fingerprint(loaded.model)
+        except (RuntimeError, NotImplementedError):  # weights offloaded to "meta" by device_map
+            weights = None
+    model_key = weights or f"{loaded.model_id}@{loaded.revision or 'default'}"
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -700,7 +714,7 @@ def _manifest(
         "model": loaded.model_id,
         "revision": loaded.revision,
         "commit_hash": loaded.commit_hash,
-        "weights_fingerprint": loaded.weights_fingerprint,
+        "weights_fingerprint": weights,
         "model_key": model_key,
         "architecture": type(loaded.model).__name__,
         "family": loaded.family,
@@ -716,6 +730,7 @@ def _manifest(
         "modules": dict(loaded.adapter.paths),
         "tokenizer_name": getattr(tok, "name_or_path", None) or loaded.model_id,
         "tokenizer_class": type(tok).__name__,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tok),
         "adds_bos": loaded.adds_bos,
         "bos_token": loaded.bos_token,
         "adds_eos": loaded.adds_eos,
@@ -816,11 +831,7 @@ def _open_writer(
                 f"'{output}' already holds a complete run; nothing to resume "
                 "(pass --overwrite to capture it again)"
             )
-        diffs = [
-            f"{key} differs (run: {old.get(key)!r}, now: {manifest.get(key)!r})"
-            for key in RESUME_KEYS
-            if old.get(key) != manifest.get(key)
-        ]
+        diffs = resume_diffs(old, manifest)
         if diffs:
             raise RunError(
                 f"cannot resume '{output}': " + "; ".join(diffs)
@@ -830,6 +841,32 @@ def _open_writer(
     prepare_folder(output, config.overwrite)
     meta = {"ids": list(corpus.ids), "columns": {k: list(v) for k, v in corpus.meta.items()}}
     return RunWriter.create(output, manifest, meta, tokens, loaded.tokenizer, progress_path)
+
+
+#: How :func:`resume_diffs` names a manifest key that differs.
+_KEY_NAMES = {
+    "model_key": "the model's weights (fingerprint)",
+    "tokenizer_fingerprint": "the tokenizer (fingerprint)",
+}
+
+
+def resume_diffs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between the run on disk (``old`` manifest) and this extraction's.
+
+    The weights' and tokenizer's fingerprints (content, not path), dtype, device type, corpus
+    and every capture option in :data:`RESUME_KEYS`. A run written before tokenizer
+    fingerprints were recorded is not refused for lacking one.
+    """
+    diffs = [
+        f"{_KEY_NAMES.get(key, key)} differs (run: {old.get(key)!r}, now: {new.get(key)!r})"
+        for key in (*RESUME_KEYS, "tokenizer_fingerprint")
+        if old.get(key) != new.get(key)
+        and not (key == "tokenizer_fingerprint" and old.get(key) is None)
+    ]
+    old_dev, new_dev = (str(m.get("device") or "").split(":")[0] for m in (old, new))
+    if old_dev and new_dev and old_dev != new_dev:
+        diffs.append(f"device differs (run: {old_dev}, now: {new_dev})")
+    return diffs
 
 
 def _capture(

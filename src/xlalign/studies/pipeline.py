@@ -66,8 +66,10 @@ def ensure_run(
         old = read_json(manifest_path)
         if old.get("complete"):
             _check_reusable(
-                old, output, model, corpus, langs, sites, pools, dtype, revision, random_init_seed
-            )
+                old, output, model, corpus, langs, sites, pools, dtype, revision, random_init_seed,
+                content=_content_diffs(old, output, model, device, dtype, revision,
+                                       trust_remote_code),
+            )  # fmt: skip
             _save_corpus(corpus, output)
             return load_run(output), "reused"
         state = "resumed"
@@ -92,16 +94,20 @@ def _check_reusable(
     dtype: str | None,
     revision: str | None,
     random_init_seed: int | None,
+    content: list[str] | None = None,
 ) -> None:
-    """Raise unless the complete run in ``output`` was made from exactly these inputs."""
+    """Raise unless the complete run in ``output`` was made from exactly these inputs.
+
+    ``content``: what :func:`_content_diffs` found different (weights, tokenizer, dtype, device).
+    """
     from xlalign.sites import parse_sites
 
-    diffs = []
+    diffs = list(content or [])
     if old.get("model") != model:
         diffs.append(f"model differs (run: {old.get('model')})")
     if revision is not None and old.get("revision") != revision:
         diffs.append(f"revision differs (run: {old.get('revision')})")
-    if dtype is not None and old.get("dtype") != dtype:
+    if dtype is not None and old.get("dtype") != dtype and not any("dtype" in d for d in diffs):
         diffs.append(f"dtype differs (run: {old.get('dtype')})")
     if old.get("corpus_fingerprint") != corpus.fingerprint():
         diffs.append("the corpus differs")
@@ -124,6 +130,64 @@ def _check_reusable(
             f"'{output}' holds a complete run made from other inputs ({'; '.join(diffs)}); "
             "use a new folder, or delete this one to capture again"
         )
+
+
+def _content_diffs(
+    old: Mapping[str, Any],
+    output: Path,
+    model: str,
+    device: str,
+    dtype: str | None,
+    revision: str | None,
+    trust_remote_code: bool,
+) -> list[str]:
+    """What differs, by content, between the model as it is now and the one the run was made from.
+
+    The weight files' fingerprint (a local folder; a Hub id is pinned by its revision), the
+    tokenizer's fingerprint (compared with the one recorded, or with the run's saved copy for
+    runs made before it was recorded), the dtype it would load in and the device type. The
+    same path holding other weights is not the same model.
+    """
+    from transformers import AutoTokenizer
+
+    from xlalign.models import (
+        dtype_name,
+        resolve_device,
+        resolve_dtype,
+        tokenizer_fingerprint,
+        weights_fingerprint,
+    )
+
+    diffs: list[str] = []
+    local = Path(model).expanduser()
+    if local.is_dir():
+        now = weights_fingerprint(local)
+        if now != old.get("weights_fingerprint"):
+            diffs.append(
+                f"the weights at {model} differ (fingerprint run: "
+                f"{old.get('weights_fingerprint')}, now: {now})"
+            )
+    source = str(local) if local.is_dir() else model
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            source, revision=revision, trust_remote_code=trust_remote_code
+        )
+        tok_now: str | None = tokenizer_fingerprint(tok)
+    except (OSError, ValueError):
+        tok_now = None
+    tok_run = old.get("tokenizer_fingerprint")
+    if tok_run is None and (output / "tokenizer").is_dir():
+        tok_run = tokenizer_fingerprint(AutoTokenizer.from_pretrained(output / "tokenizer"))
+    if tok_now is not None and tok_run is not None and tok_now != tok_run:
+        diffs.append(f"the tokenizer differs (fingerprint run: {tok_run}, now: {tok_now})")
+    torch_device = resolve_device(device)
+    want = dtype_name(resolve_dtype(dtype, torch_device))
+    if old.get("dtype") is not None and old.get("dtype") != want:
+        diffs.append(f"dtype differs (run: {old.get('dtype')}, now: {want})")
+    run_dev = str(old.get("device") or "").split(":")[0]
+    if run_dev and run_dev != torch_device.type:
+        diffs.append(f"device differs (run: {run_dev}, now: {torch_device.type})")
+    return diffs
 
 
 def _save_corpus(corpus: ParallelCorpus, output: Path) -> None:
