@@ -127,6 +127,6 @@ def test_killed_writer_leaves_no_lock_and_resume_proceeds(tiny_models, problems,
 
 def test_failed_command_leaves_no_folder(tmp_path):
     out = tmp_path / "never"
-    with pytest.raises(RunError, match="has no manifest.json"), lock.folder_lock(out):
+    with pytest.raises(RunError, match=r"has no manifest\.json"), lock.folder_lock(out):
         xlalign.load_run(out)
     assert not out.exists()
