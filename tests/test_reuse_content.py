@@ -64,6 +64,6 @@ def test_resume_refuses_other_in_memory_weights(bpe_tokenizer, problems, tmp_pat
     manifest = xlalign.load_run(out).manifest
     manifest["complete"] = False
     (out / "manifest.json").write_text(__import__("json").dumps(manifest))
-    with pytest.raises(RunError, match=r"the model's weights \(fingerprint\) differs"):
+    with pytest.raises(RunError, match=r"model_key differs \(the weights' fingerprint; run: "):
         xlalign.extract(mem_b, corpus, "zh,en", sites="embed", batch_size=3, output=out,
                         resume=True, progress=False)  # fmt: skip

@@ -61,6 +61,7 @@ from xlalign.models import (
 from xlalign.pooling import POOL_DESCRIPTIONS, PoolPlan, make_plan, parse_pools, pool
 from xlalign.sites import EMBED, FINAL, parse_sites
 from xlalign.store import (
+    DISK_FULL_ERRNOS,
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -68,6 +69,8 @@ from xlalign.store import (
     Run,
     RunWriter,
     TokenData,
+    clear_folder,
+    disk_full_error,
     load_run,
     prepare_folder,
     rank_sessions,
@@ -436,6 +439,10 @@ def extract(
                 trust_remote_code=trust_remote_code, random_init_seed=random_init_seed,
                 progress=progress,
             )  # fmt: skip
+        except OSError as e:
+            if e.errno in DISK_FULL_ERRNOS:  # a progress record or token file: run resumable
+                raise disk_full_error(Path(e.filename or output), None, output) from None
+            raise
         finally:
             if group is not None:
                 group.close()
@@ -824,8 +831,13 @@ def _open_writer(
     progress_path: Path | None = None,
 ) -> RunWriter:
     existing = output / MANIFEST
-    if config.resume and existing.exists():
-        old = read_json(existing)
+    old = read_json(existing) if config.resume and existing.exists() else None
+    if old is not None and old.get("laid_out") is False:
+        # Killed (or out of disk) while laying the folder out: nothing was captured yet, so
+        # laying it out again is the whole of resuming it.
+        clear_folder(output)
+        old = None
+    if old is not None:
         if old.get("complete"):
             raise RunError(
                 f"'{output}' already holds a complete run; nothing to resume "
@@ -845,8 +857,8 @@ def _open_writer(
 
 #: How :func:`resume_diffs` names a manifest key that differs.
 _KEY_NAMES = {
-    "model_key": "the model's weights (fingerprint)",
-    "tokenizer_fingerprint": "the tokenizer (fingerprint)",
+    "model_key": "the weights' fingerprint; ",
+    "tokenizer_fingerprint": "the tokenizer's content; ",
 }
 
 
@@ -858,7 +870,7 @@ def resume_diffs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     fingerprints were recorded is not refused for lacking one.
     """
     diffs = [
-        f"{_KEY_NAMES.get(key, key)} differs (run: {old.get(key)!r}, now: {new.get(key)!r})"
+        f"{key} differs ({_KEY_NAMES.get(key, '')}run: {old.get(key)!r}, now: {new.get(key)!r})"
         for key in (*RESUME_KEYS, "tokenizer_fingerprint")
         if old.get(key) != new.get(key)
         and not (key == "tokenizer_fingerprint" and old.get(key) is None)

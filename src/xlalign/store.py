@@ -19,6 +19,7 @@ Rows are in corpus order whatever order the prompts ran in. Every file is a plai
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -117,6 +118,62 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def disk_full_error(path: Path, needed: int | None, run: Path | None = None) -> RunError:
+    """The error for a full disk: the file, the bytes it needs, and how to go on."""
+    need = f" (needs {_size(needed)})" if needed else ""
+    try:
+        free = shutil.disk_usage(path if path.exists() else path.parent).free
+        have = f", {_size(free)} free"
+    except OSError:
+        have = ""
+    where = run or path
+    return RunError(
+        f"no space left on the device for {path}{need}{have}; free some space, then run the "
+        f"same command with --resume to continue the run in {where}"
+    )
+
+
+def check_free_space(path: Path, needed: int) -> None:
+    """Raise the disk-full :class:`RunError` now if ``path``'s file system lacks ``needed`` bytes."""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return
+    if needed > free:
+        raise disk_full_error(path, needed)
+
+
+def reserve_space(file: Path, nbytes: int, run: Path | None = None) -> None:
+    """Allocate ``nbytes`` of disk blocks for ``file`` (``posix_fallocate``), or raise RunError.
+
+    After this, writing through a memory map of the file cannot fail for lack of space. File
+    systems without ``fallocate`` are left as they are (glibc emulates it where it can).
+    """
+    if nbytes <= 0 or not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(file, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as e:
+        if e.errno in DISK_FULL_ERRNOS:
+            raise disk_full_error(file, nbytes, run) from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
+
+
 def _check_name(kind: str, value: str) -> None:
     # Names become folder names; a '/' or '..' would escape the run folder.
     if not value or "/" in value or "\\" in value or value in (".", "..") or "\0" in value:
@@ -201,12 +258,22 @@ class RunWriter:
         tokenizer: Any = None,
         progress_path: Path | None = None,
     ) -> RunWriter:
-        """Lay out a new run in ``path`` (empty or absent): token files, empty arrays, manifest."""
+        """Lay out a new run in ``path`` (empty or absent): manifest, token files, empty arrays.
+
+        The manifest comes first (atomically, ``"laid_out": false``), so a kill at any moment
+        leaves a folder that ``--resume`` and ``--overwrite`` recognise; it says
+        ``"laid_out": true`` once every file exists. The disk space of every array is reserved
+        before it is mapped (see :func:`reserve_space`): a full disk is a :class:`RunError`
+        naming the file and the bytes it needs, never a ``SIGBUS`` in the middle of a batch.
+        """
         for lang in manifest["languages"]:
             _check_name("language", lang)
         path.mkdir(parents=True, exist_ok=True)
         lengths = {lang: int(t.offsets[-1]) for lang, t in tokens.items()}
         writer = cls(path, manifest, lengths, progress_path)
+        check_free_space(path, writer.array_bytes())
+        manifest["laid_out"] = False
+        atomic_write_json(path / MANIFEST, manifest)
         for lang, data in tokens.items():
             ids_p, off_p, spec_p = token_paths(path, lang)
             _save_npy(ids_p, data.ids.astype(np.int32, copy=False))
@@ -217,8 +284,18 @@ class RunWriter:
             tokenizer.save_pretrained(path / TOKENIZER_DIR)
         writer._open_arrays(create=True)
         writer._write_progress()
+        manifest["laid_out"] = True
         atomic_write_json(path / MANIFEST, manifest)
         return writer
+
+    def array_bytes(self) -> int:
+        """Bytes the run's array files take on disk once laid out (headers included)."""
+        per_row = self.d_model * 4
+        n_vec = len(self.languages) * len(self.sites) * len(self.pools)
+        total = n_vec * (self.n_rows * per_row + 128)
+        if self.want_tokens:
+            total += len(self.sites) * sum(n * per_row + 128 for n in self.token_lengths.values())
+        return total
 
     @classmethod
     def reopen(
@@ -260,12 +337,15 @@ class RunWriter:
     def _open(self, p: Path, mode: str, n: int) -> np.memmap:
         if mode == "w+":
             p.parent.mkdir(parents=True, exist_ok=True)
-            # Fresh files are sparse zeros; rows fill in by index as batches finish.
-            return np.lib.format.open_memmap(
-                p, mode="w+", dtype=np.float32, shape=(n, self.d_model)
-            )
+            # Fresh files are zeros; rows fill in by index as batches finish. The blocks are
+            # reserved before the map is used: a write into a page the disk cannot hold would
+            # kill the process with SIGBUS.
+            mm = np.lib.format.open_memmap(p, mode="w+", dtype=np.float32, shape=(n, self.d_model))
+            reserve_space(p, p.stat().st_size, self.path)
+            return mm
         if not p.exists():
             raise RunError(f"{self.path}: array file {p.relative_to(self.path)} is missing")
+        reserve_space(p, p.stat().st_size, self.path)  # an earlier session may have run out
         mm = np.lib.format.open_memmap(p, mode="r+")
         if mm.shape != (n, self.d_model) or mm.dtype != np.float32:
             raise RunError(
