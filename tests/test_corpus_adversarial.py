@@ -118,7 +118,10 @@ def test_loaders_round_trip_or_name_file_and_line(table, fmt):
         folder = Path(tmp)
         if fmt == "jsonl":
             path = folder / "c.jsonl"
-            lines = [json.dumps({"id": i, "zh": z, "en": e}) for i, (z, e) in zip(ids, pairs)]
+            lines = [
+                json.dumps({"id": i, "zh": z, "en": e})
+                for i, (z, e) in zip(ids, pairs, strict=True)
+            ]
             path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         elif fmt in ("csv", "tsv"):
             path = folder / f"c.{fmt}"
@@ -126,7 +129,7 @@ def test_loaders_round_trip_or_name_file_and_line(table, fmt):
                 with path.open("w", newline="", encoding="utf-8") as f:
                     w = csv.writer(f, delimiter="," if fmt == "csv" else "\t")
                     w.writerow(["id", "zh", "en"])
-                    w.writerows([(i, z, e) for i, (z, e) in zip(ids, pairs)])
+                    w.writerows([(i, z, e) for i, (z, e) in zip(ids, pairs, strict=True)])
             except UnicodeEncodeError:
                 return  # a lone surrogate cannot even be written as UTF-8
         else:
