@@ -10,7 +10,6 @@ the stored activations: no forward pass runs twice.
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 import sys
 import time
@@ -440,12 +439,16 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
 def config_to_toml(cfg: StudyConfig) -> str:
     """The resolved config as TOML that ``--config`` reads back (None values left out)."""
-    lines = ["# resolved configuration of this study (xlalign run --config config.toml)"]
-    for key, value in asdict(cfg).items():
-        if value is None:
-            continue
-        lines.append(f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value)}")
-    return "\n".join(lines) + "\n"
+    import tomli_w
+
+    # tomli-w writes any text TOML can hold (non-BMP characters included), escaped correctly.
+    values = {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in asdict(cfg).items()
+        if value is not None
+    }
+    header = "# resolved configuration of this study (xlalign run --config config.toml)\n"
+    return header + tomli_w.dumps(values)
 
 
 @dataclass
