@@ -280,6 +280,10 @@ class SiteCapture:
         self._handles: list[Any] = []
         self._plan: PoolPlan | None = None
         self._results: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        #: when set, :meth:`run` also records per site which real tokens' hidden states hold
+        #: NaN/inf: ``{site: (bad (B, T) bool, nan (B, T) bool)}`` (see :func:`_nonfinite_inputs`)
+        self.diagnose = False
+        self.bad_tokens: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def __enter__(self) -> SiteCapture:
         adapter = self.loaded.adapter
@@ -309,6 +313,11 @@ class SiteCapture:
                 f"site {site}: expected a (batch, tokens, d_model) tensor, got {shape}"
             )
         assert self._plan is not None
+        if self.diagnose:
+            real = self._plan.real.to(hidden.device)
+            bad = ~torch.isfinite(hidden.detach()).all(dim=-1) & real
+            nan = torch.isnan(hidden.detach()).any(dim=-1) & real
+            self.bad_tokens[site] = (bad.cpu().numpy(), nan.cpu().numpy())
         self._results[site] = pool(hidden.detach(), self._plan)
         if site == self.deepest:
             raise _StopForward
@@ -932,8 +941,13 @@ def _capture(
                     kwargs = forward_kwargs(loaded, batch, config.padding_side, params)
                     results = capture.run(kwargs, plan)
                     pooled, token_vecs = to_numpy(results, sites)
+                    bad_inputs = None
+                    if not np.isfinite(pooled).all() or (
+                        token_vecs is not None and not all(np.isfinite(v).all() for v in token_vecs)
+                    ):
+                        bad_inputs = _nonfinite_inputs(capture, kwargs, plan)
                     _check_finite(pooled, token_vecs, batch, sites, writer.pools, lang, corpus,
-                                  loaded)  # fmt: skip
+                                  loaded, bad_inputs, plan)  # fmt: skip
                     writer.write_batch(lang, batch.rows, pooled, token_vecs)
                     writer.mark_done(lang, index)
                     n_done += len(rows)
@@ -942,6 +956,30 @@ def _capture(
         bar.close()
         writer.flush()  # keep every finished batch, also when a batch fails (inf/NaN guard)
     return n_done
+
+
+def _nonfinite_inputs(
+    capture: SiteCapture, kwargs: dict[str, Any], plan: PoolPlan
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per site, which real tokens' hidden states hold NaN/inf: the batch run once more.
+
+    Only after a batch came out non-finite, so healthy runs pay nothing. Pooling is one matmul,
+    which spreads a single token's NaN (``0 x NaN``) into every pool; these masks say which
+    pools really read it.
+    """
+    capture.diagnose, capture.bad_tokens = True, {}
+    try:
+        capture.run(kwargs, plan)
+        return dict(capture.bad_tokens)
+    finally:
+        capture.diagnose = False
+
+
+def _pools_reading(plan: PoolPlan, vector_pools: list[str], b: int, bad: np.ndarray) -> list[str]:
+    """The pools of batch row ``b`` whose inputs include a token marked in ``bad`` ``(T,)``."""
+    weights = plan.weights[b].cpu().numpy()  # (P, T)
+    names = [name for p, name in enumerate(vector_pools) if (weights[p][bad] != 0).any()]
+    return names + (["tokens"] if plan.want_tokens and bad.any() else [])
 
 
 def _check_finite(
@@ -953,8 +991,33 @@ def _check_finite(
     lang: str,
     corpus: ParallelCorpus,
     loaded: LoadedModel,
+    bad_inputs: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    plan: PoolPlan | None = None,
 ) -> None:
-    """Stop the run at the first inf/NaN, naming site, language and prompt id."""
+    """Stop the run at the first inf/NaN, naming site, language, prompt id and the pools it reaches.
+
+    With ``bad_inputs`` (from :func:`_nonfinite_inputs`) and ``plan``, the pools named are those
+    whose inputs hold the non-finite value, and the token position is given.
+    """
+    if bad_inputs is not None and plan is not None:
+        for site in sites:
+            if site not in bad_inputs or not bad_inputs[site][0].any():
+                continue
+            bad_mask, nan_mask = bad_inputs[site]
+            row = int(np.argwhere(bad_mask)[0][0])
+            positions = np.flatnonzero(bad_mask[row])
+            real_pos = np.cumsum(plan.real[row].cpu().numpy()) - 1
+            tokens = ", ".join(str(int(real_pos[t])) for t in positions[:5])
+            more = f" and {len(positions) - 5} more" if len(positions) > 5 else ""
+            kind = "NaN" if nan_mask[row].any() else "inf"
+            reached = _pools_reading(plan, vector_pools, row, bad_mask[row])
+            raise XlalignError(
+                f"non-finite values ({kind}) at site {site}, language {lang}, prompt id "
+                f"{corpus.ids[int(batch.rows[row])]}, token(s) {tokens}{more} (pool(s) "
+                f"{', '.join(reached) or 'none'} read them; dtype {dtype_name(loaded.dtype)}); "
+                "the run stopped and stays incomplete. Some models overflow in float16 (Qwen2 "
+                "among them): rerun with --dtype float32 or --dtype bfloat16 and --overwrite"
+            )
     bad: tuple[int, int, str] | None = None  # (site index, batch row, pool)
     if not np.isfinite(pooled).all():
         s, b, p = (int(x) for x in np.argwhere(~np.isfinite(pooled))[0][:3])
