@@ -52,6 +52,7 @@ from xlalign.distributed import (
 from xlalign.errors import RunError, XlalignError
 from xlalign.models import (
     LoadedModel,
+    check_model_folder,
     device_map_summary,
     dtype_name,
     load_model,
@@ -490,6 +491,8 @@ def _extract(
                 "random_init_seed given with an already loaded model; pass it to load_model"
             )
     else:
+        if Path(model).expanduser().is_dir():  # name a broken file before transformers trips on it
+            check_model_folder(Path(model).expanduser(), weights=random_init_seed is None)
         if device_map is not None and env.distributed:
             max_memory = rank_max_memory(env, max_memory)
             if offload_folder is not None:  # ranks on one host must not share offload files
