@@ -59,7 +59,14 @@ from xlalign.models import (
     state_dict_fingerprint,
     tokenizer_fingerprint,
 )
-from xlalign.pooling import POOL_DESCRIPTIONS, PoolPlan, make_plan, parse_pools, pool
+from xlalign.pooling import (
+    POOL_DESCRIPTIONS,
+    WEIGHTED_ABSOLUTE_DESCRIPTION,
+    PoolPlan,
+    make_plan,
+    parse_pools,
+    pool,
+)
 from xlalign.sites import EMBED, FINAL, parse_sites
 from xlalign.store import (
     DISK_FULL_ERRNOS,
@@ -92,7 +99,11 @@ RESUME_KEYS = (
     "pools",
     "batch_size",
     "padding_side",
+    "compat",
 )
+
+#: ``compat`` of an extraction: ``exact`` or ``mexa`` (``weighted`` pool on absolute positions).
+EXTRACT_COMPAT = ("exact", "mexa")
 
 
 class ZeroNormWarning(UserWarning):
@@ -121,6 +132,8 @@ class ExtractConfig:
     """Replace a run already in the output folder."""
     shard_by: str = "batch"
     """Data-parallel launches: deal out batches, or whole languages (one writer per file)."""
+    compat: str = "exact"
+    """mexa: the weighted pool counts positions in the padded batch, as MEXA's code does."""
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
@@ -132,6 +145,11 @@ class ExtractConfig:
         if self.shard_by not in SHARD_BY:
             raise XlalignError(
                 f"--shard-by must be one of {', '.join(SHARD_BY)}, got '{self.shard_by}'"
+            )
+        if self.compat not in EXTRACT_COMPAT:
+            raise XlalignError(
+                f"--compat must be one of {', '.join(EXTRACT_COMPAT)} for extract, "
+                f"got '{self.compat}'"
             )
         if self.resume and self.overwrite:
             raise XlalignError(
@@ -397,6 +415,7 @@ def extract(
     max_memory: dict[int | str, int | str] | None = None,
     offload_folder: str | Path | None = None,
     shard_by: str = "batch",
+    compat: str = "exact",
 ) -> Run:
     """Capture ``sites`` x ``pools`` hidden states of every prompt of ``corpus`` into ``output``.
 
@@ -417,7 +436,9 @@ def extract(
     :func:`~xlalign.distributed.assign_batches`).
     """
     started = time.perf_counter()
-    config = ExtractConfig(sites, pools, batch_size, padding_side, resume, overwrite, shard_by)
+    config = ExtractConfig(
+        sites, pools, batch_size, padding_side, resume, overwrite, shard_by, compat
+    )
     output = Path(output)
     env = launch_env()
 
@@ -757,7 +778,8 @@ def _manifest(
         "sites": sites,
         "site_info": {s: _site_info(loaded, s) for s in sites},
         "pools": pools,
-        "pool_info": {p: POOL_DESCRIPTIONS[p] for p in pools},
+        "pool_info": {p: _pool_description(p, config.compat) for p in pools},
+        "compat": config.compat,
         "languages": langs,
         "n_rows": len(corpus),
         "ids": list(corpus.ids),
@@ -773,6 +795,16 @@ def _manifest(
         "command": sys.argv if sys.argv and sys.argv[0] else None,
         "sessions": [],
     }
+
+
+def _weighted(compat: str) -> str:
+    return "absolute" if compat == "mexa" else "real"
+
+
+def _pool_description(pool_name: str, compat: str) -> str:
+    if pool_name == "weighted" and compat == "mexa":
+        return WEIGHTED_ABSOLUTE_DESCRIPTION
+    return POOL_DESCRIPTIONS[pool_name]
 
 
 def _complete(output: Path) -> bool:
@@ -881,10 +913,15 @@ def resume_diffs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     and every capture option in :data:`RESUME_KEYS`. A run written before tokenizer
     fingerprints were recorded is not refused for lacking one.
     """
+    defaults = {"compat": "exact"}  # runs written before a key existed hold its default
+
+    def was(key: str) -> Any:
+        return old.get(key, defaults.get(key))
+
     diffs = [
-        f"{key} differs ({_KEY_NAMES.get(key, '')}run: {old.get(key)!r}, now: {new.get(key)!r})"
+        f"{key} differs ({_KEY_NAMES.get(key, '')}run: {was(key)!r}, now: {new.get(key)!r})"
         for key in (*RESUME_KEYS, "tokenizer_fingerprint")
-        if old.get(key) != new.get(key)
+        if was(key) != new.get(key)
         and not (key == "tokenizer_fingerprint" and old.get(key) is None)
     ]
     old_dev, new_dev = (str(m.get("device") or "").split(":")[0] for m in (old, new))
@@ -940,7 +977,9 @@ def _capture(
                         position_offset=adapter.position_offset,
                         pad_position=adapter.pad_position,
                     )
-                    plan = make_plan(batch.attention_mask, batch.special, pools)
+                    plan = make_plan(
+                        batch.attention_mask, batch.special, pools, _weighted(config.compat)
+                    )
                     kwargs = forward_kwargs(loaded, batch, config.padding_side, params)
                     results = capture.run(kwargs, plan)
                     pooled, token_vecs = to_numpy(results, sites)

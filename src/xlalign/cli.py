@@ -110,6 +110,14 @@ def extract_cmd(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
     ] = True,
+    compat: Annotated[
+        str,
+        typer.Option(
+            "--compat",
+            help="exact, or mexa: the weighted pool counts positions in the padded batch as "
+            "MEXA's code does (differs from exact only with --padding-side left).",
+        ),
+    ] = "exact",
 ) -> None:
     """Capture hidden states of every prompt at the chosen sites into a run folder."""
     import warnings
@@ -131,7 +139,7 @@ def extract_cmd(
             device=device, device_map=device_map, revision=revision,
             trust_remote_code=trust_remote_code, random_init_seed=seed, progress=progress,
             max_memory=parse_max_memory(max_memory), offload_folder=offload_folder,
-            shard_by=shard_by,
+            shard_by=shard_by, compat=compat,
         )  # fmt: skip
     for w in caught:
         if issubclass(w.category, ZeroNormWarning):
@@ -185,7 +193,8 @@ def align_cmd(
         str,
         typer.Option(
             "--metrics",
-            help="z, p1, mexa, mrr, xsim, cka, cka_unbiased, knn, cknna, svcca, hub, cohen.",
+            help="z, p1, mexa, mrr, xsim, cka, cka_unbiased, knn, cknna, svcca, hub, cohen, "
+            "cycle_knn, lcs_knn, edit_distance_knn.",
         ),
     ] = ",".join(DEFAULT_SWEEP_METRICS),
     null: Annotated[str, typer.Option("--null", help=NULL_HELP)] = "exact",
@@ -212,6 +221,14 @@ def align_cmd(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Progress bars.")
     ] = True,
+    compat: Annotated[
+        str,
+        typer.Option(
+            "--compat",
+            help="exact, or platonic: platonic-rep's joint outlier clamp over all sites, "
+            "normalisation and 1e-6 epsilons for cka, knn, cknna, svcca and the k-NN metrics.",
+        ),
+    ] = "exact",
 ) -> None:
     """Sweep alignment metrics over every site, pool and language pair of a run."""
     from xlalign.lock import folder_lock
@@ -223,7 +240,7 @@ def align_cmd(
         stratify=stratify, center=center, pivot=pivot, n_boot=n_boot,
         sites=tuple(_csv_list(sites)) if sites else None,
         pools=tuple(_csv_list(pools)) if pools else None,
-        langs=tuple(_csv_list(langs)) if langs else None,
+        langs=tuple(_csv_list(langs)) if langs else None, compat=compat,
     )  # fmt: skip
     with folder_lock(output or run, "xlalign align"):  # refuses a read-only folder up front
         loaded = load_run(run)

@@ -9,7 +9,10 @@ Pools (``B`` prompts, ``T`` padded positions, ``d`` hidden size):
   tokenizer's ``special_tokens_mask``, never from their position.
 - ``weighted``: MEXA's position-weighted mean (Kargaran et al. 2024, cisnlp/MEXA):
   ``sum_t t*m_t*h_t / sum_t t*m_t`` with ``t`` the 1-based position among real tokens and
-  ``m`` the attention mask.
+  ``m`` the attention mask. MEXA's ``embed_extractor`` uses the absolute position in the padded
+  batch (``attention_mask * arange(1..T)``): the same with right padding or none, different with
+  left padding, where it depends on how long the batch's longest prompt is.
+  ``weighted_positions="absolute"`` (``xlalign extract --compat mexa``) reproduces that.
 - ``tokens``: every real token's vector (special tokens included), stored flat.
 
 Every pool reads only real positions: padding is zeroed with ``where`` before any sum, because
@@ -88,14 +91,32 @@ class PoolPlan:
         )
 
 
+#: How ``weighted`` counts positions: among real tokens, or in the padded batch (MEXA's code).
+WEIGHTED_POSITIONS = ("real", "absolute")
+#: ``pool_info`` text of ``weighted`` with absolute positions.
+WEIGHTED_ABSOLUTE_DESCRIPTION = (
+    "MEXA position-weighted mean as MEXA's code computes it: t is the 1-based position in the "
+    "padded batch (attention_mask * arange(1..T)); equal to 'weighted' with right padding"
+)
+
+
 def make_plan(
-    attention_mask: torch.Tensor, special_mask: torch.Tensor, pools: Sequence[str]
+    attention_mask: torch.Tensor,
+    special_mask: torch.Tensor,
+    pools: Sequence[str],
+    weighted_positions: str = "real",
 ) -> PoolPlan:
     """A :class:`PoolPlan` from a ``(B, T)`` attention mask and special-tokens mask.
 
     Nothing assumes where the padding is: first/last come from the mask itself, so left and
-    right padding give the same vectors.
+    right padding give the same vectors. The one exception is ``weighted_positions="absolute"``,
+    MEXA's weights ``attention_mask * arange(1..T)``, which shift with left padding.
     """
+    if weighted_positions not in WEIGHTED_POSITIONS:
+        raise XlalignError(
+            f"weighted_positions must be one of {', '.join(WEIGHTED_POSITIONS)}, "
+            f"got {weighted_positions!r}"
+        )
     real = attention_mask.bool()
     rank = torch.cumsum(real.long(), dim=1) * real  # 1-based position among real tokens, 0 = pad
     lengths = rank.max(dim=1).values
@@ -115,7 +136,11 @@ def make_plan(
             # A prompt made only of special tokens gets a zero vector, reported as zero-norm.
             rows.append(keep / keep.sum(dim=1, keepdim=True).clamp(min=1.0))
         else:
-            t = rank.float()
+            if weighted_positions == "absolute":
+                positions = torch.arange(1, real.shape[1] + 1, device=real.device)
+                t = (positions[None, :] * real).float()
+            else:
+                t = rank.float()
             rows.append(t / t.sum(dim=1, keepdim=True))
     b, n = attention_mask.shape
     weights = torch.stack(rows, dim=1) if rows else torch.zeros(b, 0, n)

@@ -23,14 +23,20 @@ from xlalign.metrics.retrieval import (
 )
 from xlalign.metrics.separation import CohenResult, cohen_d_pc1, pca_subspace_z
 from xlalign.metrics.similarity import (
+    COMPAT_MODES,
     CkaResult,
     CknnaResult,
     HubResult,
     KnnResult,
     SvccaResult,
     cknna,
+    cycle_knn,
+    edit_distance_knn,
+    lcs_knn,
     linear_cka,
     mutual_knn,
+    platonic_clamp,
+    platonic_threshold,
     prepare_features,
     semantic_hub_score,
     svcca,
@@ -38,6 +44,7 @@ from xlalign.metrics.similarity import (
 
 __all__ = [
     "CI",
+    "COMPAT_MODES",
     "DEGENERATE_STD",
     "CkaResult",
     "CknnaResult",
@@ -52,7 +59,10 @@ __all__ = [
     "cka_ci",
     "cknna",
     "cohen_d_pc1",
+    "cycle_knn",
     "draw_permutations",
+    "edit_distance_knn",
+    "lcs_knn",
     "linear_cka",
     "matched_vs_scrambled_z",
     "matched_vs_scrambled_z_sweep",
@@ -60,6 +70,8 @@ __all__ = [
     "null_samples",
     "p1_ci",
     "pca_subspace_z",
+    "platonic_clamp",
+    "platonic_threshold",
     "prepare_features",
     "retrieval_hits",
     "retrieval_scores",

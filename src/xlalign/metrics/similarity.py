@@ -16,6 +16,12 @@ al. 2024, "The Platonic Representation Hypothesis"); the semantic-hub score foll
 - k-NN ties (equal similarities, within ``TIE_TOL``) go to the lower index; torch's ``topk``
   leaves them unspecified.
 
+``compat="platonic"`` (on :func:`linear_cka`, :func:`mutual_knn`, :func:`cknna`, :func:`svcca`
+and the three k-NN sequence metrics) reproduces platonic-rep's own numbers instead: rows
+L2-normalised as its ``compute_score`` does, ``+ 1e-6`` in the CKA / CKNNA denominators, its
+SVCCA scaling (``std + 1e-8``); :func:`platonic_clamp` is its joint outlier clamp over all layers
+of a model. docs/metrics.md lists every difference between the two modes with its size.
+
 Everything is float64. Kernels are never formed whole: sums of kernel products are computed in
 feature space (``||A^T B||_F^2``) or in row blocks of the kernels, whichever costs less.
 """
@@ -42,20 +48,33 @@ from xlalign.metrics._checks import (
 )
 
 __all__ = [
+    "COMPAT_MODES",
     "CkaResult",
     "CknnaResult",
     "HubResult",
     "KnnResult",
     "SvccaResult",
     "cknna",
+    "cycle_knn",
+    "edit_distance_knn",
+    "lcs_knn",
     "linear_cka",
     "mutual_knn",
+    "platonic_clamp",
+    "platonic_threshold",
     "prepare_features",
     "semantic_hub_score",
     "svcca",
 ]
 
 _BLOCK_ENTRIES = 2**24
+
+#: ``compat`` values: ``exact`` (the textbook definitions) or ``platonic`` (platonic-rep's code).
+COMPAT_MODES = ("exact", "platonic")
+#: platonic-rep adds this to the CKA and CKNNA denominators (``metrics.py``).
+PLATONIC_EPS = 1e-6
+#: platonic-rep's SVCCA divides each centred feature by ``std + 1e-8``.
+PLATONIC_STD_EPS = 1e-8
 
 
 @dataclass(frozen=True)
@@ -136,10 +155,65 @@ def _prepare(x: np.ndarray, q: float, name: str) -> np.ndarray:
     return a / norms[:, None]
 
 
-def _features(x: Any, y: Any, min_pairs: int, prepare: bool) -> tuple[np.ndarray, np.ndarray]:
+def platonic_clamp(sites: Any, q: float = 0.95) -> list[np.ndarray]:
+    """platonic-rep's joint outlier clamp of one model's layers, float64, one array per layer.
+
+    ``sites``: a sequence of ``(n, d)`` arrays, the same ``n`` prompts at every layer (its
+    features ``(n, L, d)``). Every layer is clamped to ``[-t, t]`` with
+    ``t = platonic_threshold(sites, q)``. Clamping each layer alone (:func:`prepare_features`)
+    gives a different ``t`` per layer.
+    """
+    t = platonic_threshold(sites, q)
+    return [np.clip(np.asarray(a, dtype=np.float64), -t, t) for a in sites]
+
+
+def platonic_threshold(sites: Any, q: float = 0.95) -> float:
+    """The clamp ``t`` of :func:`platonic_clamp` (``inf`` for ``q = 1``).
+
+    ``t`` is the mean over prompts of each prompt's ``q``-quantile of ``|x|`` over *all* its
+    layers' values (platonic-rep's ``remove_outliers`` flattens from dim 1; linear interpolation
+    as ``torch.quantile``). Reads the layers in row blocks, so memory-mapped sites stay on disk.
+    """
+    layers = [np.asarray(a) for a in sites]
+    if not layers:
+        raise XlalignError("platonic_clamp: give at least one layer")
+    n = layers[0].shape[0]
+    for i, a in enumerate(layers):
+        if a.ndim != 2 or a.shape[0] != n:
+            raise XlalignError(
+                f"platonic_clamp: layer {i} has shape {a.shape}; every layer must be (n={n}, d)"
+            )
+    if not 0 < q <= 1:
+        raise XlalignError(f"q must be in (0, 1]; got {q}")
+    if q == 1:
+        return float("inf")
+    width = sum(a.shape[1] for a in layers)
+    rows = max(1, _BLOCK_ENTRIES // max(width, 1))
+    total = 0.0
+    for start in range(0, n, rows):
+        block = np.concatenate(
+            [np.abs(np.asarray(a[start : start + rows], dtype=np.float64)) for a in layers], axis=1
+        )
+        total += float(np.quantile(block, q, axis=1).sum())
+    return total / n
+
+
+def _check_compat(compat: str, what: str) -> None:
+    if compat not in COMPAT_MODES:
+        raise XlalignError(
+            f"{what}: compat must be one of {', '.join(COMPAT_MODES)}; got {compat!r}"
+        )
+
+
+def _features(
+    x: Any, y: Any, min_pairs: int, prepare: bool, compat: str = "exact"
+) -> tuple[np.ndarray, np.ndarray]:
     xa, ya = check_pair(x, y, min_pairs=min_pairs, same_dim=False)
     if prepare:
         return _prepare(xa, 0.95, "x"), _prepare(ya, 0.95, "y")
+    if compat == "platonic":
+        # compute_score L2-normalises every layer's rows before any metric
+        return _prepare(xa, 1.0, "x"), _prepare(ya, 1.0, "y")
     return np.asarray(xa, dtype=np.float64), np.asarray(ya, dtype=np.float64)
 
 
@@ -191,7 +265,9 @@ def _hsic_unbiased_linear(a: np.ndarray, b: np.ndarray, path: str = "auto") -> f
 # --------------------------------------------------------------------------- CKA
 
 
-def linear_cka(x: Any, y: Any, unbiased: bool = False, prepare: bool = False) -> CkaResult:
+def linear_cka(
+    x: Any, y: Any, unbiased: bool = False, prepare: bool = False, compat: str = "exact"
+) -> CkaResult:
     """Linear CKA of ``x (n, d_x)`` and ``y (n, d_y)`` (rows paired; widths may differ).
 
     Biased (Kornblith et al. 2019): ``HSIC(K, L) = tr(K H L H)`` with ``K = x x^T``,
@@ -204,13 +280,17 @@ def linear_cka(x: Any, y: Any, unbiased: bool = False, prepare: bool = False) ->
     the value equals the in-memory computation to float64 rounding.
 
     Args:
-        prepare: clamp and L2-normalise first as platonic-rep does (:func:`prepare_features`).
+        prepare: clamp this site at the 0.95 row quantile and L2-normalise first
+            (:func:`prepare_features`).
+        compat: ``"platonic"``: platonic-rep's ``cka`` / ``unbiased_cka`` as its pipeline calls
+            them: rows L2-normalised, ``CKA = HSIC(K, L) / (sqrt(HSIC(K, K) HSIC(L, L)) + 1e-6)``.
     """
-    if not prepare:
+    _check_compat(compat, "linear_cka")
+    if not prepare and compat == "exact":
         xa, ya = check_pair(x, y, min_pairs=4 if unbiased else 3, same_dim=False)
         if _stream_cka(xa, ya):
             return _linear_cka_streamed(xa, ya, unbiased)
-    fx, fy = _features(x, y, 4 if unbiased else 3, prepare)
+    fx, fy = _features(x, y, 4 if unbiased else 3, prepare, compat)
     n = fx.shape[0]
     xc, x_var = _centred(fx)
     yc, y_var = _centred(fy)
@@ -229,7 +309,8 @@ def linear_cka(x: Any, y: Any, unbiased: bool = False, prepare: bool = False) ->
     if hxx <= 0 or hyy <= 0:
         reason = "the unbiased HSIC of a side with itself is not positive (too few pairs?)"
         return CkaResult(cka=None, unbiased=unbiased, n=n, undefined_reason=reason)
-    return CkaResult(cka=float(hxy / np.sqrt(hxx * hyy)), unbiased=unbiased, n=n)
+    eps = PLATONIC_EPS if compat == "platonic" else 0.0
+    return CkaResult(cka=float(hxy / (np.sqrt(hxx * hyy) + eps)), unbiased=unbiased, n=n)
 
 
 def _stream_cka(xa: np.ndarray, ya: np.ndarray) -> bool:
@@ -358,19 +439,104 @@ def _knn_blocks(f: np.ndarray, k: int) -> Iterator[tuple[slice, np.ndarray, np.n
         yield rows, g, _topk_mask(g, k)
 
 
-def mutual_knn(x: Any, y: Any, k: int = 10, prepare: bool = True) -> KnnResult:
+def mutual_knn(
+    x: Any, y: Any, k: int = 10, prepare: bool = True, compat: str = "exact"
+) -> KnnResult:
     """Mean over i of ``|kNN_x(i) ∩ kNN_y(i)| / k``, neighbours by inner product, self excluded.
 
     platonic-rep ``mutual_knn`` (topk 10). With ``prepare`` (default) features are clamped and
     L2-normalised first, so the inner product is a cosine. Needs ``1 <= k <= n - 1``.
+    ``compat="platonic"`` L2-normalises rows even without ``prepare`` (the formula is the same).
     """
-    fx, fy = _features(x, y, 3, prepare)
+    _check_compat(compat, "mutual_knn")
+    fx, fy = _features(x, y, 3, prepare, compat)
     n = fx.shape[0]
     check_k(k, n, "mutual_knn")
     overlap = 0
     for (_, _, mx), (_, _, my) in zip(_knn_blocks(fx, k), _knn_blocks(fy, k), strict=True):
         overlap += int(np.count_nonzero(mx & my))
     return KnnResult(score=overlap / (n * k), k=int(k), n=n)
+
+
+def _knn_lists(f: np.ndarray, k: int) -> np.ndarray:
+    """``(n, k)`` indices of each row's ``k`` nearest rows by inner product, nearest first.
+
+    Self excluded; equal similarities (within ``TIE_TOL``) keep the lower index first (a stable
+    sort), where platonic-rep's ``argsort`` leaves their order unspecified.
+    """
+    out = np.empty((f.shape[0], k), dtype=np.int64)
+    for rows, g, mask in _knn_blocks(f, k):
+        # the k selected columns per row (ties already resolved to the lower index), then ordered
+        # by similarity, ties by index: round to TIE_TOL so near-equal values sort by index
+        cols = np.nonzero(mask)[1].reshape(-1, k)
+        vals = np.take_along_axis(g, cols, axis=1)
+        order = np.lexsort((cols, -np.round(vals / TIE_TOL)), axis=1)
+        out[rows] = np.take_along_axis(cols, order, axis=1)
+    return out
+
+
+def _sequence_features(
+    x: Any, y: Any, k: int, prepare: bool, compat: str, what: str
+) -> tuple[np.ndarray, np.ndarray, int]:
+    _check_compat(compat, what)
+    fx, fy = _features(x, y, 3, prepare, compat)
+    n = fx.shape[0]
+    check_k(k, n, what)
+    return _knn_lists(fx, k), _knn_lists(fy, k), n
+
+
+def cycle_knn(
+    x: Any, y: Any, k: int = 10, prepare: bool = True, compat: str = "exact"
+) -> KnnResult:
+    """Share of i that come back to themselves through a neighbour: platonic-rep ``cycle_knn``.
+
+    ``mean_i 1[exists j in kNN_y(i): i in kNN_x(j)]`` (its ``knn_A[knn_B]`` with A = x, B = y):
+    step to a y-space neighbour, then look among that item's x-space neighbours. Not symmetric
+    in x and y. Neighbours as in :func:`mutual_knn`; needs ``1 <= k <= n - 1``.
+    """
+    kx, ky, n = _sequence_features(x, y, k, prepare, compat, "cycle_knn")
+    back = kx[ky]  # (n, k, k): the x-neighbours of each y-neighbour of i
+    hit = (back == np.arange(n)[:, None, None]).any(axis=(1, 2))
+    return KnnResult(score=float(hit.mean()), k=int(k), n=n)
+
+
+def lcs_knn(x: Any, y: Any, k: int = 10, prepare: bool = True, compat: str = "exact") -> KnnResult:
+    """Mean length of the longest common subsequence of the two ordered k-NN lists of each i.
+
+    platonic-rep ``lcs_knn``: neighbours ordered nearest first, score in ``[0, k]`` (not divided
+    by ``k``, as there). Neighbours as in :func:`mutual_knn`; needs ``1 <= k <= n - 1``.
+    """
+    kx, ky, n = _sequence_features(x, y, k, prepare, compat, "lcs_knn")
+    # dp[:, j] = LCS of the first i entries of kx and the first j entries of ky, all rows at once
+    prev = np.zeros((n, k + 1), dtype=np.int64)
+    for i in range(k):
+        cur = np.zeros_like(prev)
+        for j in range(k):
+            same = kx[:, i] == ky[:, j]
+            cur[:, j + 1] = np.where(same, prev[:, j] + 1, np.maximum(prev[:, j + 1], cur[:, j]))
+        prev = cur
+    return KnnResult(score=float(prev[:, k].mean()), k=int(k), n=n)
+
+
+def edit_distance_knn(
+    x: Any, y: Any, k: int = 10, prepare: bool = True, compat: str = "exact"
+) -> KnnResult:
+    """``1 - mean_i lev(kNN_x(i), kNN_y(i)) / k``: platonic-rep ``edit_distance_knn``.
+
+    ``lev`` is the Levenshtein distance (insertions, deletions, substitutions, cost 1 each, as
+    ``torchaudio.functional.edit_distance``) between the ordered k-NN lists; 1 when they agree
+    in content and order. Neighbours as in :func:`mutual_knn`; needs ``1 <= k <= n - 1``.
+    """
+    kx, ky, n = _sequence_features(x, y, k, prepare, compat, "edit_distance_knn")
+    prev = np.tile(np.arange(k + 1, dtype=np.int64), (n, 1))
+    for i in range(k):
+        cur = np.empty_like(prev)
+        cur[:, 0] = i + 1
+        for j in range(k):
+            sub = prev[:, j] + (kx[:, i] != ky[:, j])
+            cur[:, j + 1] = np.minimum(np.minimum(prev[:, j + 1] + 1, cur[:, j] + 1), sub)
+        prev = cur
+    return KnnResult(score=float(1 - prev[:, k].mean() / k), k=int(k), n=n)
 
 
 def _sparse_hsic(rows: np.ndarray, cols: np.ndarray, a: np.ndarray, b: np.ndarray, m: int) -> float:
@@ -393,15 +559,17 @@ def _sparse_hsic(rows: np.ndarray, cols: np.ndarray, a: np.ndarray, b: np.ndarra
     ) / (m * (m - 3))
 
 
-def cknna(x: Any, y: Any, k: int = 10, prepare: bool = True) -> CknnaResult:
+def cknna(x: Any, y: Any, k: int = 10, prepare: bool = True, compat: str = "exact") -> CknnaResult:
     """CKNNA: CKA restricted to the pairs both spaces call neighbours (platonic-rep, unbiased).
 
     With ``K = x x^T``, ``L = y y^T`` and ``M_K[i, j] = 1`` iff j is among i's ``k`` nearest
     (self excluded, ties to the lower index): ``sim(K, L) = HSIC_u(M∘K, M∘L)`` with
     ``M = M_K ∘ M_L`` and ``score = sim(K, L) / sqrt(sim(K, K) sim(L, L))``. Stored sparsely
-    (``n k`` entries). Needs ``n >= 4`` and ``2 <= k <= n - 1``.
+    (``n k`` entries). Needs ``n >= 4`` and ``2 <= k <= n - 1``. ``compat="platonic"``:
+    rows L2-normalised and ``+ 1e-6`` in the denominator, as platonic-rep's ``cknna``.
     """
-    fx, fy = _features(x, y, 4, prepare)
+    _check_compat(compat, "cknna")
+    fx, fy = _features(x, y, 4, prepare, compat)
     n = fx.shape[0]
     check_k(k, n, "cknna", low=2)
     parts: dict[str, list[np.ndarray]] = {
@@ -427,23 +595,33 @@ def cknna(x: Any, y: Any, k: int = 10, prepare: bool = True) -> CknnaResult:
     if sim_kk * sim_ll <= 0:
         reason = "the k-NN-restricted HSIC of a side with itself is not positive"
         return CknnaResult(score=None, k=int(k), n=n, undefined_reason=reason)
-    return CknnaResult(score=float(sim_kl / np.sqrt(sim_kk * sim_ll)), k=int(k), n=n)
+    eps = PLATONIC_EPS if compat == "platonic" else 0.0
+    return CknnaResult(score=float(sim_kl / (np.sqrt(sim_kk * sim_ll) + eps)), k=int(k), n=n)
 
 
 # --------------------------------------------------------------------------- SVCCA
 
 
-def svcca(x: Any, y: Any, dims: int = 10, prepare: bool = False) -> SvccaResult:
+def svcca(
+    x: Any, y: Any, dims: int = 10, prepare: bool = False, compat: str = "exact"
+) -> SvccaResult:
     """SVCCA: mean canonical correlation of the top-``dims`` SVD subspaces of x and y.
 
-    Raghu et al. 2017, as platonic-rep's ``svcca`` with ``cca_dim = dims``.
+    Raghu et al. 2017 as platonic-rep's ``svcca`` computes it (``cca_dim = dims``): features
+    scaled to unit variance, which google/svcca's ``cca_core`` does not do.
 
     Each side is centred and scaled to unit std per feature (``ddof=1``; constant features stay
     0), reduced to its top ``dims`` left singular vectors ``U`` (``(n, dims)``, orthonormal);
     the canonical correlations of two orthonormal bases are the singular values of
     ``U_x^T U_y``, and the score is their mean. Needs ``1 <= dims <= min(n - 1, d_x, d_y)``.
+
+    ``compat="platonic"``: rows L2-normalised first and each feature divided by ``std + 1e-8``
+    as platonic-rep does. Its ``torch.svd_lowrank`` (a randomized approximation of the same
+    top-``dims`` subspace) and sklearn's iterative ``CCA`` are replaced by their exact
+    counterparts: equal where the spectrum has a gap at ``dims``, see docs/metrics.md.
     """
-    fx, fy = _features(x, y, 3, prepare)
+    _check_compat(compat, "svcca")
+    fx, fy = _features(x, y, 3, prepare, compat)
     n = fx.shape[0]
     limit = min(n - 1, fx.shape[1], fy.shape[1])
     if not isinstance(dims, (int, np.integer)) or not 1 <= dims <= limit:
@@ -454,7 +632,10 @@ def svcca(x: Any, y: Any, dims: int = 10, prepare: bool = False) -> SvccaResult:
     for side, f in (("x", fx), ("y", fy)):
         c = f - f.mean(axis=0)
         sd = c.std(axis=0, ddof=1)
-        c /= np.where(sd > 0, sd, 1.0)
+        if compat == "platonic":
+            c /= sd + PLATONIC_STD_EPS
+        else:
+            c /= np.where(sd > 0, sd, 1.0)
         u, s, _ = np.linalg.svd(c, full_matrices=False)
         if s[0] == 0 or s[dims - 1] <= s[0] * max(c.shape) * np.finfo(np.float64).eps:
             reason = f"{side} has fewer than dims={dims} non-zero directions after centring"

@@ -28,12 +28,17 @@ import numpy as np
 
 from xlalign.errors import RunError, XlalignError
 from xlalign.metrics import (
+    COMPAT_MODES,
     cknna,
     cohen_d_pc1,
+    cycle_knn,
+    edit_distance_knn,
+    lcs_knn,
     linear_cka,
     matched_vs_scrambled_z,
     matched_vs_scrambled_z_sweep,
     mutual_knn,
+    platonic_threshold,
     retrieval_scores,
     semantic_hub_score,
     svcca,
@@ -56,7 +61,14 @@ METRICS: dict[str, tuple[str, ...]] = {
     "svcca": ("svcca",),
     "hub": ("semantic_hub",),
     "cohen": ("cohen_d_pc1",),
+    "cycle_knn": ("cycle_knn",),
+    "lcs_knn": ("lcs_knn",),
+    "edit_distance_knn": ("edit_distance_knn",),
 }
+#: Metrics that ``--compat platonic`` changes (platonic-rep's clamp, normalisation, epsilons).
+PLATONIC_METRICS = frozenset(
+    {"cka", "cka_unbiased", "knn", "cknna", "svcca", "cycle_knn", "lcs_knn", "edit_distance_knn"}
+)
 DEFAULT_METRICS = ("z", "p1", "mexa", "xsim", "cka", "knn", "hub")
 #: Metrics with bootstrap confidence intervals.
 CI_METRICS = ("z", "p1_xy", "p1_yx", "cka")
@@ -65,7 +77,18 @@ CI_METRICS = ("z", "p1_xy", "p1_yx", "cka")
 CI_MAX_N = 10_000
 #: Metrics whose value does not change when the two languages swap places.
 SYMMETRIC_METRICS = frozenset(
-    {"z", "mexa", "cka", "cka_unbiased", "mutual_knn", "cknna", "svcca", "semantic_hub"}
+    {
+        "z",
+        "mexa",
+        "cka",
+        "cka_unbiased",
+        "mutual_knn",
+        "cknna",
+        "svcca",
+        "semantic_hub",
+        "lcs_knn",
+        "edit_distance_knn",
+    }
 )
 #: Directed record pairs folded into one matrix: ``p1[i][j]`` retrieves language j's partner
 #: of each language-i sentence (``p1_xy`` of the pair (i, j), or ``p1_yx`` of (j, i)).
@@ -100,6 +123,8 @@ class SweepConfig:
     """Pools to sweep (default: every per-prompt pool in the run)."""
     langs: tuple[str, ...] | None = None
     """Languages to include (default: all in the run)."""
+    compat: str = "exact"
+    """exact, or platonic: platonic-rep's pipeline for the CKA / k-NN / SVCCA metrics."""
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -116,6 +141,10 @@ class SweepConfig:
             raise XlalignError(f"--n-boot must be >= 0, got {self.n_boot}")
         if self.n_perms < 2:
             raise XlalignError(f"--n-perms must be at least 2, got {self.n_perms}")
+        if self.compat not in COMPAT_MODES:
+            raise XlalignError(
+                f"--compat must be one of {', '.join(COMPAT_MODES)} for align, got {self.compat!r}"
+            )
         if not 0 < self.ci_level < 1:
             raise XlalignError(f"--ci-level must be between 0 and 1, got {self.ci_level}")
 
@@ -218,10 +247,25 @@ def _guard(fn: Callable[[], Any]) -> tuple[Any, str | None]:
 
 
 def _site_metrics(
-    x: np.ndarray, y: np.ndarray, cfg: SweepConfig, strata: Sequence[Any] | None
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: SweepConfig,
+    strata: Sequence[Any] | None,
+    clamp: tuple[float, float] | None = None,
 ) -> Iterator[tuple[str, float | None, str | None, dict[str, Any]]]:
-    """``(metric, value, undefined_reason, detail)`` for every metric except z."""
+    """``(metric, value, undefined_reason, detail)`` for every metric except z.
+
+    ``clamp``: with ``cfg.compat == "platonic"``, the joint clamps of x's and y's language
+    (:func:`~xlalign.metrics.platonic_threshold` over all sites of the run), applied before the
+    metrics of :data:`PLATONIC_METRICS`.
+    """
     chosen = set(cfg.metrics)
+    px, py = x, y
+    sim: dict[str, Any] = {}
+    if cfg.compat == "platonic" and clamp is not None:
+        px = np.clip(np.asarray(x, dtype=np.float64), -clamp[0], clamp[0])
+        py = np.clip(np.asarray(y, dtype=np.float64), -clamp[1], clamp[1])
+        sim = {"prepare": False, "compat": "platonic"}
     if chosen & {"p1", "mexa", "mrr"}:
         r, why = _guard(lambda: retrieval_scores(x, y))
         for sel, names in (("p1", ("p1_xy", "p1_yx")), ("mexa", ("mexa",)), ("mrr", ("mrr",))):
@@ -230,11 +274,18 @@ def _site_metrics(
                     yield name, None if r is None else _finite(getattr(r, name)), why, {}
     simple: dict[str, tuple[str, Callable[[], Any], str]] = {
         "xsim": ("xsim_error", lambda: xsim_error(x, y), "error"),
-        "cka": ("cka", lambda: linear_cka(x, y), "cka"),
-        "cka_unbiased": ("cka_unbiased", lambda: linear_cka(x, y, unbiased=True), "cka"),
-        "knn": ("mutual_knn", lambda: mutual_knn(x, y), "score"),
-        "cknna": ("cknna", lambda: cknna(x, y), "score"),
-        "svcca": ("svcca", lambda: svcca(x, y), "score"),
+        "cka": ("cka", lambda: linear_cka(px, py, **sim), "cka"),
+        "cka_unbiased": ("cka_unbiased", lambda: linear_cka(px, py, unbiased=True, **sim), "cka"),
+        "knn": ("mutual_knn", lambda: mutual_knn(px, py, **sim), "score"),
+        "cknna": ("cknna", lambda: cknna(px, py, **sim), "score"),
+        "svcca": ("svcca", lambda: svcca(px, py, **sim), "score"),
+        "cycle_knn": ("cycle_knn", lambda: cycle_knn(px, py, **sim), "score"),
+        "lcs_knn": ("lcs_knn", lambda: lcs_knn(px, py, **sim), "score"),
+        "edit_distance_knn": (
+            "edit_distance_knn",
+            lambda: edit_distance_knn(px, py, **sim),
+            "score",
+        ),
         "hub": ("semantic_hub", lambda: semantic_hub_score(x, y), "score"),
         "cohen": ("cohen_d_pc1", lambda: cohen_d_pc1(x, y), "d"),
     }
@@ -323,7 +374,20 @@ def layer_sweep(
             f"bootstrap intervals skipped: {run.n_rows} pairs > {CI_MAX_N} (the interval helpers "
             "hold N x N matrices); use --n-boot 0 or a subsample"
         )
+    thresholds: dict[tuple[str, str], float] = {}
+
+    def threshold(lang: str, pool: str) -> float:
+        # platonic-rep clamps a model's features once, over all of its layers
+        if (lang, pool) not in thresholds:
+            thresholds[lang, pool] = platonic_threshold(
+                [run.array(lang, s, pool) for s in run.sites]
+            )
+        return thresholds[lang, pool]
+
     for (lx, ly), pool in itertools.product(pairs, pools):
+        clamp = None
+        if cfg.compat == "platonic" and set(cfg.metrics) & PLATONIC_METRICS:
+            clamp = (threshold(lx, pool), threshold(ly, pool))
         zs: dict[str, Any] = {}
         z_errors: dict[str, str] = {}
         if "z" in cfg.metrics:
@@ -350,7 +414,7 @@ def layer_sweep(
                 site_recs.append(
                     _Rec(metric="z", value=None, undefined_reason=z_errors[site], **base)
                 )  # type: ignore[arg-type]
-            for name, value, why, detail in _site_metrics(x, y, cfg, strata):
+            for name, value, why, detail in _site_metrics(x, y, cfg, strata, clamp):
                 site_recs.append(
                     _Rec(metric=name, value=value, undefined_reason=why, detail=detail, **base)  # type: ignore[arg-type]
                 )
@@ -374,6 +438,7 @@ def layer_sweep(
         "seed": cfg.seed,
         "stratify": cfg.stratify,
         "center": cfg.center,
+        "compat": cfg.compat,
         "n_boot": cfg.n_boot,
         "ci_level": cfg.ci_level,
         "ci_skipped": ci_skipped,
