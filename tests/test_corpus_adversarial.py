@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import xlalign
 from xlalign.corpus import load_corpus
 from xlalign.errors import CorpusError, RunError
 
@@ -68,7 +69,6 @@ def test_nan_metadata_is_an_error_not_invalid_json(tmp_path):
 
 
 def test_nested_metadata_in_stratify_is_an_error_naming_the_row(tiny_models, tmp_path):
-    import xlalign
     from xlalign.studies.layers import SweepConfig, layer_sweep
 
     path = tmp_path / "nested.jsonl"
@@ -156,3 +156,19 @@ def _check_txt(folder: Path, pairs: list[tuple[str, str]]) -> None:
         assert m is not None and Path(m["file"]).parent == folder, str(e)
         return
     assert list(zip(c.texts["zh"], c.texts["en"], strict=True)) == pairs
+
+
+def test_nan_category_of_an_in_memory_corpus_writes_valid_json(tiny_models, problems, tmp_path):
+    from xlalign.corpus import ParallelCorpus
+
+    small = problems.head(4)
+    cats = (0, float("nan"), 2, float("inf"))
+    corpus = ParallelCorpus(small.ids, small.texts, {"category": cats})
+    run = xlalign.extract(str(tiny_models["qwen2"]), corpus, "zh,en", sites="embed",
+                          batch_size=4, output=tmp_path / "run", progress=False)  # fmt: skip
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"meta.json holds bare {name}")
+
+    meta = json.loads((run.path / "meta.json").read_text(), parse_constant=refuse)
+    assert meta["columns"]["category"] == [0, None, 2, None]

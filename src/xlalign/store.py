@@ -85,6 +85,23 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None, so the JSON written is valid.
+
+    (``json.dump`` would write bare ``NaN``, which is not JSON; a corpus built in memory may
+    hold a NaN category.)
+    """
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, np.floating) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def read_json(path: Path) -> Any:
     with path.open(encoding="utf-8") as f:
         return json.load(f)
@@ -279,7 +296,7 @@ class RunWriter:
             _save_npy(ids_p, data.ids.astype(np.int32, copy=False))
             _save_npy(off_p, data.offsets.astype(np.int64, copy=False))
             _save_npy(spec_p, data.special.astype(bool, copy=False))
-        atomic_write_json(path / META, dict(meta))
+        atomic_write_json(path / META, json_safe(dict(meta)))
         if tokenizer is not None:
             tokenizer.save_pretrained(path / TOKENIZER_DIR)
         writer._open_arrays(create=True)
