@@ -35,9 +35,13 @@ def test_one_record_per_site_pool_pair_metric(sweep, qwen_study_run):
     run = qwen_study_run
     names = [n for sel in sweep["metrics"] for n in METRICS[sel]]
     assert sweep["pools"] == ["last", "mean"]  # 'tokens' is per token, not swept
-    assert len(sweep["records"]) == len(run.sites) * 2 * len(names)
+    model = [r for r in sweep["records"] if r["site"] != "lexical"]
+    assert len(model) == len(run.sites) * 2 * len(names)
+    lexical = [r for r in sweep["records"] if r["site"] == "lexical"]
+    assert len(lexical) == 2 * len(names)  # the model-free baseline, repeated per pool
+    assert {r["depth"] for r in lexical} == {None}
     assert sweep["sites"] == list(run.sites)
-    assert {r["depth"] for r in sweep["records"]} == set(range(len(run.sites)))
+    assert {r["depth"] for r in model} == set(range(len(run.sites)))
 
 
 def test_values_equal_direct_metric_calls(sweep, qwen_study_run):
@@ -92,7 +96,7 @@ def test_undefined_values_carry_a_reason(qwen_study_run):
         ),
         progress=False,
     )
-    (rec,) = res["records"]
+    (rec,) = records(res, site="embed")
     assert rec["value"] is None and "zero spread" in rec["undefined_reason"]
 
 
@@ -188,9 +192,9 @@ def test_a_zero_norm_vector_makes_z_undefined_not_the_sweep_fail(tiny_models, pr
             output=tmp_path / "zero", progress=False,
         )  # fmt: skip
     res = layer_sweep(run, SweepConfig(metrics=("z", "p1"), n_boot=0), progress=False)
-    with_zh = [r for r in res["records"] if "zh" in (r["x"], r["y"])]
+    with_zh = [r for r in res["records"] if "zh" in (r["x"], r["y"]) and r["site"] != "lexical"]
     assert len(with_zh) == 2 * 2 * 3  # two pairs with zh, two sites, three records
     assert all(r["value"] is None for r in with_zh)
     assert all("zero-norm rows at indices [0]" in r["undefined_reason"] for r in with_zh)
-    others = records(res, x="en", y="de")
+    others = [r for r in records(res, x="en", y="de") if r["site"] != "lexical"]
     assert len(others) == 6 and all(isinstance(r["value"], float) for r in others)

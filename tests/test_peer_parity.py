@@ -352,7 +352,7 @@ def test_sweep_compat_platonic_uses_the_joint_clamp(tmp_path) -> None:  # type: 
         "edit_distance_knn": lambda a, b: ref_edit_knn(a, b, 10),
     }
     diffs = []
-    for rec in plat["records"]:
+    for rec in (r for r in plat["records"] if r["site"] != "lexical"):
         i = run.sites.index(rec["site"])
         a, b = ref_normalize(cx[:, i]), ref_normalize(cy[:, i])
         assert rec["value"] == pytest.approx(refs[rec["metric"]](a, b), rel=1e-8, abs=1e-10), rec

@@ -10,6 +10,7 @@ import pytest
 from browser import check_page
 from xlalign.cli import main
 from xlalign.errors import XlalignError
+from xlalign.studies.findings import summary_lines
 from xlalign.studies.pipeline import StudyConfig, config_to_toml, load_config_file, run_study
 
 
@@ -38,7 +39,9 @@ def test_study_writes_every_output(study):
     assert prov["model"]["weights_fingerprint"] or prov["model"]["revision"]
     assert set(prov["wall_time_s"]) >= {"extract", "align", "origin", "report", "total"}
     assert prov["stages"]["extract"] == "captured"
-    assert len(first["summary"]) == 5
+    findings = json.loads((out / "findings.json").read_text())
+    assert first["summary"] == summary_lines(findings)  # the summary reads findings.json alone
+    assert findings["headline"] in first["summary"] and "control" in findings["headline"]
 
 
 def test_second_run_reuses_activations_and_gives_identical_json(study):
@@ -78,7 +81,8 @@ def test_run_cli_with_config_file_reuses_the_folder(study, tmp_path, capsys):
     assert main(["run", "--config", str(conf), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "[1/5] extract done" in printed and "(reused)" in printed
-    assert "peak alignment z" in printed
+    headline = json.loads((out / "findings.json").read_text())["headline"]
+    assert headline in printed and "mean-pool z" in headline and "control" in headline
 
 
 @pytest.mark.parametrize(
@@ -128,7 +132,25 @@ def test_demo_on_the_bundled_model_renders(minilm_path, tmp_path, capsys):
     printed = capsys.readouterr().out.strip().splitlines()
     report_line = next(i for i, line in enumerate(printed) if line.startswith("report: "))
     assert printed[report_line] == f"report: {out / 'report.html'}"
-    assert len(printed[report_line + 1 :]) == 5  # the five-line summary
+    findings = json.loads((out / "findings.json").read_text())
+    assert printed[report_line + 1 :] == summary_lines(findings)
+    assert "control" in findings["headline"]
+    # the random-weights control matches the mean-pool z: the verdict must say so
+    alignment = json.loads((out / "alignment.json").read_text())
+    control = json.loads((out / "control-random-init" / "alignment.json").read_text())
+    (mean_z,) = [f for f in findings["findings"] if f["pool"] == "mean" and f["metric"] == "z"]
+    best = max(
+        (r for r in alignment["records"]
+         if r["pool"] == "mean" and r["metric"] == "z" and r["site"] in alignment["sites"]),
+        key=lambda r: r["value"],
+    )  # fmt: skip
+    (ctl,) = [r for r in control["records"]
+              if (r["pool"], r["metric"], r["site"]) == ("mean", "z", best["site"])]  # fmt: skip
+    assert (mean_z["site"], mean_z["model"]["value"]) == (best["site"], best["value"])
+    assert mean_z["control"]["value"] == ctl["value"]
+    assert best["ci_low"] <= ctl["ci_high"]  # the intervals overlap ...
+    assert mean_z["verdict"] == "matched-by-control"  # ... so it is not beyond-control
+    assert "mean-pool z" in findings["headline"] and "matched-by-control" in findings["headline"]
     assert (out / "report.md").is_file()
     origin = json.loads((out / "origin.json").read_text())
     assert origin["positions"]["has_additive_positions"] is True

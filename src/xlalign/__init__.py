@@ -11,6 +11,7 @@ from xlalign.problems import generate_problems
 if TYPE_CHECKING:
     from xlalign.capture import extract
     from xlalign.store import load_run
+    from xlalign.studies.compare import compare
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,7 @@ __all__ = [
     "ParallelCorpus",
     "XlalignError",
     "__version__",
+    "compare",
     "extract",
     "generate_problems",
     "load_corpus",
@@ -35,4 +37,8 @@ def __getattr__(name: str) -> Any:
         from xlalign.store import load_run
 
         return load_run
+    if name == "compare":
+        from xlalign.studies.compare import compare
+
+        return compare
     raise AttributeError(f"module 'xlalign' has no attribute {name!r}")

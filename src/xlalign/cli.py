@@ -45,7 +45,13 @@ def problems_cmd(
         raise XlalignError(f"--n must be at least 5 (one problem per category), got {n}")
     corpus = generate_problems(n, seed)
     corpus.to_jsonl(output)
-    print(f"wrote {len(corpus)} problems ({', '.join(corpus.languages)}) to {output}")
+    why = ""
+    if len(corpus) != n:
+        why = (
+            f" (--n {n} asked; the study makes n // 5 = {n // 5} per category x 5 categories; "
+            "give a multiple of 5 to get exactly n)"
+        )
+    print(f"wrote {len(corpus)} problems ({', '.join(corpus.languages)}) to {output}{why}")
 
 
 @app.command("extract")
@@ -206,6 +212,10 @@ def align_cmd(
     center: Annotated[
         bool, typer.Option("--center", help="Remove each language's mean vector first.")
     ] = False,
+    standardize: Annotated[
+        bool,
+        typer.Option("--standardize", help="z-score each dimension over both languages first."),
+    ] = False,
     pivot: Annotated[
         str | None, typer.Option("--pivot", help="Compare each language with this one only.")
     ] = None,
@@ -231,22 +241,19 @@ def align_cmd(
     ] = "exact",
 ) -> None:
     """Sweep alignment metrics over every site, pool and language pair of a run."""
-    from xlalign.lock import folder_lock
-    from xlalign.store import load_run
-    from xlalign.studies.layers import SweepConfig, format_table, layer_sweep, write_alignment
+    from xlalign.studies.layers import SweepConfig, format_table
+    from xlalign.studies.pipeline import run_align
 
     cfg = SweepConfig(
         metrics=tuple(_csv_list(metrics)), null=null, n_perms=n_perms, seed=seed,
-        stratify=stratify, center=center, pivot=pivot, n_boot=n_boot,
+        stratify=stratify, center=center, pivot=pivot, n_boot=n_boot, standardize=standardize,
         sites=tuple(_csv_list(sites)) if sites else None,
         pools=tuple(_csv_list(pools)) if pools else None,
         langs=tuple(_csv_list(langs)) if langs else None, compat=compat,
     )  # fmt: skip
-    with folder_lock(output or run, "xlalign align"):  # refuses a read-only folder up front
-        loaded = load_run(run)
-        result = layer_sweep(loaded, cfg, progress=progress)
-        paths = write_alignment(result, output or run)
+    result, lines, paths = run_align(run, cfg, output, progress=progress)
     print(format_table(result))
+    print("\n".join(lines))
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
@@ -361,6 +368,10 @@ def run_cmd(
     center: Annotated[
         bool | None, typer.Option("--center/--no-center", help="Remove language means.")
     ] = None,
+    standardize: Annotated[
+        bool | None,
+        typer.Option("--standardize/--no-standardize", help="z-score each dimension first."),
+    ] = None,
     pivot: Annotated[
         str | None, typer.Option("--pivot", help="Compare each language with it.")
     ] = None,
@@ -392,6 +403,7 @@ def run_cmd(
         "batch_size": batch_size, "device": device, "dtype": dtype, "revision": revision,
         "trust_remote_code": trust_remote_code, "null": null, "n_perms": n_perms, "seed": seed,
         "stratify": stratify, "center": center, "pivot": pivot, "n_boot": n_boot,
+        "standardize": standardize,
         "control": control, "control_seed": control_seed, "heatmap_site": heatmap_site,
         "label": label,
         "langs": tuple(_csv_list(langs)) if langs else None,
@@ -427,7 +439,48 @@ def demo_cmd(
     )  # fmt: skip
     result = run_study(cfg, command=sys.argv, progress=progress)
     print(f"report: {result['paths'].get('report_html', output / 'report.html')}")
-    print("\n".join(result["summary"][:5]))
+    print("\n".join(result["summary"]))
+
+
+@app.command("compare")
+def compare_cmd(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Two or more run or study folders (xlalign run/extract).")
+    ],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Folder for compare.json and the report.")
+    ],
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="RUN=NAME (RUN as given, or its letter A, B...); repeat."),
+    ] = None,
+    k: Annotated[int, typer.Option("--k", help="Neighbours of mutual k-NN.")] = 10,
+    n_perms: Annotated[
+        int, typer.Option("--n-perms", help="Row permutations of the CKA null (0: none).")
+    ] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the CKA null.")] = 0,
+    pools: Annotated[str | None, typer.Option("--pools", help="Pools (default: shared).")] = None,
+    langs: Annotated[
+        str | None, typer.Option("--langs", help="Languages (default: shared).")
+    ] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bars.")
+    ] = True,
+) -> None:
+    """Compare models on one corpus: curves on relative depth, model-to-model similarity."""
+    from xlalign.studies.compare import CompareConfig, compare, parse_labels
+
+    cfg = CompareConfig(
+        k=k, n_perms=n_perms, seed=seed,
+        pools=tuple(_csv_list(pools)) if pools else None,
+        langs=tuple(_csv_list(langs)) if langs else None,
+    )  # fmt: skip
+    result = compare(
+        [str(r) for r in runs], labels=parse_labels(label or []), output=output, config=cfg,
+        progress=progress,
+    )  # fmt: skip
+    print("\n".join([result.headline, *result.summary, *result.warnings]))
+    print(f"report: {result.paths['html']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,10 @@ from xlalign.sites import describe_sites
 FORMAT = "xlalign.run"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+#: A study folder's random-init control run (``xlalign run --control random-init``).
+CONTROL_DIR = "control-random-init"
+#: The corpus a study saves beside its run, so later commands need no --data.
+CORPUS_FILE = "corpus.jsonl"
 META = "meta.json"
 PROGRESS = "progress.json"
 #: Per-rank progress records of a data-parallel launch: ``progress/rank-<r>-of-<n>.json``.

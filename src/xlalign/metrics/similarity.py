@@ -41,6 +41,8 @@ from xlalign.metrics._checks import (
     TIE_TOL,
     Result,
     UnitRows,
+    as_float_array,
+    check_finite,
     check_k,
     check_nonzero,
     check_pair,
@@ -53,13 +55,16 @@ __all__ = [
     "CknnaResult",
     "HubResult",
     "KnnResult",
+    "SiteMatrix",
     "SvccaResult",
     "cknna",
     "cycle_knn",
     "edit_distance_knn",
     "lcs_knn",
     "linear_cka",
+    "linear_cka_matrix",
     "mutual_knn",
+    "mutual_knn_matrix",
     "platonic_clamp",
     "platonic_threshold",
     "prepare_features",
@@ -670,3 +675,170 @@ def semantic_hub_score(x: Any, y: Any) -> HubResult:
         diag += float(np.einsum("ij,ij->", xb, yb))
     off = (float(sx @ sy) - diag) / (n * (n - 1))
     return HubResult(score=diag / n - off, diag_mean=diag / n, offdiag_mean=off, n=n)
+
+
+# --------------------------------------------------------------------------- site x site matrices
+
+#: Above this many rows the CKA matrix skips its permutation null (each permutation re-reads
+#: one ``n x n`` Gram matrix per site of the second model).
+CKA_NULL_MAX_N = 2000
+#: The Gram route keeps every site's ``n x n`` centred Gram matrix; above this many float64
+#: entries in all, or when the features are narrower than ``n``, CKA goes through features.
+_GRAM_MAX_ENTRIES = 2**25
+
+
+@dataclass(frozen=True)
+class SiteMatrix(Result):
+    """A metric between every site of one model (rows) and every site of another (columns).
+
+    ``value`` ``(n_x, n_y)`` float64, NaN where undefined; ``reasons`` maps ``(i, j)`` to why.
+    For CKA with a permutation null: ``null_mean``, ``null_std`` and ``p_value``
+    (``(1 + #{null >= value}) / (n_perms + 1)``), the same ``n_perms`` row permutations for
+    every cell; otherwise ``None`` and ``null_reason`` says why.
+    """
+
+    value: np.ndarray
+    n: int
+    reasons: dict[tuple[int, int], str]
+    null_mean: np.ndarray | None = None
+    null_std: np.ndarray | None = None
+    p_value: np.ndarray | None = None
+    n_perms: int = 0
+    null_reason: str | None = None
+
+
+def _site_list(arrays: Any, name: str) -> list[np.ndarray]:
+    out = [as_float_array(a, f"{name}[{i}]") for i, a in enumerate(arrays)]
+    if not out:
+        raise XlalignError(f"{name}: give at least one site's array")
+    for i, a in enumerate(out):
+        check_finite(a, f"{name}[{i}]")
+    return out
+
+
+def _same_rows(xs: list[np.ndarray], ys: list[np.ndarray], min_pairs: int) -> int:
+    rows = {a.shape[0] for a in [*xs, *ys]}
+    if len(rows) != 1:
+        raise XlalignError(
+            f"every site of both models needs one row per prompt, the same prompts; got row "
+            f"counts {sorted(rows)}"
+        )
+    n = rows.pop()
+    if n < min_pairs:
+        raise XlalignError(f"need at least {min_pairs} pairs (rows), got {n}")
+    return n
+
+
+def linear_cka_matrix(
+    xs: Any, ys: Any, *, n_perms: int = 0, seed: int = 0, null_max_n: int = CKA_NULL_MAX_N
+) -> SiteMatrix:
+    """Linear CKA (biased, as :func:`linear_cka`) of every ``xs[i]`` with every ``ys[j]``.
+
+    ``xs``: one ``(n, d_x)`` array per site of model A; ``ys``: one ``(n, d_y)`` per site of
+    model B, rows paired (the same prompts); widths may differ. Each site's self-term is
+    computed once, so the cost is ``O(sites)`` self-terms plus one cross term per cell: through
+    centred Gram matrices (``<Kc_i, Lc_j>_F``, ``O(n^2)`` per cell) when that is below the
+    feature route's ``O(n d_x d_y)`` and memory allows, else through ``||Xc^T Yc||_F^2``.
+
+    ``n_perms > 0`` adds a permutation null where it is cheap (the Gram route and
+    ``n <= null_max_n``): B's rows are shuffled by ``n_perms`` permutations drawn from
+    ``seed``, the same ones for every cell.
+    """
+    xa, ya = _site_list(xs, "xs"), _site_list(ys, "ys")
+    n = _same_rows(xa, ya, 3)
+    if n_perms < 0:
+        raise XlalignError(f"n_perms must be >= 0, got {n_perms}")
+    xc = [_centred(a.astype(np.float64, copy=False)) for a in xa]
+    yc = [_centred(a.astype(np.float64, copy=False)) for a in ya]
+    reasons: dict[tuple[int, int], str] = {}
+    for side, cs, other in (("x", xc, len(yc)), ("y", yc, len(xc))):
+        for i, (_, has_var) in enumerate(cs):
+            if not has_var:
+                why = f"{side} site {i} has no variance: all its rows are identical, so CKA is 0/0"
+                for j in range(other):
+                    reasons[(i, j) if side == "x" else (j, i)] = why
+    widths = [a.shape[1] for a in [*xa, *ya]]
+    fits = (len(xa) + len(ya)) * n * n <= _GRAM_MAX_ENTRIES
+    gram = fits and n <= float(np.median(widths)) ** 2
+    null_reason: str | None
+    if not gram and n_perms > 0:
+        null_reason = (
+            f"no permutation null: {n} rows make the Gram route too costly "
+            f"(too many Gram entries to hold, or n above the feature widths' product)"
+        )
+    elif n > null_max_n and n_perms > 0:
+        null_reason = f"no permutation null: {n} rows > {null_max_n}"
+    else:
+        null_reason = None if n_perms > 0 else "no permutation null asked for (n_perms = 0)"
+    value = np.full((len(xa), len(ya)), np.nan)
+    null_mean = null_std = p_value = None
+    if gram:
+        kx = np.stack([_unit_gram(c) if v else np.zeros(n * n) for c, v in xc])
+        ky = [_unit_gram(c) if v else np.zeros(n * n) for c, v in yc]
+        do_null = n_perms > 0 and n <= null_max_n
+        if do_null:
+            rng = np.random.default_rng(seed)
+            perms = [rng.permutation(n) for _ in range(n_perms)]
+            null_mean, null_std = np.zeros_like(value), np.zeros_like(value)
+            p_value = np.zeros_like(value)
+        for j, kyj in enumerate(ky):
+            value[:, j] = kx @ kyj
+            if do_null:
+                sq = kyj.reshape(n, n)
+                null = np.empty((len(xa), n_perms))
+                step = max(1, _BLOCK_ENTRIES // (n * n))  # permuted Grams per matrix product
+                for lo in range(0, n_perms, step):
+                    batch = np.stack([sq[np.ix_(p, p)].ravel() for p in perms[lo : lo + step]])
+                    null[:, lo : lo + step] = kx @ batch.T
+                null_mean[:, j] = null.mean(axis=1)  # type: ignore[index]
+                null_std[:, j] = null.std(axis=1)  # type: ignore[index]
+                p_value[:, j] = (1 + (null >= value[:, j : j + 1] - 1e-12).sum(1)) / (n_perms + 1)  # type: ignore[index]
+    else:
+        nx = [np.sqrt(_cross_sq(c, c)) if v else 0.0 for c, v in xc]
+        ny = [np.sqrt(_cross_sq(c, c)) if v else 0.0 for c, v in yc]
+        for i, (ci, vi) in enumerate(xc):
+            for j, (cj, vj) in enumerate(yc):
+                if vi and vj:
+                    value[i, j] = _cross_sq(ci, cj) / (nx[i] * ny[j])
+    for i, j in reasons:
+        value[i, j] = np.nan
+        for arr in (null_mean, null_std, p_value):
+            if arr is not None:
+                arr[i, j] = np.nan
+    return SiteMatrix(
+        value=value, n=n, reasons=reasons, null_mean=null_mean, null_std=null_std,
+        p_value=p_value, n_perms=n_perms if p_value is not None else 0, null_reason=null_reason,
+    )  # fmt: skip
+
+
+def _unit_gram(c: np.ndarray) -> np.ndarray:
+    """The centred Gram matrix ``c c^T`` flattened and scaled to unit Frobenius norm."""
+    k = c @ c.T
+    return (k / np.sqrt(np.einsum("ij,ij->", k, k))).ravel()
+
+
+def _knn_sets(f: np.ndarray, k: int) -> np.ndarray:
+    """``(n, k)`` int: each row's ``k`` nearest rows (self excluded, ties to the lower index)."""
+    out = np.empty((f.shape[0], k), dtype=np.int64)
+    for rows, _, mask in _knn_blocks(f, k):
+        out[rows] = np.nonzero(mask)[1].reshape(-1, k)
+    return out
+
+
+def mutual_knn_matrix(xs: Any, ys: Any, k: int = 10, prepare: bool = True) -> SiteMatrix:
+    """:func:`mutual_knn` of every ``xs[i]`` with every ``ys[j]`` (rows paired; widths free).
+
+    Each site's k-NN sets are found once (``O(sites)`` neighbour searches); a cell then costs
+    ``O(n k^2)``. Equal to calling :func:`mutual_knn` on each pair, ties included.
+    """
+    xa, ya = _site_list(xs, "xs"), _site_list(ys, "ys")
+    n = _same_rows(xa, ya, 3)
+    check_k(k, n, "mutual_knn")
+    prep = (lambda a, s: _prepare(a, 0.95, s)) if prepare else (lambda a, s: a.astype(np.float64))
+    nx = [_knn_sets(prep(a, f"xs[{i}]"), k) for i, a in enumerate(xa)]
+    ny = [_knn_sets(prep(a, f"ys[{j}]"), k) for j, a in enumerate(ya)]
+    value = np.empty((len(xa), len(ya)))
+    for i, a in enumerate(nx):
+        for j, b in enumerate(ny):
+            value[i, j] = (a[:, :, None] == b[:, None, :]).sum() / (n * k)
+    return SiteMatrix(value=value, n=n, reasons={}, null_reason="mutual k-NN has no null here")

@@ -19,6 +19,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from xlalign.lexical import LEXICAL_SITE
+
 #: Readable panel titles for the layer sweep's metrics; unknown metrics keep their own name.
 METRIC_LABELS = {
     "z": "matched-vs-scrambled z",
@@ -190,7 +192,11 @@ def alignment_sites(*docs: Mapping[str, Any] | None) -> list[str]:
     for doc in docs:
         if not doc:
             continue
-        depth = {str(r.get("site")): _as_float(r.get("depth")) for r in _records(doc)}
+        depth = {
+            str(r.get("site")): _as_float(r.get("depth"))
+            for r in _records(doc)
+            if r.get("site") != LEXICAL_SITE  # a reference line, not a depth
+        }
         listed = doc.get("sites") or sorted(depth, key=lambda s: _nan_last(depth[s]))
         for site in listed:
             sites.setdefault(str(site), depth.get(str(site), math.nan))
@@ -264,6 +270,22 @@ def alignment_series(
     return Series(value, lo, hi, reasons)
 
 
+def lexical_value(
+    alignment: Mapping[str, Any] | None, pair: tuple[str, str], metric: str, pool: str
+) -> float | None:
+    """The lexical baseline's value of ``metric`` for ``pair`` and ``pool`` (None if absent)."""
+    for r in _records(alignment):
+        if (
+            r.get("site") == LEXICAL_SITE
+            and r.get("metric") == metric
+            and r.get("pool") == pool
+            and (r.get("x"), r.get("y")) == pair
+        ):
+            v = _as_float(r.get("value"))
+            return None if math.isnan(v) else v
+    return None
+
+
 def _records(doc: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
     if not doc:
         return []
@@ -325,6 +347,7 @@ def alignment_figure(
     fig = Figure(figsize=(panel_w * ncols, 2.9 * nrows + 0.9), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     xs = np.arange(len(sites))
+    has_lexical = False
     for k, metric in enumerate(metrics):
         ax = axes[k // ncols][k % ncols]
         drawn = False
@@ -350,6 +373,10 @@ def alignment_figure(
             if np.isfinite(ctrl.value).any():
                 ax.plot(xs, ctrl.value, "--", color=colours[pool], linewidth=1.2, alpha=0.9)
                 drawn = True
+            lexical = lexical_value(alignment, pair, metric, pool)
+            if lexical is not None:
+                ax.axhline(lexical, color=colours[pool], linestyle=":", linewidth=1.2)
+                has_lexical = drawn = True
         if metric in _ZERO_BASELINE:
             ax.axhline(0.0, color="0.6", linewidth=0.8, zorder=0)
         if not drawn:
@@ -384,6 +411,9 @@ def alignment_figure(
     if control:
         handles.append(Line2D([], [], color="0.3", linestyle="--"))
         labels.append("random-weights control")
+    if has_lexical:
+        handles.append(Line2D([], [], color="0.3", linestyle=":"))
+        labels.append("lexical baseline (token ids)")
     if any(r.get("ci_low") is not None for r in _records(alignment)):
         handles.append(Line2D([], [], color="0.3", alpha=0.25, linewidth=8))
         labels.append("confidence band")

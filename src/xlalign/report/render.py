@@ -33,6 +33,7 @@ from xlalign.report.figures import (
     alignment_sites,
     heatmap_figure,
     language_matrix_figure,
+    lexical_value,
     matrix_metrics,
     matrix_sites,
     pca_figure,
@@ -101,6 +102,7 @@ class ReportInputs:
     provenance: Mapping[str, Any] = field(default_factory=dict)
     summary_lines: Sequence[str] = field(default_factory=list)
     matrix_sites: Sequence[str] | None = None
+    findings: Mapping[str, Any] | None = None
 
 
 def build_report(out_dir: Path, inputs: ReportInputs) -> dict[str, Path]:
@@ -122,6 +124,7 @@ def build_report(out_dir: Path, inputs: ReportInputs) -> dict[str, Path]:
     if inputs.summary_lines:
         nav.append(("summary", "Summary"))
     sections = [
+        ("findings", "Findings and their controls", _findings_section(inputs.findings)),
         ("alignment", "Alignment against depth", _alignment_section(out_dir, inputs, figures)),
         ("languages", "Language x language", _matrix_section(out_dir, inputs, figures)),
         ("pca", "PCA scatter", _pca_section(out_dir, inputs, figures)),
@@ -200,6 +203,112 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]
 # ---------------------------------------------------------------------------------------------
 
 
+def _ci_cell(d: Any) -> Cell:
+    if not isinstance(d, Mapping) or d.get("value") is None:
+        return Cell("none", title="not available", undefined=True)
+    text = fmt_value(d["value"])
+    if d.get("ci_low") is not None and d.get("ci_high") is not None:
+        text += f" [{fmt_value(d['ci_low'])}, {fmt_value(d['ci_high'])}]"
+    return Cell(text)
+
+
+def _findings_section(findings: Mapping[str, Any] | None) -> list[Block]:
+    """The first section: made from ``findings.json`` alone (headline, verdicts, warnings)."""
+    if not findings:
+        return []
+    blocks: list[Block] = [Para(str(findings.get("headline", "")))]
+    rows: list[list[str | Cell]] = []
+    for f in findings.get("findings") or []:
+        if not isinstance(f, Mapping):
+            continue
+        gain = f.get("largest_gain")
+        rows.append(
+            [
+                "/".join(str(p) for p in f.get("pair") or []),
+                str(f.get("pool")),
+                METRIC_LABELS.get(str(f.get("metric")), str(f.get("metric"))),
+                str(f.get("site")),
+                _ci_cell(f.get("model")),
+                _ci_cell(f.get("control")),
+                _ci_cell(f.get("lexical")),
+                _ci_cell(f.get("stratified")),
+                str(f.get("verdict")),
+                f"{gain['site']} ({'+' if gain['gain'] >= 0 else ''}{fmt_value(gain['gain'])})"
+                if isinstance(gain, Mapping)
+                else Cell("none", undefined=True),
+            ]
+        )
+    if rows:
+        blocks.append(
+            Table(
+                [
+                    "pair",
+                    "pool",
+                    "metric",
+                    "best site",
+                    "model [CI]",
+                    "control at that site",
+                    "lexical baseline",
+                    "within-category null",
+                    "verdict",
+                    "largest gain over control",
+                ],
+                rows,
+                caption="Each metric at the model's best site, beside its controls",
+            )
+        )
+    blocks.append(
+        Para(
+            "Verdicts: beyond-control when the model's interval lies above both the "
+            "random-weights control's and the lexical baseline's (bag of token ids); "
+            "matched-by-control or matched-by-lexical when it overlaps (or lies below) one of "
+            "them; below-control when it lies wholly under the control; no-control when none "
+            "was run. How to read them: docs/report.md.",
+            note=True,
+        )
+    )
+    warnings = [str(w) for w in findings.get("warnings") or []]
+    if warnings:
+        blocks += [Heading(3, "Warnings"), Bullets(warnings)]
+    dominance = [d for d in findings.get("dominance") or [] if isinstance(d, Mapping)]
+    drows: list[list[str | Cell]] = []
+    for d in dominance:
+        shares = "; ".join(
+            f"{r.get('lang')}: dim {', '.join(str(i) for i in r.get('top_dims') or [])} "
+            f"({fmt_value(r.get('share'), 3)})"
+            for r in d.get("languages") or []
+        )
+        for v in d.get("values") or []:
+            drows.append(
+                [
+                    str(d.get("site")),
+                    str(d.get("pool")),
+                    shares,
+                    "/".join(v.get("pair") or []),
+                    METRIC_LABELS.get(str(v.get("metric")), str(v.get("metric"))),
+                    _value_cell(v.get("raw"), None, inline_reason=False),
+                    _value_cell(v.get("standardized"), None, inline_reason=False),
+                ]
+            )
+    if drows:
+        blocks.append(
+            Table(
+                [
+                    "site",
+                    "pool",
+                    "top dimensions (share of squared norm)",
+                    "pair",
+                    "metric",
+                    "raw",
+                    "standardized",
+                ],
+                drows,
+                caption="Sites where one dimension holds over half the squared norm",
+            )
+        )
+    return blocks
+
+
 def _alignment_section(
     out_dir: Path, inputs: ReportInputs, figures: dict[str, Path]
 ) -> list[Block]:
@@ -211,7 +320,8 @@ def _alignment_section(
         Para(
             "Each panel is one metric against depth (embedding site first). Solid lines: the "
             "model, one per pool, with confidence bands where the metric has them; dashed: the "
-            "same model with random weights (control). Gaps are undefined values."
+            "same model with random weights (control); dotted horizontal: the lexical "
+            "baseline (bags of token ids, no model). Gaps are undefined values."
             + ("" if control else " No random-weights control was run.")
         )
     ]
@@ -271,6 +381,14 @@ def _alignment_table(
                 else Cell(UNDEFINED, title=series[m].reasons.get(site), undefined=True)
             )
         rows.append(row)
+    lexical = {m: lexical_value(doc, pair, m, pool) for m in metrics}
+    if any(v is not None for v in lexical.values()):
+        rows.append(
+            [
+                "lexical (token ids, no model)",
+                *(_value_cell(lexical[m], "not computed", inline_reason=False) for m in metrics),
+            ]
+        )
     return Table(
         ["site", *(METRIC_LABELS.get(m, m) for m in metrics)],
         rows,

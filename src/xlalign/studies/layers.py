@@ -17,6 +17,7 @@ L x L matrix of each metric per pool and site (see :func:`language_matrices`).
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from xlalign.errors import RunError, XlalignError
+from xlalign.lexical import LEXICAL_SITE
 from xlalign.metrics import (
     COMPAT_MODES,
     cknna,
@@ -125,6 +127,10 @@ class SweepConfig:
     """Languages to include (default: all in the run)."""
     compat: str = "exact"
     """exact, or platonic: platonic-rep's pipeline for the CKA / k-NN / SVCCA metrics."""
+    lexical: bool = True
+    """Also score the model-free lexical baseline (bag of token ids) as site ``lexical``."""
+    standardize: bool = False
+    """z-score each dimension over the pooled rows of the languages first (rogue dimensions)."""
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -152,7 +158,7 @@ class SweepConfig:
 @dataclass
 class _Rec:
     site: str
-    depth: int
+    depth: int | None
     pool: str
     x: str
     y: str
@@ -362,6 +368,9 @@ def layer_sweep(
 
     cfg = config or SweepConfig()
     langs, sites, pools = _selected(run, cfg)
+    dominance = dominance_records(run, langs, sites, pools)  # on the raw vectors, always
+    if cfg.standardize:
+        run = StandardizedRun(run, langs)  # type: ignore[assignment]
     pairs = language_pairs(langs, cfg.pivot)
     strata = _strata(run, cfg)
     depth = {s: run.sites.index(s) for s in sites}
@@ -424,6 +433,8 @@ def layer_sweep(
             records.extend(site_recs)
             bar.update(1)
     bar.close()
+    if cfg.lexical:
+        records.extend(lexical_records(run, pairs, pools, cfg, strata, skip_ci=ci_skipped))
     record_dicts = [r.to_dict() for r in records]
     return {
         "run": str(run.path),
@@ -443,7 +454,9 @@ def layer_sweep(
         "ci_level": cfg.ci_level,
         "ci_skipped": ci_skipped,
         "pivot": cfg.pivot,
+        "standardize": cfg.standardize,
         "records": record_dicts,
+        "dominance": dominance,
         "matrices": language_matrices(record_dicts, langs, pools, sites),
         "matrix_orientation": (
             "matrices[metric][pool][site][i][j]: languages[i] as x against languages[j] as y; "
@@ -502,6 +515,156 @@ class _LazySites(Mapping[str, tuple[np.ndarray, np.ndarray]]):
 
     def __getitem__(self, site: str) -> tuple[np.ndarray, np.ndarray]:
         return self.run.array(self.lx, site, self.pool), self.run.array(self.ly, site, self.pool)
+
+
+# ---------------------------------------------------------------------------------------------
+# controls computed beside the sweep: the lexical baseline, dominant dimensions, standardizing
+
+
+def lexical_records(
+    run: Run,
+    pairs: Sequence[tuple[str, str]],
+    pools: Sequence[str],
+    cfg: SweepConfig,
+    strata: Sequence[Any] | None,
+    *,
+    skip_ci: str | None = None,
+) -> list[_Rec]:
+    """The lexical baseline's records: every metric of ``cfg`` on bag-of-token-id vectors.
+
+    Scored by the same per-site path as the model (same metrics, null, seed and strata), once
+    per language pair, and repeated under every pool so each pool's curve has its reference
+    (the values do not depend on the pool). See :mod:`xlalign.lexical`.
+    """
+    from xlalign.lexical import MAX_ENTRIES, bag_of_ids, n_entries
+
+    out: list[_Rec] = []
+    for lx, ly in pairs:
+        skip_why = None
+        try:
+            ids = [run.token_ids(lx), run.token_ids(ly)]
+        except (OSError, XlalignError) as e:  # a run folder without its token files
+            ids = [[np.zeros(0, np.int64)] * run.n_rows] * 2
+            skip_why = f"lexical baseline skipped: the run's token ids cannot be read ({e})"
+        n = len(ids[0])
+        recs: list[_Rec] = []
+        if skip_why is None and (size := n_entries(ids)) > MAX_ENTRIES:
+            skip_why = (
+                f"lexical baseline skipped: {size} bag-of-ids entries > {MAX_ENTRIES} "
+                "(use a subsample)"
+            )
+        if skip_why is not None:
+            names = ["z"] if "z" in cfg.metrics else []
+            names += [nm for sel in cfg.metrics if sel != "z" for nm in METRICS[sel]]
+            recs = [
+                _Rec(LEXICAL_SITE, None, "", lx, ly, nm, None, n, undefined_reason=skip_why)
+                for nm in names
+            ]
+        else:
+            x, y = bag_of_ids(ids, [run.special_tokens_mask(lx), run.special_tokens_mask(ly)])
+            base: dict[str, Any] = dict(site=LEXICAL_SITE, depth=None, pool="", x=lx, y=ly, n=n)
+            if "z" in cfg.metrics:
+                kw: dict[str, Any] = dict(
+                    method=cfg.null, n_perms=cfg.n_perms, seed=cfg.seed, strata=strata,
+                    center=cfg.center,
+                )  # fmt: skip
+                z, z_why = _guard(functools.partial(matched_vs_scrambled_z, x, y, **kw))
+                recs.append(
+                    _Rec(
+                        metric="z",
+                        value=None if z is None else _finite(z.z),
+                        undefined_reason=z_why if z is None else z.undefined_reason,
+                        detail={} if z is None else z.to_dict(),
+                        **base,
+                    )
+                )
+            for name, value, why, detail in _site_metrics(x, y, cfg, strata):
+                recs.append(
+                    _Rec(metric=name, value=value, undefined_reason=why, detail=detail, **base)
+                )
+            for rec in recs:
+                if rec.value is not None and skip_ci is None:
+                    rec.ci_low, rec.ci_high = _ci(rec.metric, x, y, cfg, strata)
+        for pool in pools:
+            for rec in recs:
+                d = dict(rec.__dict__)
+                d["pool"] = pool
+                d["detail"] = {
+                    **rec.detail,
+                    "features": "bag of token ids (special tokens left out)",
+                }
+                out.append(_Rec(**d))
+    return out
+
+
+def dominance_records(
+    run: Run, langs: Sequence[str], sites: Sequence[str], pools: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One ``dominance`` record per site, pool and language, on the raw stored vectors.
+
+    ``share`` is the share of the mean squared norm held by the largest dimension, ``top_dims``
+    the indices of the three largest, ``flagged`` whether ``share`` exceeds
+    :data:`~xlalign.metrics.dominance.DOMINANCE_WARN`.
+    """
+    from xlalign.metrics.dominance import DOMINANCE_WARN
+
+    out: list[dict[str, Any]] = []
+    for site in sites:
+        for pool in pools:
+            for lang in langs:
+                rec: dict[str, Any] = {
+                    "site": site,
+                    "depth": run.sites.index(site),
+                    "pool": pool,
+                    "lang": lang,
+                }
+                res, why = _guard(functools.partial(_dominance_of, run, lang, site, pool))
+                if res is None:
+                    rec.update(share=None, top_dims=[], top_shares=[], undefined_reason=why)
+                else:
+                    rec.update(
+                        share=res.share, top_dims=res.top_dims, top_shares=res.top_shares,
+                        undefined_reason=None if res.share is not None else "every vector is 0",
+                    )  # fmt: skip
+                rec["flagged"] = rec["share"] is not None and rec["share"] > DOMINANCE_WARN
+                out.append(rec)
+    return out
+
+
+def _dominance_of(run: Run, lang: str, site: str, pool: str) -> Any:
+    from xlalign.metrics.dominance import dimension_dominance
+
+    return dimension_dominance(run.array(lang, site, pool))
+
+
+class StandardizedRun:
+    """A read-only view of a run whose pooled vectors are z-scored per dimension.
+
+    Each dimension's mean and std are taken over the pooled rows of every language in
+    ``langs`` at that site and pool (for the usual two languages: over both, as in Timkey &
+    van Schijndel 2021); every other attribute is the run's own.
+    """
+
+    def __init__(self, run: Run, langs: Sequence[str]) -> None:
+        self._run, self._langs = run, list(langs)
+        self._moments: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._run, name)
+
+    def _stats(self, site: str, pool: str) -> tuple[np.ndarray, np.ndarray]:
+        from xlalign.metrics.dominance import standardize_moments
+
+        key = (site, pool)
+        if key not in self._moments:
+            arrays = [self._run.array(lang, site, pool) for lang in self._langs]
+            self._moments[key] = standardize_moments(*arrays)
+        return self._moments[key]
+
+    def array(self, lang: str, site: str, pool: str, *, mmap: bool = True) -> np.ndarray:
+        """``(n_rows, d_model)`` float64: the stored vectors, each dimension z-scored."""
+        mu, scale = self._stats(site, pool)
+        return (np.asarray(self._run.array(lang, site, pool), dtype=np.float64) - mu) / scale
 
 
 # ---------------------------------------------------------------------------------------------

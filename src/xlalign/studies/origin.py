@@ -307,6 +307,7 @@ def origin_study(
         _decompose(run, site, lx, ly, tokens, strata, cfg) for site in run.sites
     ]
     out["last_token_table"] = _last_token_table(lx, ly, tokens, classifier)
+    out["lexical"] = _lexical(tokens[lx], tokens[ly], cfg)
     out["control"] = None
     if control is not None:
         say("random-weights control")
@@ -320,6 +321,20 @@ def origin_study(
         ]
         out["control"] = ctl
     return out
+
+
+def _lexical(tx: _Tokens, ty: _Tokens, cfg: OriginConfig) -> dict[str, Any]:
+    """z of the model-free lexical baseline (bags of token ids), on the study's null."""
+    from xlalign.lexical import bag_of_ids
+
+    x, y = bag_of_ids([tx.ids, ty.ids], [tx.special, ty.special])
+    z = _z(x, y, cfg)
+    return {
+        "z": _finite(z.value),
+        "undefined_reason": z.reason,
+        "features": "bag of token ids (special tokens left out), L2-normalised",
+        "detail": z.detail(),
+    }
 
 
 def _strata(run: Run, cfg: OriginConfig) -> list[Any] | None:
@@ -591,6 +606,8 @@ def summarize(origin: Mapping[str, Any]) -> list[str]:
         row = f"  {key:<26} {_fmt(origin.get(key)):>9}"
         if ctl:
             row += f"   random-init control {_fmt(ctl.get(key)):>9}"
+        else:
+            row += "   random-init control   not run"
         if origin.get(key) is None and key in origin.get("undefined", {}):
             row += f"   ({origin['undefined'][key]})"
         lines.append(row)

@@ -2,7 +2,9 @@
 
 A study folder holds the trained model's run (the store), the random-weights control's run in
 ``control-random-init/``, and the study's outputs beside them: ``alignment.json``,
-``origin.json``, ``report.html``, ``report.md``, figures, ``config.toml`` (the resolved
+``origin.json``, ``findings.json`` (what survives the controls; the console summary and the
+report's first section are made from it), ``report.html``, ``report.md``, figures,
+``config.toml`` (the resolved
 configuration) and ``provenance.json``. Running the same study again on the same folder reuses
 the stored activations: no forward pass runs twice.
 """
@@ -24,11 +26,18 @@ import numpy as np
 from xlalign.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import RunError, XlalignError
 from xlalign.lock import folder_lock
-from xlalign.store import MANIFEST, Run, atomic_write_json, load_run, read_json
+from xlalign.store import (
+    CONTROL_DIR,
+    CORPUS_FILE,
+    MANIFEST,
+    Run,
+    atomic_write_json,
+    load_run,
+    read_json,
+)
+from xlalign.studies.findings import summary_lines, write_findings
 from xlalign.studies.layers import DEFAULT_METRICS, SweepConfig
 
-CONTROL_DIR = "control-random-init"
-CORPUS_FILE = "corpus.jsonl"
 STUDY_POOLS = ("last", "mean", "tokens")
 
 
@@ -208,6 +217,60 @@ def run_corpus(run: Run) -> ParallelCorpus:
 
 
 # ---------------------------------------------------------------------------------------------
+# align with its controls
+
+
+def run_align(
+    run: Path, config: SweepConfig, output: Path | None = None, *, progress: bool = True
+) -> tuple[dict[str, Any], list[str], dict[str, Path]]:
+    """:func:`_run_align` holding the output folder's write lock (see :mod:`xlalign.lock`).
+
+    Taking the lock first also refuses a read-only output folder before any computation.
+    """
+    with folder_lock(Path(output or run), "xlalign align"):
+        return _run_align(run, config, output, progress=progress)
+
+
+def _run_align(
+    run: Path, config: SweepConfig, output: Path | None = None, *, progress: bool = True
+) -> tuple[dict[str, Any], list[str], dict[str, Path]]:
+    """Sweep a run, its random-weights control if it has one, and write ``findings.json``.
+
+    The control is the complete run in ``RUN/control-random-init`` (as ``xlalign run``
+    leaves it), swept with the same configuration; its ``alignment.json`` goes into its own
+    folder. The lexical baseline is part of the sweep, so ``findings.json`` is always written
+    (with verdict ``no-control`` where no control exists). Returns the model's sweep, the
+    summary lines (from ``findings.json``) and the paths written.
+    """
+    from xlalign.studies.findings import findings_for_sweep
+    from xlalign.studies.layers import layer_sweep, write_alignment
+
+    loaded = load_run(run)
+    result = layer_sweep(loaded, config, progress=progress)
+    out = Path(output or run)
+    paths = write_alignment(result, out)
+    control_alignment = None
+    note = None
+    ctl_path = Path(run) / CONTROL_DIR
+    if (ctl_path / MANIFEST).is_file():
+        try:
+            with folder_lock(ctl_path, "xlalign align"):  # its alignment.* is written there
+                control = load_run(ctl_path)
+                control_alignment = layer_sweep(control, config, progress=progress)
+                for name, p in write_alignment(control_alignment, ctl_path).items():
+                    paths[f"control_{name}"] = p
+        except XlalignError as e:
+            note = f"the random-weights control in {ctl_path} was not swept: {e}"
+            control_alignment = None
+    stratify = "category" if config.stratify is None and "category" in loaded.meta else None
+    findings = findings_for_sweep(loaded, result, control_alignment, config, stratify=stratify)
+    if note:
+        findings["warnings"].append(note)
+    paths["findings"] = write_findings(findings, out)
+    return result, summary_lines(read_json(paths["findings"])), paths
+
+
+# ---------------------------------------------------------------------------------------------
 # origin in one step
 
 
@@ -245,6 +308,7 @@ def _run_origin(
     progress: bool = True,
 ) -> tuple[dict[str, Any], list[str], Path]:
     """Run the origin study on a run folder (or extract one first); write ``origin.json``."""
+    from xlalign.studies.findings import findings_for_origin
     from xlalign.studies.origin import OriginConfig, origin_study, summarize
 
     cfg = config or OriginConfig()
@@ -274,7 +338,9 @@ def _run_origin(
     )
     path = loaded.path / "origin.json"
     atomic_write_json(path, result)
-    return result, summarize(result), path
+    # the lexical baseline is always there, so findings.json is always written
+    findings = read_json(write_findings(findings_for_origin(result), loaded.path))
+    return result, [*summarize(result), *summary_lines(findings)], path
 
 
 def _corpus_for(run: Run, data: Path | None) -> ParallelCorpus:
@@ -327,6 +393,8 @@ class StudyConfig:
     """Metadata column for a stratified null in the sweep."""
     center: bool = False
     """Remove each language's mean vector in the sweep."""
+    standardize: bool = False
+    """z-score each dimension over both languages' rows before the sweep (rogue dimensions)."""
     pivot: str | None = None
     """Compare each language with this one only."""
     n_boot: int = 200
@@ -364,6 +432,7 @@ class StudyConfig:
         return SweepConfig(
             metrics=self.metrics, null=self.null, n_perms=self.n_perms, seed=self.seed,
             stratify=self.stratify, center=self.center, pivot=self.pivot, n_boot=self.n_boot,
+            standardize=self.standardize,
         )  # fmt: skip
 
 
@@ -555,7 +624,10 @@ def _run_study(
         )  # fmt: skip
         atomic_write_json(out / "origin.json", origin)
         paths["origin"] = out / "origin.json"
-    summary = study_summary(alignment, origin, run, out, label=cfg.label)
+    findings = study_findings(run, alignment, control_alignment, origin, sweep_cfg, cfg.label)
+    paths["findings"] = write_findings(findings, out)
+    findings = read_json(paths["findings"])  # the summary and report read the file alone
+    summary = summary_lines(findings)
     (out / "config.toml").write_text(config_to_toml(cfg), encoding="utf-8")
     paths["config"] = out / "config.toml"
     with clock.stage("report", n_stages, k + 2):
@@ -565,7 +637,7 @@ def _run_study(
         if cfg.report:
             paths.update(
                 _write_report(
-                    out, cfg, run, alignment, control_alignment, origin, provenance, summary
+                    out, cfg, run, alignment, control_alignment, origin, provenance, findings
                 )
             )
     provenance["wall_time_s"]["report"] = clock.times.get("report")
@@ -574,56 +646,30 @@ def _run_study(
     return {"paths": paths, "summary": summary, "stages": dict(clock.times), "run": run}
 
 
-def study_summary(
-    alignment: Mapping[str, Any],
-    origin: Mapping[str, Any],
+def study_findings(
     run: Run,
-    out: Path,
+    alignment: Mapping[str, Any],
+    control_alignment: Mapping[str, Any] | None,
+    origin: Mapping[str, Any] | None,
+    sweep_cfg: SweepConfig,
     label: str | None = None,
-) -> list[str]:
-    """Five lines a person reads first: model, alignment peak, embedding origin, control, caveat."""
-    recs = [r for r in alignment["records"] if r["metric"] == "z" and r["value"] is not None]
-    lx, ly = origin["languages"]
-    lines = [
-        f"model {label or run.manifest.get('model')} ({run.manifest.get('architecture')}, "
-        f"{run.n_layers} layers), {lx}/{ly}, {run.n_rows} pairs, null {alignment['null']}",
-    ]
-    if recs:
-        best = max(recs, key=lambda r: r["value"])
-        lines.append(
-            f"peak alignment z = {best['value']:.1f} at {best['site']} ({best['pool']} pool); "
-            f"P@1 and CKA per site in alignment.csv"
-        )
-    else:
-        lines.append("no z value was defined at any site (see alignment.json for the reasons)")
+) -> dict[str, Any]:
+    """The study's ``findings.json``: the sweep's findings, plus the origin study's cautions."""
+    from xlalign.studies.findings import findings_for_sweep
 
-    def fmt(v: Any) -> str:
-        return "undefined" if v is None else f"{v:.1f}"
-
-    lines.append(
-        f"embedding last-token z = {fmt(origin.get('z_raw_embed_last_token'))}, after block 0 "
-        f"{fmt(origin.get('z_l0_output_last_token'))}; mean-pool embedding z = "
-        f"{fmt(origin.get('z_raw_embed_mean_no_bos'))}"
-    )
-    ctl = origin.get("control")
-    if ctl:
-        lines.append(
-            f"random-weights control: embedding last-token z = "
-            f"{fmt(ctl.get('z_raw_embed_last_token'))}, after block 0 "
-            f"{fmt(ctl.get('z_l0_output_last_token'))} (alignment that needs no training)"
-        )
-    else:
-        lines.append("no random-weights control (run with --control random-init to add one)")
-    unk = origin.get("tokenizer", {}).get("unk_rate", {})
-    worst = max(unk.items(), key=lambda kv: kv[1]) if unk else None
-    if worst and worst[1] > 0.05:
-        lines.append(
-            f"caution: {worst[1]:.0%} of {worst[0]} tokens are unknown to this tokenizer; "
-            "its numbers say little about that language"
-        )
-    else:
-        lines.append(f"report: {out / 'report.html'}")
-    return lines
+    stratify = "category" if sweep_cfg.stratify is None and "category" in run.meta else None
+    findings = findings_for_sweep(
+        run, alignment, control_alignment, sweep_cfg, label=label or run.manifest.get("model"),
+        stratify=stratify,
+    )  # fmt: skip
+    unk = ((origin or {}).get("tokenizer") or {}).get("unk_rate") or {}
+    for lang, rate in unk.items():
+        if rate > 0.05:
+            findings["warnings"].append(
+                f"{rate:.0%} of {lang} tokens are unknown to this tokenizer; its numbers say "
+                "little about that language"
+            )
+    return findings
 
 
 def _file_sha256(path: Path) -> str | None:
@@ -695,7 +741,10 @@ def _best_site(alignment: Mapping[str, Any], pool: str) -> str | None:
     recs = [
         r
         for r in alignment["records"]
-        if r["metric"] == "z" and r["pool"] == pool and r["value"] is not None
+        if r["metric"] == "z"
+        and r["pool"] == pool
+        and r["value"] is not None
+        and r["site"] in alignment["sites"]
     ]
     return max(recs, key=lambda r: r["value"])["site"] if recs else None
 
@@ -708,7 +757,7 @@ def _write_report(
     control_alignment: dict[str, Any] | None,
     origin: dict[str, Any],
     provenance: dict[str, Any],
-    summary: list[str],
+    findings: dict[str, Any],
 ) -> dict[str, Path]:
     from xlalign.report import HeatmapInput, PcaInput, ReportInputs, build_report
 
@@ -747,7 +796,8 @@ def _write_report(
         pca=pca,
         heatmap=heatmap,
         provenance=provenance,
-        summary_lines=summary,
+        summary_lines=summary_lines(findings, per_finding=False),
+        findings=findings,
     )
     return {f"report_{k}": v for k, v in build_report(out, inputs).items()}
 

@@ -1,0 +1,781 @@
+"""Models side by side on one corpus: curves on relative depth, model-to-model similarity, findings.
+
+``compare([run_a, run_b, ...])`` takes run folders (``xlalign extract``) or study folders
+(``xlalign run``: the run itself, its ``alignment.json`` and the random-weights control in
+``control-random-init/``) and returns a :class:`CompareResult` whose fields are the keys of
+``compare.json``:
+
+- ``corpus``: what was compared. The runs must share the corpus: equal corpus fingerprints, or
+  else rows with the same id and the same texts in every shared language, found from the corpus
+  each run saved (``corpus.jsonl``, or its source file when that still has the fingerprint).
+  Only those rows are compared, and the note says so; no shared row is an error.
+- ``curves``: every metric of each run's layer sweep (and its control's, and the lexical
+  baseline where the sweep has one) against relative depth: ``embed`` at 0, block ``i`` of
+  ``n`` at ``(i + 1) / n``, so the last block (and ``final``, after the last norm) sits at 1.
+- ``similarity``: for every two runs, language and pool, linear CKA (with its permutation null
+  where cheap) and mutual k-NN between each site of model A and each site of model B on the
+  same prompts (:func:`xlalign.metrics.linear_cka_matrix`, :func:`~xlalign.metrics.mutual_knn_matrix`).
+- ``findings``: per run, language pair, pool and metric, the site where the model gains most
+  over its control, with the verdict rules of ``findings.json`` (beyond-control,
+  matched-by-control, matched-by-lexical, below-control, no-control); ``ranking`` orders the
+  runs by that gain.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xlalign.corpus import ParallelCorpus, load_corpus
+from xlalign.errors import RunError, XlalignError
+from xlalign.lexical import LEXICAL_SITE
+from xlalign.metrics import linear_cka_matrix, mutual_knn_matrix
+from xlalign.sites import EMBED, FINAL
+from xlalign.store import (
+    CONTROL_DIR,
+    CORPUS_FILE,
+    MANIFEST,
+    TOKEN_POOL,
+    Run,
+    atomic_write_json,
+    load_run,
+    read_json,
+)
+from xlalign.studies.findings import FINDING_METRICS, SMALL_SAMPLE, verdict
+from xlalign.studies.layers import SweepConfig, layer_sweep
+
+FORMAT = "xlalign.compare"
+ALIGNMENT_FILE = "alignment.json"
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What ``xlalign compare`` computes (each field is the flag of the same name)."""
+
+    k: int = 10
+    """Neighbours of mutual k-NN."""
+    n_perms: int = 100
+    """Row permutations of the CKA null (0: none); skipped where it is not cheap."""
+    seed: int = 0
+    """Seed of the CKA null's permutations."""
+    pools: tuple[str, ...] | None = None
+    """Pools to compare (default: every vector pool all runs have)."""
+    langs: tuple[str, ...] | None = None
+    """Languages to compare (default: every language all runs have)."""
+    sweep: SweepConfig | None = None
+    """Sweep settings for runs without ``alignment.json`` (default: those of a run that has one)."""
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise XlalignError(f"--k must be at least 1, got {self.k}")
+        if self.n_perms < 0:
+            raise XlalignError(f"--n-perms must be >= 0, got {self.n_perms}")
+
+
+@dataclass
+class CompareResult:
+    """The comparison: the same fields as ``compare.json`` (``paths``: the files written)."""
+
+    format: str
+    headline: str
+    summary: list[str]
+    warnings: list[str]
+    runs: list[dict[str, Any]]
+    corpus: dict[str, Any]
+    curves: list[dict[str, Any]]
+    similarity: list[dict[str, Any]]
+    findings: list[dict[str, Any]]
+    ranking: list[dict[str, Any]]
+    settings: dict[str, Any]
+    paths: dict[str, Path] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (every field but ``paths``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "paths"}
+
+
+# ---------------------------------------------------------------------------------------------
+# depth
+
+
+def relative_depth(site: str, n_layers: int) -> float | None:
+    """``embed`` -> 0, ``L{i}`` -> ``(i + 1) / n_layers``, ``final`` -> 1; other sites None."""
+    if site == EMBED:
+        return 0.0
+    if site == FINAL:
+        return 1.0
+    m = re.fullmatch(r"L(\d+)", site)
+    if m is None or n_layers < 1:
+        return None
+    return (int(m.group(1)) + 1) / n_layers
+
+
+# ---------------------------------------------------------------------------------------------
+# opening the runs
+
+
+@dataclass
+class _Model:
+    label: str
+    given: str
+    run: Run
+    control: Run | None
+    alignment: dict[str, Any] | None = None
+    control_alignment: dict[str, Any] | None = None
+    sweep_source: str = ""
+    rows: np.ndarray | None = None
+
+
+class _RowView(Run):
+    """A run restricted to some rows (the ids shared with the other runs), in the given order."""
+
+    def __init__(self, run: Run, rows: np.ndarray) -> None:
+        manifest = dict(run.manifest)
+        manifest["ids"] = [run.ids[i] for i in rows]
+        manifest["n_rows"] = len(rows)
+        super().__init__(run.path, manifest)
+        self._base = run
+        self._rows = rows
+
+    @property
+    def meta(self) -> dict[str, list[Any]]:
+        return {k: [v[i] for i in self._rows] for k, v in self._base.meta.items()}
+
+    def array(self, lang: str, site: str, pool: str, *, mmap: bool = True) -> np.ndarray:
+        return np.asarray(self._base.array(lang, site, pool))[self._rows]
+
+
+def _control_of(path: Path) -> Run | None:
+    folder = path / CONTROL_DIR
+    if not (folder / MANIFEST).exists():
+        return None
+    return load_run(folder)
+
+
+def _labels(
+    given: Sequence[str], labels: Sequence[str] | Mapping[str, str] | None, runs: list[Run]
+) -> list[str]:
+    """One unique label per run: the user's, else the model's short name."""
+    out: list[str | None] = [None] * len(given)
+    if isinstance(labels, Mapping):
+        for key, name in labels.items():
+            out[_label_index(str(key), given)] = str(name)
+    elif labels is not None:
+        if len(labels) != len(given):
+            raise XlalignError(
+                f"labels: {len(labels)} given for {len(given)} runs; give one per run"
+            )
+        out = [str(x) for x in labels]
+    final: list[str] = []
+    for i, run in enumerate(runs):
+        name = out[i] or Path(str(run.manifest.get("model") or run.path)).name or str(run.path)
+        if out[i] is None and run.manifest.get("random_init_seed") is not None:
+            name += " (random-init)"
+        base, k = name, 2
+        while name in final:  # the same run twice, or two runs of one model
+            name, k = f"{base} #{k}", k + 1
+        final.append(name)
+    return final
+
+
+def _label_index(key: str, given: Sequence[str]) -> int:
+    for i, g in enumerate(given):
+        if key == g or Path(key).resolve() == Path(g).resolve():
+            return i
+    if len(key) == 1 and "A" <= key.upper() <= "Z" and ord(key.upper()) - 65 < len(given):
+        return ord(key.upper()) - 65
+    raise XlalignError(
+        f"--label {key}=...: '{key}' is not one of the runs ({', '.join(given)}) nor a run "
+        f"letter (A..{chr(64 + len(given))})"
+    )
+
+
+def parse_labels(items: Sequence[str]) -> dict[str, str]:
+    """``["A=Qwen 0.5B", "runs/g=Gemma"]`` -> ``{"A": "Qwen 0.5B", "runs/g": "Gemma"}``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, name = item.partition("=")
+        if not sep or not key.strip() or not name.strip():
+            raise XlalignError(
+                f"--label '{item}': write RUN=NAME, with RUN a run as given or its letter (A, B...)"
+            )
+        out[key.strip()] = name.strip()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the shared corpus
+
+
+def _saved_corpus(run: Run) -> ParallelCorpus | None:
+    """The corpus ``run`` was made from, when a copy with its fingerprint can be found."""
+    want = run.manifest.get("corpus_fingerprint")
+    candidates = [run.path / CORPUS_FILE]
+    source = run.manifest.get("corpus_source")
+    if source and not str(source).startswith("<"):
+        candidates.append(Path(str(source)))
+    for path in candidates:
+        if not path.exists():
+            continue
+        try:
+            corpus = load_corpus(path, list(run.languages))
+        except XlalignError:
+            continue
+        if want is None or corpus.fingerprint() == want or path.name == CORPUS_FILE:
+            return corpus
+    return None
+
+
+def shared_rows(models: Sequence[_Model], langs: Sequence[str]) -> dict[str, Any]:
+    """Find the rows every run has (same id, same texts); sets each model's ``rows``.
+
+    Returns the ``corpus`` section of ``compare.json``.
+    """
+    first = models[0]
+    prints = {m.label: m.run.manifest.get("corpus_fingerprint") for m in models}
+    n_ids = {m.label: m.run.n_rows for m in models}
+    same = len(set(prints.values())) == 1 and None not in prints.values()
+    same = same and all(m.run.ids == first.run.ids for m in models)
+    if same:
+        for m in models:
+            m.rows = np.arange(m.run.n_rows)
+        return {
+            "shared": "all",
+            "n_rows": first.run.n_rows,
+            "n_rows_per_run": n_ids,
+            "ids": list(first.run.ids),
+            "fingerprints": prints,
+            "languages": list(langs),
+            "note": None,
+        }
+    corpora: dict[str, ParallelCorpus] = {}
+    for m in models:
+        c = _saved_corpus(m.run)
+        if c is None:
+            raise RunError(
+                f"runs {first.given} and {m.given} were made from different corpora (corpus "
+                f"fingerprints differ) and {m.given} keeps no copy of its corpus ({CORPUS_FILE}) "
+                "to find the rows they share; compare runs made from one corpus"
+            )
+        corpora[m.label] = c
+    index = {label: {i: k for k, i in enumerate(c.ids)} for label, c in corpora.items()}
+    base = corpora[first.label]
+    common: list[str] = []
+    differ: list[str] = []
+    for row_id in base.ids:
+        if not all(row_id in index[label] for label in corpora):
+            continue
+        texts = [
+            tuple(c.text(lang)[index[label][row_id]] for lang in langs)
+            for label, c in corpora.items()
+        ]
+        if all(t == texts[0] for t in texts):
+            common.append(row_id)
+        else:
+            differ.append(row_id)
+    names = ", ".join(m.given for m in models)
+    if not common:
+        detail = (
+            f"{len(differ)} ids are shared but their texts differ (e.g. '{differ[0]}')"
+            if differ
+            else "no id is shared"
+        )
+        raise RunError(
+            f"runs {names} were made from different corpora: {detail}; compare runs made from "
+            "one corpus"
+        )
+    if len(common) < 3:
+        raise RunError(
+            f"runs {names} share only {len(common)} rows (same id and texts); the metrics need "
+            "at least 3"
+        )
+    for m in models:
+        pos = {row_id: k for k, row_id in enumerate(m.run.ids)}
+        m.rows = np.array([pos[i] for i in common], dtype=np.int64)
+    counts = ", ".join(f"{n} in {label}" for label, n in n_ids.items())
+    note = f"the runs share {len(common)} rows (same id and texts), of {counts}; only those are compared"
+    if differ:
+        note += f"; {len(differ)} shared ids have other texts and are left out (e.g. '{differ[0]}')"
+    return {
+        "shared": "intersection",
+        "n_rows": len(common),
+        "n_rows_per_run": n_ids,
+        "ids": common,
+        "fingerprints": prints,
+        "languages": list(langs),
+        "ids_with_other_texts": differ,
+        "note": note,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# sweeps
+
+
+def _stored_alignment(path: Path) -> dict[str, Any] | None:
+    p = path / ALIGNMENT_FILE
+    if not p.exists():
+        return None
+    try:
+        doc = read_json(p)
+    except ValueError as e:
+        raise RunError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("records"), list):
+        raise RunError(f"{p}: not an alignment.json (no 'records' list)")
+    return doc
+
+
+def _sweep_config(stored: Sequence[dict[str, Any] | None], cfg: CompareConfig) -> SweepConfig:
+    if cfg.sweep is not None:
+        return cfg.sweep
+    doc = next((d for d in stored if d), None)
+    if doc is None:
+        return SweepConfig()
+    base = SweepConfig()
+
+    def get(key: str) -> Any:
+        v = doc.get(key)
+        return getattr(base, key) if v is None else v
+
+    return SweepConfig(
+        metrics=tuple(get("metrics")), null=str(get("null")), n_perms=int(get("n_perms")),
+        seed=int(get("seed")), stratify=doc.get("stratify"), center=bool(get("center")),
+        n_boot=int(get("n_boot")), ci_level=float(get("ci_level")),
+    )  # fmt: skip
+
+
+def _load_sweeps(
+    models: Sequence[_Model],
+    cfg: CompareConfig,
+    partial: bool,
+    progress: bool,
+    say: Callable[[str], None],
+) -> SweepConfig:
+    """Each model's and control's sweep: the stored ``alignment.json``, or computed now."""
+    stored: list[dict[str, Any] | None] = []
+    for m in models:
+        m.alignment = _stored_alignment(m.run.path)
+        if m.control is not None:
+            m.control_alignment = _stored_alignment(m.control.path)
+        stored += [m.alignment, m.control_alignment]
+        if partial:  # stored sweeps cover other rows: keep their settings, not their values
+            m.alignment = m.control_alignment = None
+    sweep_cfg = _sweep_config(stored, cfg)
+    for m in models:
+        assert m.rows is not None
+        for which, run in (("model", m.run), ("control", m.control)):
+            if run is None:
+                continue
+            have = m.alignment if which == "model" else m.control_alignment
+            if have is not None:
+                continue
+            view = _RowView(run, m.rows) if partial else run
+            why = "on the shared rows" if partial else f"{run.path} has no {ALIGNMENT_FILE}"
+            say(f"sweeping {m.label} ({which}): {why}")
+            doc = layer_sweep(view, sweep_cfg, progress=progress)
+            if which == "model":
+                m.alignment = doc
+            else:
+                m.control_alignment = doc
+        m.sweep_source = (
+            "computed on the shared rows" if partial else
+            f"{ALIGNMENT_FILE} of the run" if (m.run.path / ALIGNMENT_FILE).exists() else
+            "computed (the run has no alignment.json)"
+        )  # fmt: skip
+    return sweep_cfg
+
+
+def _curves(m: _Model) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    n_layers = m.run.n_layers
+    for kind, doc in (("model", m.alignment), ("control", m.control_alignment)):
+        for r in (doc or {}).get("records") or []:
+            lexical = r.get("site") == LEXICAL_SITE
+            if lexical and kind == "control":
+                continue  # model-free: the model's sweep already holds it
+            out.append(
+                {
+                    "label": m.label,
+                    "kind": "lexical" if lexical else kind,
+                    "pair": [r.get("x"), r.get("y")],
+                    "pool": r.get("pool"),
+                    "metric": r.get("metric"),
+                    "site": r.get("site"),
+                    "relative_depth": None
+                    if lexical
+                    else relative_depth(str(r.get("site")), n_layers),
+                    "value": r.get("value"),
+                    "ci_low": r.get("ci_low"),
+                    "ci_high": r.get("ci_high"),
+                    "undefined_reason": r.get("undefined_reason"),
+                }
+            )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# model-to-model similarity
+
+
+def _fin(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def _similarity(
+    a: _Model, b: _Model, langs: Sequence[str], pools: Sequence[str], cfg: CompareConfig, bar: Any
+) -> tuple[list[dict[str, Any]], list[str]]:
+    records: list[dict[str, Any]] = []
+    notes: list[str] = []
+    assert a.rows is not None and b.rows is not None
+    sa, sb = list(a.run.sites), list(b.run.sites)
+    for lang in langs:
+        for pool in pools:
+            xs = [np.asarray(a.run.array(lang, s, pool))[a.rows] for s in sa]
+            ys = [np.asarray(b.run.array(lang, s, pool))[b.rows] for s in sb]
+            base = {"a": a.label, "b": b.label, "lang": lang, "pool": pool}
+            cka = linear_cka_matrix(xs, ys, n_perms=cfg.n_perms, seed=cfg.seed)
+            if cka.null_reason and cfg.n_perms > 0:
+                notes.append(f"{a.label} vs {b.label}, {lang}, {pool}: {cka.null_reason}")
+            try:
+                knn = mutual_knn_matrix(xs, ys, k=cfg.k)
+                knn_why = None
+            except XlalignError as e:
+                knn, knn_why = None, str(e)
+            for i, site_a in enumerate(sa):
+                for j, site_b in enumerate(sb):
+                    where = {
+                        "site_a": site_a,
+                        "site_b": site_b,
+                        "relative_depth_a": relative_depth(site_a, a.run.n_layers),
+                        "relative_depth_b": relative_depth(site_b, b.run.n_layers),
+                        "n": cka.n,
+                    }
+                    rec = {**base, "metric": "cka", **where, "value": _fin(cka.value[i, j])}
+                    rec["undefined_reason"] = cka.reasons.get((i, j))
+                    if cka.p_value is not None:
+                        assert cka.null_mean is not None and cka.null_std is not None
+                        rec.update(
+                            null_mean=_fin(cka.null_mean[i, j]),
+                            null_std=_fin(cka.null_std[i, j]),
+                            p_value=_fin(cka.p_value[i, j]),
+                            n_perms=cka.n_perms,
+                        )
+                    records.append(rec)
+                    value = None if knn is None else _fin(knn.value[i, j])
+                    records.append(
+                        {**base, "metric": "mutual_knn", **where, "value": value, "k": cfg.k,
+                         "undefined_reason": knn_why}
+                    )  # fmt: skip
+            bar.update(1)
+    return records, notes
+
+
+# ---------------------------------------------------------------------------------------------
+# findings
+
+
+def _point(r: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if r is None or r.get("value") is None:
+        return None
+    return {"value": r["value"], "ci_low": r.get("ci_low"), "ci_high": r.get("ci_high")}
+
+
+def _findings(models: Sequence[_Model]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    findings: list[dict[str, Any]] = []
+    for m in models:
+        recs = (m.alignment or {}).get("records") or []
+        ctrl = {
+            (tuple(r["pair"]), r["pool"], r["metric"], r["site"]): r
+            for r in _curves(m)
+            if r["kind"] == "control"
+        }
+        by_key: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+        lexical: dict[tuple[Any, ...], Mapping[str, Any]] = {}
+        for r in recs:
+            if r.get("metric") not in FINDING_METRICS or r.get("value") is None:
+                continue
+            key = ((r["x"], r["y"]), r["pool"], r["metric"])
+            if r.get("site") == LEXICAL_SITE:
+                lexical[key] = r
+            else:
+                by_key.setdefault(key, []).append(r)
+        for key, rows in by_key.items():
+            pair, pool, metric = key
+            best = max(rows, key=lambda r: float(r["value"]))
+            gains = [(g, r) for r in rows if (g := _gain(r, ctrl, key)) is not None]
+            at = max(gains, key=lambda gr: gr[0])[1] if gains else best
+            c = ctrl.get((pair, pool, metric, at["site"]))
+            model_pt, control_pt = _point(at), _point(c)
+            lexical_pt = _point(lexical.get(key))
+            assert model_pt is not None
+            findings.append(
+                {
+                    "label": m.label,
+                    "pair": list(pair),
+                    "pool": pool,
+                    "metric": metric,
+                    "site": at["site"],
+                    "relative_depth": relative_depth(str(at["site"]), m.run.n_layers),
+                    "model": model_pt,
+                    "control": control_pt,
+                    "lexical": lexical_pt,
+                    "gain_over_control": _gain(at, ctrl, key),
+                    "best_site": best["site"],
+                    "best_relative_depth": relative_depth(str(best["site"]), m.run.n_layers),
+                    "best_value": best["value"],
+                    "verdict": verdict(model_pt, control_pt, lexical_pt),
+                }
+            )
+    return findings, _ranking(findings)
+
+
+def _gain(
+    r: Mapping[str, Any], ctrl: Mapping[tuple[Any, ...], Mapping[str, Any]], key: tuple[Any, ...]
+) -> float | None:
+    """The model's value minus its control's at the record's site (None without a control)."""
+    c = ctrl.get((*key, r["site"]))
+    if c is None or c.get("value") is None:
+        return None
+    return float(r["value"]) - float(c["value"])
+
+
+def _ranking(findings: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per pair, pool and metric: the runs ordered by how far they align beyond their control."""
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for f in findings:
+        groups.setdefault((tuple(f["pair"]), f["pool"], f["metric"]), []).append(f)
+    out = []
+    for (pair, pool, metric), fs in groups.items():
+
+        def key(f: Mapping[str, Any]) -> tuple[int, float]:
+            g = f["gain_over_control"]
+            return (int(f["verdict"] == "beyond-control"), -math.inf if g is None else g)
+
+        ordered = sorted(fs, key=key, reverse=True)
+        top = ordered[0]
+        leader = top["label"] if top["verdict"] == "beyond-control" else None
+        out.append(
+            {
+                "pair": list(pair),
+                "pool": pool,
+                "metric": metric,
+                "order": [f["label"] for f in ordered],
+                "leader": leader,
+                "statement": _statement(pair, pool, metric, ordered, leader),
+            }
+        )
+    return out
+
+
+def _fmt(v: Any) -> str:
+    return "undefined" if v is None else f"{float(v):.3g}"
+
+
+def _statement(
+    pair: tuple[str, str],
+    pool: str,
+    metric: str,
+    ordered: Sequence[Mapping[str, Any]],
+    leader: str | None,
+) -> str:
+    parts = []
+    for f in ordered:
+        ctl = f["control"]
+        at = f"{f['site']}, depth {_fmt(f['relative_depth'])}"
+        if ctl is None:
+            parts.append(f"{f['label']} {metric} {_fmt(f['model']['value'])} at {at} (no control)")
+        else:
+            parts.append(
+                f"{f['label']} {metric} {_fmt(f['model']['value'])} vs control "
+                f"{_fmt(ctl['value'])} at {at} ({f['verdict']})"
+            )
+    head = (
+        f"{leader} aligns {pair[0]}/{pair[1]} most beyond its control"
+        if leader
+        else f"no run aligns {pair[0]}/{pair[1]} beyond its control"
+    )
+    return f"{head} ({pool} pool, {metric}): " + "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole comparison
+
+
+def compare(
+    runs: Sequence[str | Path],
+    labels: Sequence[str] | Mapping[str, str] | None = None,
+    output: str | Path | None = None,
+    *,
+    config: CompareConfig | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> CompareResult:
+    """Compare two or more runs on their shared corpus; with ``output``, write the report.
+
+    ``runs``: run or study folders. ``labels``: one name per run, or ``{run or letter: name}``
+    (``{"A": "Qwen 0.5B"}``). Writes ``compare.json``, ``report.html`` and ``report.md`` (and
+    figures) into ``output`` when given.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config or CompareConfig()
+    given = [str(r) for r in runs]
+    if len(given) < 2:
+        raise XlalignError(f"compare needs at least two runs, got {len(given)}")
+    if output is not None:
+        _check_output(Path(output))
+    opened = [load_run(p) for p in given]
+    names = _labels(given, labels, opened)
+    models = [
+        _Model(label=lab, given=g, run=r, control=_control_of(r.path))
+        for lab, g, r in zip(names, given, opened, strict=True)
+    ]
+    langs = _common("language", cfg.langs, [m.run.languages for m in models], given)
+    if len(langs) < 2:
+        raise RunError(
+            f"the runs share {len(langs)} language(s) ({', '.join(langs) or 'none'}); a "
+            "comparison needs two"
+        )
+    vector_pools = [tuple(p for p in m.run.pools if p != TOKEN_POOL) for m in models]
+    pools = _common("pool", cfg.pools, vector_pools, given)
+    if not pools:
+        raise RunError(
+            "the runs share no pooled vectors (pools); extract them with one pool in common"
+        )
+    corpus = shared_rows(models, langs)
+    partial = corpus["shared"] == "intersection"
+    if partial:
+        say(f"note: {corpus['note']}")
+    sweep_cfg = _load_sweeps(models, cfg, partial, progress, say)
+    warnings: list[str] = []
+    if corpus["n_rows"] < SMALL_SAMPLE:
+        warnings.append(
+            f"only {corpus['n_rows']} shared pairs (< {SMALL_SAMPLE}): the numbers are not reliable"
+        )
+    for m in models:
+        if m.control is None:
+            warnings.append(
+                f"{m.label} has no random-weights control ({m.given}/{CONTROL_DIR}): its findings "
+                "say no-control (run `xlalign run ... --control random-init`)"
+            )
+    nulls = {(d or {}).get("null") for m in models for d in (m.alignment,)}
+    if len(nulls) > 1:
+        warnings.append(f"the runs' sweeps use different nulls ({', '.join(map(str, nulls))})")
+    curves = [c for m in models for c in _curves(m)]
+    pairs = [(a, b) for i, a in enumerate(models) for b in models[i + 1 :]]
+    total = len(pairs) * len(langs) * len(pools)
+    bar = tqdm(total=total, desc="compare", unit="matrix", disable=not progress)
+    similarity: list[dict[str, Any]] = []
+    for a, b in pairs:
+        recs, notes = _similarity(a, b, langs, pools, cfg, bar)
+        similarity += recs
+        warnings += notes[:1]  # the same reason repeats for every language and pool
+    bar.close()
+    findings, ranking = _findings(models)
+    headline, summary = _summary(models, corpus, ranking)
+    result = CompareResult(
+        format=FORMAT,
+        headline=headline,
+        summary=summary,
+        warnings=warnings,
+        runs=[_run_entry(m) for m in models],
+        corpus=corpus,
+        curves=curves,
+        similarity=similarity,
+        findings=findings,
+        ranking=ranking,
+        settings={
+            "k": cfg.k,
+            "n_perms": cfg.n_perms,
+            "seed": cfg.seed,
+            "languages": list(langs),
+            "pools": list(pools),
+            "sweep": {
+                "metrics": list(sweep_cfg.metrics),
+                "null": sweep_cfg.null,
+                "n_boot": sweep_cfg.n_boot,
+                "seed": sweep_cfg.seed,
+            },
+            "relative_depth": "embed 0, block i of n at (i + 1) / n, final 1",
+        },
+    )
+    if output is not None:
+        result.paths = write_compare(result, Path(output))
+    return result
+
+
+def _common(
+    kind: str, asked: Sequence[str] | None, have: Sequence[Sequence[str]], given: Sequence[str]
+) -> list[str]:
+    shared = [x for x in have[0] if all(x in h for h in have[1:])]
+    if asked is None:
+        return shared
+    for x in asked:
+        for g, h in zip(given, have, strict=True):
+            if x not in h:
+                raise RunError(f"{kind} '{x}' not in run {g}: it has {', '.join(h)}")
+    return list(asked)
+
+
+def _run_entry(m: _Model) -> dict[str, Any]:
+    man = m.run.manifest
+    return {
+        "label": m.label,
+        "path": str(m.run.path),
+        "model": man.get("model"),
+        "architecture": man.get("architecture"),
+        "n_layers": m.run.n_layers,
+        "d_model": m.run.d_model,
+        "sites": list(m.run.sites),
+        "relative_depths": {s: relative_depth(s, m.run.n_layers) for s in m.run.sites},
+        "control": None if m.control is None else str(m.control.path),
+        "sweep": m.sweep_source,
+    }
+
+
+def _summary(
+    models: Sequence[_Model], corpus: Mapping[str, Any], ranking: Sequence[Mapping[str, Any]]
+) -> tuple[str, list[str]]:
+    names = ", ".join(
+        f"{m.label} ({m.run.manifest.get('architecture')}, {m.run.n_layers} layers)" for m in models
+    )
+    lines = [f"{len(models)} runs: {names}; {corpus['n_rows']} shared pairs"]
+    if corpus.get("note"):
+        lines.append(f"corpus: {corpus['note']}")
+    z_first = sorted(ranking, key=lambda r: (FINDING_METRICS.index(r["metric"]), r["pool"]))
+    statements = [r["statement"] for r in z_first if r["metric"] == "z"] or [
+        r["statement"] for r in z_first[:2]
+    ]
+    if not statements:
+        return "no finding: the sweeps hold none of z, P@1 or CKA with a value", lines
+    return statements[0], lines + statements[1:]
+
+
+def _check_output(out: Path) -> None:
+    """Refuse an output that is a file, or a non-empty folder holding no earlier comparison."""
+    if out.exists() and not out.is_dir():
+        raise XlalignError(f"output '{out}' exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "compare.json").exists():
+        raise XlalignError(
+            f"output folder '{out}' is not empty and holds no comparison (no compare.json); "
+            "choose a new or empty folder"
+        )
+
+
+def write_compare(result: CompareResult, out: Path) -> dict[str, Path]:
+    """Write ``compare.json`` and the report into ``out``; returns the paths."""
+    from xlalign.report.compare import build_compare_report
+
+    _check_output(out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = result.to_dict()
+    atomic_write_json(out / "compare.json", doc)
+    paths = {"json": out / "compare.json"}
+    paths.update(build_compare_report(out, doc))
+    return paths

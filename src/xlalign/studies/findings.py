@@ -1,0 +1,587 @@
+"""Findings that survive their controls: ``findings.json``, its verdicts, headline and summary.
+
+For each language pair, pool and headline metric (z, P@1 in both directions, linear CKA) a
+finding holds the model's best site, the random-weights control and the model-free lexical
+baseline at that same site, the site where the model gains most over the control, and a
+verdict (:func:`verdict`). The console summary and the first section of the report are made
+from this document alone (:func:`summary_lines`), so no line states a model's value without
+its control beside it. Artifacts are named in ``warnings``: too few pairs, and sites where one
+dimension holds most of the vectors' squared norm (with the standardized values beside the raw
+ones).
+
+Shape (keys beyond these are additions)::
+
+    {"headline": str,
+     "findings": [{"pair": [x, y], "pool": str, "metric": str, "site": str,
+                   "model": {"value", "ci_low", "ci_high"},
+                   "control": {...} | null, "lexical": {...} | null,
+                   "stratified": {...} | null, "verdict": str}],
+     "warnings": [str]}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xlalign.errors import XlalignError
+from xlalign.store import Run, atomic_write_json
+from xlalign.studies.layers import LEXICAL_SITE, StandardizedRun, SweepConfig, layer_sweep
+
+#: Every verdict, from the strongest claim to the absence of a control.
+VERDICTS = (
+    "beyond-control",
+    "matched-by-control",
+    "matched-by-lexical",
+    "below-control",
+    "no-control",
+)
+#: The metrics a finding is made for (all: higher is more aligned).
+FINDING_METRICS = ("z", "p1_xy", "p1_yx", "cka")
+#: Under this many pairs the summary and report say the numbers are not reliable.
+SMALL_SAMPLE = 30
+FINDINGS_FILE = "findings.json"
+
+_LABELS = {"z": "z", "p1_xy": "P@1 x->y", "p1_yx": "P@1 y->x", "cka": "CKA"}
+
+
+# ---------------------------------------------------------------------------------------------
+# the verdict
+
+
+def _interval(rec: Mapping[str, Any] | None) -> tuple[float, float] | None:
+    """``(low, high)`` of a value record; a missing bound is the value; None if no value."""
+    if rec is None or rec.get("value") is None:
+        return None
+    v = float(rec["value"])
+    lo, hi = rec.get("ci_low"), rec.get("ci_high")
+    return (v if lo is None else float(lo), v if hi is None else float(hi))
+
+
+def verdict(
+    model: Mapping[str, Any],
+    control: Mapping[str, Any] | None,
+    lexical: Mapping[str, Any] | None,
+) -> str:
+    """Return the verdict (one of :data:`VERDICTS`) of a model value against its controls.
+
+    Each mapping has ``value``, ``ci_low`` and ``ci_high``; a None bound is replaced by the
+    value (a point), and a control or lexical mapping whose value is None counts as absent.
+    Intervals are closed: two intervals *overlap* when ``a_low <= b_high`` and
+    ``b_low <= a_high``, and the model *lies above* another when ``model_low > other_high``
+    (touching bounds are an overlap). Higher values must mean more alignment. Checks, in order:
+
+    1. ``below-control``: a control is given and ``model_high < control_low``;
+    2. ``matched-by-control``: a control is given and the model does not lie above it
+       (``model_low <= control_high``);
+    3. ``matched-by-lexical``: a lexical baseline is given and the model does not lie above it
+       (it overlaps it or lies below it);
+    4. ``no-control``: no control is given (the model lies above the lexical baseline, if any);
+    5. ``beyond-control``: the model's interval lies above the control's and the lexical's.
+
+    Raises:
+        ValueError: the model's value is None.
+    """
+    m = _interval(model)
+    if m is None:
+        raise ValueError("verdict needs the model's value; got None")
+    c = _interval(control)
+    lx = _interval(lexical)
+    if c is not None and m[1] < c[0]:
+        return "below-control"
+    if c is not None and m[0] <= c[1]:
+        return "matched-by-control"
+    if lx is not None and m[0] <= lx[1]:
+        return "matched-by-lexical"
+    if c is None:
+        return "no-control"
+    return "beyond-control"
+
+
+# ---------------------------------------------------------------------------------------------
+# building findings.json
+
+
+def _value(rec: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if rec is None or rec.get("value") is None:
+        return None
+    return {"value": rec["value"], "ci_low": rec.get("ci_low"), "ci_high": rec.get("ci_high")}
+
+
+def _index(doc: Mapping[str, Any] | None) -> dict[tuple[Any, ...], Mapping[str, Any]]:
+    if not doc:
+        return {}
+    return {
+        (r["x"], r["y"], r["pool"], r["site"], r["metric"]): r for r in doc.get("records") or []
+    }
+
+
+StratifiedFn = Callable[[tuple[str, str], str, str], "dict[str, Any] | None"]
+
+
+def build_findings(
+    alignment: Mapping[str, Any],
+    control_alignment: Mapping[str, Any] | None = None,
+    *,
+    label: str | None = None,
+    stratified: StratifiedFn | None = None,
+    variant: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Return the ``findings.json`` document of a sweep (``alignment.json``) and its control.
+
+    ``stratified(pair, pool, site)`` may give the z at that site under a null that permutes
+    within categories (z findings only). ``variant`` is a sweep of the flagged sites in the
+    other preprocessing (standardized when ``alignment`` is raw, raw when it is standardized);
+    its z and CKA are shown beside the flagged sites' warnings.
+    """
+    model_idx, control_idx = _index(alignment), _index(control_alignment)
+    sites = list(alignment.get("sites") or [])
+    n_pairs = next((r.get("n") for r in alignment.get("records") or [] if r.get("n")), None)
+    findings: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    for pair in [tuple(p) for p in alignment.get("pairs") or []]:
+        x, y = str(pair[0]), str(pair[1])
+        for pool in alignment.get("pools") or []:
+            for metric in FINDING_METRICS:
+                recs = [model_idx.get((x, y, pool, s, metric)) for s in sites]
+                defined = [r for r in recs if r is not None and r.get("value") is not None]
+                if not defined:
+                    if any(r is not None for r in recs):
+                        warnings.append(
+                            f"{x}/{y}, {pool} pool: {_LABELS[metric]} is undefined at every site"
+                        )
+                    continue
+                best = max(defined, key=lambda r: float(r["value"]))  # first site wins ties
+                site = best["site"]
+                model = _value(best)
+                assert model is not None
+                control = _value(control_idx.get((x, y, pool, site, metric)))
+                lex_rec = model_idx.get((x, y, pool, LEXICAL_SITE, metric))
+                lexical = _value(lex_rec)
+                if lex_rec is not None and lexical is None:
+                    why = lex_rec.get("undefined_reason") or "undefined"
+                    msg = f"{x}/{y}: the lexical baseline's {_LABELS[metric]} is undefined ({why})"
+                    if msg not in warnings:
+                        warnings.append(msg)
+                strat = stratified((x, y), pool, site) if stratified and metric == "z" else None
+                findings.append(
+                    {
+                        "pair": [x, y],
+                        "pool": pool,
+                        "metric": metric,
+                        "site": site,
+                        "model": model,
+                        "control": control,
+                        "lexical": lexical,
+                        "stratified": strat,
+                        "verdict": verdict(model, control, lexical),
+                        "largest_gain": _largest_gain(
+                            model_idx, control_idx, x, y, pool, sites, metric
+                        ),
+                        "n": best.get("n"),
+                        "source": "alignment",
+                    }
+                )
+    if n_pairs is not None and n_pairs < SMALL_SAMPLE:
+        warnings.insert(
+            0,
+            f"only {n_pairs} pairs (under {SMALL_SAMPLE}): these numbers are not reliable; "
+            "intervals are wide and a few pairs can move any value",
+        )
+    if alignment.get("ci_skipped"):
+        warnings.append(str(alignment["ci_skipped"]) + "; verdicts compare point values")
+    elif not alignment.get("n_boot"):
+        warnings.append("no confidence intervals (--n-boot 0): verdicts compare point values")
+    dominance = _dominance(alignment, variant)
+    warnings += [d["warning"] for d in dominance]
+    if control_alignment is None:
+        warnings.append("no random-weights control: no finding can be beyond-control")
+    study = {
+        "model": label or alignment.get("model"),
+        "languages": alignment.get("languages"),
+        "n_pairs": n_pairs,
+        "null": alignment.get("null"),
+        "standardize": bool(alignment.get("standardize")),
+        "control": None if control_alignment is None else "random-init",
+    }
+    return {
+        "headline": headline(findings, control_alignment is not None),
+        "findings": findings,
+        "warnings": warnings,
+        "study": study,
+        "dominance": dominance,
+        "verdict_rule": (
+            "beyond-control: the model's interval lies above the control's and the lexical "
+            "baseline's at the model's best site; see docs/report.md"
+        ),
+    }
+
+
+def _largest_gain(
+    model_idx: Mapping[tuple[Any, ...], Mapping[str, Any]],
+    control_idx: Mapping[tuple[Any, ...], Mapping[str, Any]],
+    x: str,
+    y: str,
+    pool: str,
+    sites: Sequence[str],
+    metric: str,
+) -> dict[str, Any] | None:
+    """The site where the model's value exceeds the control's by most (None without one)."""
+    best: dict[str, Any] | None = None
+    for site in sites:
+        m = model_idx.get((x, y, pool, site, metric))
+        c = control_idx.get((x, y, pool, site, metric))
+        if m is None or c is None or m.get("value") is None or c.get("value") is None:
+            continue
+        gain = float(m["value"]) - float(c["value"])
+        if best is None or gain > best["gain"]:
+            best = {"site": site, "gain": gain, "model": m["value"], "control": c["value"]}
+    return best
+
+
+def _dominance(
+    alignment: Mapping[str, Any], variant: Mapping[str, Any] | None
+) -> list[dict[str, Any]]:
+    """One entry per flagged site and pool: shares per language, raw and standardized z/CKA."""
+    flagged: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for rec in alignment.get("dominance") or []:
+        if rec.get("flagged"):
+            flagged.setdefault((rec["site"], rec["pool"]), []).append(rec)
+    main_idx, var_idx = _index(alignment), _index(variant)
+    standardized = bool(alignment.get("standardize"))
+    out = []
+    for (site, pool), recs in flagged.items():
+        shares = ", ".join(
+            f"{r['lang']} dim {r['top_dims'][0]} holds {r['share']:.0%}" for r in recs
+        )
+        entry: dict[str, Any] = {"site": site, "pool": pool, "languages": list(recs)}
+        values: list[str] = []
+        for pair in [tuple(p) for p in alignment.get("pairs") or []]:
+            for metric in ("z", "cka"):
+                key = (pair[0], pair[1], pool, site, metric)
+                main = main_idx.get(key, {}).get("value")
+                other = var_idx.get(key, {}).get("value")
+                raw, std = (other, main) if standardized else (main, other)
+                entry.setdefault("values", []).append(
+                    {"pair": list(pair), "metric": metric, "raw": raw, "standardized": std}
+                )
+                values.append(
+                    f"{pair[0]}/{pair[1]} {_LABELS[metric]} raw {_fmt(raw)}, "
+                    f"standardized {_fmt(std)}"
+                )
+        entry["warning"] = (
+            f"{site}, {pool} pool: one dimension holds over half the mean squared norm ({shares});"
+            " cosine, CKA and k-NN there mostly measure that dimension"
+            + (f" ({'; '.join(values)})" if values else "")
+        )
+        out.append(entry)
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "undefined"
+    v = float(v)
+    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}" if abs(v) >= 1 else f"{v:.3f}"
+
+
+def _fmt_ci(d: Mapping[str, Any] | None) -> str:
+    if d is None:
+        return "none"
+    text = _fmt(d["value"])
+    if d.get("ci_low") is not None and d.get("ci_high") is not None:
+        text += f" [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]"
+    return text
+
+
+_PHRASES = {
+    "beyond-control": "above the random-weights control and the lexical baseline",
+    "matched-by-control": "matched by the random-weights control: alignment that needs no training",
+    "matched-by-lexical": "matched by the lexical baseline: token overlap alone gives as much",
+    "below-control": "below the random-weights control",
+    "no-control": "no random-weights control to compare with",
+}
+
+
+def headline(findings: Sequence[Mapping[str, Any]], has_control: bool = True) -> str:
+    """One sentence: each pool's peak z of the first pair, with its verdict and controls."""
+    zs = [f for f in findings if f["metric"] == "z"]
+    if not zs:
+        return "no z value was defined at any site: no finding (see alignment.json for reasons)"
+    first = zs[0]["pair"]
+    zs = [f for f in zs if f["pair"] == first]
+    beyond = sum(f["verdict"] == "beyond-control" for f in zs)
+    lead = (
+        f"{first[0]}/{first[1]}: "
+        + (
+            f"{beyond} of {len(zs)} pool(s) beyond-control"
+            if beyond
+            else "no z survives its controls"
+            if has_control
+            else "no control was run"
+        )
+        + ". "
+    )
+    parts = []
+    for f in zs:
+        ctl = f["control"]
+        lex = f["lexical"]
+        ctl_text = (
+            "no control run"
+            if not has_control
+            else f"control {_fmt(None if ctl is None else ctl['value'])} at {f['site']}"
+        )
+        parts.append(
+            f"{f['pool']}-pool z {_fmt(f['model']['value'])} at {f['site']} is {f['verdict']} "
+            f"({ctl_text}, lexical {_fmt(None if lex is None else lex['value'])}): "
+            f"{_PHRASES[f['verdict']]}"
+        )
+    return lead + "; ".join(parts)
+
+
+def summary_lines(
+    doc: Mapping[str, Any], max_pairs: int = 6, *, per_finding: bool = True
+) -> list[str]:
+    """The console summary, made from a ``findings.json`` document alone.
+
+    The study, the headline, one line per finding (``per_finding``; the report shows them as
+    a table instead) and the warnings.
+    """
+    study = doc.get("study") or {}
+    langs = study.get("languages") or []
+    lines = []
+    if study:
+        lines.append(
+            f"model {study.get('model')}, {'/'.join(langs)}, {study.get('n_pairs')} pairs, "
+            f"null {study.get('null')}"
+            + (", standardized dimensions" if study.get("standardize") else "")
+        )
+    lines.append(str(doc.get("headline", "")))
+    pairs: list[list[str]] = []
+    for f in doc.get("findings") or []:
+        if f["pair"] not in pairs:
+            pairs.append(f["pair"])
+    for pair in pairs[:max_pairs] if per_finding else []:
+        for f in (g for g in doc["findings"] if g["pair"] == pair):
+            src = " (origin study)" if f.get("source") == "origin" else ""
+            lines.append(
+                f"  {pair[0]}/{pair[1]} {f['pool']:<6} {_LABELS.get(f['metric'], f['metric']):<9}"
+                f" {_fmt_ci(f['model'])} at {f['site']}; control {_fmt_ci(f['control'])}; "
+                f"lexical {_fmt_ci(f['lexical'])} -> {f['verdict']}{src}"
+            )
+    if per_finding and len(pairs) > max_pairs:
+        lines.append(f"  ... and {len(pairs) - max_pairs} more pairs in findings.json")
+    lines += [f"warning: {w}" for w in doc.get("warnings") or []]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# from a run
+
+
+def findings_for_sweep(
+    run: Run,
+    alignment: Mapping[str, Any],
+    control_alignment: Mapping[str, Any] | None,
+    config: SweepConfig,
+    *,
+    label: str | None = None,
+    stratify: str | None = None,
+) -> dict[str, Any]:
+    """:func:`build_findings` for a run's sweep, computing what it needs from the run.
+
+    With ``stratify`` (a metadata column, e.g. ``category``) each z finding gets the exact-null
+    z at its site under a null permuting only within that column (no interval). Where a site
+    is flagged for a dominant dimension, the flagged sites are swept again (z and CKA) in the
+    other preprocessing, so the report shows raw and standardized values side by side.
+    """
+    from xlalign.metrics import matched_vs_scrambled_z
+
+    strat_fn: StratifiedFn | None = None
+    if stratify is not None and stratify in run.meta:
+        labels = list(run.meta[stratify])
+        view: Any = (
+            StandardizedRun(run, list(alignment["languages"])) if config.standardize else run
+        )
+
+        def _strat(pair: tuple[str, str], pool: str, site: str) -> dict[str, Any] | None:
+            xa = np.asarray(view.array(pair[0], site, pool))
+            ya = np.asarray(view.array(pair[1], site, pool))
+            try:
+                res = matched_vs_scrambled_z(xa, ya, strata=labels, center=config.center)
+            except XlalignError as e:  # an undefined z is reported, not raised
+                return {"value": None, "ci_low": None, "ci_high": None, "reason": str(e)}
+            return {
+                "value": res.z,
+                "ci_low": None,
+                "ci_high": None,
+                "strata": stratify,
+                "null": "exact, permuting within each group",
+                "reason": res.undefined_reason,
+            }
+
+        strat_fn = _strat
+
+    flagged = sorted(
+        {r["site"] for r in alignment.get("dominance") or [] if r.get("flagged")},
+        key=list(run.sites).index,
+    )
+    variant = None
+    if flagged:
+        metrics = tuple(m for m in ("z", "cka") if m in config.metrics) or ("z",)
+        variant = layer_sweep(
+            run,
+            dataclasses.replace(
+                config,
+                standardize=not config.standardize,
+                sites=tuple(flagged),
+                metrics=metrics,
+                lexical=False,
+                n_boot=0,
+                langs=tuple(alignment["languages"]),
+                pools=tuple(alignment["pools"]),
+            ),
+            progress=False,
+        )
+    return build_findings(
+        alignment, control_alignment, label=label, stratified=strat_fn, variant=variant
+    )
+
+
+#: The origin study's z keys that make findings, by the pool they measure.
+_ORIGIN_POOLS = {"mean": "z_mean_full", "last": "z_last"}
+
+
+def findings_for_origin(origin: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``findings.json`` document of an origin study (``origin.json``): z only.
+
+    For the mean pool and the last token (the origin study's meaning: the last non-special
+    token where the tokenizer appends one), the model's best site of the decomposition, the
+    control's z there, the lexical baseline's z and the within-category z. The origin study
+    has no intervals, so verdicts compare point values (a warning says so).
+    """
+    lx, ly = (str(v) for v in origin["languages"])
+    ctl = origin.get("control") or None
+    ctl_rows = {r["site"]: r for r in (ctl or {}).get("decomposition") or []}
+    lex = origin.get("lexical") or {}
+    lexical = None if lex.get("z") is None else {"value": lex["z"], "ci_low": None, "ci_high": None}
+    findings: list[dict[str, Any]] = []
+    warnings = ["origin z values have no confidence intervals: verdicts compare point values"]
+    n = origin.get("n_pairs")
+    if isinstance(n, int) and n < SMALL_SAMPLE:
+        warnings.insert(0, f"only {n} pairs (under {SMALL_SAMPLE}): these numbers are not reliable")
+    if ctl is None:
+        warnings.append("no random-weights control: no finding can be beyond-control")
+    for pool, key in _ORIGIN_POOLS.items():
+        rows = [r for r in origin.get("decomposition") or [] if r.get(key) is not None]
+        if not rows:
+            continue
+        best = max(rows, key=lambda r: float(r[key]))
+        model = {"value": best[key], "ci_low": None, "ci_high": None}
+        c_row = ctl_rows.get(best["site"])
+        control = (
+            None
+            if c_row is None or c_row.get(key) is None
+            else {"value": c_row[key], "ci_low": None, "ci_high": None}
+        )
+        strat = None
+        if pool == "last" and best.get("z_stratified") is not None:
+            strat = {"value": best["z_stratified"], "ci_low": None, "ci_high": None}
+        gains = [
+            (float(r[key]) - float(ctl_rows[r["site"]][key]), r)
+            for r in rows
+            if r["site"] in ctl_rows and ctl_rows[r["site"]].get(key) is not None
+        ]
+        gain = max(gains, key=lambda g: g[0], default=None)
+        findings.append(
+            {
+                "pair": [lx, ly],
+                "pool": pool,
+                "metric": "z",
+                "site": best["site"],
+                "model": model,
+                "control": control,
+                "lexical": lexical,
+                "stratified": strat,
+                "verdict": verdict(model, control, lexical),
+                "largest_gain": None
+                if gain is None
+                else {
+                    "site": gain[1]["site"],
+                    "gain": gain[0],
+                    "model": gain[1][key],
+                    "control": ctl_rows[gain[1]["site"]][key],
+                },
+                "n": n,
+                "source": "origin",
+            }
+        )
+    study = {
+        "model": origin.get("model"),
+        "languages": [lx, ly],
+        "n_pairs": n,
+        "null": (origin.get("null") or {}).get("method"),
+        "standardize": False,
+        "control": None if ctl is None else "random-init",
+    }
+    return {
+        "headline": headline(findings, ctl is not None),
+        "findings": findings,
+        "warnings": warnings,
+        "study": study,
+        "dominance": [],
+    }
+
+
+def merge_findings(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """``new`` with the findings of ``old`` that came from another study kept after its own.
+
+    ``align`` (source ``alignment``) and ``origin`` (source ``origin``) write into the same
+    folder; each replaces only its own part. The headline, study and dominance entries come
+    from the sweep when it has run, else from the origin study.
+    """
+    sources = {f.get("source") for f in new.get("findings") or []}
+    parts = dict((old or {}).get("parts") or {})
+    for src in sources or {"alignment"}:
+        parts[str(src)] = {k: new.get(k) for k in ("headline", "warnings", "study", "dominance")}
+    # a finding without a source predates the field: it came from the sweep
+    kept = [
+        f for f in (old or {}).get("findings") or [] if f.get("source", "alignment") not in sources
+    ]
+    lead = parts.get("alignment") or next(iter(parts.values()))
+    warnings: list[str] = []
+    for part in parts.values():
+        warnings += [w for w in part.get("warnings") or [] if w not in warnings]
+    return {
+        **{k: v for k, v in new.items() if k not in ("findings", "warnings")},
+        "headline": lead.get("headline"),
+        "findings": [*(new.get("findings") or []), *kept],
+        "warnings": warnings,
+        "study": lead.get("study"),
+        "dominance": lead.get("dominance") or [],
+        "parts": parts,
+    }
+
+
+def write_findings(doc: Mapping[str, Any], out_dir: str | Path) -> Path:
+    """Write ``findings.json`` into ``out_dir``, keeping another study's part; returns its path.
+
+    See :func:`merge_findings`: the sweep and the origin study each replace only their own
+    findings in a folder's ``findings.json``.
+    """
+    import json
+
+    path = Path(out_dir) / FINDINGS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None  # an unreadable old file is replaced, not merged
+    atomic_write_json(path, merge_findings(old if isinstance(old, dict) else None, doc))
+    return path

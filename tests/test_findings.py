@@ -1,0 +1,416 @@
+"""findings.json: verdicts against the control and the lexical baseline; dominance; --standardize.
+
+Reference values are recomputed here independently: the verdict from its written rule, the
+lexical baseline from the tokenizer's own output and the exact-null z formula of REFERENCE.md,
+dominance shares with plain numpy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from xlalign.cli import main
+from xlalign.studies.findings import (
+    FINDING_METRICS,
+    VERDICTS,
+    build_findings,
+    findings_for_origin,
+    merge_findings,
+    summary_lines,
+    verdict,
+)
+from xlalign.studies.layers import SweepConfig, layer_sweep
+from xlalign.studies.pipeline import StudyConfig, run_study
+
+
+def v(value, lo=None, hi=None):
+    return {"value": value, "ci_low": lo, "ci_high": hi}
+
+
+# ---------------------------------------------------------------------------------------------
+# the verdict rule on hand-built cases
+
+
+@pytest.mark.parametrize(
+    ("model", "control", "lexical", "expected"),
+    [
+        (v(10, 9, 11), v(5, 4, 6), v(3, 2, 4), "beyond-control"),
+        (v(10, 9, 11), v(8, 7, 9), v(3, 2, 4), "matched-by-control"),  # touching bounds overlap
+        (v(10, 9, 11), v(12, 10.5, 13), None, "matched-by-control"),  # control higher, overlaps
+        (v(10, 9, 11), v(5, 4, 6), v(9.5, 8, 10), "matched-by-lexical"),
+        (v(10, 9, 11), v(5, 4, 6), v(20, 19, 21), "matched-by-lexical"),  # lexical above
+        (v(10, 9, 11), v(20, 19, 21), v(30, 29, 31), "below-control"),  # below wins over lexical
+        (v(10, 9, 11), None, v(3, 2, 4), "no-control"),
+        (v(10, 9, 11), None, v(10, 9, 11), "matched-by-lexical"),  # lexical checked first
+        (v(10, 9, 11), v(None), None, "no-control"),  # an undefined control is no control
+        (v(10), v(9.999), None, "beyond-control"),  # no intervals: points compared
+        (v(10), v(10), None, "matched-by-control"),
+        (v(10, None, 11), v(9, 8, 10), None, "matched-by-control"),  # missing low -> value
+    ],
+)
+def test_verdict_rule(model, control, lexical, expected):
+    assert verdict(model, control, lexical) == expected
+
+
+def test_every_verdict_is_listed_and_model_value_required():
+    assert set(VERDICTS) == {
+        "beyond-control", "matched-by-control", "matched-by-lexical", "below-control", "no-control"
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="model's value"):
+        verdict(v(None), v(1, 0, 2), None)
+
+
+def reference_verdict(model, control, lexical):
+    """The rule of docs/report.md, written again: intervals closed, 'above' is strict."""
+
+    def iv(d):
+        if d is None or d["value"] is None:
+            return None
+        lo = d["value"] if d["ci_low"] is None else d["ci_low"]
+        hi = d["value"] if d["ci_high"] is None else d["ci_high"]
+        return lo, hi
+
+    m, c, lx = iv(model), iv(control), iv(lexical)
+    above_c = c is not None and m[0] > c[1]
+    above_l = lx is None or m[0] > lx[1]
+    if c is not None and m[1] < c[0]:
+        return "below-control"
+    if c is not None and not above_c:
+        return "matched-by-control"
+    if not above_l:
+        return "matched-by-lexical"
+    return "no-control" if c is None else "beyond-control"
+
+
+# ---------------------------------------------------------------------------------------------
+# a study on a tiny model: findings agree with the alignment.json records
+
+
+@pytest.fixture(scope="module")
+def study(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("findings") / "gpt2"
+    cfg = StudyConfig(
+        model=str(tiny_models["gpt2"]), problems=30, langs=("zh", "en"), output=str(out),
+        n_boot=20, sites="embed,L0,L3",
+    )  # fmt: skip
+    result = run_study(cfg, command=["test"], progress=False, say=lambda _m: None)
+    return out, result
+
+
+def test_findings_agree_with_the_records(study):
+    out, result = study
+    doc = json.loads((out / "findings.json").read_text())
+    model = json.loads((out / "alignment.json").read_text())
+    control = json.loads((out / "control-random-init" / "alignment.json").read_text())
+    assert set(doc) >= {"headline", "findings", "warnings"}
+    sites = model["sites"]
+
+    def recs(d, **kw):
+        return [r for r in d["records"] if all(r[k] == val for k, val in kw.items())]
+
+    seen = set()
+    for f in doc["findings"]:
+        x, y = f["pair"]
+        mine = [
+            r for r in recs(model, x=x, y=y, pool=f["pool"], metric=f["metric"])
+            if r["site"] in sites and r["value"] is not None
+        ]  # fmt: skip
+        best = max(r["value"] for r in mine)
+        assert f["model"]["value"] == best
+        (at,) = [r for r in mine if r["site"] == f["site"]]
+        assert (at["value"], at["ci_low"], at["ci_high"]) == (
+            f["model"]["value"], f["model"]["ci_low"], f["model"]["ci_high"]
+        )  # fmt: skip
+        (c,) = recs(control, x=x, y=y, pool=f["pool"], metric=f["metric"], site=f["site"])
+        assert f["control"] == {"value": c["value"], "ci_low": c["ci_low"], "ci_high": c["ci_high"]}
+        (lx,) = recs(model, x=x, y=y, pool=f["pool"], metric=f["metric"], site="lexical")
+        assert lx["depth"] is None
+        assert f["lexical"]["value"] == lx["value"]
+        assert f["verdict"] == reference_verdict(f["model"], f["control"], f["lexical"])
+        seen.add((f["pool"], f["metric"]))
+    assert seen == {(p, m) for p in model["pools"] for m in FINDING_METRICS}
+    # the summary is made from findings.json: every z line carries the control beside it
+    assert result["summary"] == summary_lines(doc)
+    assert doc["headline"] in result["summary"]
+    for line in result["summary"]:
+        if " z " in f" {line} " and "warning" not in line and "/" in line[:8]:
+            assert "control" in line, line
+    md = (out / "report.md").read_text()
+    assert md.index("Findings and their controls") < md.index("Alignment against depth")
+    assert doc["headline"].split(".")[0] in md
+
+
+def test_lexical_baseline_equals_plain_numpy(study, tiny_models):
+    from transformers import AutoTokenizer
+
+    out, _ = study
+    model = json.loads((out / "alignment.json").read_text())
+    corpus = [json.loads(line) for line in (out / "corpus.jsonl").read_text().splitlines()]
+    tok = AutoTokenizer.from_pretrained(tiny_models["gpt2"])
+    bags = {}
+    for lang in ("zh", "en"):
+        rows = []
+        for row in corpus:
+            enc = tok(row[lang], add_special_tokens=True, return_special_tokens_mask=True)
+            ids = [
+                t
+                for t, s in zip(enc["input_ids"], enc["special_tokens_mask"], strict=True)
+                if not s
+            ]
+            rows.append(Counter(ids))
+        bags[lang] = rows
+    vocab = sorted({t for lang in bags for c in bags[lang] for t in c})
+    col = {t: j for j, t in enumerate(vocab)}
+
+    def dense(rows):
+        m = np.zeros((len(rows), len(vocab)))
+        for i, c in enumerate(rows):
+            for t, k in c.items():
+                m[i, col[t]] = k
+        return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+    x, y = dense(bags["zh"]), dense(bags["en"])
+    n = len(x)
+    s = x @ y.T
+    m = s.mean()
+    r, c = s.mean(axis=1, keepdims=True), s.mean(axis=0, keepdims=True)
+    var = ((s - r - c + m) ** 2).sum() / (n * n * (n - 1))
+    z = (np.trace(s) / n - m) / np.sqrt(var)
+    lex = [r for r in model["records"] if r["site"] == "lexical" and r["metric"] == "z"]
+    assert len(lex) == len(model["pools"])  # one reference per pool, all equal
+    for rec in lex:
+        assert rec["value"] == pytest.approx(z, rel=1e-9)
+    cka = [r for r in model["records"] if r["site"] == "lexical" and r["metric"] == "cka"]
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    ref_cka = np.linalg.norm(xc.T @ yc) ** 2 / (
+        np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc)
+    )
+    assert cka[0]["value"] == pytest.approx(ref_cka, rel=1e-9)
+
+
+def test_dominance_shares_equal_numpy(study):
+    from xlalign.store import load_run
+
+    out, _ = study
+    model = json.loads((out / "alignment.json").read_text())
+    run = load_run(out)
+    assert len(model["dominance"]) == len(model["sites"]) * len(model["pools"]) * 2
+    for rec in model["dominance"]:
+        a = np.asarray(run.array(rec["lang"], rec["site"], rec["pool"]), dtype=np.float64)
+        per = (a**2).sum(axis=0) / (a**2).sum()
+        top = list(np.argsort(per)[::-1][:3])
+        assert rec["top_dims"] == top
+        assert rec["share"] == pytest.approx(per[top[0]], rel=1e-12)
+        assert rec["flagged"] == (per[top[0]] > 0.5)
+
+
+def test_small_sample_is_named(tiny_models, tmp_path):
+    out = tmp_path / "small"
+    cfg = StudyConfig(
+        model=str(tiny_models["gpt2"]), problems=20, langs=("zh", "en"), output=str(out),
+        n_boot=0, sites="embed,L0", control="none",
+    )  # fmt: skip
+    result = run_study(cfg, command=["test"], progress=False, say=lambda _m: None)
+    doc = json.loads((out / "findings.json").read_text())
+    assert any("20 pairs" in w and "not reliable" in w for w in doc["warnings"])
+    assert any("not reliable" in line for line in result["summary"])
+    assert "not reliable" in (out / "report.md").read_text()
+    assert {f["verdict"] for f in doc["findings"]} <= {"no-control", "matched-by-lexical"}
+
+
+def test_problems_n7_says_why_it_wrote_5(tmp_path, capsys):
+    assert main(["problems", "--n", "7", "-o", str(tmp_path / "p.jsonl")]) == 0
+    said = capsys.readouterr().out
+    assert "wrote 5 problems" in said
+    assert "n // 5 = 1 per category" in said
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# one massive dimension: flagged, and standardizing removes its effect
+
+
+@pytest.fixture(scope="module")
+def massive_runs(tiny_models, problems, tmp_path_factory):
+    """The tiny GPT-2 and a copy with one embedding dimension scaled by 200 (token+position)."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from xlalign.capture import extract
+
+    root = tmp_path_factory.mktemp("massive")
+    src = tiny_models["gpt2"]
+    big = root / "gpt2-massive"
+    shutil.copytree(src, big)
+    model = AutoModelForCausalLM.from_pretrained(src)
+    with np.errstate(all="ignore"):
+        import torch
+
+        with torch.no_grad():
+            model.transformer.wte.weight[:, 3] *= 200.0
+            model.transformer.wpe.weight[:, 3] *= 200.0
+    model.save_pretrained(big)
+    data = problems.head(60)
+    runs = {}
+    for name, path in (("plain", src), ("massive", big)):
+        runs[name] = extract(
+            str(path), data, ["zh", "en"], sites="embed,L0", pools=("mean",),
+            output=root / f"run-{name}", progress=False,
+        )  # fmt: skip
+    return runs
+
+
+def test_one_massive_dimension_is_flagged_and_standardizing_removes_it(massive_runs):
+    cfg = SweepConfig(metrics=("z", "cka"), n_boot=0, lexical=False)
+    raw = {k: layer_sweep(r, cfg, progress=False) for k, r in massive_runs.items()}
+    std = {
+        k: layer_sweep(r, SweepConfig(metrics=("z", "cka"), n_boot=0, standardize=True),
+                       progress=False)
+        for k, r in massive_runs.items()
+    }  # fmt: skip
+
+    def val(doc, metric, site="embed"):
+        (r,) = [r for r in doc["records"] if r["metric"] == metric and r["site"] == site]
+        return r["value"]
+
+    flagged = {(d["site"], d["lang"]) for d in raw["massive"]["dominance"] if d["flagged"]}
+    assert ("embed", "zh") in flagged and ("embed", "en") in flagged
+    assert all(d["top_dims"][0] == 3 for d in raw["massive"]["dominance"] if d["site"] == "embed")
+    assert not any(d["flagged"] for d in raw["plain"]["dominance"])
+    # the massive dimension moves the raw numbers ...
+    assert abs(val(raw["massive"], "cka") - val(raw["plain"], "cka")) > 0.05
+    assert abs(val(raw["massive"], "z") - val(raw["plain"], "z")) > 1.0
+    # ... and standardizing removes its effect: the massive model's standardized values equal
+    # the un-massive model's standardized values (the scaled column z-scores to the same)
+    for metric in ("z", "cka"):
+        assert val(std["massive"], metric) == pytest.approx(val(std["plain"], metric), rel=1e-4)
+    # independent check of the standardized z: numpy z-scoring + the exact-null formula
+    run = massive_runs["massive"]
+    x = np.asarray(run.array("zh", "embed", "mean"), np.float64)
+    y = np.asarray(run.array("en", "embed", "mean"), np.float64)
+    both = np.concatenate([x, y])
+    mu, sd = both.mean(0), both.std(0)
+    xs, ys = (x - mu) / sd, (y - mu) / sd
+    xs /= np.linalg.norm(xs, axis=1, keepdims=True)
+    ys /= np.linalg.norm(ys, axis=1, keepdims=True)
+    s, n = xs @ ys.T, len(xs)
+    m = s.mean()
+    var = ((s - s.mean(1, keepdims=True) - s.mean(0, keepdims=True) + m) ** 2).sum() / (
+        n * n * (n - 1)
+    )
+    assert val(std["massive"], "z") == pytest.approx((np.trace(s) / n - m) / np.sqrt(var), rel=1e-6)
+    # findings name the flagged site, with raw and standardized values side by side
+    from xlalign.studies.findings import findings_for_sweep
+
+    doc = findings_for_sweep(run, raw["massive"], None, cfg)
+    warn = [w for w in doc["warnings"] if w.startswith("embed, mean pool: one dimension")]
+    assert warn and "dim 3" in warn[0] and "standardized" in warn[0]
+    (entry,) = [d for d in doc["dominance"] if d["site"] == "embed"]
+    z_entry = next(e for e in entry["values"] if e["metric"] == "z")
+    assert z_entry["raw"] == val(raw["massive"], "z")
+    assert z_entry["standardized"] == pytest.approx(val(std["massive"], "z"), rel=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# origin findings and merging
+
+
+def test_origin_findings_and_merge(study):
+    out, _ = study
+    origin = json.loads((out / "origin.json").read_text())
+    doc = findings_for_origin(origin)
+    by_pool = {f["pool"]: f for f in doc["findings"]}
+    rows = origin["decomposition"]
+    best = max(rows, key=lambda r: r["z_mean_full"])
+    assert by_pool["mean"]["site"] == best["site"]
+    assert by_pool["mean"]["model"]["value"] == best["z_mean_full"]
+    (ctl,) = [r for r in origin["control"]["decomposition"] if r["site"] == best["site"]]
+    assert by_pool["mean"]["control"]["value"] == ctl["z_mean_full"]
+    assert by_pool["mean"]["lexical"]["value"] == origin["lexical"]["z"]
+    for f in doc["findings"]:
+        assert f["verdict"] == reference_verdict(f["model"], f["control"], f["lexical"])
+    sweep = json.loads((out / "findings.json").read_text())
+    merged = merge_findings(sweep, doc)
+    assert merged["headline"] == sweep["headline"]  # the sweep leads
+    assert len(merged["findings"]) == len(sweep["findings"]) + len(doc["findings"])
+    again = merge_findings(merged, doc)  # origin replaces only its own part
+    assert len(again["findings"]) == len(merged["findings"])
+    # findings written before the 'source' field are the sweep's: a new sweep replaces them
+    legacy = {
+        "findings": [{k: x for k, x in f.items() if k != "source"} for f in sweep["findings"]]
+    }
+    assert merge_findings(legacy, sweep)["findings"] == sweep["findings"]
+
+
+def test_build_findings_without_control_says_so():
+    recs = [
+        {"x": "a", "y": "b", "pool": "mean", "site": s, "depth": i, "metric": "z", "value": val,
+         "ci_low": val - 1, "ci_high": val + 1, "n": 50}
+        for i, (s, val) in enumerate((("embed", 3.0), ("L0", 7.0)))
+    ] + [
+        {"x": "a", "y": "b", "pool": "mean", "site": "lexical", "depth": None, "metric": "z",
+         "value": 2.0, "ci_low": 1.0, "ci_high": 3.0, "n": 50}
+    ]  # fmt: skip
+    doc = build_findings(
+        {"pairs": [["a", "b"]], "pools": ["mean"], "sites": ["embed", "L0"], "records": recs,
+         "n_boot": 10, "languages": ["a", "b"], "null": "exact"}
+    )  # fmt: skip
+    (f,) = doc["findings"]
+    assert (f["site"], f["verdict"], f["control"]) == ("L0", "no-control", None)
+    assert any("no random-weights control" in w for w in doc["warnings"])
+    assert "no-control" in doc["headline"] and "no control run" in doc["headline"]
+
+
+def test_dimension_dominance_and_standardize_against_numpy():
+    from xlalign.errors import XlalignError
+    from xlalign.metrics.dominance import dimension_dominance, standardize_pair
+
+    rs = np.random.RandomState(3)
+    x = rs.randn(5000, 9).astype(np.float32)  # more rows than one chunk
+    x[:, 7] *= 6.0
+    per = (x.astype(np.float64) ** 2).sum(axis=0)
+    res = dimension_dominance(x)
+    assert res.top_dims == list(np.argsort(-per)[:3])
+    assert res.share == pytest.approx(per.max() / per.sum(), rel=1e-12)
+    assert sum(res.top_shares) < 1.0
+    assert dimension_dominance(np.zeros((4, 3))).share is None
+    with pytest.raises(XlalignError, match="NaN or inf"):
+        dimension_dominance(np.array([[1.0, np.nan]]))
+    a, b = rs.randn(20, 4), rs.randn(30, 4)
+    a[:, 2] = b[:, 2] = 5.0  # a constant dimension becomes 0
+    sa, sb = standardize_pair(a, b)
+    both = np.concatenate([a, b])
+    keep = [0, 1, 3]
+    ref = (both[:, keep] - both[:, keep].mean(0)) / both[:, keep].std(0)
+    assert np.allclose(np.concatenate([sa, sb])[:, keep], ref, atol=1e-12)
+    assert np.all(sa[:, 2] == 0) and np.all(sb[:, 2] == 0)
+
+
+def test_align_sweeps_the_control_beside_the_run_and_writes_findings(study, tmp_path, capsys):
+    import shutil
+
+    out, _ = study
+    run = tmp_path / "copy"
+    shutil.copytree(out, run)
+    (run / "findings.json").unlink()
+    args = ["align", str(run), "--metrics", "z,p1,cka", "--n-boot", "0", "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    doc = json.loads((run / "findings.json").read_text())
+    assert doc["headline"] in printed
+    control = json.loads((run / "control-random-init" / "alignment.json").read_text())
+    assert control["n_boot"] == 0  # swept again with align's own settings
+    for f in doc["findings"]:
+        (c,) = [
+            r for r in control["records"]
+            if (r["x"], r["y"], r["pool"], r["site"], r["metric"])
+            == (*f["pair"], f["pool"], f["site"], f["metric"])
+        ]  # fmt: skip
+        assert f["control"]["value"] == c["value"]
+        assert f["verdict"] == reference_verdict(f["model"], f["control"], f["lexical"])
+    assert any("verdicts compare point values" in w for w in doc["warnings"])
