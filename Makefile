@@ -4,7 +4,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: check lint types test format bench
+.PHONY: check lint types test format bench mutate
 
 check: lint types test
 
@@ -25,3 +25,10 @@ format:
 bench:
 	$(PY) benchmarks/bench_extract.py
 	$(PY) benchmarks/bench_metrics.py
+
+# Mutation testing of the study layer (opt-in, slow: see docs/testing.md). Narrow it with e.g.
+# `make mutate MUTANTS='xlalign.metrics.bootstrap*'`. Results stay in mutants/ (git-ignored).
+MUTANTS ?= xlalign.metrics.bootstrap* xlalign.studies.layers* xlalign.studies.origin* xlalign.studies.findings*
+mutate:
+	$(PY) -m mutmut run --max-children 2 $(foreach m,$(MUTANTS),'$(m)')
+	$(PY) tests/mutation_report.py

@@ -1,6 +1,7 @@
 """Extraction speed, side by side, on a CPU Qwen2-architecture model with a 151,936-token vocabulary.
 
 Run:  HF_HUB_OFFLINE=1 python benchmarks/bench_extract.py [--repeats 3] [--quick]
+      [--model qwen2.5-0.5b]   (a real model instead: a named model, folder or .gguf file)
 
 Compares, on the study's 200 problems in zh and en (400 prompts):
 
@@ -42,7 +43,7 @@ import torch
 import xlalign
 from xlalign.capture import forward_kwargs, forward_params, make_batch, plan_batches, tokenize
 from xlalign.corpus import ParallelCorpus
-from xlalign.models import LoadedModel, wrap_model
+from xlalign.models import LoadedModel, load_model, wrap_model
 from xlalign.problems import generate_problems
 from xlalign.testing import corpus_texts, train_byte_bpe
 
@@ -255,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--quick", action="store_true", help="40 problems, 1 repeat (smoke test)")
     parser.add_argument("--skip-seed", action="store_true", help="leave out (a), the slow one")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a real model (named, folder or .gguf) instead of the synthetic one",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else args.repeats
@@ -267,9 +273,19 @@ def main(argv: list[str] | None = None) -> int:
             problems.ids[:n], {k: v[:n] for k, v in problems.texts.items()},
             {k: v[:n] for k, v in problems.meta.items()}, source="problems[:40]",
         )  # fmt: skip
-    tokenizer = train_byte_bpe(corpus_texts([problems]))
-    model = build_model(tokenizer)
-    loaded = wrap_model(model, tokenizer, model_id="bench/qwen2-d512-l8-v151936")
+    if args.model is None:
+        tokenizer = train_byte_bpe(corpus_texts([problems]))
+        model = build_model(tokenizer)
+        loaded = wrap_model(model, tokenizer, model_id="bench/qwen2-d512-l8-v151936")
+        shape = MODEL_SHAPE
+    else:
+        loaded = load_model(args.model, device="cpu", dtype="float32")
+        model, tokenizer = loaded.model, loaded.tokenizer
+        cfg = model.config
+        shape = dict(
+            hidden_size=cfg.hidden_size, num_hidden_layers=loaded.n_layers,
+            intermediate_size=cfg.intermediate_size, vocab_size=cfg.vocab_size,
+        )  # fmt: skip
     n_prompts = len(LANGS) * len(corpus)
     n_tokens = sum(
         len(ids) for lang in LANGS for ids in tokenizer(list(corpus.text(lang)))["input_ids"]
@@ -281,9 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"CPU: {_cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
     print(
-        f"model: Qwen2ForCausalLM, d={MODEL_SHAPE['hidden_size']}, "
-        f"{MODEL_SHAPE['num_hidden_layers']} blocks, ffn {MODEL_SHAPE['intermediate_size']}, "
-        f"vocab {MODEL_SHAPE['vocab_size']:,}, {n_params / 1e6:.0f}M parameters, float32"
+        f"model: {args.model or 'synthetic'} {type(model).__name__}, d={shape['hidden_size']}, "
+        f"{shape['num_hidden_layers']} blocks, ffn {shape['intermediate_size']}, "
+        f"vocab {shape['vocab_size']:,}, {n_params / 1e6:.0f}M parameters, float32"
     )
     print(f"data: {len(corpus)} problems x {len(LANGS)} languages = {n_prompts} prompts, "
           f"{n_tokens} tokens; batch size {BATCH_SIZE}; median of {repeats}")  # fmt: skip
@@ -350,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     c = med["(c) bare batched forward, no capture"]
     d = med["(d) xlalign extract, embed,L0"]
-    half_layers = MODEL_SHAPE["num_hidden_layers"] / 2
+    half_layers = shape["num_hidden_layers"] / 2
     checks = [("(b)/(c)", b / c, "<=", 1.15)]
     if "(a) seed-style loop, 1 prompt/pass" in med:
         checks.append(("(a)/(b)", med["(a) seed-style loop, 1 prompt/pass"] / b, ">=", 10.0))

@@ -17,7 +17,7 @@ def test_cli_reference_is_in_sync():
 
 def test_every_command_and_option_is_documented():
     text = cli_reference()
-    for cmd in ("problems", "extract", "export-npz", "align", "origin", "run", "demo"):
+    for cmd in ("problems", "extract", "export-npz", "align", "origin", "lens", "run", "demo"):
         assert f"## `xlalign {cmd}`" in text
     for flag in ("--pool", "--resume", "--null", "--stratify", "--config", "--control"):
         assert f"`{flag}" in text or f", {flag}" in text

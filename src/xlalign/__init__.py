@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from xlalign import corpora
 from xlalign.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import XlalignError
 from xlalign.problems import generate_problems
@@ -20,6 +21,7 @@ __all__ = [
     "XlalignError",
     "__version__",
     "compare",
+    "corpora",
     "extract",
     "generate_problems",
     "load_corpus",

@@ -52,6 +52,7 @@ from xlalign.distributed import (
 from xlalign.errors import RunError, XlalignError
 from xlalign.models import (
     LoadedModel,
+    ModelOptions,
     check_model_folder,
     device_map_summary,
     dtype_name,
@@ -405,17 +406,11 @@ def extract(
     resume: bool = False,
     overwrite: bool = False,
     padding_side: str = "right",
-    dtype: str | torch.dtype | None = None,
-    device: str = "auto",
-    device_map: str | dict[str, Any] | None = None,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    random_init_seed: int | None = None,
+    options: ModelOptions | None = None,
     progress: bool = True,
-    max_memory: dict[int | str, int | str] | None = None,
-    offload_folder: str | Path | None = None,
     shard_by: str = "batch",
     compat: str = "exact",
+    **load_options: Any,
 ) -> Run:
     """Capture ``sites`` x ``pools`` hidden states of every prompt of ``corpus`` into ``output``.
 
@@ -429,13 +424,18 @@ def extract(
     incomplete one after checking that model, corpus, sites, pools, batch size and padding side
     match, and gives arrays identical to an uninterrupted run.
 
-    ``device_map`` (``"auto"``), ``max_memory`` and ``offload_folder`` load a model too large
-    for one device with Accelerate (see :func:`~xlalign.models.load_model`). Started by
+    ``options`` (:class:`~xlalign.models.ModelOptions`) says how to load the model; keyword
+    arguments named like its fields (``dtype=``, ``device=``, ``random_init_seed=``...) override
+    it. Its ``device_map`` (``"auto"``), ``max_memory`` and ``offload_folder`` load a model too
+    large for one device with Accelerate (see :func:`~xlalign.models.load_model`). Started by
     ``torchrun``/``accelerate launch`` with ``WORLD_SIZE > 1``, every rank calls this with the
     same arguments and gets the same finished run; ``shard_by`` says how work is dealt (see
     :func:`~xlalign.distributed.assign_batches`).
     """
     started = time.perf_counter()
+    opts = options or ModelOptions()
+    if load_options:
+        opts = opts.replace(**load_options)
     config = ExtractConfig(
         sites, pools, batch_size, padding_side, resume, overwrite, shard_by, compat
     )
@@ -464,10 +464,7 @@ def extract(
         group = Group(env) if env.distributed else None
         try:
             return _extract(
-                model, corpus, lang_list, pool_list, config, output, env, group, started,
-                dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
-                offload_folder=offload_folder, revision=revision,
-                trust_remote_code=trust_remote_code, random_init_seed=random_init_seed,
+                model, corpus, lang_list, pool_list, config, output, env, group, started, opts,
                 progress=progress,
             )  # fmt: skip
         except OSError as e:
@@ -492,44 +489,31 @@ def _extract(
     env: LaunchEnv,
     group: Group | None,
     started: float,
+    options: ModelOptions,
     *,
-    dtype: str | torch.dtype | None,
-    device: str,
-    device_map: str | dict[str, Any] | None,
-    max_memory: dict[int | str, int | str] | None,
-    offload_folder: str | Path | None,
-    revision: str | None,
-    trust_remote_code: bool,
-    random_init_seed: int | None,
     progress: bool,
 ) -> Run:
     """:func:`extract` once the corpus is loaded and (with several ranks) the group formed."""
     t0 = time.perf_counter()
     if isinstance(model, LoadedModel):
         loaded = model
-        if random_init_seed is not None and loaded.random_init_seed != random_init_seed:
+        seed = options.random_init_seed
+        if seed is not None and loaded.random_init_seed != seed:
             raise XlalignError(
                 "random_init_seed given with an already loaded model; pass it to load_model"
             )
     else:
-        if Path(model).expanduser().is_dir():  # name a broken file before transformers trips on it
-            check_model_folder(Path(model).expanduser(), weights=random_init_seed is None)
-        if device_map is not None and env.distributed:
-            max_memory = rank_max_memory(env, max_memory)
-            if offload_folder is not None:  # ranks on one host must not share offload files
-                offload_folder = Path(offload_folder) / env.tag
+        local = Path(model).expanduser()
+        if local.is_dir():  # name a broken file before transformers trips on it
+            check_model_folder(local, weights=options.random_init_seed is None)
+        if options.device_map is not None and env.distributed:
+            options = options.replace(max_memory=rank_max_memory(env, options.max_memory))
+            if options.offload_folder is not None:  # ranks on one host must not share files
+                options = options.replace(offload_folder=Path(options.offload_folder) / env.tag)
+        if isinstance(options.device, str):
+            options = options.replace(device=rank_device(env, options.device))
         with _hf_progress_bars(progress and env.is_main):
-            loaded = load_model(
-                model,
-                dtype=dtype,
-                device=rank_device(env, device),
-                device_map=device_map,
-                max_memory=max_memory,
-                offload_folder=offload_folder,
-                revision=revision,
-                trust_remote_code=trust_remote_code,
-                random_init_seed=random_init_seed,
-            )
+            loaded = load_model(model, options)
     load_s = time.perf_counter() - t0
     adapter = loaded.adapter
     site_list = parse_sites(config.sites, adapter.n_layers, adapter.final_norm is not None)
@@ -755,6 +739,7 @@ def _manifest(
         "revision": loaded.revision,
         "commit_hash": loaded.commit_hash,
         "weights_fingerprint": weights,
+        "checkpoint": loaded.checkpoint,
         "model_key": model_key,
         "architecture": type(loaded.model).__name__,
         "family": loaded.family,

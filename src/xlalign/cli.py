@@ -32,15 +32,53 @@ def _csv_list(value: str) -> list[str]:
 
 @app.command("problems")
 def problems_cmd(
-    n: Annotated[int, typer.Option("--n", help="Number of problems (n // 5 per category).")] = 200,
+    n: Annotated[
+        int | None,
+        typer.Option("--n", help="Number of problems (n // 5 per category; default 200)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of random.Random, as in the study.")] = 42,
     output: Annotated[
         Path, typer.Option("-o", "--output", help="JSONL file to write (id, category, zh, en).")
     ] = Path("problems.jsonl"),
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            help="arithmetic (the study's problems) or translate-words (HSK word translation, "
+            "zh/en with answer_zh/answer_en, for xlalign lens; needs --model and xlalign[hsk]).",
+        ),
+    ] = "arithmetic",
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="translate-words: the model whose tokenizer decides."),
+    ] = None,
 ) -> None:
-    """Write the study's parallel zh/en problem set as JSONL."""
+    """Write a built-in parallel zh/en corpus as JSONL (the study's problems by default)."""
+    if task == "translate-words":
+        from transformers import AutoTokenizer
+
+        from xlalign.corpora import translate_words
+
+        if model is None:
+            raise XlalignError(
+                "--task translate-words needs --model: only words whose answers are single "
+                "tokens of that model's tokenizer are kept"
+            )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model)
+        except (OSError, ValueError) as e:
+            raise XlalignError(f"cannot load the tokenizer of '{model}': {e}") from None
+        words = translate_words(tokenizer, n, seed=seed)
+        words.to_jsonl(output)
+        print(f"wrote {len(words)} word-translation rows (zh, en) to {output}: {words.source}")
+        return
+    if task != "arithmetic":
+        raise XlalignError(f"--task must be arithmetic or translate-words, got '{task}'")
+    if model is not None:
+        raise XlalignError("--model goes with --task translate-words")
     from xlalign.problems import generate_problems
 
+    n = 200 if n is None else n
     if n < 5:
         raise XlalignError(f"--n must be at least 5 (one problem per category), got {n}")
     corpus = generate_problems(n, seed)
@@ -56,9 +94,12 @@ def problems_cmd(
 
 @app.command("extract")
 def extract_cmd(
-    model: Annotated[str, typer.Option("--model", help="Hub id or local model folder.")],
+    model: Annotated[
+        str, typer.Option("--model", help="Hub id, local folder, .gguf file or named model.")
+    ],
     data: Annotated[
-        Path, typer.Option("--data", help="Parallel corpus: JSONL, CSV, TSV or <lang>.txt folder.")
+        Path,
+        typer.Option("--data", help="Parallel corpus: JSONL, CSV, TSV, <lang>.txt folder, or hsk."),
     ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Run folder to write.")],
     langs: Annotated[
@@ -130,7 +171,9 @@ def extract_cmd(
 
     from xlalign.capture import ZeroNormWarning, extract
     from xlalign.distributed import launch_env, parse_max_memory
+    from xlalign.models import ModelOptions
     from xlalign.sites import describe_sites
+    from xlalign.studies.pipeline import study_corpus
 
     if control not in (None, "random-init"):
         raise XlalignError(f"--control must be random-init, got '{control}'")
@@ -139,13 +182,16 @@ def extract_cmd(
     seed = (0 if control_seed is None else control_seed) if control == "random-init" else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run = extract(
-            model, data, langs, sites=sites, pools=pool, batch_size=batch_size, output=output,
-            resume=resume, overwrite=overwrite, padding_side=padding_side, dtype=dtype,
-            device=device, device_map=device_map, revision=revision,
-            trust_remote_code=trust_remote_code, random_init_seed=seed, progress=progress,
+        options = ModelOptions(
+            dtype=dtype, device=device, device_map=device_map,
             max_memory=parse_max_memory(max_memory), offload_folder=offload_folder,
-            shard_by=shard_by, compat=compat,
+            revision=revision, trust_remote_code=trust_remote_code, random_init_seed=seed,
+        )  # fmt: skip
+        corpus = study_corpus(str(data), None, 0, _csv_list(langs) if langs else None)
+        run = extract(
+            model, corpus, langs, sites=sites, pools=pool, batch_size=batch_size, output=output,
+            resume=resume, overwrite=overwrite, padding_side=padding_side, options=options,
+            progress=progress, shard_by=shard_by, compat=compat,
         )  # fmt: skip
     for w in caught:
         if issubclass(w.category, ZeroNormWarning):
@@ -328,13 +374,58 @@ def origin_cmd(
     print(f"wrote {path}")
 
 
+@app.command("lens")
+def lens_cmd(
+    run: Annotated[Path, typer.Argument(help="Run folder of a causal LM (last pool).")],
+    sites: Annotated[str | None, typer.Option("--sites", help="Sites (default: all).")] = None,
+    langs: Annotated[str | None, typer.Option("--langs", help="Languages (default: all).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Top tokens kept per prompt.")] = 5,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples for CIs.")] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 42,
+    device: Annotated[
+        str, typer.Option("--device", help="Where the norm and head run: cpu, cuda, auto.")
+    ] = "cpu",
+    control: Annotated[
+        bool,
+        typer.Option("--control/--no-control", help="Also decode RUN/control-random-init."),
+    ] = True,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bars.")
+    ] = True,
+) -> None:
+    """Logit lens by language: token-class mass of each site's last-token state (lens.json)."""
+    from xlalign.sites import parse_sites
+    from xlalign.store import load_run
+    from xlalign.studies.lens import LensConfig, run_lens
+
+    chosen = None
+    if sites is not None:
+        loaded = load_run(run)
+        chosen = tuple(parse_sites(sites, loaded.n_layers, "final" in loaded.sites, where="run"))
+    cfg = LensConfig(
+        sites=chosen, langs=tuple(_csv_list(langs)) if langs else None, top_k=top_k,
+        n_boot=n_boot, seed=seed, device=device,
+    )  # fmt: skip
+    _doc, lines, path = run_lens(run, cfg, control=control, progress=progress)
+    print("\n".join(lines))
+    print(f"wrote {path}")
+
+
 @app.command("run")
 def run_cmd(
     config: Annotated[
         Path | None, typer.Option("--config", help="TOML file with any of these options.")
     ] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Hub id or local folder.")] = None,
-    data: Annotated[str | None, typer.Option("--data", help="Parallel corpus file/folder.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Hub id, local folder, .gguf file or named model."),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Parallel corpus file/folder, or hsk.")
+    ] = None,
+    data_n: Annotated[
+        int | None, typer.Option("--data-n", help="With --data hsk: this many pairs.")
+    ] = None,
     problems: Annotated[
         int | None, typer.Option("--problems", help="Use the study's N generated problems.")
     ] = None,
@@ -399,7 +490,7 @@ def run_cmd(
 
     values = load_config_file(config) if config is not None else {}
     given = {
-        "model": model, "data": data, "problems": problems, "output": output, "sites": sites,
+        "model": model, "data": data, "data_n": data_n, "problems": problems, "output": output, "sites": sites,
         "batch_size": batch_size, "device": device, "dtype": dtype, "revision": revision,
         "trust_remote_code": trust_remote_code, "null": null, "n_perms": n_perms, "seed": seed,
         "stratify": stratify, "center": center, "pivot": pivot, "n_boot": n_boot,
@@ -421,25 +512,31 @@ def run_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Study folder.")] = Path(
+    model: Annotated[
+        str, typer.Option("--model", help="qwen2.5-0.5b, gemma-3-270m, minilm (smoke run).")
+    ] = "qwen2.5-0.5b",
+    output: Annotated[Path, typer.Option("-o", "--output", help="Demo folder.")] = Path(
         "runs/demo"
     ),
     problems: Annotated[int, typer.Option("--problems", help="Number of problems.")] = 200,
+    hsk: Annotated[
+        int | None, typer.Option("--hsk", help="HSK pairs (500; minilm: 0 = no HSK study).")
+    ] = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Progress bars.")
     ] = True,
 ) -> None:
-    """The study on the bundled all-MiniLM-L6-v2 (offline), with a random-weights control."""
-    from xlalign.studies.pipeline import StudyConfig, bundled_model_path, run_study
+    """The study's question on a real model, offline: problems + HSK, random-weights control."""
+    from xlalign.demo import DemoConfig, run_demo
 
-    cfg = StudyConfig(
-        model=str(bundled_model_path()), problems=problems, langs=("zh", "en"),
-        output=str(output), device="cpu", control="random-init",
-        label="all-MiniLM-L6-v2 (bundled, English-centric)",
-    )  # fmt: skip
-    result = run_study(cfg, command=sys.argv, progress=progress)
-    print(f"report: {result['paths'].get('report_html', output / 'report.html')}")
-    print("\n".join(result["summary"]))
+    cfg = DemoConfig(model=model, output=str(output), problems=problems, hsk_pairs=hsk)
+    result = run_demo(cfg, command=sys.argv, progress=progress)
+    print(result["text"])
+    print(f"answer: {result['answer']}")
+    for name, study in result["studies"].items():
+        print(
+            f"report ({name}): {study['paths'].get('report_html', output / name / 'report.html')}"
+        )
 
 
 @app.command("compare")
@@ -488,7 +585,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="xlalign")
     except SystemExit as e:  # typer exits on --help and on usage errors (already printed)
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if code == 130:  # typer turns Ctrl-C into a silent exit 130 before the handler below
+            print("xlalign: interrupted", file=sys.stderr)
+        return code
     except XlalignError as e:
         print(f"xlalign: error: {e}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ When a part cannot be found the error says which one and in what class it was lo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -151,6 +152,9 @@ class LoadedModel:
     adds_eos: bool = False
     random_init_seed: int | None = None
     is_causal_lm: bool = False
+    #: where the weights came from when not a plain folder: a named model's packages, a GGUF
+    #: file's path, sha256 and quantization type (see :mod:`xlalign.checkpoints`).
+    checkpoint: dict[str, Any] | None = None
 
     @property
     def family(self) -> str:
@@ -239,20 +243,46 @@ def is_causal_lm_config(config: Any) -> bool:
     return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in ENCODER_FAMILIES
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """How to load a model: the options that travel together from the CLI to :func:`load_model`.
+
+    One value instead of nine keyword arguments, so ``xlalign run``, ``extract`` and the
+    random-init control pass the same options down unchanged (the control is
+    ``options.replace(random_init_seed=seed)``).
+    """
+
+    dtype: str | torch.dtype | None = None
+    """float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA)."""
+    device: str | torch.device = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    device_map: str | dict[str, Any] | None = None
+    """Accelerate device map (e.g. ``"auto"``); overrides ``device``."""
+    max_memory: dict[int | str, int | str] | None = None
+    """With ``device_map``: what each device may hold (``{0: "70GiB", "cpu": "200GiB"}``)."""
+    offload_folder: str | Path | None = None
+    """With ``device_map``: where weights that fit nowhere go."""
+    revision: str | None = None
+    """Hub revision."""
+    trust_remote_code: bool = False
+    """Run the model repository's own code (off unless asked)."""
+    random_init_seed: int | None = None
+    """Same architecture with fresh weights from this seed: the random-init control."""
+
+    def replace(self, **changes: Any) -> ModelOptions:
+        """A copy with ``changes`` applied (unknown names are a ``TypeError``)."""
+        return dataclasses.replace(self, **changes)
+
+
 def load_model(
     model: str,
-    *,
-    dtype: str | torch.dtype | None = None,
-    device: str | torch.device = "auto",
-    device_map: str | dict[str, Any] | None = None,
-    max_memory: dict[int | str, int | str] | None = None,
-    offload_folder: str | Path | None = None,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    random_init_seed: int | None = None,
+    options: ModelOptions | None = None,
+    **kwargs: Any,
 ) -> LoadedModel:
-    """Load ``model`` (a Hub id or a local folder) and its tokenizer for capture.
+    """Load ``model`` (Hub id, local folder, ``.gguf`` file or named model) and its tokenizer.
 
+    ``options`` (a :class:`ModelOptions`) says how; keyword arguments named like its fields
+    (``load_model(path, dtype="float32", random_init_seed=3)``) override it.
     Decoder LMs load with ``AutoModelForCausalLM``, everything else with ``AutoModel``.
     ``random_init_seed`` builds the same architecture from the loaded config with fresh weights
     (``torch.manual_seed(random_init_seed)``, no weights read): the random-init control.
@@ -264,12 +294,19 @@ def load_model(
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    local = Path(model).expanduser()
+    opts = (options or ModelOptions()).replace(**kwargs) if kwargs else options or ModelOptions()
+    dtype, device, device_map = opts.dtype, opts.device, opts.device_map
+    max_memory, offload_folder, revision = opts.max_memory, opts.offload_folder, opts.revision
+    trust_remote_code, random_init_seed = opts.trust_remote_code, opts.random_init_seed
+
+    local, checkpoint = _resolve_source(model)
     if not local.exists() and _looks_like_path(model):
         raise XlalignError(f"model path '{model}' does not exist")
     source = str(local) if local.exists() else model
     if local.exists() and not local.is_dir():
-        raise XlalignError(f"model path '{model}' is a file; give the folder that holds it")
+        raise XlalignError(
+            f"model path '{model}' is a file; give the folder that holds it (or a .gguf file)"
+        )
 
     if device_map is None and (max_memory is not None or offload_folder is not None):
         raise XlalignError("--max-memory and --offload-folder need --device-map (e.g. auto)")
@@ -345,7 +382,33 @@ def load_model(
         adds_eos=adds_eos,
         random_init_seed=random_init_seed,
         is_causal_lm=causal,
+        checkpoint=checkpoint,
     )
+
+
+def _resolve_source(model: str) -> tuple[Path, dict[str, Any] | None]:
+    """The local path to load ``model`` from, and what a named or GGUF model came from.
+
+    A name from :data:`~xlalign.named_models.NAMED_MODELS` resolves to its installed files; a
+    ``.gguf`` file (or a folder holding exactly one) to its dequantized, cached copy.
+    """
+    from xlalign.checkpoints import dequantized_folder, find_gguf
+    from xlalign.named_models import is_named, resolve_named
+
+    if is_named(model):
+        resolved = resolve_named(model)
+        named = resolved.named
+        info: dict[str, Any] = {"named_model": named.name, "description": named.description,
+                                "licence": named.licence, "packages": list(named.packages)}  # fmt: skip
+        if resolved.gguf is not None:
+            info.update(format="gguf", **resolved.gguf.to_json())
+        return resolved.folder, info
+    local = Path(model).expanduser()
+    gguf_file = find_gguf(local) if local.exists() else None
+    if gguf_file is None:
+        return local, None
+    folder, gguf_info = dequantized_folder(gguf_file)
+    return folder, {"format": "gguf", **gguf_info.to_json(), "file": str(gguf_file)}
 
 
 def input_device(adapter: ModelAdapter, fallback: torch.device) -> torch.device:
@@ -682,3 +745,56 @@ def _safetensors_problem(path: Path) -> str | None:
     if needed > size:
         return f"truncated: {size} of {needed} bytes"
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the unembedding (for the logit lens)
+
+
+@dataclass
+class LensModules:
+    """The parts of a causal LM that turn a hidden state into next-token logits.
+
+    ``logits = head(final_norm(h))``, then ``logit_scale`` (Cohere) and the soft cap
+    ``cap * tanh(logits / cap)`` (Gemma 2) where the model's own forward applies them.
+    ``final_norm`` is None for a model without one; ``head`` is ``get_output_embeddings()``
+    (tied to the input embedding or not: the module the model itself uses).
+    """
+
+    final_norm: nn.Module | None
+    head: nn.Module
+    logit_scale: float | None = None
+    softcap: float | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the unembedding (may exceed the tokenizer's vocabulary: padding rows)."""
+        weight = getattr(self.head, "weight", None)
+        if weight is None:
+            raise XlalignError(f"the LM head {type(self.head).__name__} has no weight matrix")
+        return int(weight.shape[0])
+
+
+def lens_modules(loaded: LoadedModel) -> LensModules:
+    """The final norm and the LM head of a loaded causal LM (see :class:`LensModules`).
+
+    Raises :class:`XlalignError` for a model with no LM head (an encoder loaded with
+    ``AutoModel``), naming its class.
+    """
+    model = loaded.model
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if not isinstance(head, nn.Module) or not loaded.is_causal_lm:
+        raise XlalignError(
+            f"{type(model).__name__} ({loaded.model_id}) has no LM head: the logit lens needs "
+            "a causal language model"
+        )
+    config = getattr(model, "config", None)
+    scale = getattr(config, "logit_scale", None)
+    cap = getattr(config, "final_logit_softcapping", None)
+    return LensModules(
+        final_norm=loaded.adapter.final_norm,
+        head=head,
+        logit_scale=float(scale) if isinstance(scale, (int, float)) and scale != 1 else None,
+        softcap=float(cap) if isinstance(cap, (int, float)) and cap else None,
+    )

@@ -162,3 +162,75 @@ def build_tiny_model(
 def corpus_texts(corpora: Sequence[Any]) -> list[str]:
     """All texts of all languages of the given corpora, for training a tokenizer."""
     return [t for c in corpora for lang in c.languages for t in c.text(lang)]
+
+
+def write_gguf(folder: str | Path, path: str | Path, tensor_type: str = "F32") -> Path:
+    """Write the tiny Qwen2 model saved in ``folder`` as a GGUF file, as llama.cpp lays it out.
+
+    ``tensor_type`` is ``F32``, ``F16`` or a type ``gguf.quants.quantize`` can write
+    (``Q8_0``...); norms and biases stay F32, as llama.cpp keeps them. The tokenizer goes in
+    as ``tokenizer.ggml.*`` (byte-level BPE: tokens, merges). Returns ``path``.
+    """
+    import json
+
+    import gguf  # type: ignore[import-untyped]
+    import numpy as np
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder, path = Path(folder), Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = AutoConfig.from_pretrained(folder)
+    if config.model_type != "qwen2":
+        raise ValueError(f"write_gguf writes qwen2 models, got {config.model_type}")
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tok = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    arch = "qwen2"
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name("xlalign tiny qwen2")
+    w.add_context_length(config.max_position_embeddings)
+    w.add_block_count(config.num_hidden_layers)
+    w.add_embedding_length(config.hidden_size)
+    w.add_feed_forward_length(config.intermediate_size)
+    w.add_head_count(config.num_attention_heads)
+    w.add_head_count_kv(config.num_key_value_heads)
+    w.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
+    w.add_layer_norm_rms_eps(config.rms_norm_eps)
+    qtype = gguf.GGMLQuantizationType[tensor_type]
+    file_types = {"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16}
+    file_type = file_types.get(tensor_type)
+    w.add_file_type(gguf.LlamaFileType[f"MOSTLY_{tensor_type}"] if file_type is None else file_type)
+    vocab = tok["model"]["vocab"]
+    added = {a["content"]: a["id"] for a in tok.get("added_tokens", [])}
+    by_id = {i: t for t, i in {**vocab, **added}.items()}
+    tokens = [by_id[i] for i in range(config.vocab_size)]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types(
+        [gguf.TokenType.CONTROL if t in added else gguf.TokenType.NORMAL for t in tokens]
+    )
+    merges = tok["model"]["merges"]
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    w.add_eos_token_id(config.eos_token_id)
+    w.add_pad_token_id(config.pad_token_id)
+    w.add_add_bos_token(False)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, config.num_hidden_layers)
+    for hf_name, tensor in model.state_dict().items():
+        if hf_name == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise ValueError(f"no GGUF name for {hf_name}")
+        data = tensor.detach().float().numpy()
+        if data.ndim == 1 or tensor_type == "F32":
+            w.add_tensor(name, data.astype(np.float32))
+        elif tensor_type == "F16":
+            w.add_tensor(name, data.astype(np.float16))
+        else:
+            q = gguf.quants.quantize(data, qtype)
+            w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -62,6 +62,21 @@ def classify_text(text: str, *, special: bool = False) -> str:
     return "other"
 
 
+def special_ids(tokenizer: Any) -> set[int]:
+    """Ids of the tokenizer's special tokens, [UNK] left out unless it doubles as BOS/EOS/pad.
+
+    [UNK] stands for real text the vocabulary lacks: it is counted by what it decodes to
+    ("other"), and its rate is reported on its own, not hidden among BOS/EOS/CLS/SEP. Some
+    tokenizers (Qwen2's, reloaded) name ``<|endoftext|>`` as unk too; it stays special then.
+    """
+    ids = {int(i) for i in tokenizer.all_special_ids}
+    unk = getattr(tokenizer, "unk_token_id", None)
+    others = {
+        getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "pad", "cls", "sep")
+    }
+    return ids if unk in others else ids - {unk}
+
+
 def decode_token(tokenizer: Any, token_id: int) -> str:
     """The text one token id stands for (WordPiece ``##`` continuation marks removed)."""
     text = tokenizer.decode([int(token_id)], clean_up_tokenization_spaces=False)
@@ -73,10 +88,7 @@ class TokenClassifier:
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
-        # [UNK] stands for real text the vocabulary lacks: it is counted by what it decodes to
-        # ("other"), and its rate is reported on its own, not hidden among BOS/EOS/CLS/SEP.
-        unk = getattr(tokenizer, "unk_token_id", None)
-        self.special_ids = {int(i) for i in tokenizer.all_special_ids} - {unk}
+        self.special_ids = special_ids(tokenizer)
         self._cache: dict[int, tuple[str, str]] = {}
 
     def __call__(self, token_id: int) -> tuple[str, str]:
@@ -100,3 +112,22 @@ class TokenClassifier:
             for cls in self.classes(row.tolist()):
                 out[cls] += 1
         return out
+
+
+def vocabulary_classes(tokenizer: Any, size: int) -> np.ndarray:
+    """``(size,)`` int8: index into :data:`TOKEN_CLASSES` of every id ``0 .. size-1``.
+
+    Ids the tokenizer does not have (an unembedding padded past the vocabulary, as Qwen2.5's
+    151,936 rows for 151,665 tokens) stand for no text and are classed ``other``. Decoding is
+    batched (``batch_decode``, one id per entry) and classed as :class:`TokenClassifier` does.
+    """
+    n_tok = len(tokenizer)
+    special = special_ids(tokenizer)
+    known = min(size, n_tok)
+    texts = tokenizer.batch_decode([[i] for i in range(known)], clean_up_tokenization_spaces=False)
+    index = {c: k for k, c in enumerate(TOKEN_CLASSES)}
+    out = np.full(size, index["other"], dtype=np.int8)
+    for i, text in enumerate(texts):
+        text = text[2:] if text.startswith("##") and len(text) > 2 else text
+        out[i] = index[classify_text(text, special=i in special)]
+    return out

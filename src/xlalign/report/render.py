@@ -40,6 +40,7 @@ from xlalign.report.figures import (
     safe_name,
     save_figure,
 )
+from xlalign.report.lens import lens_section
 from xlalign.report.template import (
     Block,
     Bullets,
@@ -103,6 +104,8 @@ class ReportInputs:
     summary_lines: Sequence[str] = field(default_factory=list)
     matrix_sites: Sequence[str] | None = None
     findings: Mapping[str, Any] | None = None
+    #: parsed ``lens.json`` (logit lens by language, control summaries under ``control``)
+    lens: Mapping[str, Any] | None = None
 
 
 def build_report(out_dir: Path, inputs: ReportInputs) -> dict[str, Path]:
@@ -130,6 +133,7 @@ def build_report(out_dir: Path, inputs: ReportInputs) -> dict[str, Path]:
         ("pca", "PCA scatter", _pca_section(out_dir, inputs, figures)),
         ("heatmap", "Similarity heatmap", _heatmap_section(out_dir, inputs, figures)),
         ("origin", "Origin findings", _origin_section(inputs.origin)),
+        ("lens", "Latent language (logit lens)", lens_section(out_dir, inputs.lens, figures)),
         ("provenance", "Provenance", _provenance_section(inputs.provenance)),
     ]
     for anchor, label, section in sections:

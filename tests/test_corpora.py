@@ -1,0 +1,246 @@
+"""Built-in corpora: the HSK sentences, --data hsk, and the word-translation prompts of the lens."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections import Counter
+from importlib.resources import files
+
+import pytest
+
+from xlalign.cli import main
+from xlalign.corpora import clean_gloss, hsk_records, hsk_word_pairs, translate_words
+from xlalign.corpus import load_corpus
+from xlalign.errors import CorpusError, XlalignError
+
+needs_hsk = pytest.mark.skipif(
+    importlib.util.find_spec("hsk_sentences_audio") is None,
+    reason="hsk-sentences-audio is not installed (pip install 'xlalign[hsk]')",
+)
+
+
+def _raw() -> list[dict]:
+    path = files("hsk_sentences_audio").joinpath("data/sentences.json")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@needs_hsk
+def test_hsk_records_are_the_packaged_json():
+    from xlalign.corpora import hsk_records
+
+    records = hsk_records()
+    assert records == _raw()
+    assert len(records) == 4354
+    assert {"word", "gloss_en"} <= set(records[0]["tokens"][0])
+
+
+@needs_hsk
+def test_hsk_corpus_pairs_chinese_with_english_and_keeps_metadata():
+    from xlalign.corpora import hsk
+
+    raw = {r["id"]: r for r in _raw()}
+    corpus = hsk()
+    assert corpus.languages == ("zh", "en") and len(corpus) == len(raw)
+    for i in (0, 1000, len(corpus) - 1):
+        r = raw[corpus.ids[i]]
+        assert corpus.texts["zh"][i] == r["chinese"]
+        assert corpus.texts["en"][i] == r["translation"]["en"]
+        assert corpus.meta["hsk_level"][i] == r["hsk_level"]
+        assert corpus.meta["topic"][i] == r["topic"]
+
+
+@needs_hsk
+def test_hsk_sample_is_stratified_by_level_and_seeded():
+    from xlalign.corpora import hsk
+
+    full = Counter(r["hsk_level"] for r in _raw())
+    sample = hsk(n=500, seed=3)
+    assert len(sample) == 500 and len(set(sample.ids)) == 500
+    got = Counter(sample.meta["hsk_level"])
+    for level, count in full.items():  # each level's share, to within one row
+        assert abs(got[level] - 500 * count / sum(full.values())) < 1
+    assert hsk(n=500, seed=3).ids == sample.ids
+    assert hsk(n=500, seed=4).ids != sample.ids
+    two = hsk(levels=[1, 2])
+    assert set(two.meta["hsk_level"]) == {1, 2} and len(two) == full[1] + full[2]
+
+
+@needs_hsk
+def test_hsk_bad_arguments_are_clear():
+    from xlalign.corpora import hsk
+
+    with pytest.raises(CorpusError, match="HSK levels are 1 to 6, got 7"):
+        hsk(levels=[7])
+    with pytest.raises(CorpusError, match="asked for 5000 HSK pairs, there are 4354"):
+        hsk(n=5000)
+
+
+def test_missing_hsk_package_names_the_pip_install(monkeypatch):
+    import importlib.resources
+
+    from xlalign import corpora
+
+    def missing(name):
+        raise ModuleNotFoundError(name)
+
+    monkeypatch.setattr(importlib.resources, "files", missing)
+    with pytest.raises(XlalignError, match=r"pip install 'xlalign\[hsk\]'"):
+        corpora.hsk_records()
+
+
+def test_problems_are_re_exported():
+    from xlalign import corpora, problems
+
+    assert corpora.generate_problems is problems.generate_problems
+
+
+@needs_hsk
+def test_data_hsk_in_a_study_config_with_stratify(tiny_models, tmp_path):
+    """--data hsk --data-n N with --stratify hsk_level runs the sweep's stratified null."""
+    from xlalign.studies.pipeline import StudyConfig, run_study
+
+    cfg = StudyConfig(
+        model=str(tiny_models["qwen2"]), data="hsk", data_n=60, output=str(tmp_path / "s"),
+        sites="embed,L0", device="cpu", control="none", stratify="hsk_level", n_boot=0,
+        report=False,
+    )  # fmt: skip
+    result = run_study(cfg, progress=False, say=lambda _m: None)
+    run = result["run"]
+    assert run.n_rows == 60 and set(run.meta["hsk_level"]) == set(range(1, 7))
+    prov = json.loads((tmp_path / "s" / "provenance.json").read_text())
+    assert prov["corpus"]["licence"]["licence"].startswith("CC-BY-SA-4.0")
+    assert "hsk-sentences-audio contributors" in prov["corpus"]["licence"]["attribution"]
+    assert any("CC-BY-SA-4.0" in line for line in result["summary"])
+    align = json.loads((tmp_path / "s" / "alignment.json").read_text())
+    assert "hsk_level" in json.dumps(align)
+
+
+#: Records in the package's shape, written here (not taken from the code under test).
+RECORDS = [
+    {
+        "hsk_level": 1,
+        "tokens": [
+            {"word": "老师", "gloss_en": "teacher"},
+            {"word": "谢谢", "gloss_en": "to thank; thanks"},
+            {"word": "坐", "gloss_en": "surname Zuo; to sit"},
+            {"word": "跑", "gloss_en": "(of an animal) to paw (the ground); to run"},
+            {"word": "对不起", "gloss_en": "I'm sorry; excuse me"},
+        ],
+    },
+    {
+        "hsk_level": 2,
+        "tokens": [
+            {"word": "老师", "gloss_en": "teacher"},  # a repeat: kept once
+            {"word": "教师", "gloss_en": "teacher"},  # same English: skipped
+            {"word": "狗", "gloss_en": "dog"},
+            {"word": "猫", "gloss_en": "cat"},
+            {"word": "水", "gloss_en": "water"},
+            {"word": "OK", "gloss_en": "okay"},  # not Chinese
+            {"word": "书", "gloss_en": "book; letter"},
+        ],
+    },
+]
+
+
+@pytest.mark.parametrize(
+    ("gloss", "word"),
+    [
+        ("teacher", "teacher"),
+        ("to thank; thanks", "thank"),
+        ("surname Zuo; to sit", "sit"),
+        ("(of an animal) to paw (the ground); to run", None),
+        ("I'm sorry; excuse me", None),
+        ("name (of a person or thing)", "name"),
+        ("used in 傢伙|家伙[jia1 huo5]", None),
+    ],
+)
+def test_clean_gloss_keeps_the_main_one_word_sense(gloss, word):
+    assert clean_gloss(gloss) == word
+
+
+def test_word_pairs_are_unique_in_both_languages():
+    pairs = hsk_word_pairs(RECORDS)
+    assert [(p.zh, p.en, p.hsk_level) for p in pairs] == [
+        ("老师", "teacher", 1),
+        ("谢谢", "thank", 1),
+        ("坐", "sit", 1),
+        ("狗", "dog", 2),
+        ("猫", "cat", 2),
+        ("水", "water", 2),
+        ("书", "book", 2),
+    ]
+
+
+class WordTokenizer:
+    """Splits on characters for CJK and keeps listed English words whole (one id each)."""
+
+    def __init__(self, single: set[str]) -> None:
+        self.single = single
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        assert add_special_tokens is False
+        if text in self.single:
+            return {"input_ids": [hash(text) % 1000]}
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def test_translate_words_builds_wendler_prompts_with_single_token_answers():
+    tok = WordTokenizer({"teacher", "dog", "cat", "water", "book", "thank"})
+    corpus = translate_words(tok, seed=3, shots=2, records=RECORDS)
+    # single-character Chinese words with a single-token English word: 狗 猫 水 书
+    assert sorted(corpus.meta["answer_zh"]) == ["书", "水", "狗", "猫"]
+    assert "kept 4 of 7 words" in corpus.source
+    for i in range(len(corpus)):
+        zh_prompt, en_prompt = corpus.texts["zh"][i], corpus.texts["en"][i]
+        ans_zh, ans_en = corpus.meta["answer_zh"][i], corpus.meta["answer_en"][i]
+        zh_lines, en_lines = zh_prompt.split("\n"), en_prompt.split("\n")
+        assert len(zh_lines) == len(en_lines) == 3
+        assert zh_lines[-1] == f'English: "{ans_en}" - 中文: "'
+        assert en_lines[-1] == f'中文: "{ans_zh}" - English: "'
+        for demo_zh, demo_en in zip(zh_lines[:-1], en_lines[:-1], strict=True):
+            # the same demonstration pair, written in each direction, never the query itself
+            en_word, zh_word = demo_zh.split('"')[1], demo_zh.split('"')[3]
+            assert demo_en == f'中文: "{zh_word}" - English: "{en_word}"'
+            assert zh_word != ans_zh
+    again = translate_words(tok, seed=3, shots=2, records=RECORDS)
+    assert again.texts == corpus.texts
+    assert len(translate_words(tok, 2, seed=3, shots=2, records=RECORDS)) == 2
+
+
+def test_translate_words_says_when_too_few_words_are_single_tokens():
+    with pytest.raises(XlalignError, match=r"only 0 of 7 HSK words are single tokens"):
+        translate_words(WordTokenizer(set()), records=RECORDS)
+
+
+@needs_hsk
+def test_real_hsk_data_and_the_problems_cli(minilm_path, tmp_path, capsys):
+    """The real package's records, through the CLI, with a real tokenizer (all-MiniLM-L6-v2)."""
+    from transformers import AutoTokenizer
+
+    records = hsk_records()
+    assert len(records) == 4354 and {"chinese", "tokens", "hsk_level"} <= set(records[0])
+    out = tmp_path / "words.jsonl"
+    code = main(
+        ["problems", "--task", "translate-words", "--model", str(minilm_path), "--n", "30",
+         "-o", str(out)]
+    )  # fmt: skip
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    corpus = load_corpus(out)
+    assert len(corpus) == 30 and corpus.languages == ("zh", "en")
+    assert {"answer_zh", "answer_en", "hsk_level"} <= set(corpus.meta)
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    for zh, en in zip(corpus.meta["answer_zh"], corpus.meta["answer_en"], strict=True):
+        assert len(tok(zh, add_special_tokens=False)["input_ids"]) == 1
+        assert len(tok(en, add_special_tokens=False)["input_ids"]) == 1
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["zh"].endswith('中文: "') and rows[0]["en"].endswith('English: "')
+    assert "kept" in printed.out and "words: single tokens in both languages" in printed.out
+
+
+def test_problems_cli_translate_words_needs_a_model(capsys):
+    assert main(["problems", "--task", "translate-words"]) == 2
+    assert "needs --model" in capsys.readouterr().err
+    assert main(["problems", "--task", "poems"]) == 2
+    assert "--task must be arithmetic or translate-words" in capsys.readouterr().err
