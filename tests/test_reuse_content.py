@@ -8,7 +8,13 @@ import pytest
 
 import xlalign
 from xlalign.errors import RunError
-from xlalign.models import load_model, state_dict_fingerprint, tokenizer_fingerprint, wrap_model
+from xlalign.models import (
+    ModelOptions,
+    load_model,
+    state_dict_fingerprint,
+    tokenizer_fingerprint,
+    wrap_model,
+)
 from xlalign.studies.pipeline import ensure_run
 from xlalign.testing import build_tiny_model, train_wordpiece
 
@@ -18,7 +24,13 @@ def test_model_swapped_at_same_path_is_not_reused(bpe_tokenizer, problems, tmp_p
     model = build_tiny_model("qwen2", bpe_tokenizer, tmp_path / "m", num_hidden_layers=4)
     corpus = problems.head(6)
     out = tmp_path / "study"
-    kw = dict(langs=["zh", "en"], sites="embed,L0", batch_size=3, device="cpu", progress=False)
+    kw = dict(
+        langs=["zh", "en"],
+        sites="embed,L0",
+        batch_size=3,
+        progress=False,
+        options=ModelOptions(device="cpu"),
+    )
     run, state = ensure_run(str(model), corpus, out, **kw)
     assert state == "captured" and run.n_layers == 4
     assert ensure_run(str(model), corpus, out, **kw)[1] == "reused"
@@ -32,14 +44,25 @@ def test_model_swapped_at_same_path_is_not_reused(bpe_tokenizer, problems, tmp_p
     shutil.rmtree(model)
     build_tiny_model("qwen2", bpe_tokenizer, model, num_hidden_layers=4)
     with pytest.raises(RunError, match=r"dtype differs \(run: float32, now: bfloat16\)"):
-        ensure_run(str(model), corpus, out, **{**kw, "dtype": "bfloat16"})
+        ensure_run(
+            str(model),
+            corpus,
+            out,
+            **{**kw, "options": ModelOptions(device="cpu", dtype="bfloat16")},
+        )
 
 
 def test_tokenizer_swapped_is_not_reused_nor_resumed(bpe_tokenizer, problems, tmp_path):
     model = build_tiny_model("qwen2", bpe_tokenizer, tmp_path / "m")
     corpus = problems.head(6)
     out = tmp_path / "run"
-    kw = dict(langs=["zh", "en"], sites="embed,L0", batch_size=3, device="cpu", progress=False)
+    kw = dict(
+        langs=["zh", "en"],
+        sites="embed,L0",
+        batch_size=3,
+        progress=False,
+        options=ModelOptions(device="cpu"),
+    )
     ensure_run(str(model), corpus, out, **kw)
     other = train_wordpiece([t for lang in corpus.languages for t in corpus.text(lang)])
     for name in ("tokenizer.json", "tokenizer_config.json"):
