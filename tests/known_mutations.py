@@ -24,15 +24,17 @@ MUTATIONS = [
     (
         "P@1 bootstrap without resampling",
         "metrics/bootstrap.py",
-        "bootstrap_ci(lambda idx: float(h[idx].mean()),",
-        "bootstrap_ci(lambda idx: float(h.mean()),",
+        # the batched bootstrap (speed15): a resample's mean is c . hits / n
+        "[c @ v / v.size for c in bootstrap_counts(v.size, n_boot, seed)]",
+        "[np.full(c.shape[0], v.mean()) for c in bootstrap_counts(v.size, n_boot, seed)]",
         ["tests/test_bootstrap_calibration.py", "tests/test_layers_values.py"],
     ),
     (
         "z bootstrap does not resample the strata labels",
         "metrics/bootstrap.py",
-        "None if codes is None else codes[idx])",
-        "None if codes is None else codes)",
+        # batched: a stratum's resampled size is the sum of its members' counts
+        "ns = cg.sum(axis=1)",
+        "ns = np.full(cg.shape[0], float(g.size))",
         ["tests/test_bootstrap_calibration.py", "tests/test_layers_values.py"],
     ),
     (
@@ -52,8 +54,9 @@ MUTATIONS = [
     (
         "sweep metric knn routed to cknna",
         "studies/layers.py",
-        '"knn": ("mutual_knn", lambda: mutual_knn(x, y), "score"),',
-        '"knn": ("mutual_knn", lambda: cknna(x, y), "score"),',
+        # the sweep's shared-matrix path (speed15) takes knn from the Pair
+        '"knn": pair.mutual_knn,',
+        '"knn": pair.cknna,',
         ["tests/test_layers_values.py"],
     ),
     (

@@ -236,6 +236,10 @@ def export_npz_cmd(
 
 
 NULL_HELP = "exact (closed form over all permutations) or monte-carlo (the study's 1000 draws)."
+BACKEND_HELP = (
+    "Array library of the metrics: numpy, torch (CUDA when present, else CPU), or auto "
+    "(torch where CUDA is present, else numpy)."
+)
 
 
 @app.command("align")
@@ -268,6 +272,7 @@ def align_cmd(
     n_boot: Annotated[
         int, typer.Option("--n-boot", help="Bootstrap resamples for CIs (0: none).")
     ] = 200,
+    backend: Annotated[str, typer.Option("--backend", help=BACKEND_HELP)] = "auto",
     sites: Annotated[str | None, typer.Option("--sites", help="Sites (default: all).")] = None,
     pools: Annotated[str | None, typer.Option("--pools", help="Pools (default: all).")] = None,
     langs: Annotated[str | None, typer.Option("--langs", help="Languages (default: all).")] = None,
@@ -293,6 +298,7 @@ def align_cmd(
     cfg = SweepConfig(
         metrics=tuple(_csv_list(metrics)), null=null, n_perms=n_perms, seed=seed,
         stratify=stratify, center=center, pivot=pivot, n_boot=n_boot, standardize=standardize,
+        backend=backend,
         sites=tuple(_csv_list(sites)) if sites else None,
         pools=tuple(_csv_list(pools)) if pools else None,
         langs=tuple(_csv_list(langs)) if langs else None, compat=compat,
@@ -469,6 +475,7 @@ def run_cmd(
     n_boot: Annotated[
         int | None, typer.Option("--n-boot", help="Bootstrap resamples (200).")
     ] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help=BACKEND_HELP)] = None,
     control: Annotated[
         str | None, typer.Option("--control", help="random-init (default) or none.")
     ] = None,
@@ -494,7 +501,7 @@ def run_cmd(
         "batch_size": batch_size, "device": device, "dtype": dtype, "revision": revision,
         "trust_remote_code": trust_remote_code, "null": null, "n_perms": n_perms, "seed": seed,
         "stratify": stratify, "center": center, "pivot": pivot, "n_boot": n_boot,
-        "standardize": standardize,
+        "standardize": standardize, "backend": backend,
         "control": control, "control_seed": control_seed, "heatmap_site": heatmap_site,
         "label": label,
         "langs": tuple(_csv_list(langs)) if langs else None,

@@ -29,8 +29,10 @@ __all__ = [
     "RetrievalResult",
     "XsimResult",
     "retrieval_hits",
+    "retrieval_hits_cosines",
     "retrieval_scores",
     "xsim_error",
+    "xsim_error_cosines",
 ]
 
 #: Most entries of the cosine matrix held at once (float64: 256 MiB).
@@ -306,4 +308,43 @@ def _xsim_tiled(xu: UnitRows, yu: UnitRows, k: int, block_size: int) -> XsimResu
         tol = TIE_TOL * np.maximum(1.0, np.abs(gold))
         correct = gold_is_cand & (gold > best_other + tol)
         n_errors += int(np.count_nonzero(~correct))
+    return XsimResult(error=n_errors / n, n_errors=n_errors, n=n, k=int(k))
+
+
+def retrieval_hits_cosines(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`retrieval_hits` from a cosine matrix ``s`` ``(n, n)`` already built (float64).
+
+    For callers that hold ``s`` anyway (the layer sweep); same decisions, same ``TIE_TOL``.
+    """
+    s = np.array(s, dtype=np.float64)  # a copy: the diagonal is overwritten below
+    n = s.shape[0]
+    diag = np.diag(s).copy()
+    s[np.arange(n), np.arange(n)] = -np.inf
+    row_hit = diag > s.max(axis=1) + TIE_TOL
+    col_hit = diag > s.max(axis=0) + TIE_TOL
+    rank = 1 + np.count_nonzero(s >= (diag - TIE_TOL)[:, None], axis=1).astype(np.float64)
+    return row_hit, col_hit, rank
+
+
+def xsim_error_cosines(s: np.ndarray, k: int = 4) -> XsimResult:
+    """:func:`xsim_error` from a cosine matrix ``s`` ``(n, n)`` already built (float64)."""
+    s = np.asarray(s, dtype=np.float64)
+    n = s.shape[0]
+    check_k(k, n, "xsim_error")
+    top = -np.partition(-s, k - 1, axis=1)[:, :k]
+    a = top.mean(axis=1)
+    kth = top.min(axis=1)
+    b = np.partition(s, n - k, axis=0)[-k:].mean(axis=0)
+    cand = s >= (kth - TIE_TOL)[:, None]
+    denom = (a[:, None] + b[None, :]) / 2
+    if (cand & (denom <= 0)).any():
+        raise _margin_error(denom, cand, 0, 0)
+    score = np.where(cand, s / np.where(cand, denom, 1.0), -np.inf)
+    idx = np.arange(n)
+    gold = score[idx, idx].copy()
+    gold_is_cand = cand[idx, idx]
+    score[idx, idx] = -np.inf
+    tol = TIE_TOL * np.maximum(1.0, np.abs(gold))
+    correct = gold_is_cand & (gold > score.max(axis=1) + tol)
+    n_errors = int(np.count_nonzero(~correct))
     return XsimResult(error=n_errors / n, n_errors=n_errors, n=n, k=int(k))

@@ -46,7 +46,9 @@ from xlalign.metrics import (
     svcca,
     xsim_error,
 )
+from xlalign.metrics._checks import strata_codes
 from xlalign.metrics.bootstrap import cka_ci, p1_ci, z_ci
+from xlalign.metrics.pairwise import Pair, Side
 from xlalign.store import TOKEN_POOL, Run, atomic_write_json
 
 #: Metric selectors (``--metrics``) and the record names each one produces.
@@ -77,6 +79,13 @@ CI_METRICS = ("z", "p1_xy", "p1_yx", "cka")
 #: Above this many pairs the bootstrap intervals are skipped: the interval helpers hold
 #: ``N x N`` float64 matrices (10,000 pairs: 800 MB) and re-read them ``n_boot`` times.
 CI_MAX_N = 10_000
+#: Up to this many pairs a site's metrics come from matrices built once and shared
+#: (:mod:`xlalign.metrics.pairwise`: one cosine matrix, per-language Gram matrices reused
+#: across pairs, batched intervals); above it each metric streams on its own (``n x n``
+#: float64 matrices: 4,096 pairs hold 128 MiB each).
+SHARED_MAX_N = 4096
+#: ``--backend`` choices.
+BACKENDS = ("auto", "numpy", "torch")
 #: Metrics whose value does not change when the two languages swap places.
 SYMMETRIC_METRICS = frozenset(
     {
@@ -131,6 +140,9 @@ class SweepConfig:
     """Also score the model-free lexical baseline (bag of token ids) as site ``lexical``."""
     standardize: bool = False
     """z-score each dimension over the pooled rows of the languages first (rogue dimensions)."""
+    backend: str = "auto"
+    """Array library of the metrics: numpy, torch (on CUDA when present, else the CPU), or auto
+    (torch where CUDA is present, else numpy)."""
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -153,6 +165,10 @@ class SweepConfig:
             )
         if not 0 < self.ci_level < 1:
             raise XlalignError(f"--ci-level must be between 0 and 1, got {self.ci_level}")
+        if self.backend not in BACKENDS:
+            raise XlalignError(
+                f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
+            )
 
 
 @dataclass
@@ -258,12 +274,15 @@ def _site_metrics(
     cfg: SweepConfig,
     strata: Sequence[Any] | None,
     clamp: tuple[float, float] | None = None,
+    pair: Pair | None = None,
 ) -> Iterator[tuple[str, float | None, str | None, dict[str, Any]]]:
     """``(metric, value, undefined_reason, detail)`` for every metric except z.
 
     ``clamp``: with ``cfg.compat == "platonic"``, the joint clamps of x's and y's language
     (:func:`~xlalign.metrics.platonic_threshold` over all sites of the run), applied before the
-    metrics of :data:`PLATONIC_METRICS`.
+    metrics of :data:`PLATONIC_METRICS`. With ``pair`` the cosine metrics, CKA and the k-NN
+    metrics come from its shared matrices (equal values, computed once; CKA and k-NN only
+    without ``--compat platonic``); the others from the public functions.
     """
     chosen = set(cfg.metrics)
     px, py = x, y
@@ -273,7 +292,7 @@ def _site_metrics(
         py = np.clip(np.asarray(y, dtype=np.float64), -clamp[1], clamp[1])
         sim = {"prepare": False, "compat": "platonic"}
     if chosen & {"p1", "mexa", "mrr"}:
-        r, why = _guard(lambda: retrieval_scores(x, y))
+        r, why = _guard(pair.retrieval if pair is not None else lambda: retrieval_scores(x, y))
         for sel, names in (("p1", ("p1_xy", "p1_yx")), ("mexa", ("mexa",)), ("mrr", ("mrr",))):
             if sel in chosen:
                 for name in names:
@@ -295,6 +314,12 @@ def _site_metrics(
         "hub": ("semantic_hub", lambda: semantic_hub_score(x, y), "score"),
         "cohen": ("cohen_d_pc1", lambda: cohen_d_pc1(x, y), "d"),
     }
+    if pair is not None:
+        shared: dict[str, Callable[[], Any]] = {"xsim": pair.xsim, "hub": pair.hub}
+        if not sim:  # --compat platonic changes CKA and the k-NN metrics: public functions
+            shared |= {"cka": pair.cka, "knn": pair.mutual_knn, "cknna": pair.cknna}
+        for sel, fn in shared.items():
+            simple[sel] = (simple[sel][0], fn, simple[sel][2])
     for sel in cfg.metrics:
         if sel not in simple:
             continue
@@ -308,7 +333,12 @@ def _site_metrics(
 
 
 def _ci(
-    metric: str, x: np.ndarray, y: np.ndarray, cfg: SweepConfig, strata: Sequence[Any] | None
+    metric: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: SweepConfig,
+    strata: Sequence[Any] | None,
+    pair: Pair | None = None,
 ) -> tuple[float | None, float | None]:
     if cfg.n_boot == 0 or metric not in CI_METRICS:
         return None, None
@@ -319,6 +349,14 @@ def _ci(
         "p1_yx": lambda: p1_ci(x, y, direction="yx", **kw),  # type: ignore[arg-type]
         "cka": lambda: cka_ci(x, y, **kw),  # type: ignore[arg-type]
     }
+    if pair is not None:
+        nb, seed, level = cfg.n_boot, cfg.seed, cfg.ci_level
+        fns = {
+            "z": lambda: pair.z_ci(nb, seed, level, strata_codes(strata, pair.n), cfg.center),
+            "p1_xy": lambda: pair.p1_ci("xy", nb, seed, level),
+            "p1_yx": lambda: pair.p1_ci("yx", nb, seed, level),
+            "cka": lambda: pair.cka_ci(nb, seed, level),
+        }
     ci, _why = _guard(fns[metric])
     if ci is None:
         return None, None
@@ -354,6 +392,33 @@ def _z_all_sites(
         else:
             zs[site] = res
     return zs, errors
+
+
+def _side_factory(backend: str) -> tuple[Callable[[np.ndarray, str], Side], str]:
+    """``((array, name) -> Side, label)`` of the chosen backend (``auto``: torch where CUDA is
+    present, else numpy)."""
+    if backend == "numpy":
+        return Side, "numpy"
+    try:
+        import torch
+
+        from xlalign.metrics import torch_ops
+    except ImportError as err:
+        if backend == "torch":
+            raise XlalignError(f"--backend torch needs torch installed: {err}") from err
+        return Side, "numpy"
+    cuda = torch.cuda.is_available()
+    if backend == "auto" and not cuda:
+        return Side, "numpy"
+    device = "cuda" if cuda else "cpu"
+    return (lambda a, name: torch_ops.Side(a, name, device)), f"torch ({device})"
+
+
+def _z_single(
+    x: np.ndarray, y: np.ndarray, cfg: SweepConfig, strata: Sequence[Any] | None
+) -> Callable[[Any, bool], Any]:
+    """The exact z of one site from the public function (when no shared Pair could be built)."""
+    return lambda _codes, center: matched_vs_scrambled_z(x, y, strata=strata, center=center)
 
 
 def layer_sweep(
@@ -393,21 +458,53 @@ def layer_sweep(
             )
         return thresholds[lang, pool]
 
-    for (lx, ly), pool in itertools.product(pairs, pools):
-        clamp = None
-        if cfg.compat == "platonic" and set(cfg.metrics) & PLATONIC_METRICS:
-            clamp = (threshold(lx, pool), threshold(ly, pool))
-        zs: dict[str, Any] = {}
-        z_errors: dict[str, str] = {}
-        if "z" in cfg.metrics:
-            zs, z_errors = _z_all_sites(run, lx, ly, pool, sites, cfg, strata)
-        for site in sites:
+    shared = run.n_rows <= SHARED_MAX_N
+    make_side, backend = _side_factory(cfg.backend)
+    exact_shared = shared and cfg.null == "exact"
+    codes, codes_err = (
+        (None, None) if strata is None else _guard(lambda: strata_codes(strata, run.n_rows))
+    )
+    z_by: dict[tuple[int, int], tuple[dict[str, Any], dict[str, str]]] = {}
+    if "z" in cfg.metrics and not exact_shared:
+        for (pi, (lx, ly)), (qi, pool) in itertools.product(enumerate(pairs), enumerate(pools)):
+            z_by[pi, qi] = _z_all_sites(run, lx, ly, pool, sites, cfg, strata)
+    # Site by site, then pair by pair, so that one language's Side (x of consecutive pairs:
+    # the pivot, with --pivot) is built once per site and pool and reused; records are then
+    # listed pair by pair, pool by pool, site by site as before.
+    cells: dict[tuple[int, int, int], list[_Rec]] = {}
+    for (qi, pool), (si, site) in itertools.product(enumerate(pools), enumerate(sites)):
+        x_side: tuple[str, Side | None] | None = None
+        for pi, (lx, ly) in enumerate(pairs):
+            clamp = None
+            if cfg.compat == "platonic" and set(cfg.metrics) & PLATONIC_METRICS:
+                clamp = (threshold(lx, pool), threshold(ly, pool))
             x = np.asarray(run.array(lx, site, pool))
             y = np.asarray(run.array(ly, site, pool))
+            pair: Pair | None = None
+            if shared:
+                if x_side is None or x_side[0] != lx:
+                    x_side = (lx, _guard(lambda x=x: make_side(x, "x"))[0])  # type: ignore[misc]
+                y_side = _guard(lambda y=y: make_side(y, "y"))[0]  # type: ignore[misc]
+                if x_side[1] is not None and y_side is not None:
+                    pair = _guard(lambda xs=x_side[1], ys=y_side: xs.pair_with(ys))[0]  # type: ignore[misc]
             base: dict[str, Any] = dict(
                 site=site, depth=depth[site], pool=pool, x=lx, y=ly, n=len(x)
             )
             site_recs: list[_Rec] = []
+            zs, z_errors = z_by.get((pi, qi), ({}, {}))
+            if "z" in cfg.metrics and exact_shared:
+                z_fn = pair.z if pair is not None else _z_single(x, y, cfg, strata)
+                res, why = (
+                    (None, codes_err)
+                    if codes_err
+                    else _guard(
+                        lambda f=z_fn: f(codes, cfg.center)  # type: ignore[misc]
+                    )
+                )
+                if res is None:
+                    z_errors = {site: why or "undefined"}
+                else:
+                    zs = {site: res}
             if site in zs:
                 z = zs[site]
                 site_recs.append(
@@ -423,15 +520,17 @@ def layer_sweep(
                 site_recs.append(
                     _Rec(metric="z", value=None, undefined_reason=z_errors[site], **base)
                 )  # type: ignore[arg-type]
-            for name, value, why, detail in _site_metrics(x, y, cfg, strata, clamp):
+            for name, value, why, detail in _site_metrics(x, y, cfg, strata, clamp, pair):
                 site_recs.append(
                     _Rec(metric=name, value=value, undefined_reason=why, detail=detail, **base)  # type: ignore[arg-type]
                 )
             for rec in site_recs:
                 if rec.value is not None and ci_skipped is None:
-                    rec.ci_low, rec.ci_high = _ci(rec.metric, x, y, cfg, strata)
-            records.extend(site_recs)
+                    rec.ci_low, rec.ci_high = _ci(rec.metric, x, y, cfg, strata, pair)
+            cells[pi, qi, si] = site_recs
             bar.update(1)
+    for pi, qi, si in itertools.product(range(len(pairs)), range(len(pools)), range(len(sites))):
+        records.extend(cells[pi, qi, si])
     bar.close()
     if cfg.lexical:
         records.extend(lexical_records(run, pairs, pools, cfg, strata, skip_ci=ci_skipped))
@@ -455,6 +554,7 @@ def layer_sweep(
         "ci_skipped": ci_skipped,
         "pivot": cfg.pivot,
         "standardize": cfg.standardize,
+        "backend": backend,
         "records": record_dicts,
         "dominance": dominance,
         "matrices": language_matrices(record_dicts, langs, pools, sites),

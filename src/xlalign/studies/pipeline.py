@@ -406,6 +406,8 @@ class StudyConfig:
     """Compare each language with this one only."""
     n_boot: int = 200
     """Bootstrap resamples for confidence intervals."""
+    backend: str = "auto"
+    """Array library of the sweep's metrics: numpy, torch, or auto (torch where CUDA is present)."""
     control: str | None = "random-init"
     """random-init adds the random-weights control; none turns it off."""
     control_seed: int = 0
@@ -446,7 +448,7 @@ class StudyConfig:
         return SweepConfig(
             metrics=self.metrics, null=self.null, n_perms=self.n_perms, seed=self.seed,
             stratify=self.stratify, center=self.center, pivot=self.pivot, n_boot=self.n_boot,
-            standardize=self.standardize,
+            standardize=self.standardize, backend=self.backend,
         )  # fmt: skip
 
 
