@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from xlalign import lock
 from xlalign.corpus import ParallelCorpus, load_corpus
 from xlalign.distributed import (
     SHARD_BY,
@@ -52,9 +53,12 @@ from xlalign.errors import RunError, XlalignError
 from xlalign.models import (
     LoadedModel,
     ModelOptions,
+    check_model_folder,
     device_map_summary,
     dtype_name,
     load_model,
+    state_dict_fingerprint,
+    tokenizer_fingerprint,
 )
 from xlalign.pooling import (
     POOL_DESCRIPTIONS,
@@ -69,6 +73,7 @@ from xlalign.pooling import (
 from xlalign.sites import EMBED, FINAL, parse_sites
 from xlalign.store import (
     CORPUS_FILE,
+    DISK_FULL_ERRNOS,
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -76,6 +81,8 @@ from xlalign.store import (
     Run,
     RunWriter,
     TokenData,
+    clear_folder,
+    disk_full_error,
     load_run,
     prepare_folder,
     rank_sessions,
@@ -297,6 +304,10 @@ class SiteCapture:
         self._handles: list[Any] = []
         self._plan: PoolPlan | None = None
         self._results: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        #: when set, :meth:`run` also records per site which real tokens' hidden states hold
+        #: NaN/inf: ``{site: (bad (B, T) bool, nan (B, T) bool)}`` (see :func:`_nonfinite_inputs`)
+        self.diagnose = False
+        self.bad_tokens: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def __enter__(self) -> SiteCapture:
         adapter = self.loaded.adapter
@@ -326,6 +337,11 @@ class SiteCapture:
                 f"site {site}: expected a (batch, tokens, d_model) tensor, got {shape}"
             )
         assert self._plan is not None
+        if self.diagnose:
+            real = self._plan.real.to(hidden.device)
+            bad = ~torch.isfinite(hidden.detach()).all(dim=-1) & real
+            nan = torch.isnan(hidden.detach()).any(dim=-1) & real
+            self.bad_tokens[site] = (bad.cpu().numpy(), nan.cpu().numpy())
         self._results[site] = pool(hidden.detach(), self._plan)
         if site == self.deepest:
             raise _StopForward
@@ -439,20 +455,32 @@ def extract(
         corpus.text(lang)  # a clear error naming the languages the corpus has
     pool_list = parse_pools(config.pools)
 
-    if not resume:  # refuse before spending time on loading the model
-        prepare_folder(output, overwrite, check_only=True)
-
-    # The rendezvous comes after every rank's read-only check above, so no rank can still be
-    # looking at a folder that rank 0 is about to replace (--overwrite).
-    group = Group(env) if env.distributed else None
+    # One writer per folder: rank 0 holds the lock for its whole launch (the other ranks write
+    # only the rows rank 0 deals them, and their own progress files), a second writer is refused.
+    if env.is_main:
+        lock.acquire(output, "xlalign extract" + (" --resume" if resume else ""))
     try:
-        return _extract(
-            model, corpus, lang_list, pool_list, config, output, env, group, started, opts,
-            progress=progress,
-        )  # fmt: skip
+        if not resume:  # refuse before spending time on loading the model
+            prepare_folder(output, overwrite, check_only=True)
+
+        # The rendezvous comes after every rank's read-only check above, so no rank can still be
+        # looking at a folder that rank 0 is about to replace (--overwrite).
+        group = Group(env) if env.distributed else None
+        try:
+            return _extract(
+                model, corpus, lang_list, pool_list, config, output, env, group, started, opts,
+                progress=progress,
+            )  # fmt: skip
+        except OSError as e:
+            if e.errno in DISK_FULL_ERRNOS:  # a progress record or token file: run resumable
+                raise disk_full_error(Path(e.filename or output), None, output) from None
+            raise
+        finally:
+            if group is not None:
+                group.close()
     finally:
-        if group is not None:
-            group.close()
+        if env.is_main:
+            lock.release(output)
 
 
 def _extract(
@@ -479,6 +507,9 @@ def _extract(
                 "random_init_seed given with an already loaded model; pass it to load_model"
             )
     else:
+        local = Path(model).expanduser()
+        if local.is_dir():  # name a broken file before transformers trips on it
+            check_model_folder(local, weights=options.random_init_seed is None)
         if options.device_map is not None and env.distributed:
             options = options.replace(max_memory=rank_max_memory(env, options.max_memory))
             if options.offload_folder is not None:  # ranks on one host must not share files
@@ -540,7 +571,10 @@ def _extract(
         if not env.is_main:
             writer.close()
             # Rank 0 marks the run complete once every rank's batches are recorded.
-            wait_until(lambda: _complete(output), f"rank 0 to finish {output}")
+            wait_until(
+                lambda: _complete(output) and lock.holder(output) is None,
+                f"rank 0 to finish {output}",
+            )
             return load_run(output)
         wait_until(
             lambda: _all_recorded(output, batches) and _launch_finished(output, env, launch_id),
@@ -695,7 +729,14 @@ def _manifest(
     batches: dict[str, list[np.ndarray]],
 ) -> dict[str, Any]:
     tok = loaded.tokenizer
-    model_key = loaded.weights_fingerprint or f"{loaded.model_id}@{loaded.revision or 'default'}"
+    # What resume and reuse compare: the weights' content, not the path they were read from.
+    weights = loaded.weights_fingerprint
+    if weights is None:  # an in-memory model or a Hub download: hash the tensors themselves
+        try:
+            weights = state_dict_fingerprint(loaded.model)
+        except (RuntimeError, NotImplementedError):  # weights offloaded to "meta" by device_map
+            weights = None
+    model_key = weights or f"{loaded.model_id}@{loaded.revision or 'default'}"
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -704,7 +745,7 @@ def _manifest(
         "model": loaded.model_id,
         "revision": loaded.revision,
         "commit_hash": loaded.commit_hash,
-        "weights_fingerprint": loaded.weights_fingerprint,
+        "weights_fingerprint": weights,
         "checkpoint": loaded.checkpoint,
         "model_key": model_key,
         "architecture": type(loaded.model).__name__,
@@ -724,6 +765,7 @@ def _manifest(
         if loaded.model_id != "<memory>"
         else getattr(tok, "name_or_path", None) or loaded.model_id,
         "tokenizer_class": type(tok).__name__,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tok),
         "adds_bos": loaded.adds_bos,
         "bos_token": loaded.bos_token,
         "adds_eos": loaded.adds_eos,
@@ -829,20 +871,19 @@ def _open_writer(
     progress_path: Path | None = None,
 ) -> RunWriter:
     existing = output / MANIFEST
-    if config.resume and existing.exists():
-        old = read_json(existing)
+    old = read_json(existing) if config.resume and existing.exists() else None
+    if old is not None and old.get("laid_out") is False:
+        # Killed (or out of disk) while laying the folder out: nothing was captured yet, so
+        # laying it out again is the whole of resuming it.
+        clear_folder(output)
+        old = None
+    if old is not None:
         if old.get("complete"):
             raise RunError(
                 f"'{output}' already holds a complete run; nothing to resume "
                 "(pass --overwrite to capture it again)"
             )
-        # runs written before a key existed hold its default
-        defaults = {"compat": "exact"}
-        diffs = [
-            f"{key} differs (run: {old.get(key, defaults.get(key))!r}, now: {manifest.get(key)!r})"
-            for key in RESUME_KEYS
-            if old.get(key, defaults.get(key)) != manifest.get(key)
-        ]
+        diffs = resume_diffs(old, manifest)
         if diffs:
             raise RunError(
                 f"cannot resume '{output}': " + "; ".join(diffs)
@@ -853,6 +894,39 @@ def _open_writer(
     corpus.to_jsonl(output / CORPUS_FILE)  # later studies (the random-init control) need the texts
     meta = {"ids": list(corpus.ids), "columns": {k: list(v) for k, v in corpus.meta.items()}}
     return RunWriter.create(output, manifest, meta, tokens, loaded.tokenizer, progress_path)
+
+
+#: How :func:`resume_diffs` names a manifest key that differs.
+_KEY_NAMES = {
+    "model_key": "the weights' fingerprint; ",
+    "tokenizer_fingerprint": "the tokenizer's content; ",
+    "pool_semantics": "what pool 'last' means: since version 2 the last non-special token, "
+    "so a run written before cannot be continued, only captured again with --overwrite; ",
+}
+
+
+def resume_diffs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between the run on disk (``old`` manifest) and this extraction's.
+
+    The weights' and tokenizer's fingerprints (content, not path), dtype, device type, corpus
+    and every capture option in :data:`RESUME_KEYS`. A run written before tokenizer
+    fingerprints were recorded is not refused for lacking one.
+    """
+    defaults = {"compat": "exact"}  # runs written before a key existed hold its default
+
+    def was(key: str) -> Any:
+        return old.get(key, defaults.get(key))
+
+    diffs = [
+        f"{key} differs ({_KEY_NAMES.get(key, '')}run: {was(key)!r}, now: {new.get(key)!r})"
+        for key in (*RESUME_KEYS, "tokenizer_fingerprint")
+        if was(key) != new.get(key)
+        and not (key == "tokenizer_fingerprint" and old.get(key) is None)
+    ]
+    old_dev, new_dev = (str(m.get("device") or "").split(":")[0] for m in (old, new))
+    if old_dev and new_dev and old_dev != new_dev:
+        diffs.append(f"device differs (run: {old_dev}, now: {new_dev})")
+    return diffs
 
 
 def _capture(
@@ -908,8 +982,13 @@ def _capture(
                     kwargs = forward_kwargs(loaded, batch, config.padding_side, params)
                     results = capture.run(kwargs, plan)
                     pooled, token_vecs = to_numpy(results, sites)
+                    bad_inputs = None
+                    if not np.isfinite(pooled).all() or (
+                        token_vecs is not None and not all(np.isfinite(v).all() for v in token_vecs)
+                    ):
+                        bad_inputs = _nonfinite_inputs(capture, kwargs, plan)
                     _check_finite(pooled, token_vecs, batch, sites, writer.pools, lang, corpus,
-                                  loaded)  # fmt: skip
+                                  loaded, bad_inputs, plan)  # fmt: skip
                     writer.write_batch(lang, batch.rows, pooled, token_vecs)
                     writer.mark_done(lang, index)
                     n_done += len(rows)
@@ -918,6 +997,30 @@ def _capture(
         bar.close()
         writer.flush()  # keep every finished batch, also when a batch fails (inf/NaN guard)
     return n_done
+
+
+def _nonfinite_inputs(
+    capture: SiteCapture, kwargs: dict[str, Any], plan: PoolPlan
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per site, which real tokens' hidden states hold NaN/inf: the batch run once more.
+
+    Only after a batch came out non-finite, so healthy runs pay nothing. Pooling is one matmul,
+    which spreads a single token's NaN (``0 x NaN``) into every pool; these masks say which
+    pools really read it.
+    """
+    capture.diagnose, capture.bad_tokens = True, {}
+    try:
+        capture.run(kwargs, plan)
+        return dict(capture.bad_tokens)
+    finally:
+        capture.diagnose = False
+
+
+def _pools_reading(plan: PoolPlan, vector_pools: list[str], b: int, bad: np.ndarray) -> list[str]:
+    """The pools of batch row ``b`` whose inputs include a token marked in ``bad`` ``(T,)``."""
+    weights = plan.weights[b].cpu().numpy()  # (P, T)
+    names = [name for p, name in enumerate(vector_pools) if (weights[p][bad] != 0).any()]
+    return names + (["tokens"] if plan.want_tokens and bad.any() else [])
 
 
 def _check_finite(
@@ -929,8 +1032,33 @@ def _check_finite(
     lang: str,
     corpus: ParallelCorpus,
     loaded: LoadedModel,
+    bad_inputs: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    plan: PoolPlan | None = None,
 ) -> None:
-    """Stop the run at the first inf/NaN, naming site, language and prompt id."""
+    """Stop the run at the first inf/NaN, naming site, language, prompt id and the pools it reaches.
+
+    With ``bad_inputs`` (from :func:`_nonfinite_inputs`) and ``plan``, the pools named are those
+    whose inputs hold the non-finite value, and the token position is given.
+    """
+    if bad_inputs is not None and plan is not None:
+        for site in sites:
+            if site not in bad_inputs or not bad_inputs[site][0].any():
+                continue
+            bad_mask, nan_mask = bad_inputs[site]
+            row = int(np.argwhere(bad_mask)[0][0])
+            positions = np.flatnonzero(bad_mask[row])
+            real_pos = np.cumsum(plan.real[row].cpu().numpy()) - 1
+            tokens = ", ".join(str(int(real_pos[t])) for t in positions[:5])
+            more = f" and {len(positions) - 5} more" if len(positions) > 5 else ""
+            kind = "NaN" if nan_mask[row].any() else "inf"
+            reached = _pools_reading(plan, vector_pools, row, bad_mask[row])
+            raise XlalignError(
+                f"non-finite values ({kind}) at site {site}, language {lang}, prompt id "
+                f"{corpus.ids[int(batch.rows[row])]}, token(s) {tokens}{more} (pool(s) "
+                f"{', '.join(reached) or 'none'} read them; dtype {dtype_name(loaded.dtype)}); "
+                "the run stopped and stays incomplete. Some models overflow in float16 (Qwen2 "
+                "among them): rerun with --dtype float32 or --dtype bfloat16 and --overwrite"
+            )
     bad: tuple[int, int, str] | None = None  # (site index, batch row, pool)
     if not np.isfinite(pooled).all():
         s, b, p = (int(x) for x in np.argwhere(~np.isfinite(pooled))[0][:3])

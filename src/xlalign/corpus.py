@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from xlalign.errors import CorpusError
 
@@ -167,7 +168,7 @@ def load_corpus(
             f"{path}: unknown file type '{path.suffix or '(none)'}'; expected one of "
             f"{', '.join(sorted(TABLE_SUFFIXES))} or a folder of <lang>.txt files"
         )
-    lines = _read_lines(path, skip_bad)
+    lines = _read_lines(path, skip_bad, keep_ends=kind != "jsonl")
     builder = _Builder(path, langs, skip_bad, id_column)
     if kind == "jsonl":
         _parse_jsonl(path, lines, builder)
@@ -176,18 +177,32 @@ def load_corpus(
     return builder.build()
 
 
-def _read_lines(path: Path, skip_bad: bool) -> list[tuple[int, str | None]]:
-    """``(line_number, text)`` for every line; ``text`` is None for a skipped undecodable line."""
+#: A line ends at CRLF, LF or a lone CR (old Mac files), as in Python's universal newlines.
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def _read_lines(
+    path: Path, skip_bad: bool, keep_ends: bool = False
+) -> list[tuple[int, str | None]]:
+    """``(line_number, text)`` for every line; ``text`` is None for a skipped undecodable line.
+
+    Lines end at ``\r\n``, ``\n`` or a lone ``\r``; ``keep_ends`` keeps each line's ending
+    (the CSV reader needs it to keep a quoted field's own line breaks).
+    """
     raw = path.read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
-    parts = raw.split(b"\n")
-    if parts and parts[-1] == b"":
-        parts.pop()
+    parts: list[bytes] = []
+    start = 0
+    for m in _LINE_END.finditer(raw):
+        parts.append(raw[start : m.end() if keep_ends else m.start()])
+        start = m.end()
+    if start < len(raw):
+        parts.append(raw[start:])
     out: list[tuple[int, str | None]] = []
     for lineno, chunk in enumerate(parts, start=1):
         try:
-            out.append((lineno, chunk.decode("utf-8").rstrip("\r")))
+            out.append((lineno, chunk.decode("utf-8")))
         except UnicodeDecodeError as e:
             if not skip_bad:
                 raise CorpusError(
@@ -217,11 +232,21 @@ class _Builder:
             raise CorpusError(f"{self.path}:{lineno}: {reason}")
         self.skipped.append(SkippedRow(row_id, f"{self.path}:{lineno}", reason))
 
-    def add(self, lineno: int, record: dict[str, Any] | None, reason: str | None = None) -> None:
+    def add(
+        self,
+        lineno: int,
+        record: dict[str, Any] | None,
+        reason: str | None = None,
+        row_id: str | None = None,
+    ) -> None:
         index = self.n_data_rows
         self.n_data_rows += 1
-        if record is None:
-            self.fail(str(index), lineno, reason or "unreadable row")
+        if record is None:  # the skip list names the row by its own id when it can be read
+            self.fail(row_id if row_id else str(index), lineno, reason or "unreadable row")
+            return
+        bad = _invalid_value(record)
+        if bad is not None:
+            self.fail(str(record.get(self.id_column, index)), lineno, bad)
             return
         for key in record:
             self.columns.setdefault(key, None)
@@ -272,6 +297,39 @@ class _Builder:
         )
 
 
+def _invalid_value(record: Mapping[str, Any]) -> str | None:
+    """Why a field cannot be stored (a lone surrogate, NaN or infinity), or None."""
+
+    def walk(value: Any, where: str) -> str | None:
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return (
+                    f"field '{where}' holds a lone surrogate ({value[e.start]!r} at character "
+                    f"{e.start}), which is not text; fix the escape in the file"
+                )
+        elif isinstance(value, float) and not np.isfinite(value):
+            return f"field '{where}' is {value}, which JSON cannot store; use null"
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                found = walk(k, where) or walk(v, f"{where}.{k}")
+                if found:
+                    return found
+        elif isinstance(value, list):
+            for v in value:
+                found = walk(v, where)
+                if found:
+                    return found
+        return None
+
+    for key, value in record.items():
+        found = walk(key, str(key)) or walk(value, str(key))
+        if found:
+            return found
+    return None
+
+
 def _text_problem(record: Mapping[str, Any], langs: Sequence[str]) -> str | None:
     for lang in langs:
         if lang not in record:
@@ -305,30 +363,52 @@ def _parse_jsonl(path: Path, lines: list[tuple[int, str | None]], builder: _Buil
 def _parse_table(
     path: Path, lines: list[tuple[int, str | None]], delimiter: str, builder: _Builder
 ) -> None:
-    if not lines or lines[0][1] is None or not lines[0][1].strip():
-        raise CorpusError(f"{path}:1: expected a header row naming the columns")
-    header_line = lines[0][1]
-    header = next(csv.reader(io.StringIO(header_line), delimiter=delimiter))
-    header = [h.strip() for h in header]
-    if len(set(header)) != len(header):
-        dup = sorted({h for h in header if header.count(h) > 1})
-        raise CorpusError(f"{path}:1: duplicate column name(s) {', '.join(dup)}")
-    for name in header:
-        builder.columns.setdefault(name, None)
-    for lineno, text in lines[1:]:
-        if text is None:
+    """Rows of a CSV/TSV file; a quoted field may span lines (RFC 4180), rows keep their line."""
+    bad_lines = {lineno for lineno, text in lines if text is None}
+
+    def feed() -> Iterator[str]:
+        for _, text in lines:
+            yield "\n" if text is None else text  # an undecodable line reads as an empty row
+
+    reader = csv.reader(feed(), delimiter=delimiter, strict=True)
+    first = 1
+    header: list[str] | None = None
+    id_index: int | None = None
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise CorpusError(f"{path}:{first}: malformed row ({e})") from None
+        lineno, first = first, reader.line_num + 1
+        if header is None:
+            if not values or not "".join(values).strip():
+                raise CorpusError(f"{path}:1: expected a header row naming the columns")
+            header = [h.strip() for h in values]
+            if len(set(header)) != len(header):
+                dup = sorted({h for h in header if header.count(h) > 1})
+                raise CorpusError(f"{path}:1: duplicate column name(s) {', '.join(dup)}")
+            for name in header:
+                builder.columns.setdefault(name, None)
+            id_index = header.index(builder.id_column) if builder.id_column in header else None
+            continue
+        if lineno in bad_lines:
             builder.add(lineno, None, "invalid UTF-8")
             continue
-        if not text.strip():
+        if not values or not "".join(values).strip():
             builder.add(lineno, None, "blank line")
             continue
-        values = next(csv.reader(io.StringIO(text), delimiter=delimiter))
         if len(values) != len(header):
+            row_id = values[id_index] if id_index is not None and id_index < len(values) else None
             builder.add(
-                lineno, None, f"expected {len(header)} fields (header), found {len(values)}"
-            )
+                lineno, None, f"expected {len(header)} fields (header), found {len(values)}",
+                row_id=row_id,
+            )  # fmt: skip
             continue
         builder.add(lineno, dict(zip(header, values, strict=True)))
+    if header is None:
+        raise CorpusError(f"{path}:1: expected a header row naming the columns")
 
 
 def _load_txt_folder(folder: Path, langs: Sequence[str] | None, skip_bad: bool) -> ParallelCorpus:

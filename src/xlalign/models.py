@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -697,6 +698,116 @@ def _generic_search(base: nn.Module, config: Any, family: str) -> _Found:
         None,
     )
     return embedding, blocks, final_norm, positions
+
+
+def state_dict_fingerprint(model: nn.Module, sample: int = 4096) -> str:
+    """A sampled SHA-256 of an in-memory model's weights (for models with no folder).
+
+    Hashes every state-dict entry's name, shape and dtype, and its first, middle and last
+    ``sample`` values: a different architecture or different weights change it.
+    """
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach()
+        h.update(f"{name}\0{tuple(t.shape)}\0{t.dtype}\0".encode())
+        flat = t.reshape(-1)
+        n = flat.numel()
+        mid = max(0, n // 2 - sample // 2)
+        for part in (flat[:sample], flat[mid : mid + sample], flat[max(0, n - sample) :]):
+            h.update(part.to("cpu", torch.float32).numpy().tobytes())
+    return "sha256-state-dict:" + h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """SHA-256 of what decides a tokenizer's ids: its class, vocabulary, rules and special tokens.
+
+    For fast tokenizers the serialized backend (``tokenizer.json``: vocabulary, merges,
+    normalizer, pre-tokenizer, post-processor); else the vocabulary. Equal for a tokenizer and
+    its ``save_pretrained`` copy, so a run's saved tokenizer can be compared with a model's.
+    """
+    h = hashlib.sha256()
+    h.update(type(tokenizer).__name__.removesuffix("Fast").encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        h.update(json.dumps(spec, sort_keys=True, ensure_ascii=False).encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
+    special = {k: str(v) for k, v in sorted(getattr(tokenizer, "special_tokens_map", {}).items())}
+    h.update(json.dumps(special, sort_keys=True, ensure_ascii=False).encode())
+    return "sha256:" + h.hexdigest()
+
+
+#: Files from which ``AutoTokenizer`` builds a tokenizer (any one of these groups is enough).
+TOKENIZER_FILES = (
+    ("tokenizer.json",),
+    ("tokenizer.model",),
+    ("vocab.json", "merges.txt"),
+    ("vocab.txt",),
+    ("spiece.model",),
+    ("sentencepiece.bpe.model",),
+    ("vocab.model",),
+)
+
+
+def check_model_folder(folder: Path, *, weights: bool = True) -> None:
+    """Raise :class:`XlalignError` naming the file when a local model folder cannot be used.
+
+    Checks that tokenizer files exist (without them ``AutoTokenizer`` may build an empty
+    tokenizer, and every prompt "tokenises to no tokens") and, with ``weights``, that every
+    ``*.safetensors`` file is whole: its header parses and the file holds every byte the
+    header's offsets point to (a truncated download otherwise fails deep inside safetensors).
+    """
+    has_tokenizer = (
+        any(all((folder / n).is_file() for n in g) for g in TOKENIZER_FILES)
+        or any(
+            folder.glob("*.gguf")  # a GGUF file carries its tokenizer
+        )
+        or any(folder.glob("*.tiktoken"))
+    )
+    if not has_tokenizer:
+        wanted = ", ".join(" + ".join(g) for g in TOKENIZER_FILES)
+        raise XlalignError(
+            f"model folder '{folder}' has no tokenizer files (looked for {wanted}); save the "
+            "tokenizer into the folder (tokenizer.save_pretrained(folder))"
+        )
+    if not weights:
+        return
+    for path in sorted(folder.glob("*.safetensors")):
+        problem = _safetensors_problem(path)
+        if problem:
+            raise XlalignError(
+                f"model file '{path}' is {problem}; download or save the model again"
+            )
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why the safetensors file at ``path`` is unusable (truncated, bad header), or None."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"truncated ({size} bytes, not even a header)"
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            return f"truncated: its header alone needs {n + 8} bytes, the file has {size}"
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return "corrupt: its header is not valid JSON"
+    if not isinstance(header, dict):
+        return "corrupt: its header is not a JSON object"
+    ends = [
+        int(v["data_offsets"][1])
+        for k, v in header.items()
+        if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v
+    ]
+    needed = 8 + n + max(ends, default=0)
+    if needed > size:
+        return f"truncated: {size} of {needed} bytes"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ Rows are in corpus order whatever order the prompts ran in. Every file is a plai
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from xlalign.errors import RunError, XlalignError
+from xlalign.lock import LOCK_FILE, busy_message, holder
 from xlalign.pooling import POOL_SEMANTICS, VECTOR_POOLS
 from xlalign.sites import describe_sites
 
@@ -88,6 +90,23 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None, so the JSON written is valid.
+
+    (``json.dump`` would write bare ``NaN``, which is not JSON; a corpus built in memory may
+    hold a NaN category.)
+    """
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, np.floating) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def read_json(path: Path) -> Any:
     with path.open(encoding="utf-8") as f:
         return json.load(f)
@@ -117,6 +136,62 @@ def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def disk_full_error(path: Path, needed: int | None, run: Path | None = None) -> RunError:
+    """The error for a full disk: the file, the bytes it needs, and how to go on."""
+    need = f" (needs {_size(needed)})" if needed else ""
+    try:
+        free = shutil.disk_usage(path if path.exists() else path.parent).free
+        have = f", {_size(free)} free"
+    except OSError:
+        have = ""
+    where = run or path
+    return RunError(
+        f"no space left on the device for {path}{need}{have}; free some space, then run the "
+        f"same command with --resume to continue the run in {where}"
+    )
+
+
+def check_free_space(path: Path, needed: int) -> None:
+    """Raise the disk-full :class:`RunError` now if ``path``'s file system lacks ``needed`` bytes."""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return
+    if needed > free:
+        raise disk_full_error(path, needed)
+
+
+def reserve_space(file: Path, nbytes: int, run: Path | None = None) -> None:
+    """Allocate ``nbytes`` of disk blocks for ``file`` (``posix_fallocate``), or raise RunError.
+
+    After this, writing through a memory map of the file cannot fail for lack of space. File
+    systems without ``fallocate`` are left as they are (glibc emulates it where it can).
+    """
+    if nbytes <= 0 or not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(file, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as e:
+        if e.errno in DISK_FULL_ERRNOS:
+            raise disk_full_error(file, nbytes, run) from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
     finally:
         os.close(fd)
 
@@ -205,24 +280,44 @@ class RunWriter:
         tokenizer: Any = None,
         progress_path: Path | None = None,
     ) -> RunWriter:
-        """Lay out a new run in ``path`` (empty or absent): token files, empty arrays, manifest."""
+        """Lay out a new run in ``path`` (empty or absent): manifest, token files, empty arrays.
+
+        The manifest comes first (atomically, ``"laid_out": false``), so a kill at any moment
+        leaves a folder that ``--resume`` and ``--overwrite`` recognise; it says
+        ``"laid_out": true`` once every file exists. The disk space of every array is reserved
+        before it is mapped (see :func:`reserve_space`): a full disk is a :class:`RunError`
+        naming the file and the bytes it needs, never a ``SIGBUS`` in the middle of a batch.
+        """
         for lang in manifest["languages"]:
             _check_name("language", lang)
         path.mkdir(parents=True, exist_ok=True)
         lengths = {lang: int(t.offsets[-1]) for lang, t in tokens.items()}
         writer = cls(path, manifest, lengths, progress_path)
+        check_free_space(path, writer.array_bytes())
+        manifest["laid_out"] = False
+        atomic_write_json(path / MANIFEST, manifest)
         for lang, data in tokens.items():
             ids_p, off_p, spec_p = token_paths(path, lang)
             _save_npy(ids_p, data.ids.astype(np.int32, copy=False))
             _save_npy(off_p, data.offsets.astype(np.int64, copy=False))
             _save_npy(spec_p, data.special.astype(bool, copy=False))
-        atomic_write_json(path / META, dict(meta))
+        atomic_write_json(path / META, json_safe(dict(meta)))
         if tokenizer is not None:
             tokenizer.save_pretrained(path / TOKENIZER_DIR)
         writer._open_arrays(create=True)
         writer._write_progress()
+        manifest["laid_out"] = True
         atomic_write_json(path / MANIFEST, manifest)
         return writer
+
+    def array_bytes(self) -> int:
+        """Bytes the run's array files take on disk once laid out (headers included)."""
+        per_row = self.d_model * 4
+        n_vec = len(self.languages) * len(self.sites) * len(self.pools)
+        total = n_vec * (self.n_rows * per_row + 128)
+        if self.want_tokens:
+            total += len(self.sites) * sum(n * per_row + 128 for n in self.token_lengths.values())
+        return total
 
     @classmethod
     def reopen(
@@ -264,12 +359,15 @@ class RunWriter:
     def _open(self, p: Path, mode: str, n: int) -> np.memmap:
         if mode == "w+":
             p.parent.mkdir(parents=True, exist_ok=True)
-            # Fresh files are sparse zeros; rows fill in by index as batches finish.
-            return np.lib.format.open_memmap(
-                p, mode="w+", dtype=np.float32, shape=(n, self.d_model)
-            )
+            # Fresh files are zeros; rows fill in by index as batches finish. The blocks are
+            # reserved before the map is used: a write into a page the disk cannot hold would
+            # kill the process with SIGBUS.
+            mm = np.lib.format.open_memmap(p, mode="w+", dtype=np.float32, shape=(n, self.d_model))
+            reserve_space(p, p.stat().st_size, self.path)
+            return mm
         if not p.exists():
             raise RunError(f"{self.path}: array file {p.relative_to(self.path)} is missing")
+        reserve_space(p, p.stat().st_size, self.path)  # an earlier session may have run out
         mm = np.lib.format.open_memmap(p, mode="r+")
         if mm.shape != (n, self.d_model) or mm.dtype != np.float32:
             raise RunError(
@@ -435,8 +533,12 @@ def prepare_folder(path: Path, overwrite: bool, *, check_only: bool = False) -> 
         return
     if not path.is_dir():
         raise RunError(f"output '{path}' exists and is not a folder")
-    if not any(path.iterdir()):
+    entries = [p for p in path.iterdir() if not _is_bookkeeping(p.name)]
+    if not entries:
         return
+    info = holder(path)
+    if info is not None:
+        raise RunError(busy_message(path, info) + "; one writer per folder")
     manifest = path / MANIFEST
     if not manifest.exists():
         raise RunError(
@@ -448,7 +550,23 @@ def prepare_folder(path: Path, overwrite: bool, *, check_only: bool = False) -> 
         hint = "" if _is_complete(path) else " or --resume to continue it"
         raise RunError(f"'{path}' already holds {state} run; pass --overwrite to replace it{hint}")
     if not check_only:
-        shutil.rmtree(path)
+        clear_folder(path)
+
+
+def _is_bookkeeping(name: str) -> bool:
+    """The lock file and the temporary files of an interrupted atomic write: not a run's data."""
+    return name == LOCK_FILE or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def clear_folder(path: Path) -> None:
+    """Delete everything in ``path`` except its lock file (held by this process meanwhile)."""
+    for entry in path.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _is_complete(path: Path) -> bool:
@@ -664,6 +782,11 @@ def load_run(path: str | Path, *, allow_incomplete: bool = False) -> Run:
             f"xlalign reads ({FORMAT_VERSION}); upgrade xlalign"
         )
     run = Run(path, manifest)
+    writer = holder(path)
+    if writer is not None and not allow_incomplete:
+        raise RunError(
+            busy_message(path, writer) + "; it reads as complete only once that writer is done"
+        )
     if "pool_semantics" not in manifest:
         run.legacy = legacy_pools(run)
     elif int(manifest["pool_semantics"]) > POOL_SEMANTICS:

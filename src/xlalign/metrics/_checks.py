@@ -97,7 +97,40 @@ def check_pair(
         raise XlalignError(f"need at least {min_pairs} pairs (rows), got {n}")
     check_finite(xa, "x")
     check_finite(ya, "y")
-    return xa, ya
+    return safe_scale(xa), safe_scale(ya)
+
+
+#: Inputs whose largest magnitude lies outside ``2**-SAFE_EXPONENT .. 2**SAFE_EXPONENT`` are
+#: rescaled by :func:`safe_scale` before any metric squares them.
+SAFE_EXPONENT = 40
+
+
+def max_abs(a: np.ndarray) -> float:
+    """The largest ``|a_ij|``, scanned in row chunks (no full-size temporary)."""
+    m = 0.0
+    for start in range(0, a.shape[0], CHUNK_ROWS):
+        blk = a[start : start + CHUNK_ROWS]
+        if blk.size:
+            m = max(m, float(np.abs(blk).max()))
+    return m
+
+
+def safe_scale(a: np.ndarray) -> np.ndarray:
+    """``a`` times a power of two that brings its largest magnitude near 1, if it is extreme.
+
+    Every metric here is invariant to scaling one side by a constant, and a power of two is
+    exact in binary floating point: where ``a``'s own arithmetic is representable, the scaled
+    arithmetic gives the same bits (the study's float32 numbers stay bit for bit), and where it
+    is not (squares of 1e-30 underflow and of 1e30 overflow in float32, of 1e200 in float64) it
+    now is. The dtype is kept. Arrays already in ``2**+-SAFE_EXPONENT`` come back unchanged.
+    """
+    m = max_abs(a)
+    if m == 0.0:
+        return a
+    exponent = int(np.frexp(m)[1])
+    if -SAFE_EXPONENT <= exponent <= SAFE_EXPONENT:
+        return a
+    return np.ldexp(a, -exponent).astype(a.dtype, copy=False)
 
 
 def row_norms(a: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:

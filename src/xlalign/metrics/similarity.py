@@ -46,6 +46,7 @@ from xlalign.metrics._checks import (
     check_k,
     check_nonzero,
     check_pair,
+    safe_scale,
 )
 
 __all__ = [
@@ -150,6 +151,7 @@ def _prepare(x: np.ndarray, q: float, name: str) -> np.ndarray:
         raise XlalignError(f"{name} must be 2-D (n, d); got shape {a.shape}")
     if not 0 < q <= 1:
         raise XlalignError(f"q must be in (0, 1]; got {q}")
+    a = safe_scale(a)  # no squares of 1e200 (the clamp and the norm are scale-free)
     if q < 1:
         t = float(np.quantile(np.abs(a), q, axis=1).mean())
         np.clip(a, -t, t, out=a)

@@ -251,7 +251,14 @@ def _strata(run: Run, cfg: SweepConfig) -> list[Any] | None:
             f"--stratify column '{cfg.stratify}' not in run: it has "
             f"{', '.join(meta) or 'no metadata columns'}"
         )
-    return list(meta[cfg.stratify])
+    labels = list(meta[cfg.stratify])
+    for i, label in enumerate(labels):
+        if isinstance(label, (dict, list)):  # a nested JSON value has no stratum
+            raise RunError(
+                f"--stratify column '{cfg.stratify}' holds a {type(label).__name__} at row {i} "
+                f"(id {run.ids[i]}); stratify by a column of strings or numbers"
+            )
+    return labels
 
 
 def _guard(fn: Callable[[], Any]) -> tuple[Any, str | None]:

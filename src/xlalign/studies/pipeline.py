@@ -12,7 +12,6 @@ the stored activations: no forward pass runs twice.
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 import sys
 import time
@@ -26,6 +25,7 @@ import numpy as np
 
 from xlalign.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import RunError, XlalignError
+from xlalign.lock import folder_lock
 from xlalign.models import ModelOptions
 from xlalign.store import (
     CONTROL_DIR,
@@ -73,7 +73,17 @@ def ensure_run(
     if manifest_path.exists():
         old = read_json(manifest_path)
         if old.get("complete"):
-            _check_reusable(old, output, model, corpus, langs, sites, pools, opts)
+            _check_reusable(
+                old,
+                output,
+                model,
+                corpus,
+                langs,
+                sites,
+                pools,
+                opts,
+                content=_content_diffs(old, output, model, opts),
+            )
             _save_corpus(corpus, output)
             return load_run(output), "reused"
         state = "resumed"
@@ -94,8 +104,12 @@ def _check_reusable(
     sites: str,
     pools: tuple[str, ...],
     options: ModelOptions,
+    content: list[str] | None = None,
 ) -> None:
-    """Raise unless the complete run in ``output`` was made from exactly these inputs."""
+    """Raise unless the complete run in ``output`` was made from exactly these inputs.
+
+    ``content``: what :func:`_content_diffs` found different (weights, tokenizer, dtype, device).
+    """
     from xlalign.models import dtype_name
     from xlalign.sites import parse_sites
 
@@ -104,12 +118,12 @@ def _check_reusable(
     if dtype is not None and not isinstance(dtype, str):
         dtype = dtype_name(dtype)
 
-    diffs = []
+    diffs = list(content or [])
     if old.get("model") != model:
         diffs.append(f"model differs (run: {old.get('model')})")
     if revision is not None and old.get("revision") != revision:
         diffs.append(f"revision differs (run: {old.get('revision')})")
-    if dtype is not None and old.get("dtype") != dtype:
+    if dtype is not None and old.get("dtype") != dtype and not any("dtype" in d for d in diffs):
         diffs.append(f"dtype differs (run: {old.get('dtype')})")
     if old.get("corpus_fingerprint") != corpus.fingerprint():
         diffs.append("the corpus differs")
@@ -139,6 +153,60 @@ def _check_reusable(
         )
 
 
+def _content_diffs(
+    old: Mapping[str, Any], output: Path, model: str, options: ModelOptions
+) -> list[str]:
+    """What differs, by content, between the model as it is now and the one the run was made from.
+
+    The weight files' fingerprint (a local folder; a Hub id is pinned by its revision), the
+    tokenizer's fingerprint (compared with the one recorded, or with the run's saved copy for
+    runs made before it was recorded), the dtype it would load in and the device type. The
+    same path holding other weights is not the same model.
+    """
+    from transformers import AutoTokenizer
+
+    from xlalign.models import (
+        dtype_name,
+        resolve_device,
+        resolve_dtype,
+        tokenizer_fingerprint,
+        weights_fingerprint,
+    )
+
+    device, dtype = options.device, options.dtype
+    revision, trust_remote_code = options.revision, options.trust_remote_code
+    diffs: list[str] = []
+    local = Path(model).expanduser()
+    if local.is_dir():
+        now = weights_fingerprint(local)
+        if now != old.get("weights_fingerprint"):
+            diffs.append(
+                f"the weights at {model} differ (fingerprint run: "
+                f"{old.get('weights_fingerprint')}, now: {now})"
+            )
+    source = str(local) if local.is_dir() else model
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            source, revision=revision, trust_remote_code=trust_remote_code
+        )
+        tok_now: str | None = tokenizer_fingerprint(tok)
+    except (OSError, ValueError):
+        tok_now = None
+    tok_run = old.get("tokenizer_fingerprint")
+    if tok_run is None and (output / "tokenizer").is_dir():
+        tok_run = tokenizer_fingerprint(AutoTokenizer.from_pretrained(output / "tokenizer"))
+    if tok_now is not None and tok_run is not None and tok_now != tok_run:
+        diffs.append(f"the tokenizer differs (fingerprint run: {tok_run}, now: {tok_now})")
+    torch_device = resolve_device(device)
+    want = dtype_name(resolve_dtype(dtype, torch_device))
+    if old.get("dtype") is not None and old.get("dtype") != want:
+        diffs.append(f"dtype differs (run: {old.get('dtype')}, now: {want})")
+    run_dev = str(old.get("device") or "").split(":")[0]
+    if run_dev and run_dev != torch_device.type:
+        diffs.append(f"device differs (run: {run_dev}, now: {torch_device.type})")
+    return diffs
+
+
 def _save_corpus(corpus: ParallelCorpus, output: Path) -> None:
     """Keep the corpus beside the run, so later studies (the control) need no --data."""
     path = output / CORPUS_FILE
@@ -164,6 +232,17 @@ def run_corpus(run: Run) -> ParallelCorpus:
 def run_align(
     run: Path, config: SweepConfig, output: Path | None = None, *, progress: bool = True
 ) -> tuple[dict[str, Any], list[str], dict[str, Path]]:
+    """:func:`_run_align` holding the output folder's write lock (see :mod:`xlalign.lock`).
+
+    Taking the lock first also refuses a read-only output folder before any computation.
+    """
+    with folder_lock(Path(output or run), "xlalign align"):
+        return _run_align(run, config, output, progress=progress)
+
+
+def _run_align(
+    run: Path, config: SweepConfig, output: Path | None = None, *, progress: bool = True
+) -> tuple[dict[str, Any], list[str], dict[str, Path]]:
     """Sweep a run, its random-weights control if it has one, and write ``findings.json``.
 
     The control is the complete run in ``RUN/control-random-init`` (as ``xlalign run``
@@ -184,13 +263,14 @@ def run_align(
     ctl_path = Path(run) / CONTROL_DIR
     if (ctl_path / MANIFEST).is_file():
         try:
-            control = load_run(ctl_path)
-            control_alignment = layer_sweep(control, config, progress=progress)
+            with folder_lock(ctl_path, "xlalign align"):  # its alignment.* is written there
+                control = load_run(ctl_path)
+                control_alignment = layer_sweep(control, config, progress=progress)
+                for name, p in write_alignment(control_alignment, ctl_path).items():
+                    paths[f"control_{name}"] = p
         except XlalignError as e:
             note = f"the random-weights control in {ctl_path} was not swept: {e}"
-        else:
-            for name, p in write_alignment(control_alignment, ctl_path).items():
-                paths[f"control_{name}"] = p
+            control_alignment = None
     stratify = "category" if config.stratify is None and "category" in loaded.meta else None
     findings = findings_for_sweep(loaded, result, control_alignment, config, stratify=stratify)
     if note:
@@ -204,6 +284,24 @@ def run_align(
 
 
 def run_origin(
+    *,
+    run: Path | None,
+    model: str | None,
+    data: Path | None,
+    output: Path | None,
+    **kwargs: Any,
+) -> tuple[dict[str, Any], list[str], Path]:
+    """Run the origin study on a run folder (or extract one first); write ``origin.json``.
+
+    Holds the folder's write lock throughout (see :mod:`xlalign.lock`).
+    """
+    folder = run if run is not None else output
+    assert folder is not None
+    with folder_lock(folder, "xlalign origin"):
+        return _run_origin(run=run, model=model, data=data, output=output, **kwargs)
+
+
+def _run_origin(
     *,
     run: Path | None,
     model: str | None,
@@ -432,12 +530,16 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
 def config_to_toml(cfg: StudyConfig) -> str:
     """The resolved config as TOML that ``--config`` reads back (None values left out)."""
-    lines = ["# resolved configuration of this study (xlalign run --config config.toml)"]
-    for key, value in asdict(cfg).items():
-        if value is None:
-            continue
-        lines.append(f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value)}")
-    return "\n".join(lines) + "\n"
+    import tomli_w
+
+    # tomli-w writes any text TOML can hold (non-BMP characters included), escaped correctly.
+    values = {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in asdict(cfg).items()
+        if value is not None
+    }
+    header = "# resolved configuration of this study (xlalign run --config config.toml)\n"
+    return header + tomli_w.dumps(values)
 
 
 @dataclass
@@ -459,6 +561,21 @@ class StageClock:
 
 
 def run_study(
+    cfg: StudyConfig,
+    *,
+    command: list[str] | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """:func:`_run_study` holding the study folder's write lock (see :mod:`xlalign.lock`).
+
+    The control's run inside it is locked by its own extraction, like any run.
+    """
+    with folder_lock(Path(cfg.output), "xlalign run"):
+        return _run_study(cfg, command=command, progress=progress, say=say)
+
+
+def _run_study(
     cfg: StudyConfig,
     *,
     command: list[str] | None = None,

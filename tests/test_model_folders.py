@@ -1,0 +1,58 @@
+"""Broken model folders: an error naming the file that is wrong or missing, not a traceback."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+from xlalign.cli import main
+from xlalign.errors import XlalignError
+from xlalign.models import check_model_folder
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_truncated_safetensors_names_the_file(tiny_models, problems_jsonl, tmp_path, capsys):
+    model = _copy(tiny_models["qwen2"], tmp_path / "m")
+    weights = model / "model.safetensors"
+    size = weights.stat().st_size
+    with weights.open("r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(XlalignError, match=rf"'{re.escape(str(weights))}' is truncated: "
+                       rf"{size // 2} of {size} bytes"):  # fmt: skip
+        check_model_folder(model)
+    rc = main(["extract", "--model", str(model), "--data", str(problems_jsonl), "-o",
+               str(tmp_path / "out"), "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and str(weights) in err and "Traceback" not in err
+
+
+def test_header_cut_short_is_named(tiny_models, tmp_path):
+    model = _copy(tiny_models["qwen2"], tmp_path / "m")
+    with (model / "model.safetensors").open("r+b") as f:
+        f.truncate(20)
+    with pytest.raises(XlalignError, match=r"model\.safetensors' is truncated: its header"):
+        check_model_folder(model)
+
+
+def test_folder_without_tokenizer_names_what_is_missing(tiny_models, problems_jsonl, tmp_path,
+                                                        capsys):  # fmt: skip
+    model = _copy(tiny_models["qwen2"], tmp_path / "m")
+    for p in model.glob("tokenizer*"):
+        p.unlink()
+    rc = main(["extract", "--model", str(model), "--data", str(problems_jsonl), "-o",
+               str(tmp_path / "out"), "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"model folder '{model}' has no tokenizer files" in err and "tokenizer.json" in err
+    assert "tokenises to no tokens" not in err
+
+
+def test_whole_folders_pass(tiny_models):
+    for path in tiny_models.values():
+        check_model_folder(path)
