@@ -414,3 +414,29 @@ def test_align_sweeps_the_control_beside_the_run_and_writes_findings(study, tmp_
         assert f["control"]["value"] == c["value"]
         assert f["verdict"] == reference_verdict(f["model"], f["control"], f["lexical"])
     assert any("verdicts compare point values" in w for w in doc["warnings"])
+
+
+def test_a_z_interval_that_excludes_its_value_is_named() -> None:
+    """Near perfect alignment the pair bootstrap puts z's whole interval below the value."""
+    from xlalign.metrics import matched_vs_scrambled_z, z_ci
+
+    rs = np.random.RandomState(0)
+    latent, w = rs.randn(200, 16), rs.randn(16, 64)
+    x, y = latent @ w + rs.randn(200, 64), latent @ w + rs.randn(200, 64)
+    point = matched_vs_scrambled_z(x, y).z
+    ci = z_ci(x, y, n_boot=200, seed=0)
+    assert ci.high < point  # the bias this warning exists for, measured on real resamples
+    rec = {"x": "zh", "y": "en", "pool": "mean", "site": "L0", "depth": 1, "n": 200}
+    alignment = {
+        "pairs": [["zh", "en"]],
+        "pools": ["mean"],
+        "sites": ["L0"],
+        "n_boot": 200,
+        "records": [{**rec, "metric": "z", "value": point, "ci_low": ci.low, "ci_high": ci.high}],
+    }
+    doc = build_findings(alignment)
+    named = [w for w in doc["warnings"] if "lies below the value" in w]
+    assert len(named) == 1 and "z at L0" in named[0]
+    # an interval that holds its value gets no such warning
+    inside = {**alignment, "records": [{**alignment["records"][0], "ci_high": point + 1}]}
+    assert not [w for w in build_findings(inside)["warnings"] if "lies below" in w]

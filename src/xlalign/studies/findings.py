@@ -106,6 +106,32 @@ def verdict(
 # building findings.json
 
 
+def _outside_interval(findings: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A warning for every model value that lies outside its own bootstrap interval.
+
+    The pair bootstrap of z draws some pairs twice, and a scrambled pairing can then join a
+    sentence to a copy of its own translation: the null's mean rises and the resampled z falls.
+    Near perfect alignment the whole interval can lie below the point value. Such an interval
+    is conservative for a verdict (it can only make ``beyond-control`` harder), but a reader
+    must not take it for a band around the value.
+    """
+    out = []
+    for f in findings:
+        m = f["model"]
+        lo, hi, v = m.get("ci_low"), m.get("ci_high"), m.get("value")
+        if v is None or lo is None or hi is None or lo <= v <= hi:
+            continue
+        x, y = f["pair"]
+        side = "below" if hi < v else "above"
+        out.append(
+            f"{x}/{y}, {f['pool']} pool, {_LABELS[f['metric']]} at {f['site']}: the interval "
+            f"[{lo:.4g}, {hi:.4g}] lies {side} the value {v:.4g} (the pair bootstrap of z is "
+            "biased low near perfect alignment: pairs drawn twice join the null); read it as a "
+            "conservative bound, not a band around the value"
+        )
+    return out
+
+
 def _value(rec: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if rec is None or rec.get("value") is None:
         return None
@@ -186,6 +212,7 @@ def build_findings(
                         "source": "alignment",
                     }
                 )
+    warnings += _outside_interval(findings)
     if n_pairs is not None and n_pairs < SMALL_SAMPLE:
         warnings.insert(
             0,
