@@ -209,6 +209,11 @@ def test_a_different_corpus_is_refused(runs, tiny_models, tmp_path, capsys):
 def test_a_run_without_its_corpus_is_refused_when_fingerprints_differ(runs, tiny_models, tmp_path):
     _, a, _ = runs
     c = _extract(tiny_models["qwen2"], generate_problems(N, seed=7), tmp_path / "c")
+    # same ids, other texts: refused, naming the shared ids whose texts differ
+    with pytest.raises(XlalignError, match="different corpora: 40 ids are shared but their texts"):
+        compare([a.path, c.path], config=FAST, progress=False, say=lambda _m: None)
+    # a run folder that lost its copy of the corpus cannot be checked row by row
+    (c.path / "corpus.jsonl").unlink()
     with pytest.raises(XlalignError, match="keeps no copy of its corpus"):
         compare([a.path, c.path], config=FAST, progress=False, say=lambda _m: None)
 

@@ -889,11 +889,17 @@ def _open_writer(
                 f"cannot resume '{output}': " + "; ".join(diffs)
                 + " (use the same flags, or --overwrite to start again)"
             )  # fmt: skip
-        return RunWriter.reopen(output, old, progress_path)
+        writer = RunWriter.reopen(output, old, progress_path)
+        if not (output / CORPUS_FILE).exists():  # killed right after the layout
+            corpus.to_jsonl(output / CORPUS_FILE)
+        return writer
     prepare_folder(output, config.overwrite)
-    corpus.to_jsonl(output / CORPUS_FILE)  # later studies (the random-init control) need the texts
     meta = {"ids": list(corpus.ids), "columns": {k: list(v) for k, v in corpus.meta.items()}}
-    return RunWriter.create(output, manifest, meta, tokens, loaded.tokenizer, progress_path)
+    writer = RunWriter.create(output, manifest, meta, tokens, loaded.tokenizer, progress_path)
+    # after the manifest, so a kill here leaves a folder that resumes; later studies (the
+    # random-init control, origin without --data) read the texts from it
+    corpus.to_jsonl(output / CORPUS_FILE)
+    return writer
 
 
 #: How :func:`resume_diffs` names a manifest key that differs.

@@ -774,8 +774,11 @@ def load_run(path: str | Path, *, allow_incomplete: bool = False) -> Run:
         manifest = read_json(manifest_path)
     except json.JSONDecodeError as e:
         raise RunError(f"{manifest_path}: not valid JSON ({e.msg})") from None
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise RunError(f"{manifest_path}: not an xlalign run manifest")
+    for key in ("format_version", "pool_semantics"):
+        if not isinstance(manifest.get(key, 0), int) or isinstance(manifest.get(key), bool):
+            raise RunError(f"{manifest_path}: {key} must be an integer, got {manifest[key]!r}")
     if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
         raise RunError(
             f"{manifest_path}: format version {manifest['format_version']} is newer than this "
