@@ -75,6 +75,20 @@ def test_second_run_reuses_activations_and_gives_identical_json(study):
     assert second["summary"] == _first_summary(study)
 
 
+def test_no_lens_skips_the_stage_and_says_so(study, tmp_path):
+    import dataclasses
+
+    cfg, _out, _ = study
+    out = tmp_path / "nolens"
+    run_study(
+        dataclasses.replace(cfg, output=str(out), lens=False, control="none", report=False),
+        command=["test"], progress=False, say=lambda _m: None,
+    )  # fmt: skip
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["stages"]["lens"] == "skipped: not asked for (lens = false)"
+    assert not (out / "lens.json").exists()
+
+
 def _first_summary(study):
     return study[2]["summary"]
 

@@ -471,6 +471,10 @@ def run_cmd(
         bool | None,
         typer.Option("--standardize/--no-standardize", help="z-score each dimension first."),
     ] = None,
+    lens: Annotated[
+        bool | None,
+        typer.Option("--lens/--no-lens", help="Logit-lens stage for causal LMs (on)."),
+    ] = None,
     pivot: Annotated[
         str | None, typer.Option("--pivot", help="Compare each language with it.")
     ] = None,
@@ -503,7 +507,7 @@ def run_cmd(
         "batch_size": batch_size, "device": device, "dtype": dtype, "revision": revision,
         "trust_remote_code": trust_remote_code, "null": null, "n_perms": n_perms, "seed": seed,
         "stratify": stratify, "center": center, "pivot": pivot, "n_boot": n_boot,
-        "standardize": standardize, "backend": backend,
+        "standardize": standardize, "backend": backend, "lens": lens,
         "control": control, "control_seed": control_seed, "heatmap_site": heatmap_site,
         "label": label,
         "langs": tuple(_csv_list(langs)) if langs else None,

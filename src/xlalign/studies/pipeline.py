@@ -422,6 +422,8 @@ class StudyConfig:
     """Site of the similarity heatmap (default: the site with the highest mean-pool z)."""
     report: bool = True
     """Write report.html and report.md."""
+    lens: bool = True
+    """Run the logit-lens stage (causal LMs; encoders skip it with the reason)."""
     label: str | None = None
     """Name of the model in the report and summary (default: the model id or path)."""
 
@@ -686,6 +688,8 @@ def _lens_stage(
         write_lens,
     )
 
+    if not cfg.lens:
+        return None, "skipped: not asked for (lens = false)"
     if not run.manifest.get("is_causal_lm"):
         arch = run.manifest.get("architecture") or "the model"
         return None, f"skipped: {arch} is not a causal LM, no LM head to decode through"
