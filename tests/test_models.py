@@ -176,3 +176,18 @@ def test_minilm_adapter(minilm_path):
     assert loaded.adapter.has_additive_positions is True
     assert loaded.adapter.final_norm is None
     assert loaded.adds_bos is True and loaded.bos_token == "[CLS]" and loaded.adds_eos is True
+
+
+def test_load_tokenizer_resolves_like_load_model(tiny_models):
+    from transformers import AutoTokenizer
+
+    from xlalign.models import load_tokenizer
+
+    path = str(tiny_models["qwen2"])
+    text = "小明有 3 个苹果。"
+    assert (
+        load_tokenizer(path)(text)["input_ids"]
+        == AutoTokenizer.from_pretrained(path)(text)["input_ids"]
+    )
+    with pytest.raises(XlalignError, match="does-not-exist"):
+        load_tokenizer("./does-not-exist")

@@ -55,20 +55,15 @@ def problems_cmd(
 ) -> None:
     """Write a built-in parallel zh/en corpus as JSONL (the study's problems by default)."""
     if task == "translate-words":
-        from transformers import AutoTokenizer
-
         from xlalign.corpora import translate_words
+        from xlalign.models import load_tokenizer
 
         if model is None:
             raise XlalignError(
                 "--task translate-words needs --model: only words whose answers are single "
                 "tokens of that model's tokenizer are kept"
             )
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(model)
-        except (OSError, ValueError) as e:
-            raise XlalignError(f"cannot load the tokenizer of '{model}': {e}") from None
-        words = translate_words(tokenizer, n, seed=seed)
+        words = translate_words(load_tokenizer(model), n, seed=seed)
         words.to_jsonl(output)
         print(f"wrote {len(words)} word-translation rows (zh, en) to {output}: {words.source}")
         return

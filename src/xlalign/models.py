@@ -449,6 +449,18 @@ def load_model(
     )
 
 
+def load_tokenizer(model: str, *, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of ``model``: a named model, a ``.gguf`` file, a local folder or a Hub id."""
+    from transformers import AutoTokenizer
+
+    folder, _ = _resolve_source(model)
+    source = str(folder) if folder.exists() else model
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise XlalignError(f"cannot load the tokenizer of '{model}': {_first_line(e)}") from None
+
+
 def _resolve_source(model: str) -> tuple[Path, dict[str, Any] | None]:
     """The local path to load ``model`` from, and what a named or GGUF model came from.
 
