@@ -436,7 +436,21 @@ def test_a_z_interval_that_excludes_its_value_is_named() -> None:
     }
     doc = build_findings(alignment)
     named = [w for w in doc["warnings"] if "lies below the value" in w]
-    assert len(named) == 1 and "z at L0" in named[0]
+    assert len(named) == 1 and "z at L0" in named[0] and "join the null" in named[0]
     # an interval that holds its value gets no such warning
     inside = {**alignment, "records": [{**alignment["records"][0], "ci_high": point + 1}]}
     assert not [w for w in build_findings(inside)["warnings"] if "lies below" in w]
+
+
+def test_a_cka_interval_above_its_value_is_named_with_its_own_reason() -> None:
+    rec = {"x": "zh", "y": "en", "pool": "mean", "site": "L1", "depth": 2, "n": 100}
+    alignment = {
+        "pairs": [["zh", "en"]],
+        "pools": ["mean"],
+        "sites": ["L1"],
+        "n_boot": 100,
+        # the values seen on the real Qwen2.5-0.5B (docs/metrics.md)
+        "records": [{**rec, "metric": "cka", "value": 0.981, "ci_low": 0.986, "ci_high": 0.990}],
+    }
+    (named,) = [w for w in build_findings(alignment)["warnings"] if "lies above the value" in w]
+    assert "CKA at L1" in named and "raise the resampled CKA" in named

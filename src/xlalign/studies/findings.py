@@ -109,12 +109,16 @@ def verdict(
 def _outside_interval(findings: Sequence[Mapping[str, Any]]) -> list[str]:
     """A warning for every model value that lies outside its own bootstrap interval.
 
-    The pair bootstrap of z draws some pairs twice, and a scrambled pairing can then join a
-    sentence to a copy of its own translation: the null's mean rises and the resampled z falls.
-    Near perfect alignment the whole interval can lie below the point value. Such an interval
-    is conservative for a verdict (it can only make ``beyond-control`` harder), but a reader
-    must not take it for a band around the value.
+    The pair bootstrap draws some pairs twice. For z, a scrambled pairing can then join a
+    sentence to a copy of its own translation: the null's mean rises and the resampled z falls,
+    so near perfect alignment the whole interval can lie below the value. For CKA a row drawn
+    twice weighs twice in both Gram matrices, which tends to raise the resampled CKA, so the
+    interval can lie above the value. Such an interval is not a band around the value.
     """
+    why = {
+        "z": "pairs drawn twice join the null and lower the resampled z",
+        "cka": "rows drawn twice weigh twice in both Gram matrices and raise the resampled CKA",
+    }
     out = []
     for f in findings:
         m = f["model"]
@@ -123,11 +127,11 @@ def _outside_interval(findings: Sequence[Mapping[str, Any]]) -> list[str]:
             continue
         x, y = f["pair"]
         side = "below" if hi < v else "above"
+        reason = why.get(f["metric"], "the resampled statistic is biased")
         out.append(
-            f"{x}/{y}, {f['pool']} pool, {_LABELS[f['metric']]} at {f['site']}: the interval "
-            f"[{lo:.4g}, {hi:.4g}] lies {side} the value {v:.4g} (the pair bootstrap of z is "
-            "biased low near perfect alignment: pairs drawn twice join the null); read it as a "
-            "conservative bound, not a band around the value"
+            f"{x}/{y}, {f['pool']} pool, {_LABELS[f['metric']]} at {f['site']}: the bootstrap "
+            f"interval [{lo:.4g}, {hi:.4g}] lies {side} the value {v:.4g} ({reason}); it is "
+            "not a band around the value, and the verdict compares intervals biased alike"
         )
     return out
 
