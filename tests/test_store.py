@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import xlalign
+from faults import Crash, crash_after
 from xlalign.errors import XlalignError
-from xlalign.store import RunWriter, export_npz, load_run
+from xlalign.store import export_npz, load_run
 
 MANIFEST_KEYS = {
     "format", "format_version", "complete", "model", "revision", "weights_fingerprint",
@@ -143,25 +144,6 @@ def test_never_deletes_a_folder_that_is_not_a_run(tiny_models, small, tmp_path):
     assert (out / "notes.txt").read_text() == "keep me"
 
 
-class _Crash(Exception):
-    pass
-
-
-def _crash_after(monkeypatch, n_batches: int) -> None:
-    """Make the writer die after ``n_batches`` batches, flushing every batch."""
-    real_write = RunWriter.write_batch
-    seen = {"n": 0}
-
-    def write_batch(self, *args, **kwargs):
-        self.flush_interval_s = 0.0
-        if seen["n"] == n_batches:
-            raise _Crash
-        seen["n"] += 1
-        return real_write(self, *args, **kwargs)
-
-    monkeypatch.setattr(RunWriter, "write_batch", write_batch)
-
-
 @pytest.mark.parametrize("pools", ["last,mean,first,weighted", "last,tokens"])
 def test_resume_in_process_gives_identical_arrays(tiny_models, small, tmp_path, monkeypatch, pools):
     path = str(tiny_models["gpt2"])
@@ -169,8 +151,8 @@ def test_resume_in_process_gives_identical_arrays(tiny_models, small, tmp_path, 
     whole = xlalign.extract(path, small, "zh,en", output=tmp_path / "whole", **kwargs)
 
     with monkeypatch.context() as m:
-        _crash_after(m, 11)  # zh has 8 batches of 4: this dies inside en
-        with pytest.raises(_Crash):
+        crash_after(m, 11)  # zh has 8 batches of 4: this dies inside en
+        with pytest.raises(Crash):
             xlalign.extract(path, small, "zh,en", output=tmp_path / "part", **kwargs)
     with pytest.raises(XlalignError, match=r"incomplete \(11 of 16 batches done\).*--resume"):
         load_run(tmp_path / "part")
@@ -197,8 +179,8 @@ def test_resume_refuses_a_different_setup(tiny_models, small, tmp_path, monkeypa
     path = str(tiny_models["qwen2"])
     out = tmp_path / "part"
     with monkeypatch.context() as m:
-        _crash_after(m, 2)
-        with pytest.raises(_Crash):
+        crash_after(m, 2)
+        with pytest.raises(Crash):
             xlalign.extract(path, small, "zh,en", batch_size=4, output=out, progress=False)
     with pytest.raises(
         XlalignError, match=r"cannot resume .*batch_size differs \(run: 4, now: 8\)"

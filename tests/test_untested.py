@@ -20,11 +20,12 @@ import torch
 from transformers import AutoModel, AutoTokenizer, T5Config, XLMRobertaConfig
 
 import xlalign
+from faults import Crash, crash_after
 from slowcli import SLOW_CLI
 from xlalign.cli import main
 from xlalign.corpus import ParallelCorpus, load_hf_dataset
 from xlalign.errors import XlalignError
-from xlalign.store import RunWriter, load_run
+from xlalign.store import load_run
 from xlalign.synthetic import write_synthetic_run
 from xlalign.testing import build_tiny_model
 
@@ -174,32 +175,14 @@ def test_manifest_of_the_wrong_shape_names_the_file(synthetic, text):
         load_run(synthetic)
 
 
-class _Crash(Exception):
-    pass
-
-
-def _crash_after(monkeypatch, n_batches: int) -> None:
-    real_write = RunWriter.write_batch
-    seen = {"n": 0}
-
-    def write_batch(self, *args, **kwargs):
-        self.flush_interval_s = 0.0
-        if seen["n"] == n_batches:
-            raise _Crash
-        seen["n"] += 1
-        return real_write(self, *args, **kwargs)
-
-    monkeypatch.setattr(RunWriter, "write_batch", write_batch)
-
-
 @pytest.fixture
 def crashed(tiny_models, small, tmp_path, monkeypatch) -> tuple[Path, dict]:
     """An extraction that died after 3 of its 8 batches."""
     kwargs = dict(sites="embed,L0", pools="last,mean", batch_size=4, progress=False)
     out = tmp_path / "part"
     with monkeypatch.context() as m:
-        _crash_after(m, 3)
-        with pytest.raises(_Crash):
+        crash_after(m, 3)
+        with pytest.raises(Crash):
             xlalign.extract(str(tiny_models["qwen2"]), small, "zh,en", output=out, **kwargs)
     return out, kwargs
 
@@ -281,8 +264,8 @@ def test_an_incomplete_study_with_the_studys_pools_resumes(tiny_models, small, t
     whole = xlalign.extract(path, small, "zh,en", output=tmp_path / "whole", **kwargs)
     mp = pytest.MonkeyPatch()
     try:
-        _crash_after(mp, 3)
-        with pytest.raises(_Crash):
+        crash_after(mp, 3)
+        with pytest.raises(Crash):
             xlalign.extract(path, small, "zh,en", output=out, **kwargs)
     finally:
         mp.undo()

@@ -37,8 +37,10 @@ from xlalign.metrics.similarity import (
     HubResult,
     KnnResult,
     _prepare,
-    _sparse_hsic,
     _topk_mask,
+    cka_result,
+    cknna_from_neighbours,
+    hub_result,
 )
 
 __all__ = ["Pair", "Side"]
@@ -193,10 +195,7 @@ class Pair:
     def hub(self) -> HubResult:
         """As :func:`~xlalign.metrics.similarity.semantic_hub_score`."""
         s = self.cosines()
-        n = self.n
-        diag = float(np.trace(s))
-        off = (float(s.sum()) - diag) / (n * (n - 1))
-        return HubResult(score=diag / n - off, diag_mean=diag / n, offdiag_mean=off, n=n)
+        return hub_result(float(np.trace(s)), float(s.sum()), self.n)
 
     # ------------------------------------------------------------------ kernel metrics
 
@@ -206,11 +205,9 @@ class Pair:
         kx, hxx, x_var = self.x.gram()
         ky, hyy, y_var = self.y.gram()
         if not (x_var and y_var):
-            side = "x" if not x_var else "y"
-            reason = f"{side} has no variance: all its rows are identical, so CKA is 0/0"
-            return CkaResult(cka=None, unbiased=False, n=self.n, undefined_reason=reason)
+            return cka_result(0.0, 0.0, 0.0, x_var=x_var, y_var=y_var, n=self.n, unbiased=False)
         hxy = float(np.einsum("ij,ij->", kx, ky))
-        return CkaResult(cka=hxy / float(np.sqrt(hxx * hyy)), unbiased=False, n=self.n)
+        return cka_result(hxy, hxx, hyy, x_var=True, y_var=True, n=self.n, unbiased=False)
 
     def cka_ci(self, n_boot: int, seed: int, level: float) -> CI:
         """As :func:`~xlalign.metrics.bootstrap.cka_ci`."""
@@ -241,13 +238,4 @@ class Pair:
         kr, kc = np.nonzero(mk)
         lr, lc = np.nonzero(ml)
         kv, lv = gk[kr, kc], gl[lr, lc]
-        _, ik, il = np.intersect1d(
-            kr * n + kc, lr * n + lc, assume_unique=True, return_indices=True
-        )
-        sim_kl = _sparse_hsic(kr[ik], kc[ik], kv[ik], lv[il], n)
-        sim_kk = _sparse_hsic(kr, kc, kv, kv, n)
-        sim_ll = _sparse_hsic(lr, lc, lv, lv, n)
-        if sim_kk * sim_ll <= 0:
-            reason = "the k-NN-restricted HSIC of a side with itself is not positive"
-            return CknnaResult(score=None, k=int(k), n=n, undefined_reason=reason)
-        return CknnaResult(score=float(sim_kl / np.sqrt(sim_kk * sim_ll)), k=int(k), n=n)
+        return cknna_from_neighbours((kr, kc, kv), (lr, lc, lv), n, k)

@@ -267,6 +267,61 @@ def _hsic_unbiased_linear(a: np.ndarray, b: np.ndarray, path: str = "auto") -> f
     ) / (m * (m - 3))
 
 
+def cka_result(
+    hxy: float,
+    hxx: float,
+    hyy: float,
+    *,
+    x_var: bool,
+    y_var: bool,
+    n: int,
+    unbiased: bool,
+    eps: float = 0.0,
+) -> CkaResult:
+    """The :class:`CkaResult` of three HSIC values, or the reason CKA is undefined.
+
+    Every CKA path (in memory, streamed, the sweep's shared matrices, the torch backend) ends
+    here, so they agree on when CKA is undefined and why. ``eps``: platonic-rep's ``1e-6``.
+    """
+    if not (x_var and y_var):
+        side = "x" if not x_var else "y"
+        reason = f"{side} has no variance: all its rows are identical, so CKA is 0/0"
+        return CkaResult(cka=None, unbiased=unbiased, n=n, undefined_reason=reason)
+    if hxx <= 0 or hyy <= 0:
+        reason = "the unbiased HSIC of a side with itself is not positive (too few pairs?)"
+        return CkaResult(cka=None, unbiased=unbiased, n=n, undefined_reason=reason)
+    return CkaResult(cka=float(hxy / (np.sqrt(hxx * hyy) + eps)), unbiased=unbiased, n=n)
+
+
+def cknna_from_neighbours(
+    k_idx: tuple[np.ndarray, np.ndarray, np.ndarray],
+    l_idx: tuple[np.ndarray, np.ndarray, np.ndarray],
+    n: int,
+    k: int,
+    eps: float = 0.0,
+) -> CknnaResult:
+    """CKNNA from each side's k-NN entries ``(rows, cols, kernel values)``, row-major sorted.
+
+    The shared step of :func:`cknna`, the sweep's shared matrices and the torch backend.
+    """
+    kr, kc, kv = k_idx
+    lr, lc, lv = l_idx
+    _, ik, il = np.intersect1d(kr * n + kc, lr * n + lc, assume_unique=True, return_indices=True)
+    sim_kl = _sparse_hsic(kr[ik], kc[ik], kv[ik], lv[il], n)
+    sim_kk = _sparse_hsic(kr, kc, kv, kv, n)
+    sim_ll = _sparse_hsic(lr, lc, lv, lv, n)
+    if sim_kk * sim_ll <= 0:
+        reason = "the k-NN-restricted HSIC of a side with itself is not positive"
+        return CknnaResult(score=None, k=int(k), n=n, undefined_reason=reason)
+    return CknnaResult(score=float(sim_kl / (np.sqrt(sim_kk * sim_ll) + eps)), k=int(k), n=n)
+
+
+def hub_result(diag_sum: float, total_sum: float, n: int) -> HubResult:
+    """The semantic-hub score from the sum of matched cosines and the sum of all ``n x n``."""
+    off = (total_sum - diag_sum) / (n * (n - 1))
+    return HubResult(score=diag_sum / n - off, diag_mean=diag_sum / n, offdiag_mean=off, n=n)
+
+
 # --------------------------------------------------------------------------- CKA
 
 
@@ -300,9 +355,7 @@ def linear_cka(
     xc, x_var = _centred(fx)
     yc, y_var = _centred(fy)
     if not (x_var and y_var):
-        side = "x" if not x_var else "y"
-        reason = f"{side} has no variance: all its rows are identical, so CKA is 0/0"
-        return CkaResult(cka=None, unbiased=unbiased, n=n, undefined_reason=reason)
+        return cka_result(0.0, 0.0, 0.0, x_var=x_var, y_var=y_var, n=n, unbiased=unbiased)
     if unbiased:
         # Unbiased HSIC is unchanged by centring the features; centring first avoids
         # cancellation when hidden states share a large mean vector.
@@ -311,11 +364,8 @@ def linear_cka(
         hyy = _hsic_unbiased_linear(yc, yc)
     else:
         hxy, hxx, hyy = _cross_sq(xc, yc), _cross_sq(xc, xc), _cross_sq(yc, yc)
-    if hxx <= 0 or hyy <= 0:
-        reason = "the unbiased HSIC of a side with itself is not positive (too few pairs?)"
-        return CkaResult(cka=None, unbiased=unbiased, n=n, undefined_reason=reason)
     eps = PLATONIC_EPS if compat == "platonic" else 0.0
-    return CkaResult(cka=float(hxy / (np.sqrt(hxx * hyy) + eps)), unbiased=unbiased, n=n)
+    return cka_result(hxy, hxx, hyy, x_var=True, y_var=True, n=n, unbiased=unbiased, eps=eps)
 
 
 def _stream_cka(xa: np.ndarray, ya: np.ndarray) -> bool:
@@ -380,9 +430,7 @@ def _linear_cka_streamed(xa: np.ndarray, ya: np.ndarray, unbiased: bool) -> CkaR
     x_var = np.sqrt(max(float(np.trace(cxx)), 0.0)) > 1e-10 * np.sqrt(sqx)
     y_var = np.sqrt(max(float(np.trace(cyy)), 0.0)) > 1e-10 * np.sqrt(sqy)
     if not (x_var and y_var):
-        side = "x" if not x_var else "y"
-        reason = f"{side} has no variance: all its rows are identical, so CKA is 0/0"
-        return CkaResult(cka=None, unbiased=unbiased, n=n, undefined_reason=reason)
+        return cka_result(0.0, 0.0, 0.0, x_var=x_var, y_var=y_var, n=n, unbiased=unbiased)
     if unbiased:
         hxy = _hsic_unbiased_stats(n, cxy, ax, ay, kd, ld, w["xl"], w["yk"])
         hxx = _hsic_unbiased_stats(n, cxx, ax, ax, kd, kd, w["xk"], w["xk"])
@@ -391,10 +439,7 @@ def _linear_cka_streamed(xa: np.ndarray, ya: np.ndarray, unbiased: bool) -> CkaR
         hxy = float(np.einsum("ij,ij->", cxy, cxy))
         hxx = float(np.einsum("ij,ij->", cxx, cxx))
         hyy = float(np.einsum("ij,ij->", cyy, cyy))
-    if hxx <= 0 or hyy <= 0:
-        reason = "the unbiased HSIC of a side with itself is not positive (too few pairs?)"
-        return CkaResult(cka=None, unbiased=unbiased, n=n, undefined_reason=reason)
-    return CkaResult(cka=float(hxy / np.sqrt(hxx * hyy)), unbiased=unbiased, n=n)
+    return cka_result(hxy, hxx, hyy, x_var=True, y_var=True, n=n, unbiased=unbiased)
 
 
 def _hsic_unbiased_stats(
@@ -593,15 +638,8 @@ def cknna(x: Any, y: Any, k: int = 10, prepare: bool = True, compat: str = "exac
             parts[tag + "v"].append(g[r, c])
     kr, kc, kv = (np.concatenate(parts["k" + s]) for s in "rcv")
     lr, lc, lv = (np.concatenate(parts["l" + s]) for s in "rcv")
-    _, ik, il = np.intersect1d(kr * n + kc, lr * n + lc, assume_unique=True, return_indices=True)
-    sim_kl = _sparse_hsic(kr[ik], kc[ik], kv[ik], lv[il], n)
-    sim_kk = _sparse_hsic(kr, kc, kv, kv, n)
-    sim_ll = _sparse_hsic(lr, lc, lv, lv, n)
-    if sim_kk * sim_ll <= 0:
-        reason = "the k-NN-restricted HSIC of a side with itself is not positive"
-        return CknnaResult(score=None, k=int(k), n=n, undefined_reason=reason)
     eps = PLATONIC_EPS if compat == "platonic" else 0.0
-    return CknnaResult(score=float(sim_kl / (np.sqrt(sim_kk * sim_ll) + eps)), k=int(k), n=n)
+    return cknna_from_neighbours((kr, kc, kv), (lr, lc, lv), n, k, eps)
 
 
 # --------------------------------------------------------------------------- SVCCA
@@ -673,8 +711,7 @@ def semantic_hub_score(x: Any, y: Any) -> HubResult:
         sx += xb.sum(axis=0)
         sy += yb.sum(axis=0)
         diag += float(np.einsum("ij,ij->", xb, yb))
-    off = (float(sx @ sy) - diag) / (n * (n - 1))
-    return HubResult(score=diag / n - off, diag_mean=diag / n, offdiag_mean=off, n=n)
+    return hub_result(diag, float(sx @ sy), n)
 
 
 # --------------------------------------------------------------------------- site x site matrices

@@ -41,7 +41,9 @@ from xlalign.metrics.similarity import (
     HubResult,
     KnnResult,
     _prepare,
-    _sparse_hsic,
+    cka_result,
+    cknna_from_neighbours,
+    hub_result,
 )
 
 __all__ = ["Pair", "Side", "default_backend"]
@@ -233,10 +235,7 @@ class Pair(_NumpyPair):
 
     def hub(self) -> HubResult:
         s = self.t_cosines()
-        n = self.n
-        diag = float(torch.diagonal(s).sum())
-        off = (float(s.sum()) - diag) / (n * (n - 1))
-        return HubResult(score=diag / n - off, diag_mean=diag / n, offdiag_mean=off, n=n)
+        return hub_result(float(torch.diagonal(s).sum()), float(s.sum()), self.n)
 
     # ------------------------------------------------------------------ kernels
 
@@ -245,11 +244,9 @@ class Pair(_NumpyPair):
         kx, hxx, x_var = self.tx.t_gram()
         ky, hyy, y_var = self.ty.t_gram()
         if not (x_var and y_var):
-            side = "x" if not x_var else "y"
-            reason = f"{side} has no variance: all its rows are identical, so CKA is 0/0"
-            return CkaResult(cka=None, unbiased=False, n=self.n, undefined_reason=reason)
+            return cka_result(0.0, 0.0, 0.0, x_var=x_var, y_var=y_var, n=self.n, unbiased=False)
         hxy = float((kx * ky).sum())
-        return CkaResult(cka=hxy / float(np.sqrt(hxx * hyy)), unbiased=False, n=self.n)
+        return cka_result(hxy, hxx, hyy, x_var=True, y_var=True, n=self.n, unbiased=False)
 
     def cka_ci(self, n_boot: int, seed: int, level: float) -> CI:
         self._need(3, same_dim=False)
@@ -301,13 +298,4 @@ class Pair(_NumpyPair):
         kr, kc = (_np(v) for v in torch.nonzero(mk, as_tuple=True))
         lr, lc = (_np(v) for v in torch.nonzero(ml, as_tuple=True))
         kv, lv = _np(gk[mk]), _np(gl[ml])
-        _, ik, il = np.intersect1d(
-            kr * n + kc, lr * n + lc, assume_unique=True, return_indices=True
-        )
-        sim_kl = _sparse_hsic(kr[ik], kc[ik], kv[ik], lv[il], n)
-        sim_kk = _sparse_hsic(kr, kc, kv, kv, n)
-        sim_ll = _sparse_hsic(lr, lc, lv, lv, n)
-        if sim_kk * sim_ll <= 0:
-            reason = "the k-NN-restricted HSIC of a side with itself is not positive"
-            return CknnaResult(score=None, k=int(k), n=n, undefined_reason=reason)
-        return CknnaResult(score=float(sim_kl / np.sqrt(sim_kk * sim_ll)), k=int(k), n=n)
+        return cknna_from_neighbours((kr, kc, kv), (lr, lc, lv), n, k)

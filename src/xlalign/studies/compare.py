@@ -47,7 +47,7 @@ from xlalign.store import (
     load_run,
     read_json,
 )
-from xlalign.studies.findings import FINDING_METRICS, SMALL_SAMPLE, verdict
+from xlalign.studies.findings import FINDING_METRICS, small_sample_warning, verdict
 from xlalign.studies.layers import SweepConfig, layer_sweep
 
 FORMAT = "xlalign.compare"
@@ -654,10 +654,9 @@ def compare(
         say(f"note: {corpus['note']}")
     sweep_cfg = _load_sweeps(models, cfg, partial, progress, say)
     warnings: list[str] = []
-    if corpus["n_rows"] < SMALL_SAMPLE:
-        warnings.append(
-            f"only {corpus['n_rows']} shared pairs (< {SMALL_SAMPLE}): the numbers are not reliable"
-        )
+    small = small_sample_warning(corpus["n_rows"], "shared pairs")
+    if small is not None:
+        warnings.append(small)
     for m in models:
         if m.control is None:
             warnings.append(

@@ -106,6 +106,16 @@ def verdict(
 # building findings.json
 
 
+def small_sample_warning(n: int | None, what: str = "pairs") -> str | None:
+    """The warning for fewer than :data:`SMALL_SAMPLE` pairs (None when there are enough)."""
+    if n is None or n >= SMALL_SAMPLE:
+        return None
+    return (
+        f"only {n} {what} (under {SMALL_SAMPLE}): these numbers are not reliable; "
+        "intervals are wide and a few pairs can move any value"
+    )
+
+
 def _outside_interval(findings: Sequence[Mapping[str, Any]]) -> list[str]:
     """A warning for every model value that lies outside its own bootstrap interval.
 
@@ -217,12 +227,9 @@ def build_findings(
                     }
                 )
     warnings += _outside_interval(findings)
-    if n_pairs is not None and n_pairs < SMALL_SAMPLE:
-        warnings.insert(
-            0,
-            f"only {n_pairs} pairs (under {SMALL_SAMPLE}): these numbers are not reliable; "
-            "intervals are wide and a few pairs can move any value",
-        )
+    small = small_sample_warning(n_pairs)
+    if small is not None:
+        warnings.insert(0, small)
     if alignment.get("ci_skipped"):
         warnings.append(str(alignment["ci_skipped"]) + "; verdicts compare point values")
     elif not alignment.get("n_boot"):
@@ -503,8 +510,9 @@ def findings_for_origin(origin: Mapping[str, Any]) -> dict[str, Any]:
     findings: list[dict[str, Any]] = []
     warnings = ["origin z values have no confidence intervals: verdicts compare point values"]
     n = origin.get("n_pairs")
-    if isinstance(n, int) and n < SMALL_SAMPLE:
-        warnings.insert(0, f"only {n} pairs (under {SMALL_SAMPLE}): these numbers are not reliable")
+    small = small_sample_warning(n if isinstance(n, int) else None)
+    if small is not None:
+        warnings.insert(0, small)
     if ctl is None:
         warnings.append("no random-weights control: no finding can be beyond-control")
     for pool, key in _ORIGIN_POOLS.items():
