@@ -27,6 +27,10 @@ DENSE_MAX_ENTRIES = 2**23
 #: differences below ~1e-7, so 1e-10 merges rounding noise and nothing the data can carry.
 TIE_TOL = 1e-10
 
+#: A centred row (or centred matrix) whose norm is at most this fraction of the uncentred
+#: data's is rounding residue of the mean, not a direction: it counts as zero.
+RESIDUE_TOL = 1e-10
+
 
 class Result:
     """Mixin for the frozen result dataclasses: ``to_dict`` gives a JSON-safe dict."""
@@ -124,13 +128,19 @@ def safe_scale(a: np.ndarray) -> np.ndarray:
     is not (squares of 1e-30 underflow and of 1e30 overflow in float32, of 1e200 in float64) it
     now is. The dtype is kept. Arrays already in ``2**+-SAFE_EXPONENT`` come back unchanged.
     """
-    m = max_abs(a)
-    if m == 0.0:
-        return a
-    exponent = int(np.frexp(m)[1])
-    if -SAFE_EXPONENT <= exponent <= SAFE_EXPONENT:
+    exponent = safe_exponent(max_abs(a))
+    if exponent == 0:
         return a
     return np.ldexp(a, -exponent).astype(a.dtype, copy=False)
+
+
+def safe_exponent(m: float) -> int:
+    """The ``e`` such that :func:`safe_scale` multiplies by ``2**-e`` an array whose largest
+    magnitude is ``m``; 0 when it leaves the array unchanged (``m`` is 0 or not extreme)."""
+    if m == 0.0:
+        return 0
+    exponent = int(np.frexp(m)[1])
+    return 0 if -SAFE_EXPONENT <= exponent <= SAFE_EXPONENT else exponent
 
 
 def row_norms(a: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
@@ -197,7 +207,7 @@ class UnitRows:
             norms = row_norms(a, self.shift)
         if center:
             # A row equal to the mean leaves rounding residue, not a direction.
-            norms = np.where(norms <= 1e-10 * raw_max, 0.0, norms)
+            norms = np.where(norms <= RESIDUE_TOL * raw_max, 0.0, norms)
         check_nonzero(norms, name, centred=center)
         self.norms = norms
 

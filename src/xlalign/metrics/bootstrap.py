@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from xlalign.errors import XlalignError
-from xlalign.metrics._checks import Result, UnitRows, check_pair, strata_codes
+from xlalign.metrics._checks import RESIDUE_TOL, Result, UnitRows, check_pair, strata_codes
 from xlalign.metrics.permutation import DEGENERATE_STD
 from xlalign.metrics.retrieval import retrieval_hits
 from xlalign.metrics.similarity import _prepare
@@ -124,11 +124,16 @@ def bootstrap_counts(
     ``(n, n_boot, seed)`` are cached (the sweep asks for the same resamples at every site,
     pair and metric).
     """
-    step = chunk or max(1, BOOT_CHUNK_ENTRIES // n)
-    if n_boot * n <= BOOT_CACHE_ENTRIES:
+    step, kept = _count_plan(n, n_boot, chunk)
+    if kept:
         yield from _cached_counts(n, n_boot, seed, step)
     else:
         yield from _draw_counts(n, n_boot, seed, step)
+
+
+def _count_plan(n: int, n_boot: int, chunk: int | None = None) -> tuple[int, bool]:
+    """``(resamples per chunk, whether they are cached)`` of :func:`bootstrap_counts`."""
+    return chunk or max(1, BOOT_CHUNK_ENTRIES // n), n_boot * n <= BOOT_CACHE_ENTRIES
 
 
 def _draw_counts(n: int, n_boot: int, seed: int, step: int) -> Iterator[np.ndarray]:
@@ -343,7 +348,7 @@ def cka_ci_grams(
         bootstrap_counts(n, n_boot, seed), xs, ys, strict=True
     ):
         hxy = _hsic_counts(c, kl, ck, cl, sk, sl)
-        ok = np.minimum(hxx, hyy) > (1e-10 * scale) ** 2
+        ok = np.minimum(hxx, hyy) > _cka_floor(scale)
         with np.errstate(divide="ignore", invalid="ignore"):
             out.append(np.where(ok, hxy / np.sqrt(np.where(ok, hxx * hyy, 1.0)), np.nan))
     point = _cka_point(kx, ky, scale)
@@ -358,10 +363,16 @@ def _hsic_counts(
     return _rowdot(c, c @ prod) - 2 / n * _rowdot(c, a * b) + sa * sb / (n * n)
 
 
+def _cka_floor(scale: float) -> float:
+    """Self-HSIC at or below which a (resampled) side of CKA has no variance: rounding
+    residue, relative to ``scale``, the larger trace of the two Gram matrices."""
+    return (RESIDUE_TOL * scale) ** 2
+
+
 def _cka_point(kx: np.ndarray, ky: np.ndarray, scale: float) -> float | None:
     a, b = _double_centred(kx), _double_centred(ky)
     hxx, hyy = float(np.einsum("ij,ij->", a, a)), float(np.einsum("ij,ij->", b, b))
-    if min(hxx, hyy) <= (1e-10 * scale) ** 2:
+    if min(hxx, hyy) <= _cka_floor(scale):
         return None
     return float(np.einsum("ij,ij->", a, b)) / np.sqrt(hxx * hyy)
 

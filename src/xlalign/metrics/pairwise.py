@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 
 from xlalign.errors import XlalignError
-from xlalign.metrics._checks import UnitRows, as_float_array, check_finite, check_k
+from xlalign.metrics._checks import (
+    RESIDUE_TOL,
+    UnitRows,
+    as_float_array,
+    check_finite,
+    check_k,
+)
 from xlalign.metrics.bootstrap import CI, cka_ci_grams, gram_boot_stats, mean_ci, z_ci_cosines
 from xlalign.metrics.permutation import ZResult, z_from_cosines
 from xlalign.metrics.retrieval import (
@@ -83,7 +89,8 @@ class Side:
         def build() -> tuple[np.ndarray, float, bool]:
             f = np.asarray(self.a, dtype=np.float64)
             c = f - f.mean(axis=0)
-            var = np.sqrt(np.einsum("ij,ij->", c, c)) > 1e-10 * np.sqrt(np.einsum("ij,ij->", f, f))
+            cc, ff = np.einsum("ij,ij->", c, c), np.einsum("ij,ij->", f, f)
+            var = np.sqrt(cc) > RESIDUE_TOL * np.sqrt(ff)
             k = c @ c.T
             return k, float(np.einsum("ij,ij->", k, k)), bool(var)
 
@@ -182,11 +189,15 @@ class Pair:
 
     def p1_ci(self, direction: str, n_boot: int, seed: int, level: float) -> CI:
         """As :func:`~xlalign.metrics.bootstrap.p1_ci`."""
+        return mean_ci(self._hit_vector(direction), n_boot, seed, level)
+
+    def _hit_vector(self, direction: str) -> np.ndarray:
+        """Each pair's hit ``(n,)`` bool for P@1 ``"xy"``, ``"yx"`` or ``"mexa"``."""
         row_hit, col_hit, _ = self.hits()
         hits = {"xy": row_hit, "yx": col_hit, "mexa": row_hit & col_hit}.get(direction)
         if hits is None:
             raise XlalignError(f"direction must be 'xy', 'yx' or 'mexa'; got {direction!r}")
-        return mean_ci(hits, n_boot, seed, level)
+        return hits
 
     def xsim(self, k: int = 4) -> XsimResult:
         """As :func:`~xlalign.metrics.retrieval.xsim_error`."""

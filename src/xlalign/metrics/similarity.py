@@ -38,6 +38,7 @@ from xlalign.errors import XlalignError
 from xlalign.metrics._checks import (
     CHUNK_ROWS,
     DENSE_MAX_ENTRIES,
+    RESIDUE_TOL,
     TIE_TOL,
     Result,
     UnitRows,
@@ -246,7 +247,7 @@ def _cross_sq(a: np.ndarray, b: np.ndarray, path: str = "auto") -> float:
 def _centred(a: np.ndarray) -> tuple[np.ndarray, bool]:
     """Column-centred copy and whether any variance is left (not just rounding residue)."""
     c = a - a.mean(axis=0)
-    flat = np.sqrt(np.einsum("ij,ij->", c, c)) <= 1e-10 * np.sqrt(np.einsum("ij,ij->", a, a))
+    flat = np.sqrt(np.einsum("ij,ij->", c, c)) <= RESIDUE_TOL * np.sqrt(np.einsum("ij,ij->", a, a))
     return c, not flat
 
 
@@ -427,8 +428,8 @@ def _linear_cka_streamed(xa: np.ndarray, ya: np.ndarray, unbiased: bool) -> CkaR
             w["xl"] += lb @ xc
             w["yk"] += kb @ yc
             w["yl"] += lb @ yc
-    x_var = np.sqrt(max(float(np.trace(cxx)), 0.0)) > 1e-10 * np.sqrt(sqx)
-    y_var = np.sqrt(max(float(np.trace(cyy)), 0.0)) > 1e-10 * np.sqrt(sqy)
+    x_var = np.sqrt(max(float(np.trace(cxx)), 0.0)) > RESIDUE_TOL * np.sqrt(sqx)
+    y_var = np.sqrt(max(float(np.trace(cyy)), 0.0)) > RESIDUE_TOL * np.sqrt(sqy)
     if not (x_var and y_var):
         return cka_result(0.0, 0.0, 0.0, x_var=x_var, y_var=y_var, n=n, unbiased=unbiased)
     if unbiased:
