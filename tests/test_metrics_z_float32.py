@@ -167,3 +167,11 @@ def test_unknown_products_value_is_refused() -> None:
         matched_vs_scrambled_z(x, y, products="float16")
     with pytest.raises(XlalignError, match="products must be one of"):
         matched_vs_scrambled_z_sweep({"s": (x, y)}, products="bf16")
+
+
+def test_sweep_names_the_site_of_a_non_finite_row_on_the_float32_path() -> None:
+    good = hidden_like(30, 16, 0.5, 1.0, 0.0, seed=12)
+    x, y = hidden_like(30, 16, 0.5, 1.0, 0.0, seed=13)
+    y[8, 2] = np.nan
+    with pytest.raises(XlalignError, match=r"site 'L3': y has non-finite values .* row 8"):
+        matched_vs_scrambled_z_sweep({"L1": good, "L3": (x, y)})

@@ -79,10 +79,14 @@ def check_pair(
     *,
     min_pairs: int = 3,
     same_dim: bool = True,
+    values: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(x, y)`` validated: 2-D, real, finite, same row count, at least ``min_pairs`` rows.
 
     ``same_dim``: also require equal widths (needed wherever x is compared with y by cosine).
+    ``values=False`` checks shapes and dtypes only: for callers that check finiteness
+    themselves on the way (the exact z's float32 path does, from its float64 row norms) and
+    whose arithmetic needs no rescaling.
     """
     xa = as_float_array(x, "x")
     ya = as_float_array(y, "y")
@@ -99,6 +103,8 @@ def check_pair(
     n = xa.shape[0]
     if n < min_pairs:
         raise XlalignError(f"need at least {min_pairs} pairs (rows), got {n}")
+    if not values:
+        return xa, ya
     check_finite(xa, "x")
     check_finite(ya, "y")
     return safe_scale(xa), safe_scale(ya)

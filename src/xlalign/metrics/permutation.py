@@ -59,6 +59,7 @@ from xlalign.metrics._checks import (
     check_finite,
     check_nonzero,
     check_pair,
+    row_norms,
     strata_codes,
 )
 
@@ -269,18 +270,20 @@ _SCRATCH_ENTRIES = 2**17
 def _float32_moments(x: np.ndarray, y: np.ndarray, work: np.ndarray | None) -> _Moments:
     """Matched value and exact null moments with a float32 ``n x n`` product (``"auto"``).
 
-    ``x``, ``y``: float32 ``(n, d)``, shapes checked (finiteness is checked here, from the row
-    norms). ``work``: a reusable float32 ``(2, n, d)`` scratch array (the sweep passes one for
-    all its sites) or None.
+    ``x``, ``y``: float32 ``(n, d)`` with checked shapes; finiteness and zero rows are checked
+    here, from the float64 row norms (a float32 row is finite exactly when its float64 sum of
+    squares is, and no float32 value over- or underflows that sum), with the same errors as
+    the float64 path. ``work``: a reusable float32 ``(2, n, d)`` scratch array (the sweep
+    passes one for all its sites) or None.
 
-    Row blocks are converted to float64, where the row norms, the unit rows, the matched sum
-    ``sum_i u_i . v_i`` and the column sums are taken, so the matched value and the null mean
-    are float64 exactly as on the float64 path (their difference, the numerator of z, is
-    where float32 rounding would show). Only the variance's ``||Xc Yc^T||_F^2`` comes from a
-    float32 product, of the unit rows minus the first unit row, rounded to float32 only after
-    that shift (so relative to the spread of the rows, small when they share a large mean
-    vector, as hidden states do). Double-centring the product in float64 removes the shift
-    exactly (it is common to all rows), leaving ``Xc Yc^T``.
+    One pass over row blocks converts each block to float64 and takes there the row norms, the
+    unit rows, the matched sum ``sum_i u_i . v_i`` and the column sums, so the matched value and
+    the null mean are float64 exactly as on the float64 path (their difference, the numerator
+    of z, is where float32 rounding would show). Only the variance's ``||Xc Yc^T||_F^2`` comes
+    from a float32 product, of the unit rows minus the first unit row, shifted in float64 and
+    only then rounded (so relative to the spread of the rows, small when they share a large
+    mean vector, as hidden states do). Double-centring the product in float64 removes the shift
+    exactly, since it is common to all rows, leaving ``Xc Yc^T``.
     """
     n, d = x.shape
     if work is None or work.shape != (2, n, d):
@@ -288,39 +291,37 @@ def _float32_moments(x: np.ndarray, y: np.ndarray, work: np.ndarray | None) -> _
     step = max(1, _SCRATCH_ENTRIES // d)
     bx = np.empty((min(step, n), d), dtype=np.float64)
     by = np.empty_like(bx)
-    norms = []
-    for a, name, buf in ((x, "x", bx), (y, "y", by)):
-        nrm = np.empty(n, dtype=np.float64)
-        for start in range(0, n, step):
-            blk = buf[: min(step, n - start)]
-            np.copyto(blk, a[start : start + step])
-            nrm[start : start + step] = np.einsum("ij,ij->i", blk, blk)
-        if not np.isfinite(nrm).all():
-            check_finite(a, name)  # raises, naming the first non-finite row
-        np.sqrt(nrm, out=nrm)
-        check_nonzero(nrm, name)
-        norms.append(1.0 / nrm)
-    ix, iy = norms
-    sx, sy = x[0] * ix[0], y[0] * iy[0]
     col_x, col_y = np.zeros(d), np.zeros(d)
+    shift_x = shift_y = None
     matched = 0.0
     for start in range(0, n, step):
         rows = slice(start, start + step)
         ux, uy = bx[: min(step, n - start)], by[: min(step, n - start)]
-        np.multiply(x[rows], ix[rows, None], out=ux)
-        np.multiply(y[rows], iy[rows, None], out=uy)
+        for a, name, u in ((x, "x", ux), (y, "y", uy)):
+            np.copyto(u, a[rows])
+            norms = np.sqrt(np.einsum("ij,ij->i", u, u))
+            if not (np.isfinite(norms).all() and norms.all()):
+                _raise_bad_rows(a, name)
+            u *= (1.0 / norms)[:, None]
+        if shift_x is None:
+            shift_x, shift_y = ux[0].copy(), uy[0].copy()
         matched += float(np.einsum("ij,ij->", ux, uy))
         col_x += ux.sum(axis=0)
         col_y += uy.sum(axis=0)
-        ux -= sx
-        uy -= sy
-        work[0, rows] = ux
-        work[1, rows] = uy
+        np.subtract(ux, shift_x, out=work[0, rows], casting="same_kind")
+        np.subtract(uy, shift_y, out=work[1, rows], casting="same_kind")
     p = (work[0] @ work[1].T).astype(np.float64)
     c = p - p.mean(axis=1, keepdims=True) - p.mean(axis=0, keepdims=True) + p.mean()
     mean = float((col_x / n) @ (col_y / n))
     cross = float(np.einsum("ij,ij->", c, c))
     return _Moments(matched=matched / n, mean=mean, var=cross / (n * n * (n - 1)))
+
+
+def _raise_bad_rows(a: np.ndarray, name: str) -> None:
+    """Raise the float64 path's error for non-finite or zero rows of ``a`` (all rows scanned)."""
+    check_finite(a, name)
+    check_nonzero(row_norms(a), name)
+    raise AssertionError("unreachable: a block had a bad row")  # pragma: no cover
 
 
 def _use_float32(
@@ -514,10 +515,12 @@ def matched_vs_scrambled_z(
         XlalignError: mismatched rows, fewer than 3 pairs, NaN/inf rows, zero-norm rows (or,
             with ``center``, rows equal to their side's mean), bad strata, method or products.
     """
-    xa, ya = check_pair(x, y, min_pairs=3)
     _check_method(method, n_perms)
     _check_products(products)
+    xa, ya = check_pair(x, y, min_pairs=3, values=False)
     codes = strata_codes(strata, xa.shape[0])
+    if not (method == "exact" and _use_float32(products, xa, ya, codes, center)):
+        xa, ya = check_pair(xa, ya, min_pairs=3)
     perms = None
     if method == "monte-carlo":
         perms = draw_permutations(xa.shape[0], n_perms, seed, strata)
@@ -552,9 +555,12 @@ def matched_vs_scrambled_z_sweep(
     _check_products(products)
     checked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     first: str | None = None
+    shapes_only = method == "exact" and products == "auto" and strata is None and not center
     for name, xy in pairs.items():
         try:
-            xa, ya = check_pair(*xy, min_pairs=3)
+            xa, ya = check_pair(*xy, min_pairs=3, values=False)
+            if not (shapes_only and _use_float32(products, xa, ya, None, center)):
+                xa, ya = check_pair(xa, ya, min_pairs=3)  # the float32 path checks on its way
         except XlalignError as err:
             raise XlalignError(f"site {name!r}: {err}") from err
         if first is not None and xa.shape[0] != checked[first][0].shape[0]:
