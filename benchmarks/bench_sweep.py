@@ -44,6 +44,14 @@ from xlalign.synthetic import write_synthetic_run
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_metrics import make_pairs, study_z
 
+try:
+    import torch
+
+    #: The torch rows' label: ``--backend torch`` runs on CUDA where it is present.
+    TORCH = "torch-cuda" if torch.cuda.is_available() else "torch-cpu"
+except ImportError:  # pragma: no cover - torch is a dependency of xlalign
+    TORCH = "torch-cpu"
+
 
 @contextmanager
 def legacy() -> Iterator[None]:
@@ -113,8 +121,8 @@ def sweep_variants(
     out = {
         "numpy, n-boot 0": go(0, False),
         "numpy, n-boot 200": go(200, False),
-        "torch-cpu, n-boot 0": go(0, False, "torch"),
-        "torch-cpu, n-boot 200": go(200, False, "torch"),
+        f"{TORCH}, n-boot 0": go(0, False, "torch"),
+        f"{TORCH}, n-boot 200": go(200, False, "torch"),
         "before, n-boot 0": go(0, True),
     }
     if with_legacy_ci:
@@ -135,11 +143,10 @@ def report(title: str, med: dict[str, tuple[float, float]]) -> None:
 
     print(f"intervals cost, numpy (200 / 0):      {ratio('numpy, n-boot 200', 'numpy, n-boot 0')}")
     print(
-        f"intervals cost, torch-cpu (200 / 0):  "
-        f"{ratio('torch-cpu, n-boot 200', 'torch-cpu, n-boot 0')}"
+        f"intervals cost, {TORCH} (200 / 0):  {ratio(f'{TORCH}, n-boot 200', f'{TORCH}, n-boot 0')}"
     )
     print(
-        f"torch-cpu / numpy, n-boot 200:        {ratio('torch-cpu, n-boot 200', 'numpy, n-boot 200')}"
+        f"{TORCH} / numpy, n-boot 200:        {ratio(f'{TORCH}, n-boot 200', 'numpy, n-boot 200')}"
     )
     print(f"point estimates, before / numpy:      {ratio('before, n-boot 0', 'numpy, n-boot 0')}")
     print(

@@ -292,7 +292,7 @@ def _float32_moments(x: np.ndarray, y: np.ndarray, work: np.ndarray | None) -> _
     bx = np.empty((min(step, n), d), dtype=np.float64)
     by = np.empty_like(bx)
     col_x, col_y = np.zeros(d), np.zeros(d)
-    shift_x = shift_y = None
+    shift_x, shift_y = np.empty(d), np.empty(d)
     matched = 0.0
     for start in range(0, n, step):
         rows = slice(start, start + step)
@@ -303,8 +303,8 @@ def _float32_moments(x: np.ndarray, y: np.ndarray, work: np.ndarray | None) -> _
             if not (np.isfinite(norms).all() and norms.all()):
                 _raise_bad_rows(a, name)
             u *= (1.0 / norms)[:, None]
-        if shift_x is None:
-            shift_x, shift_y = ux[0].copy(), uy[0].copy()
+        if start == 0:
+            shift_x[:], shift_y[:] = ux[0], uy[0]
         matched += float(np.einsum("ij,ij->", ux, uy))
         col_x += ux.sum(axis=0)
         col_y += uy.sum(axis=0)

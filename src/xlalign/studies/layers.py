@@ -85,6 +85,12 @@ CI_MAX_N = 10_000
 #: across pairs, batched intervals); above it each metric streams on its own (``n x n``
 #: float64 matrices: 4,096 pairs hold 128 MiB each).
 SHARED_MAX_N = 4096
+#: How the studies' exact z multiplies: float64 throughout, so every z a study reports (the
+#: shared cosine matrix's, the per-metric path's, the lexical baseline's, the origin study's)
+#: agrees with the others to float64 rounding. The library's default for float32 inputs is
+#: float32 products (``products="auto"``), within 1e-6 of these; see docs/metrics.md.
+STUDY_PRODUCTS = "float64"
+
 #: ``--backend`` choices.
 BACKENDS = ("auto", "numpy", "torch")
 #: Metrics whose value does not change when the two languages swap places.
@@ -375,8 +381,9 @@ def _z_all_sites(
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """z at every site on one null; a site whose data cannot be scored gets its reason."""
     kw: dict[str, Any] = dict(
-        method=cfg.null, n_perms=cfg.n_perms, seed=cfg.seed, strata=strata, center=cfg.center
-    )
+        method=cfg.null, n_perms=cfg.n_perms, seed=cfg.seed, strata=strata, center=cfg.center,
+        products=STUDY_PRODUCTS,
+    )  # fmt: skip
     try:
         return matched_vs_scrambled_z_sweep(_LazySites(run, lx, ly, pool, sites), **kw), {}  # type: ignore[arg-type]
     except XlalignError:
@@ -419,7 +426,9 @@ def _z_single(
     x: np.ndarray, y: np.ndarray, cfg: SweepConfig, strata: Sequence[Any] | None
 ) -> Callable[[Any, bool], Any]:
     """The exact z of one site from the public function (when no shared Pair could be built)."""
-    return lambda _codes, center: matched_vs_scrambled_z(x, y, strata=strata, center=center)
+    return lambda _codes, center: matched_vs_scrambled_z(
+        x, y, strata=strata, center=center, products=STUDY_PRODUCTS
+    )
 
 
 def layer_sweep(
@@ -669,7 +678,7 @@ def lexical_records(
             if "z" in cfg.metrics:
                 kw: dict[str, Any] = dict(
                     method=cfg.null, n_perms=cfg.n_perms, seed=cfg.seed, strata=strata,
-                    center=cfg.center,
+                    center=cfg.center, products=STUDY_PRODUCTS,
                 )  # fmt: skip
                 z, z_why = _guard(functools.partial(matched_vs_scrambled_z, x, y, **kw))
                 recs.append(

@@ -27,6 +27,7 @@ import numpy as np
 from xlalign.errors import RunError, XlalignError
 from xlalign.metrics import ZResult, cohen_d_pc1, matched_vs_scrambled_z, pca_subspace_z
 from xlalign.store import Run
+from xlalign.studies.layers import STUDY_PRODUCTS
 from xlalign.tokens import TOKEN_CLASSES, TokenClassifier
 
 #: The study's result keys that hold a z value.
@@ -102,8 +103,9 @@ def check_origin_run(run: Run) -> None:
 def _z(x: np.ndarray, y: np.ndarray, cfg: OriginConfig, strata: Sequence[Any] | None = None) -> Z:
     try:
         res = matched_vs_scrambled_z(
-            x, y, method=cfg.null, n_perms=cfg.n_perms, seed=cfg.seed, strata=strata
-        )
+            x, y, method=cfg.null, n_perms=cfg.n_perms, seed=cfg.seed, strata=strata,
+            products=STUDY_PRODUCTS,
+        )  # fmt: skip
     except XlalignError as e:
         return Z(None, str(e), None, len(x))
     return Z(res.z, res.undefined_reason, res, res.n)
