@@ -99,3 +99,21 @@ def test_float32_study_arithmetic_is_kept_bit_for_bit():
     b = M.matched_vs_scrambled_z(x * np.float32(2.0**-100), y * np.float32(2.0**-100),
                                  method="monte-carlo", n_perms=100)  # fmt: skip
     assert a.z == b.z and a.matched == b.matched and a.null_std == b.null_std
+
+
+def test_rows_of_very_different_sizes_are_not_flushed_to_zero():
+    """A float32 array holding 1e13 and 1e-35 rows needs rescaling (squares of 1e13 x 2**k
+    approach float32's range); in float32 the tiny row would underflow to zero, so the scaled
+    copy is float64 and every metric sees the same directions as in float64."""
+    x0, y0 = _data()
+    x0[3] *= 1e13
+    x0[7] *= 1e-35
+    x32, y32 = x0.astype(np.float32), y0.astype(np.float32)
+    assert np.abs(x32[7]).max() > 0  # representable in float32 (subnormal-free: ~1e-35)
+    x64, y64 = x32.astype(np.float64), y32.astype(np.float64)
+    for method in ("exact", "monte-carlo"):
+        got = M.matched_vs_scrambled_z(x32, y32, method=method, n_perms=200)
+        want = M.matched_vs_scrambled_z(x64, y64, method=method, n_perms=200)
+        assert got.z == pytest.approx(want.z, rel=1e-5), method
+    assert M.linear_cka(x32, y32).cka == pytest.approx(M.linear_cka(x64, y64).cka, rel=1e-5)
+    assert M.retrieval_scores(x32, y32) == M.retrieval_scores(x64, y64)

@@ -107,3 +107,16 @@ def test_errors_match_the_public_functions() -> None:
     y2 = np.full((10, 4), np.nan)
     with pytest.raises(Exception, match="non-finite"):
         Side(y2, "y")
+
+
+def test_sides_rescale_extreme_inputs_like_the_public_functions() -> None:
+    """Squares of 1e300 overflow float64: a Side rescales by a power of two first, as
+    check_pair does, so centring does not turn every row into 'equal to the mean'."""
+    x, y = paired(30, 12, 0.6, 5)
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    big = Pair(Side(x64 * 1e300, "x"), Side(y64 * 1e300, "y"))
+    ref = Pair(Side(x64, "x"), Side(y64, "y"))
+    for center in (False, True):
+        assert big.z(None, center).z == pytest.approx(ref.z(None, center).z, rel=1e-12)
+    assert big.cka().cka == pytest.approx(ref.cka().cka, rel=1e-12)
+    assert big.retrieval() == ref.retrieval()

@@ -128,6 +128,7 @@ def knn_inputs() -> dict[str, np.ndarray]:
         "two_columns": rs.randn(6, 2),
         "huge": rs.randn(8, 11) * 1e200,  # rescaled by a power of two first (safe_scale)
         "tiny": rs.randn(8, 11) * 1e-200,
+        "subnormal": rs.randn(8, 11) * 1e-310,  # 2**-e overflows a float: scaled in two steps
     }
 
 

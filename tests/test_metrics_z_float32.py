@@ -55,7 +55,7 @@ CASES = [
     (200, 2048, 0.3, 10.0, 1000.0),
     (200, 896, 1.0, 3.0, 0.0),
     (64, 4096, 0.1, 30.0, 1000.0),
-    (1001, 512, 0.05, 10.0, 300.0),
+    (500, 512, 0.05, 10.0, 300.0),
 ]
 
 
@@ -81,31 +81,34 @@ def test_the_float32_path_is_taken_only_where_promised(monkeypatch: pytest.Monke
     calls: list[tuple[int, int]] = []
     real = permutation._float32_moments
 
-    def spy(x: np.ndarray, y: np.ndarray, work: np.ndarray | None) -> object:
+    def spy(x: np.ndarray, y: np.ndarray, scratch: object) -> object:
         calls.append(x.shape)
-        return real(x, y, work)
+        return real(x, y, scratch)  # type: ignore[arg-type]
 
     monkeypatch.setattr(permutation, "_float32_moments", spy)
-    x, y = hidden_like(40, 32, 0.5, 3.0, 0.0, seed=1)
+    x, y = hidden_like(30, 32, 0.5, 3.0, 0.0, seed=1)
     matched_vs_scrambled_z(x, y)
-    assert calls == [(40, 32)]
+    assert calls == [(30, 32)]
     for kwargs in (
         {"products": "float64"},
-        {"strata": np.arange(40) % 3},
+        {"strata": np.arange(30) % 3},
         {"center": True},
         {"method": "monte-carlo", "n_perms": 50},
     ):
         matched_vs_scrambled_z(x, y, **kwargs)  # type: ignore[arg-type]
     matched_vs_scrambled_z(x.astype(np.float64), y)  # mixed dtypes: float64
-    assert calls == [(40, 32)]
+    # N > d: the float64 path sums d x d scatter matrices, cheaper than an N x N product
+    wide_x, wide_y = hidden_like(40, 8, 0.5, 3.0, 0.0, seed=1)
+    matched_vs_scrambled_z(wide_x, wide_y)
+    assert calls == [(30, 32)]
 
 
 def test_sweep_reuses_one_scratch_and_equals_single_calls() -> None:
     pairs = {
-        "a": hidden_like(70, 48, 0.5, 10.0, 50.0, seed=2),
-        "b": hidden_like(70, 48, 0.2, 3.0, 0.0, seed=3),
-        "c": hidden_like(70, 80, 0.9, 1.0, 0.0, seed=4),  # another width: a new scratch
-        "d": hidden_like(70, 48, 0.0, 0.0, 0.0, seed=5),
+        "a": hidden_like(45, 48, 0.5, 10.0, 50.0, seed=2),
+        "b": hidden_like(45, 48, 0.2, 3.0, 0.0, seed=3),
+        "c": hidden_like(45, 80, 0.9, 1.0, 0.0, seed=4),  # another width: a new scratch
+        "d": hidden_like(45, 48, 0.0, 0.0, 0.0, seed=5),
     }
     swept = matched_vs_scrambled_z_sweep(pairs)
     for name, (x, y) in pairs.items():
@@ -113,10 +116,10 @@ def test_sweep_reuses_one_scratch_and_equals_single_calls() -> None:
 
 
 def test_block_boundaries_do_not_matter(monkeypatch: pytest.MonkeyPatch) -> None:
-    x, y = hidden_like(53, 40, 0.4, 20.0, 200.0, seed=6)
+    x, y = hidden_like(53, 60, 0.4, 20.0, 200.0, seed=6)
     want = matched_vs_scrambled_z(x, y)
-    for entries in (40, 7 * 40, 2**20):  # one row per block, ragged blocks, one block
-        monkeypatch.setattr(permutation, "_SCRATCH_ENTRIES", entries)
+    for entries in (60, 7 * 60, 2**20):  # one row per block, ragged blocks, one block
+        monkeypatch.setattr(permutation, "_BLOCK_ENTRIES", entries)
         got = matched_vs_scrambled_z(x, y)
         assert got.z == pytest.approx(want.z, rel=1e-9)
         assert got.matched == pytest.approx(want.matched, abs=1e-14)
@@ -124,7 +127,7 @@ def test_block_boundaries_do_not_matter(monkeypatch: pytest.MonkeyPatch) -> None
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_rows_give_the_float64_paths_error(bad: float) -> None:
-    x, y = hidden_like(30, 16, 0.5, 1.0, 0.0, seed=7)
+    x, y = hidden_like(30, 32, 0.5, 1.0, 0.0, seed=7)
     x[17, 3] = bad
     x[21, 0] = bad
     with pytest.raises(XlalignError) as f32:
@@ -136,7 +139,7 @@ def test_non_finite_rows_give_the_float64_paths_error(bad: float) -> None:
 
 
 def test_zero_rows_give_the_float64_paths_error() -> None:
-    x, y = hidden_like(30, 16, 0.5, 1.0, 0.0, seed=8)
+    x, y = hidden_like(30, 32, 0.5, 1.0, 0.0, seed=8)
     y[4] = 0.0
     y[9] = 0.0
     with pytest.raises(XlalignError, match=r"y has zero-norm rows at indices \[4, 9\]"):
@@ -144,17 +147,17 @@ def test_zero_rows_give_the_float64_paths_error() -> None:
 
 
 def test_identical_rows_are_degenerate_on_the_float32_path() -> None:
-    x, y = hidden_like(25, 16, 0.5, 1.0, 0.0, seed=9)
+    x, y = hidden_like(25, 32, 0.5, 1.0, 0.0, seed=9)
     x[:] = x[3]
     res = matched_vs_scrambled_z(x, y)
     assert res.z is None
-    assert res.null_std == 0.0
+    assert res.null_std <= permutation.DEGENERATE_STD
     assert res.undefined_reason == permutation._REASON_FLAT
 
 
 @pytest.mark.parametrize("scale", [1e-30, 1e30])
 def test_extreme_scales_match_float64(scale: float) -> None:
-    x, y = hidden_like(40, 24, 0.5, 5.0, 0.0, seed=10)
+    x, y = hidden_like(40, 48, 0.5, 5.0, 0.0, seed=10)
     xs, ys = (x * np.float32(scale)), (y * np.float32(scale))
     want = matched_vs_scrambled_z(x, y, products="float64").z
     assert want is not None
@@ -170,8 +173,46 @@ def test_unknown_products_value_is_refused() -> None:
 
 
 def test_sweep_names_the_site_of_a_non_finite_row_on_the_float32_path() -> None:
-    good = hidden_like(30, 16, 0.5, 1.0, 0.0, seed=12)
-    x, y = hidden_like(30, 16, 0.5, 1.0, 0.0, seed=13)
+    good = hidden_like(30, 32, 0.5, 1.0, 0.0, seed=12)
+    x, y = hidden_like(30, 32, 0.5, 1.0, 0.0, seed=13)
     y[8, 2] = np.nan
     with pytest.raises(XlalignError, match=r"site 'L3': y has non-finite values .* row 8"):
         matched_vs_scrambled_z_sweep({"L1": good, "L3": (x, y)})
+
+
+def test_an_outlier_first_row_does_not_cost_digits() -> None:
+    """Rows that agree to ~1e-4 around a shared direction, and one pair far from it: the rows
+    are centred on their float64 mean before rounding, wherever the outlier sits (shifting by
+    the first row instead put z 1.8e-5 off here, 18 times the tolerance)."""
+    rs = np.random.default_rng(14)
+    n, d = 20, 1024
+    base = rs.standard_normal(d)
+    latent = rs.standard_normal((n, d))
+    x = base + 3e-4 * (latent + rs.standard_normal((n, d)))
+    y = base + 3e-4 * (latent + rs.standard_normal((n, d)))
+    x[0] = rs.standard_normal(d)
+    x[0] -= (x[0] @ base) / (base @ base) * base  # orthogonal to the shared direction
+    for order in (np.arange(n), np.roll(np.arange(n), -1)):
+        xs, ys = x[order].astype(np.float32), y[order].astype(np.float32)
+        matched, mean, std = reference(xs, ys)
+        want = (matched - mean) / std
+        got = matched_vs_scrambled_z(xs, ys).z
+        assert got is not None
+        assert abs(got - want) <= 1e-6 * max(abs(want), 1.0)
+
+
+def test_errors_come_in_the_float64_paths_order() -> None:
+    x, y = hidden_like(30, 40, 0.5, 1.0, 0.0, seed=15)
+    for fill in ("nan_both", "zero_x_inf_y", "zero_both"):
+        xb, yb = x.copy(), y.copy()
+        if fill == "nan_both":
+            xb[25, 1], yb[10, 2] = np.nan, np.nan
+        elif fill == "zero_x_inf_y":
+            xb[5], yb[10, 0] = 0.0, np.inf
+        else:
+            xb[20], yb[3] = 0.0, 0.0
+        with pytest.raises(XlalignError) as f32:
+            matched_vs_scrambled_z(xb, yb)
+        with pytest.raises(XlalignError) as f64:
+            matched_vs_scrambled_z(xb, yb, products="float64")
+        assert str(f32.value) == str(f64.value), fill

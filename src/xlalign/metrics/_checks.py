@@ -79,14 +79,13 @@ def check_pair(
     *,
     min_pairs: int = 3,
     same_dim: bool = True,
-    values: bool = True,
+    rescale: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(x, y)`` validated: 2-D, real, finite, same row count, at least ``min_pairs`` rows.
 
     ``same_dim``: also require equal widths (needed wherever x is compared with y by cosine).
-    ``values=False`` checks shapes and dtypes only: for callers that check finiteness
-    themselves on the way (the exact z's float32 path does, from its float64 row norms) and
-    whose arithmetic needs no rescaling.
+    ``rescale=False`` skips :func:`safe_scale`, for callers that compute in float64 from
+    float32 inputs (no float32 value over- or underflows a float64 sum of squares).
     """
     xa = as_float_array(x, "x")
     ya = as_float_array(y, "y")
@@ -103,10 +102,10 @@ def check_pair(
     n = xa.shape[0]
     if n < min_pairs:
         raise XlalignError(f"need at least {min_pairs} pairs (rows), got {n}")
-    if not values:
-        return xa, ya
     check_finite(xa, "x")
     check_finite(ya, "y")
+    if not rescale:
+        return xa, ya
     return safe_scale(xa), safe_scale(ya)
 
 
@@ -132,12 +131,29 @@ def safe_scale(a: np.ndarray) -> np.ndarray:
     exact in binary floating point: where ``a``'s own arithmetic is representable, the scaled
     arithmetic gives the same bits (the study's float32 numbers stay bit for bit), and where it
     is not (squares of 1e-30 underflow and of 1e30 overflow in float32, of 1e200 in float64) it
-    now is. The dtype is kept. Arrays already in ``2**+-SAFE_EXPONENT`` come back unchanged.
+    now is. The dtype is kept, unless scaling in it would flush a row to zero or to subnormal
+    values (rows of very different sizes, say 1e13 and 1e-35 in float32): then the scaled copy
+    is float64, where every row keeps its digits. Arrays already in ``2**+-SAFE_EXPONENT`` come
+    back unchanged.
     """
     exponent = safe_exponent(max_abs(a))
     if exponent == 0:
         return a
-    return np.ldexp(a, -exponent).astype(a.dtype, copy=False)
+    scaled = np.ldexp(a, -exponent).astype(a.dtype, copy=False)
+    if a.dtype != np.float64 and _flushes_a_row(a, scaled):
+        return np.ldexp(np.asarray(a, dtype=np.float64), -exponent)
+    return scaled
+
+
+def _flushes_a_row(a: np.ndarray, scaled: np.ndarray) -> bool:
+    """Whether a nonzero row of ``a`` has no normal-range value left in ``scaled``."""
+    tiny = np.finfo(scaled.dtype).tiny
+    for start in range(0, a.shape[0], CHUNK_ROWS):
+        kept = np.abs(scaled[start : start + CHUNK_ROWS]).max(axis=1, initial=0.0)
+        nonzero = np.abs(a[start : start + CHUNK_ROWS]).max(axis=1, initial=0.0) > 0
+        if bool(np.any(nonzero & (kept < tiny))):
+            return True
+    return False
 
 
 def safe_exponent(m: float) -> int:

@@ -28,6 +28,7 @@ from xlalign.metrics._checks import (
     as_float_array,
     check_finite,
     check_k,
+    safe_scale,
 )
 from xlalign.metrics.bootstrap import CI, cka_ci_grams, gram_boot_stats, mean_ci, z_ci_cosines
 from xlalign.metrics.permutation import ZResult, z_from_cosines
@@ -60,9 +61,10 @@ class Side:
     """
 
     def __init__(self, a: Any, name: str) -> None:
-        self.a = as_float_array(a, name)
+        a = as_float_array(a, name)
+        check_finite(a, name)
+        self.a = safe_scale(a)  # every metric here is scale-free; no squares of 1e300
         self.name = name
-        check_finite(self.a, name)
         self._cache: dict[Any, Any] = {}
 
     @property

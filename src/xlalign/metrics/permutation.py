@@ -21,8 +21,12 @@ Two ways to get the null's moments:
     from two float64 ``d x d`` scatter matrices accumulated over row chunks. Memory stays
     linear in ``N`` (``N = 100_000``, ``d = 1024``: the inputs plus ~100 MB). Strata apply
     the same per stratum.
-    Float64 throughout. No p-value (``p_value = None``): the exact null is not normal for small
-    ``N`` and a normal-approximation p would look more exact than it is.
+    Float64 throughout, except that with ``products="auto"`` (the default) float32 inputs in
+    the direct case (no strata, no ``center``) take the one ``N x N`` product in float32, from
+    rows normalised and centred in float64; the matched value and null mean stay float64 and z
+    stays within ``1e-6 * max(|z|, 1)`` of the float64 value (``docs/metrics.md``, "Float32
+    products"). No p-value (``p_value = None``): the exact null is not normal for small ``N``
+    and a normal-approximation p would look more exact than it is.
 
 ``method="monte-carlo"``
     ``n_perms`` permutations from ``np.random.RandomState(seed)`` drawn as the study did, and the
@@ -54,12 +58,13 @@ import numpy as np
 from xlalign.errors import XlalignError
 from xlalign.metrics._checks import (
     CHUNK_ROWS,
+    DENSE_MAX_ENTRIES,
     Result,
     UnitRows,
-    check_finite,
     check_nonzero,
     check_pair,
     row_norms,
+    safe_scale,
     strata_codes,
 )
 
@@ -263,78 +268,102 @@ def _exact_moments(
     return _Moments(matched=matched_sum / n, mean=mean, var=max(var, 0.0))
 
 
-#: Entries per block of the float32-product path's float64 scratch (``rows x d``, 1 MiB).
-_SCRATCH_ENTRIES = 2**17
+#: Entries per row block of the float32-product path's passes (``rows x d``: 1 MiB of float64,
+#: so a block stays in cache; larger blocks measured twice as slow on the development VM).
+_BLOCK_ENTRIES = 2**17
 
 
-def _float32_moments(x: np.ndarray, y: np.ndarray, work: np.ndarray | None) -> _Moments:
+class _Scratch:
+    """The float32-product path's reusable array of float32 centred rows ``(2, n, d)``. A sweep
+    keeps one for all its sites, so no site pays for fresh memory (allocating and
+    page-faulting it cost as much as the product)."""
+
+    def __init__(self) -> None:
+        self.f32: np.ndarray | None = None
+
+    def array(self, n: int, d: int) -> np.ndarray:
+        if self.f32 is None or self.f32.shape != (2, n, d):
+            self.f32 = np.empty((2, n, d), dtype=np.float32)
+        return self.f32
+
+
+def _approximate_mean(a: np.ndarray) -> np.ndarray:
+    """The mean of ``a``'s unit rows in float32 arithmetic (relative error ~1e-7): only a
+    shift common to all rows, which double-centring removes exactly, so it need only bring the
+    rows near their mean before they are rounded."""
+    norms = np.sqrt(np.einsum("ij,ij->i", a, a))
+    with np.errstate(divide="ignore"):
+        inv = np.where(norms > 0, 1 / norms, 0).astype(np.float32)
+    return (inv @ a).astype(np.float64) / a.shape[0]
+
+
+def _float32_moments(x: np.ndarray, y: np.ndarray, scratch: _Scratch | None) -> _Moments:
     """Matched value and exact null moments with a float32 ``n x n`` product (``"auto"``).
 
-    ``x``, ``y``: float32 ``(n, d)`` with checked shapes; finiteness and zero rows are checked
-    here, from the float64 row norms (a float32 row is finite exactly when its float64 sum of
-    squares is, and no float32 value over- or underflows that sum), with the same errors as
-    the float64 path. ``work``: a reusable float32 ``(2, n, d)`` scratch array (the sweep
-    passes one for all its sites) or None.
+    ``x``, ``y``: float32 ``(n, d)``, checked finite (zero rows are checked here, with the
+    float64 path's errors). ``scratch``: reusable arrays (the sweep passes one) or None.
 
     One pass over row blocks converts each block to float64 and takes there the row norms, the
-    unit rows, the matched sum ``sum_i u_i . v_i`` and the column sums, so the matched value and
-    the null mean are float64 exactly as on the float64 path (their difference, the numerator
-    of z, is where float32 rounding would show). Only the variance's ``||Xc Yc^T||_F^2`` comes
-    from a float32 product, of the unit rows minus the first unit row, shifted in float64 and
-    only then rounded (so relative to the spread of the rows, small when they share a large
-    mean vector, as hidden states do). Double-centring the product in float64 removes the shift
-    exactly, since it is common to all rows, leaving ``Xc Yc^T``.
+    unit rows, the matched sum ``sum_i u_i . v_i`` and the column sums, so the matched value
+    and the null mean are float64 exactly as on the float64 path (their difference, the
+    numerator of z, is where float32 rounding would show). In the same pass the unit rows minus
+    an approximate mean are rounded to float32, so the rounding is relative to the rows' spread
+    around their mean (small when they share a large mean vector, as hidden states do), not to
+    the unit rows. Only the variance's ``||Xc Yc^T||_F^2`` comes from their float32 product;
+    double-centring it in float64 removes the shift exactly, being common to all rows.
     """
     n, d = x.shape
-    if work is None or work.shape != (2, n, d):
-        work = np.empty((2, n, d), dtype=np.float32)
-    step = max(1, _SCRATCH_ENTRIES // d)
-    bx = np.empty((min(step, n), d), dtype=np.float64)
-    by = np.empty_like(bx)
-    col_x, col_y = np.zeros(d), np.zeros(d)
-    shift_x, shift_y = np.empty(d), np.empty(d)
+    f32 = (scratch or _Scratch()).array(n, d)
+    step = max(1, _BLOCK_ENTRIES // d)
+    buf = np.empty((2, min(step, n), d), dtype=np.float64)
+    shifts = (_approximate_mean(x), _approximate_mean(y))
+    cols = np.zeros((2, d))
     matched = 0.0
     for start in range(0, n, step):
         rows = slice(start, start + step)
-        ux, uy = bx[: min(step, n - start)], by[: min(step, n - start)]
-        for a, name, u in ((x, "x", ux), (y, "y", uy)):
+        m = min(step, n - start)
+        for k, a in enumerate((x, y)):
+            u = buf[k, :m]
             np.copyto(u, a[rows])
             norms = np.sqrt(np.einsum("ij,ij->i", u, u))
-            if not (np.isfinite(norms).all() and norms.all()):
-                _raise_bad_rows(a, name)
+            if not norms.all():
+                _raise_zero_rows(x, y)
             u *= (1.0 / norms)[:, None]
-        if start == 0:
-            shift_x[:], shift_y[:] = ux[0], uy[0]
-        matched += float(np.einsum("ij,ij->", ux, uy))
-        col_x += ux.sum(axis=0)
-        col_y += uy.sum(axis=0)
-        np.subtract(ux, shift_x, out=work[0, rows], casting="same_kind")
-        np.subtract(uy, shift_y, out=work[1, rows], casting="same_kind")
-    p = (work[0] @ work[1].T).astype(np.float64)
+            cols[k] += u.sum(axis=0)
+        matched += float(np.einsum("ij,ij->", buf[0, :m], buf[1, :m]))
+        for k in (0, 1):
+            np.subtract(buf[k, :m], shifts[k], out=f32[k, rows], casting="same_kind")
+    p = (f32[0] @ f32[1].T).astype(np.float64)
     c = p - p.mean(axis=1, keepdims=True) - p.mean(axis=0, keepdims=True) + p.mean()
-    mean = float((col_x / n) @ (col_y / n))
     cross = float(np.einsum("ij,ij->", c, c))
+    mean = float((cols[0] / n) @ (cols[1] / n))
     return _Moments(matched=matched / n, mean=mean, var=cross / (n * n * (n - 1)))
 
 
-def _raise_bad_rows(a: np.ndarray, name: str) -> None:
-    """Raise the float64 path's error for non-finite or zero rows of ``a`` (all rows scanned)."""
-    check_finite(a, name)
-    check_nonzero(row_norms(a), name)
-    raise AssertionError("unreachable: a block had a bad row")  # pragma: no cover
+def _raise_zero_rows(x: np.ndarray, y: np.ndarray) -> None:
+    """Raise the float64 path's error for zero rows: x's first, all rows named."""
+    check_nonzero(row_norms(x), "x")
+    check_nonzero(row_norms(y), "y")
+    raise AssertionError("unreachable: a block had a zero row")  # pragma: no cover
 
 
 def _use_float32(
     products: str, x: np.ndarray, y: np.ndarray, codes: np.ndarray | None, center: bool
 ) -> bool:
+    """Whether the exact z takes the float32-product path: float32 inputs, no strata, no
+    centring, and the float64 path's direct case (``N <= min(d, 4096)``, where it forms the
+    ``N x N`` cosine matrix too; for ``N > d`` it sums ``d x d`` scatter matrices instead,
+    cheaper than any ``N x N`` product), with the scratch within ``DENSE_MAX_ENTRIES`` a side."""
     if products == "float64":
         return False
+    n, d = x.shape
     return (
         x.dtype == np.float32
         and y.dtype == np.float32
         and codes is None
         and not center
-        and x.shape[0] <= DIRECT_MAX_N
+        and n <= min(d, DIRECT_MAX_N)
+        and n * d <= DENSE_MAX_ENTRIES
     )
 
 
@@ -436,11 +465,11 @@ def _z_validated(
     codes: np.ndarray | None,
     center: bool,
     products: str = "auto",
-    work: np.ndarray | None = None,
+    scratch: _Scratch | None = None,
 ) -> ZResult:
     n = x.shape[0]
     if method == "exact" and _use_float32(products, x, y, codes, center):
-        moments = _float32_moments(x, y, work)
+        moments = _float32_moments(x, y, scratch)
     else:
         xu, yu = UnitRows(x, "x", center=center), UnitRows(y, "y", center=center)
         moments = _exact_moments(xu, yu, codes)
@@ -495,7 +524,7 @@ def matched_vs_scrambled_z(
 
     Args:
         x, y: ``(n_pairs, d_model)`` arrays, row i of each is pair i (any real dtype; n >= 3).
-        method: ``"exact"`` (closed form over all permutations, float64) or ``"monte-carlo"``
+        method: ``"exact"`` (closed form over all permutations) or ``"monte-carlo"``
             (``n_perms`` seeded permutations in the study's arithmetic; gives ``p_value``).
         n_perms, seed: Monte Carlo draws and the ``RandomState`` seed (ignored for exact).
         strata: optional ``n_pairs`` labels; the null permutes y only within each label, which
@@ -505,11 +534,12 @@ def matched_vs_scrambled_z(
         center: subtract each side's mean vector (x rows' mean from x, y rows' mean from y)
             before unit-normalising, removing the shared language-identity direction.
         products: how the exact z multiplies. ``"auto"``: when x and y are both float32 (as
-            stored activations are), unstratified and not centred, the ``n x n`` product is
-            taken in float32 from rows that were normalised and shifted in float64 (see
-            ``docs/metrics.md``); z then stays within ``1e-6 * max(|z|, 1)`` of the float64
-            value (tested, including a large shared mean and one dominant dimension) and costs
-            about half. Otherwise, and with ``"float64"``, every product is float64.
+            stored activations are), unstratified, not centred and ``n <= min(d, 4096)``, the
+            ``n x n`` product is taken in float32 from rows normalised and centred in float64
+            (see ``docs/metrics.md``); z then stays within ``1e-6 * max(|z|, 1)`` of the
+            float64 value (tested, including a large shared mean, one dominant dimension and an
+            outlier pair) at about half the cost. Otherwise, and with ``"float64"``, every
+            product is float64.
 
     Raises:
         XlalignError: mismatched rows, fewer than 3 pairs, NaN/inf rows, zero-norm rows (or,
@@ -517,10 +547,10 @@ def matched_vs_scrambled_z(
     """
     _check_method(method, n_perms)
     _check_products(products)
-    xa, ya = check_pair(x, y, min_pairs=3, values=False)
+    xa, ya = check_pair(x, y, min_pairs=3, rescale=False)
     codes = strata_codes(strata, xa.shape[0])
     if not (method == "exact" and _use_float32(products, xa, ya, codes, center)):
-        xa, ya = check_pair(xa, ya, min_pairs=3)
+        xa, ya = safe_scale(xa), safe_scale(ya)  # the float32 path computes in float64
     perms = None
     if method == "monte-carlo":
         perms = draw_permutations(xa.shape[0], n_perms, seed, strata)
@@ -555,12 +585,12 @@ def matched_vs_scrambled_z_sweep(
     _check_products(products)
     checked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     first: str | None = None
-    shapes_only = method == "exact" and products == "auto" and strata is None and not center
+    may_fast = method == "exact" and strata is None
     for name, xy in pairs.items():
         try:
-            xa, ya = check_pair(*xy, min_pairs=3, values=False)
-            if not (shapes_only and _use_float32(products, xa, ya, None, center)):
-                xa, ya = check_pair(xa, ya, min_pairs=3)  # the float32 path checks on its way
+            xa, ya = check_pair(*xy, min_pairs=3, rescale=False)
+            if not (may_fast and _use_float32(products, xa, ya, None, center)):
+                xa, ya = safe_scale(xa), safe_scale(ya)  # the float32 path computes in float64
         except XlalignError as err:
             raise XlalignError(f"site {name!r}: {err}") from err
         if first is not None and xa.shape[0] != checked[first][0].shape[0]:
@@ -575,13 +605,10 @@ def matched_vs_scrambled_z_sweep(
     codes = strata_codes(strata, n)
     perms = draw_permutations(n, n_perms, seed, strata) if method == "monte-carlo" else None
     out: dict[str, ZResult] = {}
-    work: np.ndarray | None = None
+    scratch = _Scratch()
     for name, (xa, ya) in checked.items():
-        fast = method == "exact" and _use_float32(products, xa, ya, codes, center)
-        if fast and (work is None or work.shape != (2, *xa.shape)):
-            work = np.empty((2, *xa.shape), dtype=np.float32)
         try:
-            out[name] = _z_validated(xa, ya, method, perms, codes, center, products, work)
+            out[name] = _z_validated(xa, ya, method, perms, codes, center, products, scratch)
         except XlalignError as err:
             raise XlalignError(f"site {name!r}: {err}") from err
     return out

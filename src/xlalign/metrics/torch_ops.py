@@ -117,7 +117,10 @@ def prepare_t(f: torch.Tensor, q: float, name: str) -> torch.Tensor:
     than 2**24 entries), then rows L2-normalised; zero rows raise numpy's ``XlalignError``.
     """
     if f.numel() and (e := safe_exponent(float(f.abs().max()))):
-        f = f * math.ldexp(1.0, -e)  # exact: a power of two, as np.ldexp
+        # exact: powers of two, as np.ldexp; in two factors, since 2**-e alone overflows a
+        # float when the largest value is below ~1e-308 (e < -1023)
+        half = -e // 2
+        f = f * math.ldexp(1.0, half) * math.ldexp(1.0, -e - half)
     if q < 1:
         d = f.shape[1]
         # np.quantile(method="linear"): virtual index (d - 1) q, its floor and the fraction

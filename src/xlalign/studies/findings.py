@@ -30,7 +30,13 @@ import numpy as np
 
 from xlalign.errors import XlalignError
 from xlalign.store import Run, atomic_write_json
-from xlalign.studies.layers import LEXICAL_SITE, StandardizedRun, SweepConfig, layer_sweep
+from xlalign.studies.layers import (
+    LEXICAL_SITE,
+    STUDY_PRODUCTS,
+    StandardizedRun,
+    SweepConfig,
+    layer_sweep,
+)
 
 #: Every verdict, from the strongest claim to the absence of a control.
 VERDICTS = (
@@ -450,7 +456,9 @@ def findings_for_sweep(
             xa = np.asarray(view.array(pair[0], site, pool))
             ya = np.asarray(view.array(pair[1], site, pool))
             try:
-                res = matched_vs_scrambled_z(xa, ya, strata=labels, center=config.center)
+                res = matched_vs_scrambled_z(
+                    xa, ya, strata=labels, center=config.center, products=STUDY_PRODUCTS
+                )
             except XlalignError as e:  # an undefined z is reported, not raised
                 return {"value": None, "ci_low": None, "ci_high": None, "reason": str(e)}
             return {
