@@ -389,3 +389,33 @@ def test_a_lexical_baseline_in_the_sweep_is_drawn_flat_and_judged(runs, tmp_path
             assert f["verdict"] in ("matched-by-lexical", "matched-by-control", "below-control")
             clears = f["model"]["ci_low"] > f["control"]["ci_high"]
             assert (f["verdict"] == "matched-by-lexical") == clears
+
+
+def test_sites_with_few_distinct_vectors_are_marked_and_left_out_of_the_caption(result, runs):
+    """At the embedding the last-token vectors of the problems take a few values: CKA between
+    two models there measures which prompts share a token (it is ~1 for any two models)."""
+    from xlalign.report.compare import _similarity_caption
+
+    _, a, b = runs
+    marked = 0
+    for r in result.similarity:
+        x = np.asarray(a.array(r["lang"], r["site_a"], r["pool"]))
+        y = np.asarray(b.array(r["lang"], r["site_b"], r["pool"]))
+        da, db = len(np.unique(x, axis=0)), len(np.unique(y, axis=0))
+        assert (r["distinct_a"], r["distinct_b"]) == (da, db)
+        few = da <= len(x) / 2 or db <= len(y) / 2
+        assert (r["artifact"] == "identical-vectors") == few
+        marked += few
+    assert marked > 0  # the embed/last cells of this corpus
+    assert any("take few distinct values at embed" in w for w in result.warnings)
+    for lang in ("zh", "en"):
+        caption = _similarity_caption(result.similarity, "Qwen tiny", "GPT-2 wide", lang, "last")
+        assert "left out of this summary" in caption
+        found = re.search(r"between Qwen tiny (\S+) and GPT-2 wide (\S+?)[ .]", caption)
+        assert found is not None, caption
+        (best,) = [
+            r for r in result.similarity
+            if (r["lang"], r["pool"], r["metric"], r["site_a"], r["site_b"])
+            == (lang, "last", "cka", found[1], found[2])
+        ]  # fmt: skip
+        assert best["artifact"] is None

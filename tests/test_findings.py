@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from xlalign.cli import main
+from xlalign.errors import XlalignError
 from xlalign.studies.findings import (
     FINDING_METRICS,
     VERDICTS,
@@ -454,3 +455,46 @@ def test_a_cka_interval_above_its_value_is_named_with_its_own_reason() -> None:
     }
     (named,) = [w for w in build_findings(alignment)["warnings"] if "lies above the value" in w]
     assert "CKA at L1" in named and "raise the resampled CKA" in named
+
+
+def test_identical_vectors_are_counted_named_and_marked(study):
+    """The problems end in a couple of tokens per language, so at the embedding the last-token
+    vectors take a couple of values: counted against numpy, warned about, and any finding
+    placed there carries the artifact."""
+    from xlalign.store import load_run
+
+    out, _ = study
+    model = json.loads((out / "alignment.json").read_text())
+    doc = json.loads((out / "findings.json").read_text())
+    run = load_run(out)
+    flagged = set()
+    for rec in model["dominance"]:
+        a = np.asarray(run.array(rec["lang"], rec["site"], rec["pool"]))
+        want = len(np.unique(a, axis=0))
+        assert rec["distinct"] == want, (rec["site"], rec["pool"], rec["lang"])
+        assert rec["few_distinct"] == (want <= a.shape[0] / 2)
+        if rec["few_distinct"]:
+            flagged.add((rec["site"], rec["pool"]))
+    assert ("embed", "last") in flagged  # the point of the test: the real artifact is present
+    assert ("embed", "mean") not in flagged
+    named = {(e["site"], e["pool"]) for e in doc["identical_vectors"]}
+    assert named == flagged
+    for site, pool in flagged:
+        assert any(w.startswith(f"{site}, {pool} pool: the vectors take few distinct values")
+                   for w in doc["warnings"])  # fmt: skip
+    for f in doc["findings"]:
+        assert (f.get("artifact") == "identical-vectors") == ((f["site"], f["pool"]) in flagged)
+
+
+def test_distinct_rows_against_numpy_unique():
+    from xlalign.metrics import distinct_rows
+
+    rs = np.random.default_rng(3)
+    base = rs.standard_normal((7, 5)).astype(np.float32)
+    a = base[rs.integers(0, 7, size=5000)]  # over one read chunk, with repeats
+    assert distinct_rows(a) == len(np.unique(a, axis=0))
+    b = np.zeros((3, 2))
+    b[1, 0] = -0.0  # the same value as 0.0 but other bits: counted apart, as documented
+    assert distinct_rows(b) == 2
+    with pytest.raises(XlalignError):
+        distinct_rows(np.zeros(4))

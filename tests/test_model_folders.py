@@ -56,3 +56,22 @@ def test_folder_without_tokenizer_names_what_is_missing(tiny_models, problems_js
 def test_whole_folders_pass(tiny_models):
     for path in tiny_models.values():
         check_model_folder(path)
+
+
+def test_load_model_itself_names_a_broken_folder(tiny_models, tmp_path):
+    """Every command loads through load_model (lens, compare, problems --model), so the check
+    lives there, not only in extract; the random-init control reads no weights, so a truncated
+    weights file does not stop it."""
+    from xlalign.models import load_model
+
+    model = _copy(tiny_models["qwen2"], tmp_path / "m")
+    weights = model / "model.safetensors"
+    with weights.open("r+b") as f:
+        f.truncate(weights.stat().st_size // 3)
+    with pytest.raises(XlalignError, match=rf"'{re.escape(str(weights))}' is truncated"):
+        load_model(str(model), device="cpu")
+    assert load_model(str(model), device="cpu", random_init_seed=0).model is not None
+    for p in model.glob("tokenizer*"):
+        p.unlink()
+    with pytest.raises(XlalignError, match="has no tokenizer files"):
+        load_model(str(model), device="cpu", random_init_seed=0)

@@ -53,7 +53,6 @@ from xlalign.errors import RunError, XlalignError
 from xlalign.models import (
     LoadedModel,
     ModelOptions,
-    check_model_folder,
     device_map_summary,
     dtype_name,
     load_model,
@@ -507,9 +506,6 @@ def _extract(
                 "random_init_seed given with an already loaded model; pass it to load_model"
             )
     else:
-        local = Path(model).expanduser()
-        if local.is_dir():  # name a broken file before transformers trips on it
-            check_model_folder(local, weights=options.random_init_seed is None)
         if options.device_map is not None and env.distributed:
             options = options.replace(max_memory=rank_max_memory(env, options.max_memory))
             if options.offload_folder is not None:  # ranks on one host must not share files

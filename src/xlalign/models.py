@@ -368,7 +368,9 @@ def load_model(
         raise XlalignError(
             f"model path '{model}' is a file; give the folder that holds it (or a .gguf file)"
         )
-    if not local.exists():
+    if local.is_dir():  # name a broken or missing file before transformers trips on it
+        check_model_folder(local, weights=random_init_seed is None)
+    else:
         check_hub_reachable(model, revision)
 
     if device_map is None and (max_memory is not None or offload_folder is not None):

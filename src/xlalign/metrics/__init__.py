@@ -6,6 +6,7 @@ Definitions, formulas and when to use which: ``docs/metrics.md``.
 """
 
 from xlalign.metrics.bootstrap import CI, bootstrap_ci, cka_ci, p1_ci, z_ci
+from xlalign.metrics.duplicates import distinct_rows
 from xlalign.metrics.permutation import (
     DEGENERATE_STD,
     ZResult,
@@ -64,6 +65,7 @@ __all__ = [
     "cknna",
     "cohen_d_pc1",
     "cycle_knn",
+    "distinct_rows",
     "draw_permutations",
     "edit_distance_knn",
     "lcs_knn",

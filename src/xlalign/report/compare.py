@@ -338,16 +338,24 @@ def _similarity_caption(
         if (r.get("a"), r.get("b"), r.get("lang"), r.get("pool"), r.get("metric"))
         == (a, b, lang, pool, "cka") and r.get("value") is not None
     ]  # fmt: skip
-    if not cka:
-        return f"{a} vs {b} on {lang} prompts, {pool} pool."
-    best = max(cka, key=lambda r: float(r["value"]))
+    clean = [r for r in cka if not r.get("artifact")]
+    left_out = len(cka) - len(clean)
+    note = (
+        f" {left_out} cells with a site whose vectors take few distinct values (prompts sharing "
+        "the pooled token) are left out of this summary; their CKA measures the shared tokens."
+        if left_out
+        else ""
+    )
+    if not clean:
+        return f"{a} vs {b} on {lang} prompts, {pool} pool.{note}"
+    best = max(clean, key=lambda r: float(r["value"]))
     text = (
         f"{a} vs {b} on {lang} prompts, {pool} pool; highest CKA {fmt_value(best['value'], 3)} "
         f"between {a} {best['site_a']} and {b} {best['site_b']}"
     )
     if best.get("null_mean") is not None:
         text += f" (null mean {fmt_value(best['null_mean'], 3)}, p = {fmt_value(best.get('p_value'), 3)})"
-    return text + "."
+    return text + "." + note
 
 
 def _similarity_tables(doc: Mapping[str, Any], a: str, b: str, lang: str, pool: str) -> list[Block]:

@@ -36,6 +36,7 @@ from xlalign.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import RunError, XlalignError
 from xlalign.lexical import LEXICAL_SITE
 from xlalign.metrics import linear_cka_matrix, mutual_knn_matrix
+from xlalign.metrics.duplicates import distinct_rows, few_distinct
 from xlalign.sites import EMBED, FINAL
 from xlalign.store import (
     CONTROL_DIR,
@@ -429,9 +430,11 @@ def _fin(v: float) -> float | None:
 
 def _similarity(
     a: _Model, b: _Model, langs: Sequence[str], pools: Sequence[str], cfg: CompareConfig, bar: Any
-) -> tuple[list[dict[str, Any]], list[str]]:
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """``(records, null notes, artifact notes)`` of every site pair of ``a`` and ``b``."""
     records: list[dict[str, Any]] = []
     notes: list[str] = []
+    artifacts: list[str] = []
     assert a.rows is not None and b.rows is not None
     sa, sb = list(a.run.sites), list(b.run.sites)
     for lang in langs:
@@ -439,6 +442,18 @@ def _similarity(
             xs = [np.asarray(a.run.array(lang, s, pool))[a.rows] for s in sa]
             ys = [np.asarray(b.run.array(lang, s, pool))[b.rows] for s in sb]
             base = {"a": a.label, "b": b.label, "lang": lang, "pool": pool}
+            da, db = [distinct_rows(v) for v in xs], [distinct_rows(v) for v in ys]
+            for m, sites, counts in ((a, sa, da), (b, sb, db)):
+                few = [f"{s} ({c})" for s, c in zip(sites, counts, strict=True)
+                       if few_distinct(c, len(a.rows))]  # fmt: skip
+                if few:
+                    artifacts.append(
+                        f"{m.label}, {lang}, {pool} pool: the {len(a.rows)} vectors take few "
+                        f"distinct values at {', '.join(few)}: prompts share the token pooled "
+                        "there, so similarity with those sites measures which prompts share it "
+                        "(two models' vectors of the same few tokens have CKA 1); those cells "
+                        "carry artifact 'identical-vectors'"
+                    )
             cka = linear_cka_matrix(xs, ys, n_perms=cfg.n_perms, seed=cfg.seed)
             if cka.null_reason and cfg.n_perms > 0:
                 notes.append(f"{a.label} vs {b.label}, {lang}, {pool}: {cka.null_reason}")
@@ -455,6 +470,13 @@ def _similarity(
                         "relative_depth_a": relative_depth(site_a, a.run.n_layers),
                         "relative_depth_b": relative_depth(site_b, b.run.n_layers),
                         "n": cka.n,
+                        "distinct_a": da[i],
+                        "distinct_b": db[j],
+                        "artifact": (
+                            "identical-vectors"
+                            if few_distinct(da[i], cka.n) or few_distinct(db[j], cka.n)
+                            else None
+                        ),
                     }
                     rec = {**base, "metric": "cka", **where, "value": _fin(cka.value[i, j])}
                     rec["undefined_reason"] = cka.reasons.get((i, j))
@@ -473,7 +495,7 @@ def _similarity(
                          "undefined_reason": knn_why}
                     )  # fmt: skip
             bar.update(1)
-    return records, notes
+    return records, notes, artifacts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -672,9 +694,10 @@ def compare(
     bar = tqdm(total=total, desc="compare", unit="matrix", disable=not progress)
     similarity: list[dict[str, Any]] = []
     for a, b in pairs:
-        recs, notes = _similarity(a, b, langs, pools, cfg, bar)
+        recs, notes, artifacts = _similarity(a, b, langs, pools, cfg, bar)
         similarity += recs
         warnings += notes[:1]  # the same reason repeats for every language and pool
+        warnings += [w for w in artifacts if w not in warnings]
     bar.close()
     findings, ranking = _findings(models)
     headline, summary = _summary(models, corpus, ranking)

@@ -5,9 +5,11 @@ finding holds the model's best site, the random-weights control and the model-fr
 baseline at that same site, the site where the model gains most over the control, and a
 verdict (:func:`verdict`). The console summary and the first section of the report are made
 from this document alone (:func:`summary_lines`), so no line states a model's value without
-its control beside it. Artifacts are named in ``warnings``: too few pairs, and sites where one
+its control beside it. Artifacts are named in ``warnings``: too few pairs, sites where one
 dimension holds most of the vectors' squared norm (with the standardized values beside the raw
-ones).
+ones), and sites where the vectors take few distinct values because prompts share the pooled
+token (``identical_vectors``; a finding at such a site carries ``"artifact":
+"identical-vectors"``).
 
 Shape (keys beyond these are additions)::
 
@@ -242,6 +244,9 @@ def build_findings(
         warnings.append("no confidence intervals (--n-boot 0): verdicts compare point values")
     dominance = _dominance(alignment, variant)
     warnings += [d["warning"] for d in dominance]
+    identical = identical_vectors(alignment.get("dominance") or [])
+    warnings += [d["warning"] for d in identical]
+    _mark_artifacts(findings, identical)
     if control_alignment is None:
         warnings.append("no random-weights control: no finding can be beyond-control")
     study = {
@@ -258,6 +263,7 @@ def build_findings(
         "warnings": warnings,
         "study": study,
         "dominance": dominance,
+        "identical_vectors": identical,
         "verdict_rule": (
             "beyond-control: the model's interval lies above the control's and the lexical "
             "baseline's at the model's best site; see docs/report.md"
@@ -324,6 +330,44 @@ def _dominance(
         )
         out.append(entry)
     return out
+
+
+def identical_vectors(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per site and pool where a language's vectors take few distinct values (the
+    ``few_distinct`` of the ``dominance`` records): the languages, their counts, a warning."""
+    flagged: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for rec in records:
+        if rec.get("few_distinct"):
+            flagged.setdefault((rec["site"], rec["pool"]), []).append(rec)
+    out = []
+    for (site, pool), recs in flagged.items():
+        counts = ", ".join(f"{r['distinct']} in {r['lang']}" for r in recs)
+        out.append(
+            {
+                "site": site,
+                "pool": pool,
+                "distinct": {r["lang"]: r["distinct"] for r in recs},
+                "warning": (
+                    f"{site}, {pool} pool: the vectors take few distinct values ({counts}): "
+                    "prompts share the token pooled there, so every metric at this site "
+                    "measures which prompts share it, not what the model computed"
+                ),
+            }
+        )
+    return out
+
+
+def _mark_artifacts(
+    findings: Sequence[dict[str, Any]], identical: Sequence[Mapping[str, Any]]
+) -> None:
+    """Name the artifact on every finding whose site has few distinct vectors."""
+    bad = {(e["site"], e["pool"]) for e in identical}
+    for f in findings:
+        if (f.get("site"), f.get("pool")) in bad:
+            f["artifact"] = "identical-vectors"
+        gain = f.get("largest_gain")
+        if isinstance(gain, dict) and (gain.get("site"), f.get("pool")) in bad:
+            gain["artifact"] = "identical-vectors"
 
 
 def _fmt(v: Any) -> str:
@@ -581,6 +625,7 @@ def findings_for_origin(origin: Mapping[str, Any]) -> dict[str, Any]:
         "warnings": warnings,
         "study": study,
         "dominance": [],
+        "identical_vectors": [],
     }
 
 
@@ -594,7 +639,10 @@ def merge_findings(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dic
     sources = {f.get("source") for f in new.get("findings") or []}
     parts = dict((old or {}).get("parts") or {})
     for src in sources or {"alignment"}:
-        parts[str(src)] = {k: new.get(k) for k in ("headline", "warnings", "study", "dominance")}
+        parts[str(src)] = {
+            k: new.get(k)
+            for k in ("headline", "warnings", "study", "dominance", "identical_vectors")
+        }
     # a finding without a source predates the field: it came from the sweep
     kept = [
         f for f in (old or {}).get("findings") or [] if f.get("source", "alignment") not in sources
@@ -610,6 +658,7 @@ def merge_findings(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dic
         "warnings": warnings,
         "study": lead.get("study"),
         "dominance": lead.get("dominance") or [],
+        "identical_vectors": lead.get("identical_vectors") or [],
         "parts": parts,
     }
 

@@ -716,9 +716,12 @@ def dominance_records(
 
     ``share`` is the share of the mean squared norm held by the largest dimension, ``top_dims``
     the indices of the three largest, ``flagged`` whether ``share`` exceeds
-    :data:`~xlalign.metrics.dominance.DOMINANCE_WARN`.
+    :data:`~xlalign.metrics.dominance.DOMINANCE_WARN`. ``distinct`` counts the distinct
+    vectors and ``few_distinct`` flags a site where they are at most half the rows (prompts
+    sharing the pooled token: :mod:`xlalign.metrics.duplicates`).
     """
     from xlalign.metrics.dominance import DOMINANCE_WARN
+    from xlalign.metrics.duplicates import distinct_rows, few_distinct
 
     out: list[dict[str, Any]] = []
     for site in sites:
@@ -739,6 +742,9 @@ def dominance_records(
                         undefined_reason=None if res.share is not None else "every vector is 0",
                     )  # fmt: skip
                 rec["flagged"] = rec["share"] is not None and rec["share"] > DOMINANCE_WARN
+                arr = run.array(lang, site, pool)
+                rec["distinct"] = distinct_rows(arr)
+                rec["few_distinct"] = few_distinct(rec["distinct"], int(arr.shape[0]))
                 out.append(rec)
     return out
 
