@@ -407,6 +407,17 @@ def test_sites_with_few_distinct_vectors_are_marked_and_left_out_of_the_caption(
         assert (r["artifact"] == "identical-vectors") == few
         marked += few
     assert marked > 0  # the embed/last cells of this corpus
+    for f in result.findings:  # a finding at such a site names it too, and leads no ranking
+        x = np.asarray((a if f["label"] == "Qwen tiny" else b).array(f["pair"][0], f["site"],
+                                                                      f["pool"]))  # fmt: skip
+        y = np.asarray((a if f["label"] == "Qwen tiny" else b).array(f["pair"][1], f["site"],
+                                                                      f["pool"]))  # fmt: skip
+        few = len(np.unique(x, axis=0)) <= len(x) / 2 or len(np.unique(y, axis=0)) <= len(y) / 2
+        assert (f["artifact"] == "identical-vectors") == few, (f["label"], f["site"], f["pool"])
+    for r in result.ranking:
+        lead = [f for f in result.findings if f["label"] == r["leader"]
+                and (f["pair"], f["pool"], f["metric"]) == (r["pair"], r["pool"], r["metric"])]  # fmt: skip
+        assert all(f["artifact"] is None for f in lead)
     assert any("take few distinct values at embed" in w for w in result.warnings)
     for lang in ("zh", "en"):
         caption = _similarity_caption(result.similarity, "Qwen tiny", "GPT-2 wide", lang, "last")

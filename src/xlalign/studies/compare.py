@@ -48,7 +48,12 @@ from xlalign.store import (
     load_run,
     read_json,
 )
-from xlalign.studies.findings import FINDING_METRICS, small_sample_warning, verdict
+from xlalign.studies.findings import (
+    FINDING_METRICS,
+    identical_vectors,
+    small_sample_warning,
+    verdict,
+)
 from xlalign.studies.layers import SweepConfig, layer_sweep
 
 FORMAT = "xlalign.compare"
@@ -512,6 +517,10 @@ def _findings(models: Sequence[_Model]) -> tuple[list[dict[str, Any]], list[dict
     findings: list[dict[str, Any]] = []
     for m in models:
         recs = (m.alignment or {}).get("records") or []
+        identical = {
+            (e["site"], e["pool"])
+            for e in identical_vectors((m.alignment or {}).get("dominance") or [])
+        }
         ctrl = {
             (tuple(r["pair"]), r["pool"], r["metric"], r["site"]): r
             for r in _curves(m)
@@ -552,6 +561,7 @@ def _findings(models: Sequence[_Model]) -> tuple[list[dict[str, Any]], list[dict
                     "best_relative_depth": relative_depth(str(best["site"]), m.run.n_layers),
                     "best_value": best["value"],
                     "verdict": verdict(model_pt, control_pt, lexical_pt),
+                    "artifact": ("identical-vectors" if (at["site"], pool) in identical else None),
                 }
             )
     return findings, _ranking(findings)
@@ -575,13 +585,17 @@ def _ranking(findings: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (pair, pool, metric), fs in groups.items():
 
+        def beyond(f: Mapping[str, Any]) -> bool:
+            # a site of identical vectors measures shared tokens: it cannot make a leader
+            return f["verdict"] == "beyond-control" and not f.get("artifact")
+
         def key(f: Mapping[str, Any]) -> tuple[int, float]:
             g = f["gain_over_control"]
-            return (int(f["verdict"] == "beyond-control"), -math.inf if g is None else g)
+            return (int(beyond(f)), -math.inf if g is None else g)
 
         ordered = sorted(fs, key=key, reverse=True)
         top = ordered[0]
-        leader = top["label"] if top["verdict"] == "beyond-control" else None
+        leader = top["label"] if beyond(top) else None
         out.append(
             {
                 "pair": list(pair),
@@ -613,9 +627,10 @@ def _statement(
         if ctl is None:
             parts.append(f"{f['label']} {metric} {_fmt(f['model']['value'])} at {at} (no control)")
         else:
+            artifact = ", identical vectors: shared tokens" if f.get("artifact") else ""
             parts.append(
                 f"{f['label']} {metric} {_fmt(f['model']['value'])} vs control "
-                f"{_fmt(ctl['value'])} at {at} ({f['verdict']})"
+                f"{_fmt(ctl['value'])} at {at} ({f['verdict']}{artifact})"
             )
     head = (
         f"{leader} aligns {pair[0]}/{pair[1]} most beyond its control"
