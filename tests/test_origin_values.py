@@ -322,3 +322,7 @@ def test_seed_keys_and_norms_match_plain_transformers(case: dict[str, Any]) -> N
         rel=1e-5,
     )
     assert res["n_pairs"] == N_ROWS and res["languages"] == ["zh", "en"]
+    for lang, ref in (("zh", a), ("en", b)):
+        for site in ("embed", "L0"):
+            want = len(np.unique(np.asarray(ref.last(site)), axis=0))
+            assert res["distinct_last_token"][lang][site] == want, (lang, site)

@@ -191,6 +191,8 @@ def test_demo_on_the_bundled_model_renders(minilm_path, tmp_path, capsys):
     assert prov["stages"]["lens"].startswith("skipped: BertModel is not a causal LM")
     assert not (study / "lens.json").exists()
     assert f"{origin['z_raw_embed_last_token']:.1f}" in answer
+    few = min(d["embed"] for d in origin["distinct_last_token"].values()) <= 100
+    assert ("distinct values (the prompts end in a few tokens)" in answer) == few
     state, errors = check_page(study / "report.html", study / "report.png", tmp_path)
     assert errors == [], errors
     assert state["count"] == 3 and state["allRendered"], state
@@ -238,3 +240,19 @@ def test_another_model_sites_or_dtype_is_not_reused(study, tiny_models, change, 
 def test_one_language_is_refused_before_any_work():
     with pytest.raises(XlalignError, match="--langs needs at least two languages, got zh"):
         StudyConfig(model="m", problems=20, langs=("zh",))
+
+
+def test_demo_answer_names_identical_last_token_vectors():
+    """The real Qwen's problems end in 2 tokens (zh) and 3 (en): at the embedding, z measures
+    which pairs end in corresponding tokens, and the answer says so (with the counts)."""
+    from xlalign.demo import answer
+
+    origin = {
+        "n_pairs": 200, "z_raw_embed_last_token": 13.5, "z_l0_output_last_token": 14.1,
+        "distinct_last_token": {"zh": {"embed": 2, "L0": 187}, "en": {"embed": 3, "L0": 190}},
+        "decomposition": [], "control": None,
+    }  # fmt: skip
+    text = answer({"problems": origin}, "Qwen")
+    assert "take only 2 in zh and 3 in en distinct values" in text
+    origin["distinct_last_token"] = {"zh": {"embed": 150}, "en": {"embed": 199}}
+    assert "distinct values" not in answer({"problems": origin}, "Qwen")

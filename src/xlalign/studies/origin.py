@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 
 from xlalign.errors import RunError, XlalignError
-from xlalign.metrics import ZResult, cohen_d_pc1, matched_vs_scrambled_z, pca_subspace_z
+from xlalign.metrics import (
+    ZResult,
+    cohen_d_pc1,
+    distinct_rows,
+    matched_vs_scrambled_z,
+    pca_subspace_z,
+)
 from xlalign.store import Run
 from xlalign.studies.layers import STUDY_PRODUCTS
 from xlalign.tokens import TOKEN_CLASSES, TokenClassifier
@@ -437,6 +443,11 @@ def _seed_keys(
         norms[lx]["L0"] / norms[lx]["embed"] if norms[lx]["embed"] > 0 else None
     )
     out["norms_last_token"] = norms
+    # prompts ending in the same token share its embedding: z there measures shared tokens
+    out["distinct_last_token"] = {
+        lang: {site: distinct_rows(last(lang, site)) for site in ("embed", "L0")}
+        for lang in (lx, ly)
+    }
     out["z_l0_cached_source"] = cached_source
     out["undefined"] = undefined
     out["z_details"] = {key: z.detail() for key, z in zs.items()}
