@@ -75,3 +75,25 @@ def test_load_model_itself_names_a_broken_folder(tiny_models, tmp_path):
         p.unlink()
     with pytest.raises(XlalignError, match="has no tokenizer files"):
         load_model(str(model), device="cpu", random_init_seed=0)
+
+
+def test_a_folder_without_config_is_not_taken_for_a_model(tmp_path, monkeypatch):
+    """A path to a folder with no config.json is named as such (a run folder as a run); a bare
+    Hub id that is also a folder here (`xlalign run --model gpt2 -o gpt2` creates ./gpt2
+    first) still means the Hub's model, so offline it fails with the Hub message."""
+    from xlalign.models import load_model
+
+    (tmp_path / "stuff").mkdir()
+    with pytest.raises(XlalignError, match=r"is not a model folder: it has no config\.json"):
+        load_model(str(tmp_path / "stuff"), device="cpu")
+    run = tmp_path / "myrun"
+    run.mkdir()
+    (run / "manifest.json").write_text("{}")
+    with pytest.raises(XlalignError, match="is an xlalign run folder, not a model"):
+        load_model(str(run), device="cpu")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "gpt2").mkdir()
+    with pytest.raises(XlalignError) as err:
+        load_model("gpt2", device="cpu")
+    assert "no tokenizer files" not in str(err.value) and "config.json" not in str(err.value)

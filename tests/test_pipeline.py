@@ -191,7 +191,7 @@ def test_demo_on_the_bundled_model_renders(minilm_path, tmp_path, capsys):
     assert prov["stages"]["lens"].startswith("skipped: BertModel is not a causal LM")
     assert not (study / "lens.json").exists()
     assert f"{origin['z_raw_embed_last_token']:.1f}" in answer
-    few = min(d["embed"] for d in origin["distinct_last_token"].values()) <= 100
+    few = any(d["embed"]["identical"] for d in origin["identical_last_token"].values())
     assert ("distinct values (the prompts end in a few tokens)" in answer) == few
     state, errors = check_page(study / "report.html", study / "report.png", tmp_path)
     assert errors == [], errors
@@ -249,10 +249,16 @@ def test_demo_answer_names_identical_last_token_vectors():
 
     origin = {
         "n_pairs": 200, "z_raw_embed_last_token": 13.5, "z_l0_output_last_token": 14.1,
-        "distinct_last_token": {"zh": {"embed": 2, "L0": 187}, "en": {"embed": 3, "L0": 190}},
+        "identical_last_token": {
+            "zh": {"embed": {"distinct": 2, "largest_group": 130, "identical": True}},
+            "en": {"embed": {"distinct": 3, "largest_group": 120, "identical": True}},
+        },
         "decomposition": [], "control": None,
     }  # fmt: skip
     text = answer({"problems": origin}, "Qwen")
     assert "take only 2 in zh and 3 in en distinct values" in text
-    origin["distinct_last_token"] = {"zh": {"embed": 150}, "en": {"embed": 199}}
+    origin["identical_last_token"] = {
+        "zh": {"embed": {"distinct": 150, "largest_group": 10, "identical": False}},
+        "en": {"embed": {"distinct": 199, "largest_group": 2, "identical": False}},
+    }
     assert "distinct values" not in answer({"problems": origin}, "Qwen")

@@ -151,9 +151,9 @@ def _verdict(origins: Mapping[str, Mapping[str, Any]]) -> list[str]:
                 f"the embedding alone gives z = {_f(z_emb)}, the first block's output {_f(z_l0)}"
                 + (f" (the embedding carries {share:.0%} of it)." if share is not None else ".")
             )
-        distinct = {lang: d["embed"] for lang, d in (o.get("distinct_last_token") or {}).items()}
-        if distinct and min(distinct.values()) <= o["n_pairs"] / 2:
-            counts = " and ".join(f"{n} in {lang}" for lang, n in distinct.items())
+        groups = {lang: d["embed"] for lang, d in (o.get("identical_last_token") or {}).items()}
+        if any(g["identical"] for g in groups.values()):
+            counts = " and ".join(f"{g['distinct']} in {lang}" for lang, g in groups.items())
             parts.append(
                 f"At the embedding the {o['n_pairs']} last-token vectors take only {counts} "
                 "distinct values (the prompts end in a few tokens), so z there measures which "

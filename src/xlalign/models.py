@@ -361,6 +361,19 @@ def load_model(
     trust_remote_code, random_init_seed = opts.trust_remote_code, opts.random_init_seed
 
     local, checkpoint = _resolve_source(model)
+    if local.is_dir() and checkpoint is None and not (local / "config.json").is_file():
+        if _looks_like_path(model):
+            what = (
+                "an xlalign run folder, not a model"
+                if (local / "manifest.json").is_file()
+                else "not a model folder"
+            )
+            raise XlalignError(
+                f"model path '{model}' is {what}: it has no config.json (give the folder that "
+                "holds the model's config.json, tokenizer and weights)"
+            )
+        # a Hub id that is also a folder here (say `--model gpt2 -o gpt2`): the Hub's model
+        local = Path(os.devnull) / model
     if not local.exists() and _looks_like_path(model):
         raise XlalignError(f"model path '{model}' does not exist")
     source = str(local) if local.exists() else model
@@ -763,6 +776,8 @@ TOKENIZER_FILES = (
     ("spiece.model",),
     ("sentencepiece.bpe.model",),
     ("vocab.model",),
+    ("spm.model",),  # DeBERTa-v2/v3
+    ("sentencepiece.model",),  # RemBERT
 )
 
 

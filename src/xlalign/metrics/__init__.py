@@ -6,7 +6,7 @@ Definitions, formulas and when to use which: ``docs/metrics.md``.
 """
 
 from xlalign.metrics.bootstrap import CI, bootstrap_ci, cka_ci, p1_ci, z_ci
-from xlalign.metrics.duplicates import distinct_rows
+from xlalign.metrics.duplicates import distinct_rows, identical_groups
 from xlalign.metrics.permutation import (
     DEGENERATE_STD,
     ZResult,
@@ -68,6 +68,7 @@ __all__ = [
     "distinct_rows",
     "draw_permutations",
     "edit_distance_knn",
+    "identical_groups",
     "lcs_knn",
     "linear_cka",
     "linear_cka_matrix",

@@ -341,8 +341,8 @@ def _similarity_caption(
     clean = [r for r in cka if not r.get("artifact")]
     left_out = len(cka) - len(clean)
     note = (
-        f" {left_out} cells with a site whose vectors take few distinct values (prompts sharing "
-        "the pooled token) are left out of this summary; their CKA measures the shared tokens."
+        f" {left_out} cells with a site of largely identical vectors (prompts sharing the "
+        "pooled token) are left out of this summary; their CKA measures the shared tokens."
         if left_out
         else ""
     )

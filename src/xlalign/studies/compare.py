@@ -36,7 +36,7 @@ from xlalign.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import RunError, XlalignError
 from xlalign.lexical import LEXICAL_SITE
 from xlalign.metrics import linear_cka_matrix, mutual_knn_matrix
-from xlalign.metrics.duplicates import distinct_rows, few_distinct
+from xlalign.metrics.duplicates import IdenticalGroups, identical_groups
 from xlalign.sites import EMBED, FINAL
 from xlalign.store import (
     CONTROL_DIR,
@@ -48,12 +48,7 @@ from xlalign.store import (
     load_run,
     read_json,
 )
-from xlalign.studies.findings import (
-    FINDING_METRICS,
-    identical_vectors,
-    small_sample_warning,
-    verdict,
-)
+from xlalign.studies.findings import FINDING_METRICS, small_sample_warning, verdict
 from xlalign.studies.layers import SweepConfig, layer_sweep
 
 FORMAT = "xlalign.compare"
@@ -136,6 +131,8 @@ class _Model:
     control_alignment: dict[str, Any] | None = None
     sweep_source: str = ""
     rows: np.ndarray | None = None
+    #: (lang, site, pool) -> identical vectors on the shared rows (:func:`_count_identical`)
+    identical: dict[tuple[str, str, str], IdenticalGroups] = field(default_factory=dict)
 
 
 class _RowView(Run):
@@ -447,17 +444,18 @@ def _similarity(
             xs = [np.asarray(a.run.array(lang, s, pool))[a.rows] for s in sa]
             ys = [np.asarray(b.run.array(lang, s, pool))[b.rows] for s in sb]
             base = {"a": a.label, "b": b.label, "lang": lang, "pool": pool}
-            da, db = [distinct_rows(v) for v in xs], [distinct_rows(v) for v in ys]
-            for m, sites, counts in ((a, sa, da), (b, sb, db)):
-                few = [f"{s} ({c})" for s, c in zip(sites, counts, strict=True)
-                       if few_distinct(c, len(a.rows))]  # fmt: skip
+            ga = [a.identical[(lang, s, pool)] for s in sa]
+            gb = [b.identical[(lang, s, pool)] for s in sb]
+            for m, sites, groups in ((a, sa, ga), (b, sb, gb)):
+                few = [f"{s} ({g.largest_group} share one of {g.distinct} distinct)"
+                       for s, g in zip(sites, groups, strict=True) if g.identical]  # fmt: skip
                 if few:
                     artifacts.append(
-                        f"{m.label}, {lang}, {pool} pool: the {len(a.rows)} vectors take few "
-                        f"distinct values at {', '.join(few)}: prompts share the token pooled "
-                        "there, so similarity with those sites measures which prompts share it "
-                        "(two models' vectors of the same few tokens have CKA 1); those cells "
-                        "carry artifact 'identical-vectors'"
+                        f"{m.label}, {lang}, {pool} pool: of the {len(a.rows)} vectors, many "
+                        f"are identical at {', '.join(few)}: prompts share the token pooled "
+                        "there, so similarity with those sites mostly measures which prompts "
+                        "share it (two models' vectors of the same two tokens have CKA 1); "
+                        "those cells carry artifact 'identical-vectors'"
                     )
             cka = linear_cka_matrix(xs, ys, n_perms=cfg.n_perms, seed=cfg.seed)
             if cka.null_reason and cfg.n_perms > 0:
@@ -475,12 +473,10 @@ def _similarity(
                         "relative_depth_a": relative_depth(site_a, a.run.n_layers),
                         "relative_depth_b": relative_depth(site_b, b.run.n_layers),
                         "n": cka.n,
-                        "distinct_a": da[i],
-                        "distinct_b": db[j],
+                        "distinct_a": ga[i].distinct,
+                        "distinct_b": gb[j].distinct,
                         "artifact": (
-                            "identical-vectors"
-                            if few_distinct(da[i], cka.n) or few_distinct(db[j], cka.n)
-                            else None
+                            "identical-vectors" if ga[i].identical or gb[j].identical else None
                         ),
                     }
                     rec = {**base, "metric": "cka", **where, "value": _fin(cka.value[i, j])}
@@ -517,10 +513,6 @@ def _findings(models: Sequence[_Model]) -> tuple[list[dict[str, Any]], list[dict
     findings: list[dict[str, Any]] = []
     for m in models:
         recs = (m.alignment or {}).get("records") or []
-        identical = {
-            (e["site"], e["pool"])
-            for e in identical_vectors((m.alignment or {}).get("dominance") or [])
-        }
         ctrl = {
             (tuple(r["pair"]), r["pool"], r["metric"], r["site"]): r
             for r in _curves(m)
@@ -538,8 +530,10 @@ def _findings(models: Sequence[_Model]) -> tuple[list[dict[str, Any]], list[dict
                 by_key.setdefault(key, []).append(r)
         for key, rows in by_key.items():
             pair, pool, metric = key
-            best = max(rows, key=lambda r: float(r["value"]))
-            gains = [(g, r) for r in rows if (g := _gain(r, ctrl, key)) is not None]
+            # sites of identical vectors measure shared tokens: chosen only if all are
+            clean = [r for r in rows if not _identical_at(m, pair, r["site"], pool)] or rows
+            best = max(clean, key=lambda r: float(r["value"]))
+            gains = [(g, r) for r in clean if (g := _gain(r, ctrl, key)) is not None]
             at = max(gains, key=lambda gr: gr[0])[1] if gains else best
             c = ctrl.get((pair, pool, metric, at["site"]))
             model_pt, control_pt = _point(at), _point(c)
@@ -561,10 +555,31 @@ def _findings(models: Sequence[_Model]) -> tuple[list[dict[str, Any]], list[dict
                     "best_relative_depth": relative_depth(str(best["site"]), m.run.n_layers),
                     "best_value": best["value"],
                     "verdict": verdict(model_pt, control_pt, lexical_pt),
-                    "artifact": ("identical-vectors" if (at["site"], pool) in identical else None),
+                    "artifact": (
+                        "identical-vectors" if _identical_at(m, pair, at["site"], pool) else None
+                    ),
                 }
             )
     return findings, _ranking(findings)
+
+
+def _identical_at(m: _Model, pair: tuple[str, ...], site: str, pool: str) -> bool:
+    """Whether either language's vectors at ``site`` are largely identical."""
+    return any(
+        g.identical for lang in pair if (g := m.identical.get((lang, site, pool))) is not None
+    )
+
+
+def _count_identical(m: _Model, langs: Sequence[str], pools: Sequence[str]) -> None:
+    """Fill ``m.identical`` from the arrays on the shared rows (not from the stored sweep, which
+    may predate the count)."""
+    assert m.rows is not None
+    for lang in langs:
+        for pool in pools:
+            for site in m.run.sites:
+                m.identical[(lang, site, pool)] = identical_groups(
+                    np.asarray(m.run.array(lang, site, pool))[m.rows]
+                )
 
 
 def _gain(
@@ -708,6 +723,8 @@ def compare(
     total = len(pairs) * len(langs) * len(pools)
     bar = tqdm(total=total, desc="compare", unit="matrix", disable=not progress)
     similarity: list[dict[str, Any]] = []
+    for m in models:
+        _count_identical(m, langs, pools)
     for a, b in pairs:
         recs, notes, artifacts = _similarity(a, b, langs, pools, cfg, bar)
         similarity += recs

@@ -188,6 +188,8 @@ def build_findings(
     """
     model_idx, control_idx = _index(alignment), _index(control_alignment)
     sites = list(alignment.get("sites") or [])
+    identical = identical_vectors(alignment.get("dominance") or [])
+    flagged = {(e["site"], e["pool"], lang) for e in identical for lang in e["distinct"]}
     n_pairs = next((r.get("n") for r in alignment.get("records") or [] if r.get("n")), None)
     findings: list[dict[str, Any]] = []
     warnings: list[str] = []
@@ -203,7 +205,9 @@ def build_findings(
                             f"{x}/{y}, {pool} pool: {_LABELS[metric]} is undefined at every site"
                         )
                     continue
-                best = max(defined, key=lambda r: float(r["value"]))  # first site wins ties
+                # sites of identical vectors measure shared tokens: chosen only if all are
+                clean = [r for r in defined if not _is_flagged(flagged, r["site"], pool, x, y)]
+                best = max(clean or defined, key=lambda r: float(r["value"]))  # first wins ties
                 site = best["site"]
                 model = _value(best)
                 assert model is not None
@@ -228,7 +232,17 @@ def build_findings(
                         "stratified": strat,
                         "verdict": verdict(model, control, lexical),
                         "largest_gain": _largest_gain(
-                            model_idx, control_idx, x, y, pool, sites, metric
+                            model_idx,
+                            control_idx,
+                            x,
+                            y,
+                            pool,
+                            sites,
+                            metric,
+                            skip={s for s in sites if _is_flagged(flagged, s, pool, x, y)},
+                        ),
+                        "artifact": (
+                            "identical-vectors" if _is_flagged(flagged, site, pool, x, y) else None
                         ),
                         "n": best.get("n"),
                         "source": "alignment",
@@ -244,9 +258,7 @@ def build_findings(
         warnings.append("no confidence intervals (--n-boot 0): verdicts compare point values")
     dominance = _dominance(alignment, variant)
     warnings += [d["warning"] for d in dominance]
-    identical = identical_vectors(alignment.get("dominance") or [])
     warnings += [d["warning"] for d in identical]
-    _mark_artifacts(findings, identical)
     if control_alignment is None:
         warnings.append("no random-weights control: no finding can be beyond-control")
     study = {
@@ -279,10 +291,13 @@ def _largest_gain(
     pool: str,
     sites: Sequence[str],
     metric: str,
+    skip: set[str] | None = None,
 ) -> dict[str, Any] | None:
-    """The site where the model's value exceeds the control's by most (None without one)."""
+    """The site where the model's value exceeds the control's by most (None without one),
+    among the sites not in ``skip`` (sites of identical vectors) unless every site is there."""
+    usable = [s for s in sites if s not in (skip or set())] or list(sites)
     best: dict[str, Any] | None = None
-    for site in sites:
+    for site in usable:
         m = model_idx.get((x, y, pool, site, metric))
         c = control_idx.get((x, y, pool, site, metric))
         if m is None or c is None or m.get("value") is None or c.get("value") is None:
@@ -333,41 +348,38 @@ def _dominance(
 
 
 def identical_vectors(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per site and pool where a language's vectors take few distinct values (the
-    ``few_distinct`` of the ``dominance`` records): the languages, their counts, a warning."""
+    """One entry per site and pool where a language's vectors are largely identical (the
+    ``identical`` flag of the ``dominance`` records): the languages with their counts of
+    distinct vectors and of the largest group, and a warning."""
     flagged: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for rec in records:
-        if rec.get("few_distinct"):
+        if rec.get("identical"):
             flagged.setdefault((rec["site"], rec["pool"]), []).append(rec)
     out = []
     for (site, pool), recs in flagged.items():
-        counts = ", ".join(f"{r['distinct']} in {r['lang']}" for r in recs)
+        counts = ", ".join(
+            f"{r['lang']}: {r['distinct']} distinct, {r['largest_group']} rows share one"
+            for r in recs
+        )
         out.append(
             {
                 "site": site,
                 "pool": pool,
                 "distinct": {r["lang"]: r["distinct"] for r in recs},
+                "largest_group": {r["lang"]: r["largest_group"] for r in recs},
                 "warning": (
-                    f"{site}, {pool} pool: the vectors take few distinct values ({counts}): "
-                    "prompts share the token pooled there, so every metric at this site "
-                    "measures which prompts share it, not what the model computed"
+                    f"{site}, {pool} pool: many prompts share one vector ({counts}): they share "
+                    "the token pooled there, so the metrics at this site mostly measure which "
+                    "prompts share it, not what the model computed; findings skip this site "
+                    "for these languages"
                 ),
             }
         )
     return out
 
 
-def _mark_artifacts(
-    findings: Sequence[dict[str, Any]], identical: Sequence[Mapping[str, Any]]
-) -> None:
-    """Name the artifact on every finding whose site has few distinct vectors."""
-    bad = {(e["site"], e["pool"]) for e in identical}
-    for f in findings:
-        if (f.get("site"), f.get("pool")) in bad:
-            f["artifact"] = "identical-vectors"
-        gain = f.get("largest_gain")
-        if isinstance(gain, dict) and (gain.get("site"), f.get("pool")) in bad:
-            gain["artifact"] = "identical-vectors"
+def _is_flagged(flagged: set[tuple[str, str, str]], site: str, pool: str, x: str, y: str) -> bool:
+    return (site, pool, x) in flagged or (site, pool, y) in flagged
 
 
 def _fmt(v: Any) -> str:
@@ -402,7 +414,8 @@ def headline(findings: Sequence[Mapping[str, Any]], has_control: bool = True) ->
         return "no z value was defined at any site: no finding (see alignment.json for reasons)"
     first = zs[0]["pair"]
     zs = [f for f in zs if f["pair"] == first]
-    beyond = sum(f["verdict"] == "beyond-control" for f in zs)
+    # a finding at a site of identical vectors (every site was one) measures shared tokens
+    beyond = sum(f["verdict"] == "beyond-control" and not f.get("artifact") for f in zs)
     lead = (
         f"{first[0]}/{first[1]}: "
         + (
@@ -423,8 +436,10 @@ def headline(findings: Sequence[Mapping[str, Any]], has_control: bool = True) ->
             if not has_control
             else f"control {_fmt(None if ctl is None else ctl['value'])} at {f['site']}"
         )
+        artifact = " (identical vectors: shared tokens)" if f.get("artifact") else ""
         parts.append(
-            f"{f['pool']}-pool z {_fmt(f['model']['value'])} at {f['site']} is {f['verdict']} "
+            f"{f['pool']}-pool z {_fmt(f['model']['value'])} at {f['site']}{artifact} is "
+            f"{f['verdict']} "
             f"({ctl_text}, lexical {_fmt(None if lex is None else lex['value'])}): "
             f"{_PHRASES[f['verdict']]}"
         )
@@ -567,10 +582,19 @@ def findings_for_origin(origin: Mapping[str, Any]) -> dict[str, Any]:
         warnings.insert(0, small)
     if ctl is None:
         warnings.append("no random-weights control: no finding can be beyond-control")
+    identical = {
+        site
+        for groups in (origin.get("identical_last_token") or {}).values()
+        for site, g in groups.items()
+        if g.get("identical")
+    }
     for pool, key in _ORIGIN_POOLS.items():
         rows = [r for r in origin.get("decomposition") or [] if r.get(key) is not None]
         if not rows:
             continue
+        flagged = identical if pool == "last" else set()
+        # sites of identical vectors measure shared tokens: chosen only if all are
+        rows = [r for r in rows if r["site"] not in flagged] or rows
         best = max(rows, key=lambda r: float(r[key]))
         model = {"value": best[key], "ci_low": None, "ci_high": None}
         c_row = ctl_rows.get(best["site"])
@@ -607,6 +631,7 @@ def findings_for_origin(origin: Mapping[str, Any]) -> dict[str, Any]:
                     "model": gain[1][key],
                     "control": ctl_rows[gain[1]["site"]][key],
                 },
+                "artifact": "identical-vectors" if best["site"] in flagged else None,
                 "n": n,
                 "source": "origin",
             }

@@ -717,11 +717,13 @@ def dominance_records(
     ``share`` is the share of the mean squared norm held by the largest dimension, ``top_dims``
     the indices of the three largest, ``flagged`` whether ``share`` exceeds
     :data:`~xlalign.metrics.dominance.DOMINANCE_WARN`. ``distinct`` counts the distinct
-    vectors and ``few_distinct`` flags a site where they are at most half the rows (prompts
-    sharing the pooled token: :mod:`xlalign.metrics.duplicates`).
+    vectors, ``largest_group`` the rows that share the commonest one, and ``identical`` flags a
+    site where that group holds at least
+    :data:`~xlalign.metrics.duplicates.IDENTICAL_SHARE` of the rows (prompts sharing the pooled
+    token).
     """
     from xlalign.metrics.dominance import DOMINANCE_WARN
-    from xlalign.metrics.duplicates import distinct_rows, few_distinct
+    from xlalign.metrics.duplicates import identical_groups
 
     out: list[dict[str, Any]] = []
     for site in sites:
@@ -742,9 +744,12 @@ def dominance_records(
                         undefined_reason=None if res.share is not None else "every vector is 0",
                     )  # fmt: skip
                 rec["flagged"] = rec["share"] is not None and rec["share"] > DOMINANCE_WARN
-                arr = run.array(lang, site, pool)
-                rec["distinct"] = distinct_rows(arr)
-                rec["few_distinct"] = few_distinct(rec["distinct"], int(arr.shape[0]))
+                groups = identical_groups(run.array(lang, site, pool))
+                rec.update(
+                    distinct=groups.distinct,
+                    largest_group=groups.largest_group,
+                    identical=groups.identical,
+                )
                 out.append(rec)
     return out
 

@@ -28,7 +28,7 @@ from xlalign.errors import RunError, XlalignError
 from xlalign.metrics import (
     ZResult,
     cohen_d_pc1,
-    distinct_rows,
+    identical_groups,
     matched_vs_scrambled_z,
     pca_subspace_z,
 )
@@ -444,8 +444,8 @@ def _seed_keys(
     )
     out["norms_last_token"] = norms
     # prompts ending in the same token share its embedding: z there measures shared tokens
-    out["distinct_last_token"] = {
-        lang: {site: distinct_rows(last(lang, site)) for site in ("embed", "L0")}
+    out["identical_last_token"] = {
+        lang: {site: identical_groups(last(lang, site)).to_dict() for site in ("embed", "L0")}
         for lang in (lx, ly)
     }
     out["z_l0_cached_source"] = cached_source
