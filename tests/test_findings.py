@@ -51,6 +51,8 @@ def v(value, lo=None, hi=None):
         (v(10), v(9.999), None, "beyond-control"),  # no intervals: points compared
         (v(10), v(10), None, "matched-by-control"),
         (v(10, None, 11), v(9, 8, 10), None, "matched-by-control"),  # missing low -> value
+        (v(10, 9, 11), v(5, 4, 6), v(8, 7, 9), "matched-by-lexical"),  # touching the lexical
+        (v(10, 9, 11), v(5, 4, 6), v(8, 7, 8.999), "beyond-control"),
     ],
 )
 def test_verdict_rule(model, control, lexical, expected):
@@ -61,7 +63,7 @@ def test_every_verdict_is_listed_and_model_value_required():
     assert set(VERDICTS) == {
         "beyond-control", "matched-by-control", "matched-by-lexical", "below-control", "no-control"
     }  # fmt: skip
-    with pytest.raises(ValueError, match="model's value"):
+    with pytest.raises(ValueError, match="^verdict needs the model's value; got None$"):
         verdict(v(None), v(1, 0, 2), None)
 
 
@@ -498,3 +500,78 @@ def test_distinct_rows_against_numpy_unique():
     assert distinct_rows(b) == 2
     with pytest.raises(XlalignError):
         distinct_rows(np.zeros(4))
+
+
+def test_few_distinct_is_at_most_half_of_more_than_one_row():
+    """The flag's rule written out: more than one row and at most half of them distinct, for
+    every count up to 12 rows."""
+    from xlalign.metrics.duplicates import few_distinct
+
+    for n in range(13):
+        for distinct in range(n + 1):
+            assert few_distinct(distinct, n) == (n > 1 and 2 * distinct <= n), (distinct, n)
+
+
+def test_distinct_rows_reads_every_chunk(monkeypatch):
+    """Repeats that fall in different read chunks (and a last, partial chunk) count once."""
+    from xlalign.metrics import duplicates
+
+    monkeypatch.setattr(duplicates, "_CHUNK", 3)
+    rs = np.random.default_rng(4)
+    base = rs.standard_normal((4, 3))
+    for rows in ([0, 1, 2, 3, 0, 1, 2], [0, 0, 0, 0, 0, 0, 1], [3, 2, 1, 0]):
+        a = base[rows]
+        assert duplicates.distinct_rows(a) == len(np.unique(a, axis=0)), rows
+        assert duplicates.distinct_rows(np.asfortranarray(a)) == len(np.unique(a, axis=0))
+
+
+def test_small_sample_warning_below_30_only():
+    from xlalign.studies.findings import SMALL_SAMPLE, small_sample_warning
+
+    assert SMALL_SAMPLE == 30
+    assert small_sample_warning(None) is None
+    assert small_sample_warning(30) is None
+    assert small_sample_warning(31) is None
+    w = small_sample_warning(29)
+    assert w is not None and w.startswith("only 29 pairs (under 30): ")
+    assert w.endswith("intervals are wide and a few pairs can move any value")
+    assert small_sample_warning(5, "prompts").startswith("only 5 prompts (under 30)")  # type: ignore[union-attr]
+
+
+def test_largest_gain_is_the_argmax_of_model_minus_control():
+    """Against a brute-force argmax over the sites that have both values (first site on a tie);
+    sites without a model or control value, or with a None value, are skipped."""
+    from xlalign.studies.findings import _largest_gain
+
+    rs = np.random.default_rng(9)
+    sites = [f"L{i}" for i in range(8)]
+    for trial in range(30):
+        model, control = {}, {}
+        for site in sites:
+            for idx in (model, control):
+                r = rs.random()
+                if r < 0.15:
+                    continue  # no record
+                val = None if r < 0.25 else float(rs.integers(-3, 4))  # ties happen
+                idx[("zh", "en", "mean", site, "z")] = {"value": val}
+        other = {("en", "zh", "mean", s, "z"): {"value": 100.0} for s in sites}  # another pair
+        got = _largest_gain({**model, **other}, control, "zh", "en", "mean", sites, "z")
+        both = [
+            (model[k]["value"] - control[k]["value"], i, k[3])
+            for i, k in enumerate(("zh", "en", "mean", s, "z") for s in sites)
+            if k in model
+            and k in control
+            and model[k]["value"] is not None
+            and control[k]["value"] is not None
+        ]
+        if not both:
+            assert got is None, trial
+            continue
+        gain, _, site = max(both, key=lambda t: (t[0], -t[1]))
+        key = ("zh", "en", "mean", site, "z")
+        assert got == {
+            "site": site,
+            "gain": gain,
+            "model": model[key]["value"],
+            "control": control[key]["value"],
+        }, trial

@@ -278,3 +278,34 @@ def test_small_rows_are_centred_before_rounding() -> None:
         got = matched_vs_scrambled_z(xs * np.float32(scale), ys * np.float32(scale)).z
         assert got is not None
         assert abs(got - want) <= 1e-6 * max(abs(want), 1.0), scale
+
+
+def test_the_float32_path_boundaries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``n <= d`` and ``n * d <= DENSE_MAX_ENTRIES`` are closed bounds; only the exact literal
+    ``"float64"`` turns the path off."""
+    calls: list[tuple[int, int]] = []
+    real = permutation._float32_moments
+
+    def spy(x: np.ndarray, y: np.ndarray, scratch: object) -> object:
+        calls.append(x.shape)
+        return real(x, y, scratch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(permutation, "_float32_moments", spy)
+    x, y = hidden_like(32, 32, 0.5, 3.0, 0.0, seed=17)  # n == d
+    matched_vs_scrambled_z(x, y)
+    assert calls == [(32, 32)]
+    matched_vs_scrambled_z(x[:31, :31].copy(), y[:31, :31].copy())
+    assert calls == [(32, 32), (31, 31)]
+    matched_vs_scrambled_z(x[:, :31].copy(), y[:, :31].copy())  # n = d + 1
+    assert len(calls) == 2
+    matched_vs_scrambled_z(x, y, products="float64")
+    assert len(calls) == 2
+    monkeypatch.setattr(permutation, "DENSE_MAX_ENTRIES", 32 * 32)
+    matched_vs_scrambled_z(x, y)
+    assert len(calls) == 3
+    monkeypatch.setattr(permutation, "DENSE_MAX_ENTRIES", 32 * 32 - 1)
+    matched_vs_scrambled_z(x, y)
+    assert len(calls) == 3
+    # the float64 path computes in float64: its z is the reference to rounding
+    matched, mean, std = reference(x, y)
+    assert matched_vs_scrambled_z(x, y).z == pytest.approx((matched - mean) / std, rel=1e-9)
