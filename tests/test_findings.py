@@ -63,7 +63,7 @@ def test_every_verdict_is_listed_and_model_value_required():
     assert set(VERDICTS) == {
         "beyond-control", "matched-by-control", "matched-by-lexical", "below-control", "no-control"
     }  # fmt: skip
-    with pytest.raises(ValueError, match="^verdict needs the model's value; got None$"):
+    with pytest.raises(ValueError, match=r"^verdict needs the model's value; got None$"):
         verdict(v(None), v(1, 0, 2), None)
 
 
@@ -498,7 +498,9 @@ def test_distinct_rows_against_numpy_unique():
     b = np.zeros((3, 2))
     b[1, 0] = -0.0  # the same value as 0.0 but other bits: counted apart, as documented
     assert distinct_rows(b) == 2
-    with pytest.raises(XlalignError):
+    with pytest.raises(
+        XlalignError, match=r"expected a \(n_rows, d_model\) array, got shape \(4,\)"
+    ):
         distinct_rows(np.zeros(4))
 
 
