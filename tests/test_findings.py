@@ -577,3 +577,92 @@ def test_largest_gain_is_the_argmax_of_model_minus_control():
             "model": model[key]["value"],
             "control": control[key]["value"],
         }, trial
+
+
+def _finding(metric, value, lo, hi, site="L1", pool="mean", pair=("zh", "en")):
+    return {"pair": list(pair), "pool": pool, "site": site, "metric": metric,
+            "model": {"value": value, "ci_low": lo, "ci_high": hi}}  # fmt: skip
+
+
+def test_outside_interval_warns_for_each_value_outside_its_closed_interval():
+    """The rule written out: a value with both bounds, strictly outside [low, high], is named
+    with the side and the metric's own reason (a generic one for other metrics)."""
+    from xlalign.studies.findings import _outside_interval
+
+    tail = "; it is not a band around the value, and the verdict compares intervals biased alike"
+    quiet = [
+        _finding("z", 2.0, 1.0, 3.0),
+        _finding("z", 1.0, 1.0, 3.0),  # on the low bound: inside
+        _finding("z", 3.0, 1.0, 3.0),  # on the high bound: inside
+        _finding("z", None, 1.0, 3.0),
+        _finding("z", 5.0, None, 3.0),
+        _finding("z", 5.0, 1.0, None),
+        _finding("z", 5.0, None, None),
+    ]
+    loud = [
+        _finding("z", 5.0, 1.0, 3.0, site="L2"),
+        _finding("cka", 0.5, 0.75, 0.875, site="L3", pool="last"),
+        _finding("p1_xy", 0.25, 0.5, 0.75, site="embed", pair=("de", "fr")),
+    ]
+    assert _outside_interval(quiet) == []
+    assert _outside_interval(quiet + loud) == [
+        "zh/en, mean pool, z at L2: the bootstrap interval [1, 3] lies below the value 5 "
+        "(pairs drawn twice join the null and lower the resampled z)" + tail,
+        "zh/en, last pool, CKA at L3: the bootstrap interval [0.75, 0.875] lies above the "
+        "value 0.5 (rows drawn twice weigh twice in both Gram matrices and raise the "
+        "resampled CKA)" + tail,
+        "de/fr, mean pool, P@1 x->y at embed: the bootstrap interval [0.5, 0.75] lies above "
+        "the value 0.25 (the resampled statistic is biased)" + tail,
+    ]
+
+
+def test_identical_vectors_and_their_marks_from_hand_built_records():
+    """Flagged (site, pool) pairs in first-seen order, their languages' counts, the warning
+    text, and the mark on exactly the findings (and largest gains) placed there."""
+    from xlalign.studies.findings import _mark_artifacts, identical_vectors
+
+    recs = [
+        {"site": "embed", "pool": "last", "lang": "zh", "distinct": 2, "few_distinct": True},
+        {"site": "embed", "pool": "mean", "lang": "zh", "distinct": 30, "few_distinct": False},
+        {"site": "L0", "pool": "last", "lang": "en", "distinct": 3, "few_distinct": True},
+        {"site": "embed", "pool": "last", "lang": "en", "distinct": 4, "few_distinct": True},
+        {"site": "L1", "pool": "last", "lang": "en", "distinct": 30},  # no flag given
+    ]
+    out = identical_vectors(recs)
+    tail = (
+        "prompts share the token pooled there, so every metric at this site measures which "
+        "prompts share it, not what the model computed"
+    )
+    assert out == [
+        {"site": "embed", "pool": "last", "distinct": {"zh": 2, "en": 4},
+         "warning": "embed, last pool: the vectors take few distinct values (2 in zh, 4 in en): "
+         + tail},
+        {"site": "L0", "pool": "last", "distinct": {"en": 3},
+         "warning": "L0, last pool: the vectors take few distinct values (3 in en): " + tail},
+    ]  # fmt: skip
+    findings = [
+        {"site": "embed", "pool": "last", "largest_gain": {"site": "L3"}},
+        {"site": "embed", "pool": "mean", "largest_gain": {"site": "embed"}},
+        {"site": "L3", "pool": "last", "largest_gain": {"site": "L0"}},
+        {"site": "L0", "pool": "mean", "largest_gain": None},
+        {"site": "L0", "pool": "last", "largest_gain": "L0"},  # not a dict: left alone
+        {"pool": "last"},
+    ]
+    _mark_artifacts(findings, out)
+    assert [f.get("artifact") for f in findings] == [
+        "identical-vectors",
+        None,
+        None,
+        None,
+        "identical-vectors",
+        None,
+    ]
+    assert [f.get("largest_gain") for f in findings] == [
+        {"site": "L3"},
+        {"site": "embed"},  # embed/mean is not flagged
+        {"site": "L0", "artifact": "identical-vectors"},
+        None,
+        "L0",
+        None,
+    ]
+    assert identical_vectors([]) == [] and identical_vectors(recs[1:2]) == []

@@ -163,3 +163,20 @@ def test_zero_rows_and_rows_landing_on_the_smallest_normal_stay_float32():
     a[2, 0] = 2.0 ** (-127 + 51)  # one binade lower: subnormal once scaled
     assert _scaled_rows_lose_normal_values(a, 51)
     assert safe_scale(a).dtype == np.float64
+
+
+def test_arrays_in_range_come_back_as_the_same_object():
+    """No copy (a memory-mapped site stays mapped) unless the largest magnitude lies outside
+    2**-40 .. 2**40; all-zero arrays too."""
+    from xlalign.metrics._checks import safe_scale
+
+    for a in (
+        np.ones((3, 2), dtype=np.float32),
+        np.full((3, 2), 2.0**39),
+        np.full((3, 2), 2.0**-41, dtype=np.float32),
+        np.zeros((3, 2)),
+    ):
+        assert safe_scale(a) is a
+    big = np.full((3, 2), 2.0**40)
+    assert safe_scale(big) is not big
+    np.testing.assert_array_equal(safe_scale(big), big * 2.0**-41)
