@@ -51,6 +51,8 @@ def v(value, lo=None, hi=None):
         (v(10), v(9.999), None, "beyond-control"),  # no intervals: points compared
         (v(10), v(10), None, "matched-by-control"),
         (v(10, None, 11), v(9, 8, 10), None, "matched-by-control"),  # missing low -> value
+        (v(10, 9, 11), v(5, 4, 6), v(8, 7, 9), "matched-by-lexical"),  # touching the lexical
+        (v(10, 9, 11), v(5, 4, 6), v(8, 7, 8.999), "beyond-control"),
     ],
 )
 def test_verdict_rule(model, control, lexical, expected):
@@ -61,7 +63,7 @@ def test_every_verdict_is_listed_and_model_value_required():
     assert set(VERDICTS) == {
         "beyond-control", "matched-by-control", "matched-by-lexical", "below-control", "no-control"
     }  # fmt: skip
-    with pytest.raises(ValueError, match="model's value"):
+    with pytest.raises(ValueError, match=r"^verdict needs the model's value; got None$"):
         verdict(v(None), v(1, 0, 2), None)
 
 
@@ -524,5 +526,171 @@ def test_identical_groups_against_numpy_unique():
     b = np.zeros((3, 2))
     b[1, 0] = -0.0  # the same value as 0.0 but other bits: counted apart, as documented
     assert distinct_rows(b) == 2
-    with pytest.raises(XlalignError):
+    with pytest.raises(
+        XlalignError, match=r"expected a \(n_rows, d_model\) array, got shape \(4,\)"
+    ):
         distinct_rows(np.zeros(4))
+
+
+def test_few_distinct_is_at_most_half_of_more_than_one_row():
+    """The flag's rule written out: more than one row and at most half of them distinct, for
+    every count up to 12 rows."""
+    from xlalign.metrics.duplicates import few_distinct
+
+    for n in range(13):
+        for distinct in range(n + 1):
+            assert few_distinct(distinct, n) == (n > 1 and 2 * distinct <= n), (distinct, n)
+
+
+def test_distinct_rows_reads_every_chunk(monkeypatch):
+    """Repeats that fall in different read chunks (and a last, partial chunk) count once."""
+    from xlalign.metrics import duplicates
+
+    monkeypatch.setattr(duplicates, "_CHUNK", 3)
+    rs = np.random.default_rng(4)
+    base = rs.standard_normal((4, 3))
+    for rows in ([0, 1, 2, 3, 0, 1, 2], [0, 0, 0, 0, 0, 0, 1], [3, 2, 1, 0]):
+        a = base[rows]
+        assert duplicates.distinct_rows(a) == len(np.unique(a, axis=0)), rows
+        assert duplicates.distinct_rows(np.asfortranarray(a)) == len(np.unique(a, axis=0))
+
+
+def test_small_sample_warning_below_30_only():
+    from xlalign.studies.findings import SMALL_SAMPLE, small_sample_warning
+
+    assert SMALL_SAMPLE == 30
+    assert small_sample_warning(None) is None
+    assert small_sample_warning(30) is None
+    assert small_sample_warning(31) is None
+    w = small_sample_warning(29)
+    assert w is not None and w.startswith("only 29 pairs (under 30): ")
+    assert w.endswith("intervals are wide and a few pairs can move any value")
+    assert small_sample_warning(5, "prompts").startswith("only 5 prompts (under 30)")  # type: ignore[union-attr]
+
+
+def test_largest_gain_is_the_argmax_of_model_minus_control():
+    """Against a brute-force argmax over the sites that have both values (first site on a tie);
+    sites without a model or control value, or with a None value, are skipped."""
+    from xlalign.studies.findings import _largest_gain
+
+    rs = np.random.default_rng(9)
+    sites = [f"L{i}" for i in range(8)]
+    for trial in range(30):
+        model, control = {}, {}
+        for site in sites:
+            for idx in (model, control):
+                r = rs.random()
+                if r < 0.15:
+                    continue  # no record
+                val = None if r < 0.25 else float(rs.integers(-3, 4))  # ties happen
+                idx[("zh", "en", "mean", site, "z")] = {"value": val}
+        other = {("en", "zh", "mean", s, "z"): {"value": 100.0} for s in sites}  # another pair
+        got = _largest_gain({**model, **other}, control, "zh", "en", "mean", sites, "z")
+        both = [
+            (model[k]["value"] - control[k]["value"], i, k[3])
+            for i, k in enumerate(("zh", "en", "mean", s, "z") for s in sites)
+            if k in model
+            and k in control
+            and model[k]["value"] is not None
+            and control[k]["value"] is not None
+        ]
+        if not both:
+            assert got is None, trial
+            continue
+        gain, _, site = max(both, key=lambda t: (t[0], -t[1]))
+        key = ("zh", "en", "mean", site, "z")
+        assert got == {
+            "site": site,
+            "gain": gain,
+            "model": model[key]["value"],
+            "control": control[key]["value"],
+        }, trial
+
+
+def _finding(metric, value, lo, hi, site="L1", pool="mean", pair=("zh", "en")):
+    return {"pair": list(pair), "pool": pool, "site": site, "metric": metric,
+            "model": {"value": value, "ci_low": lo, "ci_high": hi}}  # fmt: skip
+
+
+def test_outside_interval_warns_for_each_value_outside_its_closed_interval():
+    """The rule written out: a value with both bounds, strictly outside [low, high], is named
+    with the side and the metric's own reason (a generic one for other metrics)."""
+    from xlalign.studies.findings import _outside_interval
+
+    tail = "; it is not a band around the value, and the verdict compares intervals biased alike"
+    quiet = [
+        _finding("z", 2.0, 1.0, 3.0),
+        _finding("z", 1.0, 1.0, 3.0),  # on the low bound: inside
+        _finding("z", 3.0, 1.0, 3.0),  # on the high bound: inside
+        _finding("z", None, 1.0, 3.0),
+        _finding("z", 5.0, None, 3.0),
+        _finding("z", 5.0, 1.0, None),
+        _finding("z", 5.0, None, None),
+    ]
+    loud = [
+        _finding("z", 5.0, 1.0, 3.0, site="L2"),
+        _finding("cka", 0.5, 0.75, 0.875, site="L3", pool="last"),
+        _finding("p1_xy", 0.25, 0.5, 0.75, site="embed", pair=("de", "fr")),
+    ]
+    assert _outside_interval(quiet) == []
+    assert _outside_interval(quiet + loud) == [
+        "zh/en, mean pool, z at L2: the bootstrap interval [1, 3] lies below the value 5 "
+        "(pairs drawn twice join the null and lower the resampled z)" + tail,
+        "zh/en, last pool, CKA at L3: the bootstrap interval [0.75, 0.875] lies above the "
+        "value 0.5 (rows drawn twice weigh twice in both Gram matrices and raise the "
+        "resampled CKA)" + tail,
+        "de/fr, mean pool, P@1 x->y at embed: the bootstrap interval [0.5, 0.75] lies above "
+        "the value 0.25 (the resampled statistic is biased)" + tail,
+    ]
+
+
+def test_identical_vectors_and_their_marks_from_hand_built_records():
+    """Flagged (site, pool) pairs in first-seen order, their languages' counts, the warning
+    text, and the mark on exactly the findings (and largest gains) placed there."""
+    from xlalign.studies.findings import _mark_artifacts, identical_vectors
+
+    recs = [
+        {"site": "embed", "pool": "last", "lang": "zh", "distinct": 2, "few_distinct": True},
+        {"site": "embed", "pool": "mean", "lang": "zh", "distinct": 30, "few_distinct": False},
+        {"site": "L0", "pool": "last", "lang": "en", "distinct": 3, "few_distinct": True},
+        {"site": "embed", "pool": "last", "lang": "en", "distinct": 4, "few_distinct": True},
+        {"site": "L1", "pool": "last", "lang": "en", "distinct": 30},  # no flag given
+    ]
+    out = identical_vectors(recs)
+    tail = (
+        "prompts share the token pooled there, so every metric at this site measures which "
+        "prompts share it, not what the model computed"
+    )
+    assert out == [
+        {"site": "embed", "pool": "last", "distinct": {"zh": 2, "en": 4},
+         "warning": "embed, last pool: the vectors take few distinct values (2 in zh, 4 in en): "
+         + tail},
+        {"site": "L0", "pool": "last", "distinct": {"en": 3},
+         "warning": "L0, last pool: the vectors take few distinct values (3 in en): " + tail},
+    ]  # fmt: skip
+    findings = [
+        {"site": "embed", "pool": "last", "largest_gain": {"site": "L3"}},
+        {"site": "embed", "pool": "mean", "largest_gain": {"site": "embed"}},
+        {"site": "L3", "pool": "last", "largest_gain": {"site": "L0"}},
+        {"site": "L0", "pool": "mean", "largest_gain": None},
+        {"site": "L0", "pool": "last", "largest_gain": "L0"},  # not a dict: left alone
+        {"pool": "last"},
+    ]
+    _mark_artifacts(findings, out)
+    assert [f.get("artifact") for f in findings] == [
+        "identical-vectors",
+        None,
+        None,
+        None,
+        "identical-vectors",
+        None,
+    ]
+    assert [f.get("largest_gain") for f in findings] == [
+        {"site": "L3"},
+        {"site": "embed"},  # embed/mean is not flagged
+        {"site": "L0", "artifact": "identical-vectors"},
+        None,
+        "L0",
+        None,
+    ]
+    assert identical_vectors([]) == [] and identical_vectors(recs[1:2]) == []

@@ -117,3 +117,66 @@ def test_rows_of_very_different_sizes_are_not_flushed_to_zero():
         assert got.z == pytest.approx(want.z, rel=1e-5), method
     assert M.linear_cka(x32, y32).cka == pytest.approx(M.linear_cka(x64, y64).cka, rel=1e-5)
     assert M.retrieval_scores(x32, y32) == M.retrieval_scores(x64, y64)
+
+
+# ---------------------------------------------------------------------------------------------
+# safe_scale's float64 fallback, row by row (mutation testing: docs/testing.md)
+
+
+def _scaled_rows_lose_normal_values(a: np.ndarray, e: int) -> bool:
+    """From the definition: some nonzero row of ``a * 2**-e`` (exact in float64) has no value
+    of at least float32's smallest normal number."""
+    s = np.abs(a.astype(np.float64) * 2.0**-e)
+    nonzero = np.abs(a.astype(np.float64)).max(axis=1) > 0
+    return bool(np.any(nonzero & (s.max(axis=1) < np.finfo(np.float32).tiny)))
+
+
+@pytest.mark.parametrize("row", [0, 4, 8])
+def test_a_row_scaled_to_subnormal_values_sends_the_copy_to_float64(monkeypatch, row):
+    """Row ``row`` holds ~1e-30 beside a 2**50 row: scaled by 2**-51 in float32 it would keep
+    only subnormal values (a few digits, not zero). Row blocks of 2 make every block count."""
+    from xlalign.metrics import _checks
+
+    monkeypatch.setattr(_checks, "CHUNK_ROWS", 2)
+    rng = np.random.default_rng(8)
+    a = rng.uniform(0.5, 1.0, size=(9, 3)).astype(np.float32)
+    a[(row + 3) % 9] = 2.0**50
+    a[row] = np.float32(1e-30) * a[row]
+    assert _scaled_rows_lose_normal_values(a, 51)
+    got = _checks.safe_scale(a)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, a.astype(np.float64) * 2.0**-51)
+
+
+def test_zero_rows_and_rows_landing_on_the_smallest_normal_stay_float32():
+    from xlalign.metrics._checks import safe_scale
+
+    a = np.ones((4, 3), dtype=np.float32)
+    a[0] = 2.0**50  # scaled by 2**-51
+    a[1] = 0.0  # a zero row has nothing to lose
+    a[2, 0] = 2.0 ** (-126 + 51)  # lands exactly on float32's smallest normal number
+    a[2, 1:] = 0.0
+    assert not _scaled_rows_lose_normal_values(a, 51)
+    got = safe_scale(a)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, (a.astype(np.float64) * 2.0**-51).astype(np.float32))
+    a[2, 0] = 2.0 ** (-127 + 51)  # one binade lower: subnormal once scaled
+    assert _scaled_rows_lose_normal_values(a, 51)
+    assert safe_scale(a).dtype == np.float64
+
+
+def test_arrays_in_range_come_back_as_the_same_object():
+    """No copy (a memory-mapped site stays mapped) unless the largest magnitude lies outside
+    2**-40 .. 2**40; all-zero arrays too."""
+    from xlalign.metrics._checks import safe_scale
+
+    for a in (
+        np.ones((3, 2), dtype=np.float32),
+        np.full((3, 2), 2.0**39),
+        np.full((3, 2), 2.0**-41, dtype=np.float32),
+        np.zeros((3, 2)),
+    ):
+        assert safe_scale(a) is a
+    big = np.full((3, 2), 2.0**40)
+    assert safe_scale(big) is not big
+    np.testing.assert_array_equal(safe_scale(big), big * 2.0**-41)

@@ -351,6 +351,116 @@ def test_sweep_errors_name_the_site() -> None:
         matched_vs_scrambled_z_sweep({})
 
 
+def _reference_z(x: np.ndarray, y: np.ndarray, strata: list[int] | None = None) -> float:
+    """The exact z from full enumeration (float64, brute-force cosines)."""
+    s = cosines(x, y)
+    null = enumerate_null(s, strata)
+    return float((np.trace(s) / s.shape[0] - null.mean()) / null.std())
+
+
+def test_sweep_defaults_are_the_seed_formula() -> None:
+    """Monte Carlo with the defaults: 1000 draws of RandomState(42), the study's formula."""
+    x, y = aligned(12, 16, 0.5, 6, dtype=np.float64)
+    z, matched, mean, std = seed_formula(x, y)
+    got = matched_vs_scrambled_z_sweep({"L0": (x, y)}, method="monte-carlo")["L0"]
+    assert got.n_perms == 1000
+    assert got.matched == pytest.approx(matched, rel=1e-12)
+    assert got.z == pytest.approx(z, rel=1e-9)
+    assert got.null_mean == pytest.approx(mean, rel=1e-9)
+    assert got.null_std == pytest.approx(std, rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sweep_with_strata_equals_enumeration(dtype: type) -> None:
+    """Stratified exact z in a sweep (float32 inputs with n <= d, where the unstratified z
+    would take the float32 path) against full enumeration within strata."""
+    strata = [0, 0, 0, 1, 1, 1, 1]
+    sites = {f"L{k}": aligned(7, 9, 0.6, 10 + k, dtype=dtype) for k in range(2)}
+    out = matched_vs_scrambled_z_sweep(sites, strata=strata)
+    for name, (x, y) in sites.items():
+        assert out[name].stratified
+        assert out[name].z == pytest.approx(_reference_z(x, y, strata), rel=1e-9), name
+    mc = matched_vs_scrambled_z_sweep(sites, method="monte-carlo", n_perms=300, strata=strata)
+    for name, (x, y) in sites.items():
+        perms = draw_permutations(7, 300, 42, strata)
+        lab = np.asarray(strata)
+        assert (lab[perms] == lab[None, :]).all()  # the draws keep the strata
+        s = cosines(x, y)
+        t = s[np.arange(7)[None, :], perms].mean(axis=1)
+        assert mc[name].null_mean == pytest.approx(t.mean(), rel=1e-5), name
+        assert mc[name].null_std == pytest.approx(t.std(), rel=1e-4), name
+
+
+def test_sweep_at_extreme_scales_equals_enumeration() -> None:
+    """Inputs whose squares under- or overflow their own dtype: the sweep rescales them on
+    every path (exact float64, exact with strata, Monte Carlo). Scaling by a constant does not
+    change z, so the reference is the unscaled data's enumeration."""
+    strata = [0, 0, 0, 1, 1, 1, 1]
+    x, y = aligned(7, 9, 0.6, 21, dtype=np.float64)
+    cases = [(np.float64, 1e-200), (np.float64, 1e200), (np.float32, 1e-30), (np.float32, 1e30)]
+    for dtype, scale in cases:
+        xs, ys = (x * scale).astype(dtype), (y * scale).astype(dtype)
+        x0, y0 = xs.astype(np.float64) / scale, ys.astype(np.float64) / scale
+        for st in (None, strata):
+            out = matched_vs_scrambled_z_sweep({"s": (xs, ys)}, strata=st)["s"]
+            assert out.z == pytest.approx(_reference_z(x0, y0, st), rel=1e-6), (dtype, scale, st)
+            for products in ("auto", "float64"):
+                got = matched_vs_scrambled_z_sweep({"s": (xs, ys)}, strata=st, products=products)
+                assert got["s"] == matched_vs_scrambled_z(xs, ys, strata=st, products=products)
+        mc = matched_vs_scrambled_z_sweep({"s": (xs, ys)}, method="monte-carlo", n_perms=200)
+        assert mc["s"].z is not None and np.isfinite(mc["s"].z), (dtype, scale)
+        assert mc["s"] == matched_vs_scrambled_z(xs, ys, method="monte-carlo", n_perms=200)
+        s = cosines(x0, y0)
+        t = s[np.arange(7)[None, :], draw_permutations(7, 200, 42)].mean(axis=1)
+        assert mc["s"].null_mean == pytest.approx(t.mean(), rel=1e-4), (dtype, scale)
+
+
+def test_sweep_equals_single_calls_on_every_products_path() -> None:
+    """Float32 rows of very different sizes (1e13 and 1e-35: rescaling them in float32 would
+    flush the small row, so a rescaled copy is float64): each site's result is bit for bit the
+    single call's, with the float32 path or without it."""
+    x, y = aligned(6, 8, 0.5, 30, dtype=np.float64)
+    x[2] *= 1e13
+    x[4] *= 1e-35
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    for products in ("auto", "float64"):
+        got = matched_vs_scrambled_z_sweep({"a": (x32, y32), "b": (y32, x32)}, products=products)
+        assert got["a"] == matched_vs_scrambled_z(x32, y32, products=products), products
+        assert got["b"] == matched_vs_scrambled_z(y32, x32, products=products), products
+        assert got["a"].z == pytest.approx(_reference_z(x32, y32), rel=1e-5)
+    # the float64 products differ from the float32 ones in the last digits: the choice is kept
+    x, y = aligned(20, 24, 0.5, 31)
+    auto = matched_vs_scrambled_z_sweep({"s": (x, y)})["s"]
+    f64 = matched_vs_scrambled_z_sweep({"s": (x, y)}, products="float64")["s"]
+    assert auto == matched_vs_scrambled_z(x, y)
+    assert f64 == matched_vs_scrambled_z(x, y, products="float64")
+    assert auto.null_std != f64.null_std
+
+
+def test_sweep_takes_three_pairs_and_ignores_n_perms_for_exact() -> None:
+    x, y = aligned(3, 4, 0.5, 32, dtype=np.float64)
+    out = matched_vs_scrambled_z_sweep({"s": (x, y)}, n_perms=0)["s"]
+    assert out.z == pytest.approx(_reference_z(x, y), rel=1e-9)
+    with pytest.raises(XlalignError, match=r"site 's': need at least 3 pairs \(rows\), got 2"):
+        matched_vs_scrambled_z_sweep({"s": (x[:2], y[:2])})
+
+
+def test_sweep_names_the_site_of_a_zero_row() -> None:
+    x, y = aligned(30, 8, 0.4, 0)
+    bad = y.copy()
+    bad[5] = 0.0
+    for products in ("auto", "float64"):
+        with pytest.raises(XlalignError, match=r"^site 'L1': y has zero-norm rows at indices"):
+            matched_vs_scrambled_z_sweep({"L0": (x, y), "L1": (x, bad)}, products=products)
+    wide = aligned(8, 30, 0.4, 0)  # n <= d: the float32 path
+    zero = wide[0].copy()
+    zero[2] = 0.0
+    with pytest.raises(XlalignError, match=r"^site 'L1': x has zero-norm rows at indices \[2\]"):
+        matched_vs_scrambled_z_sweep({"L0": wide, "L1": (zero, wide[1])})
+    with pytest.raises(XlalignError, match=r"^no sites given: pairs is empty$"):
+        matched_vs_scrambled_z_sweep({})
+
+
 # --------------------------------------------------------------------------- bad input
 
 

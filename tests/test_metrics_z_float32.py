@@ -216,3 +216,96 @@ def test_errors_come_in_the_float64_paths_order() -> None:
         with pytest.raises(XlalignError) as f64:
             matched_vs_scrambled_z(xb, yb, products="float64")
         assert str(f32.value) == str(f64.value), fill
+
+
+# --------------------------------------------------------------------------- mutation kills
+# Each test below was written for a change that mutation testing showed the tests above let
+# through (docs/testing.md, "Measured kill rate").
+
+
+def test_the_scratch_is_one_float32_array_reused_per_shape() -> None:
+    """The sweep's scratch holds the float32 rows (2, n, d), kept while the shape holds."""
+    s = permutation._Scratch()
+    a = s.array(5, 7)
+    assert a.shape == (2, 5, 7) and a.dtype == np.float32
+    assert s.array(5, 7) is a
+    b = s.array(5, 9)
+    assert b.shape == (2, 5, 9) and b is not a
+    assert s.array(5, 9) is b
+
+
+def test_a_sweep_allocates_one_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[object] = []
+
+    class Counted(permutation._Scratch):
+        def __init__(self) -> None:
+            made.append(self)
+            super().__init__()
+
+    monkeypatch.setattr(permutation, "_Scratch", Counted)
+    pairs = {f"L{i}": hidden_like(20, 24, 0.5, 3.0, 0.0, seed=20 + i) for i in range(3)}
+    matched_vs_scrambled_z_sweep(pairs)
+    assert len(made) == 1
+
+
+def test_zero_rows_raise_without_a_divide_warning() -> None:
+    """The approximate mean divides by the row norms before the zero rows are reported."""
+    import warnings
+
+    x, y = hidden_like(30, 32, 0.5, 1.0, 0.0, seed=8)
+    x[6] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(XlalignError, match=r"x has zero-norm rows at indices \[6\]"):
+            matched_vs_scrambled_z(x, y)
+
+
+def test_small_rows_are_centred_before_rounding() -> None:
+    """Rows of norm under 1 around a large shared direction: the float32 rounding must be
+    relative to their spread, as for rows of any size (the approximate mean weighs every row,
+    not only those of norm over 1). Scaling by a power of two is exact, so the reference is the
+    unscaled data's float64 closed form."""
+    rs = np.random.default_rng(16)
+    n, d = 40, 256
+    base = rs.standard_normal(d)
+    latent = rs.standard_normal((n, d))
+    x = base + 3e-4 * (latent + rs.standard_normal((n, d)))
+    y = base + 3e-4 * (latent + rs.standard_normal((n, d)))
+    xs, ys = x.astype(np.float32), y.astype(np.float32)
+    matched, mean, std = reference(xs, ys)
+    want = (matched - mean) / std
+    for scale in (1.0, 2.0**-10):
+        got = matched_vs_scrambled_z(xs * np.float32(scale), ys * np.float32(scale)).z
+        assert got is not None
+        assert abs(got - want) <= 1e-6 * max(abs(want), 1.0), scale
+
+
+def test_the_float32_path_boundaries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``n <= d`` and ``n * d <= DENSE_MAX_ENTRIES`` are closed bounds; only the exact literal
+    ``"float64"`` turns the path off."""
+    calls: list[tuple[int, int]] = []
+    real = permutation._float32_moments
+
+    def spy(x: np.ndarray, y: np.ndarray, scratch: object) -> object:
+        calls.append(x.shape)
+        return real(x, y, scratch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(permutation, "_float32_moments", spy)
+    x, y = hidden_like(32, 32, 0.5, 3.0, 0.0, seed=17)  # n == d
+    matched_vs_scrambled_z(x, y)
+    assert calls == [(32, 32)]
+    matched_vs_scrambled_z(x[:31, :31].copy(), y[:31, :31].copy())
+    assert calls == [(32, 32), (31, 31)]
+    matched_vs_scrambled_z(x[:, :31].copy(), y[:, :31].copy())  # n = d + 1
+    assert len(calls) == 2
+    matched_vs_scrambled_z(x, y, products="float64")
+    assert len(calls) == 2
+    monkeypatch.setattr(permutation, "DENSE_MAX_ENTRIES", 32 * 32)
+    matched_vs_scrambled_z(x, y)
+    assert len(calls) == 3
+    monkeypatch.setattr(permutation, "DENSE_MAX_ENTRIES", 32 * 32 - 1)
+    matched_vs_scrambled_z(x, y)
+    assert len(calls) == 3
+    # the float64 path computes in float64: its z is the reference to rounding
+    matched, mean, std = reference(x, y)
+    assert matched_vs_scrambled_z(x, y).z == pytest.approx((matched - mean) / std, rel=1e-9)
