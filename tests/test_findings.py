@@ -532,14 +532,26 @@ def test_identical_groups_against_numpy_unique():
         distinct_rows(np.zeros(4))
 
 
-def test_few_distinct_is_at_most_half_of_more_than_one_row():
-    """The flag's rule written out: more than one row and at most half of them distinct, for
-    every count up to 12 rows."""
-    from xlalign.metrics.duplicates import few_distinct
+def test_identical_rule_over_every_group_structure_up_to_12_rows():
+    """The flag's rule written out (more than one row, and the largest group of equal rows at
+    least a fifth of them or at most half as many distinct rows as rows), checked on arrays
+    built with every feasible (distinct, largest group) for up to 12 rows."""
+    from xlalign.metrics import identical_groups
 
-    for n in range(13):
-        for distinct in range(n + 1):
-            assert few_distinct(distinct, n) == (n > 1 and 2 * distinct <= n), (distinct, n)
+    rs = np.random.default_rng(5)
+    for n in range(1, 13):
+        for distinct in range(1, n + 1):
+            for largest in range(1, n + 1):
+                rest, others = n - largest, distinct - 1
+                if not (others <= rest <= others * largest) or (others == 0) != (rest == 0):
+                    continue
+                sizes = [largest] + [rest // others + (i < rest % others) for i in range(others)]
+                base = rs.standard_normal((distinct, 3))
+                a = np.repeat(base, sizes, axis=0)
+                g = identical_groups(a)
+                assert (g.n, g.distinct, g.largest_group) == (n, distinct, largest)
+                want = n > 1 and (5 * largest >= n or 2 * distinct <= n)
+                assert g.identical is want, (n, distinct, largest)
 
 
 def test_distinct_rows_reads_every_chunk(monkeypatch):
@@ -644,53 +656,51 @@ def test_outside_interval_warns_for_each_value_outside_its_closed_interval():
     ]
 
 
-def test_identical_vectors_and_their_marks_from_hand_built_records():
-    """Flagged (site, pool) pairs in first-seen order, their languages' counts, the warning
-    text, and the mark on exactly the findings (and largest gains) placed there."""
-    from xlalign.studies.findings import _mark_artifacts, identical_vectors
+def test_identical_vectors_and_the_sites_findings_pass_over():
+    """From hand-built records: the entries and warnings, and build_findings passing over a
+    site flagged for either language of a pair (but not for another pair), unless every site
+    is flagged, when the finding carries the artifact and does not count in the headline."""
+    from xlalign.studies.findings import identical_vectors
 
-    recs = [
-        {"site": "embed", "pool": "last", "lang": "zh", "distinct": 2, "few_distinct": True},
-        {"site": "embed", "pool": "mean", "lang": "zh", "distinct": 30, "few_distinct": False},
-        {"site": "L0", "pool": "last", "lang": "en", "distinct": 3, "few_distinct": True},
-        {"site": "embed", "pool": "last", "lang": "en", "distinct": 4, "few_distinct": True},
-        {"site": "L1", "pool": "last", "lang": "en", "distinct": 30},  # no flag given
-    ]
+    def dom(site, lang, distinct, largest, flag):
+        return {"site": site, "pool": "last", "lang": lang, "distinct": distinct,
+                "largest_group": largest, "identical": flag}  # fmt: skip
+
+    recs = [dom("embed", "zh", 2, 160, True), dom("L0", "zh", 200, 1, False),
+            dom("embed", "en", 3, 120, True), dom("L1", "de", 190, 3, None)]  # fmt: skip
     out = identical_vectors(recs)
-    tail = (
-        "prompts share the token pooled there, so every metric at this site measures which "
-        "prompts share it, not what the model computed"
+    assert [(e["site"], e["pool"], e["distinct"], e["largest_group"]) for e in out] == [
+        ("embed", "last", {"zh": 2, "en": 3}, {"zh": 160, "en": 120})
+    ]
+    assert out[0]["warning"].startswith(
+        "embed, last pool: many prompts share one vector (zh: 2 distinct, 160 rows share one, "
+        "en: 3 distinct, 120 rows share one)"
     )
-    assert out == [
-        {"site": "embed", "pool": "last", "distinct": {"zh": 2, "en": 4},
-         "warning": "embed, last pool: the vectors take few distinct values (2 in zh, 4 in en): "
-         + tail},
-        {"site": "L0", "pool": "last", "distinct": {"en": 3},
-         "warning": "L0, last pool: the vectors take few distinct values (3 in en): " + tail},
-    ]  # fmt: skip
-    findings = [
-        {"site": "embed", "pool": "last", "largest_gain": {"site": "L3"}},
-        {"site": "embed", "pool": "mean", "largest_gain": {"site": "embed"}},
-        {"site": "L3", "pool": "last", "largest_gain": {"site": "L0"}},
-        {"site": "L0", "pool": "mean", "largest_gain": None},
-        {"site": "L0", "pool": "last", "largest_gain": "L0"},  # not a dict: left alone
-        {"pool": "last"},
-    ]
-    _mark_artifacts(findings, out)
-    assert [f.get("artifact") for f in findings] == [
-        "identical-vectors",
-        None,
-        None,
-        None,
-        "identical-vectors",
-        None,
-    ]
-    assert [f.get("largest_gain") for f in findings] == [
-        {"site": "L3"},
-        {"site": "embed"},  # embed/mean is not flagged
-        {"site": "L0", "artifact": "identical-vectors"},
-        None,
-        "L0",
-        None,
-    ]
     assert identical_vectors([]) == [] and identical_vectors(recs[1:2]) == []
+
+    def rec(x, y, site, value, ci=0.5):
+        return {"x": x, "y": y, "pool": "last", "site": site, "metric": "z", "value": value,
+                "ci_low": value - ci, "ci_high": value + ci, "n": 200}  # fmt: skip
+
+    sites = ["embed", "L0", "L1"]
+    model = {"sites": sites, "pools": ["last"], "pairs": [["zh", "en"], ["de", "fr"]],
+             "records": [rec("zh", "en", "embed", 30.0), rec("zh", "en", "L0", 12.0),
+                         rec("zh", "en", "L1", 10.0), rec("de", "fr", "embed", 30.0),
+                         rec("de", "fr", "L0", 12.0), rec("de", "fr", "L1", 10.0)],
+             "dominance": recs}  # fmt: skip
+    control = {"records": [rec(x, y, s, 1.0) for x, y in (("zh", "en"), ("de", "fr"))
+                           for s in sites]}  # fmt: skip
+    doc = build_findings(model, control)
+    (zh,) = [f for f in doc["findings"] if f["pair"] == ["zh", "en"]]
+    (de,) = [f for f in doc["findings"] if f["pair"] == ["de", "fr"]]
+    assert (zh["site"], zh["artifact"], zh["largest_gain"]["site"]) == ("L0", None, "L0")
+    assert (de["site"], de["artifact"], de["largest_gain"]["site"]) == ("embed", None, "embed")
+    assert doc["identical_vectors"] == out
+    # every site flagged for zh: the finding sits on the best one and says so
+    flagged_all = [dom(s, "zh", 2, 150, True) for s in sites]
+    doc = build_findings({**model, "pairs": [["zh", "en"]], "dominance": flagged_all}, control)
+    (zh,) = doc["findings"]
+    assert (zh["site"], zh["artifact"], zh["verdict"]) == ("embed", "identical-vectors",
+                                                           "beyond-control")  # fmt: skip
+    assert doc["headline"].startswith("zh/en: no z survives its controls")
+    assert "(identical vectors: shared tokens)" in doc["headline"]

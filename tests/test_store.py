@@ -214,3 +214,19 @@ def test_export_npz_writes_the_study_format(run, tmp_path):
         export_npz(run, tmp_path / "x.npz", pool="first")
     with pytest.raises(XlalignError, match="no fixed shape"):
         export_npz(run, tmp_path / "x.npz", pool="tokens")
+
+
+def test_another_processs_writability_probe_is_not_run_data(tmp_path):
+    """Rank 0 of a launch creates and deletes a probe file while taking the lock; another rank
+    checking the folder at that instant must not take it for someone's data (this raced in a
+    2-rank torchrun test under load: 'is not empty and holds no run')."""
+    from xlalign.lock import PROBE_PREFIX
+    from xlalign.store import prepare_folder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / f"{PROBE_PREFIX}12345").write_text("")
+    prepare_folder(out, overwrite=False, check_only=True)  # no error: empty but for the probe
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(XlalignError, match="holds no run"):
+        prepare_folder(out, overwrite=False, check_only=True)

@@ -41,6 +41,9 @@ except ImportError:  # Windows: no flock; the lock is a no-op there
 #: Name of the lock file in a locked folder; it also marks the folder as xlalign's.
 LOCK_FILE = ".xlalign.lock"
 
+#: Prefix of the short-lived file :func:`acquire` creates to test that a folder is writable.
+PROBE_PREFIX = ".xlalign-write-test."
+
 _held: dict[Path, _Held] = {}
 _mutex = threading.Lock()
 _warned_unsupported = False
@@ -134,7 +137,7 @@ def _writable_error(path: Path, e: OSError) -> RunError:
 
 def _probe_writable(path: Path) -> None:
     """Create and delete a file in ``path``: a read-only folder fails here, before any work."""
-    probe = path / f".xlalign-write-test.{os.getpid()}"
+    probe = path / f"{PROBE_PREFIX}{os.getpid()}"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.close(fd)

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from xlalign.errors import RunError, XlalignError
-from xlalign.lock import LOCK_FILE, busy_message, holder
+from xlalign.lock import LOCK_FILE, PROBE_PREFIX, busy_message, holder
 from xlalign.pooling import POOL_SEMANTICS, VECTOR_POOLS
 from xlalign.sites import describe_sites
 
@@ -554,8 +554,14 @@ def prepare_folder(path: Path, overwrite: bool, *, check_only: bool = False) -> 
 
 
 def _is_bookkeeping(name: str) -> bool:
-    """The lock file and the temporary files of an interrupted atomic write: not a run's data."""
-    return name == LOCK_FILE or (name.startswith(".") and name.endswith(".tmp"))
+    """The lock file, the writability probe of another process's :func:`~xlalign.lock.acquire`
+    (rank 0 of a launch may be probing while another rank checks the folder) and the temporary
+    files of an interrupted atomic write: not a run's data."""
+    return (
+        name == LOCK_FILE
+        or name.startswith(PROBE_PREFIX)
+        or (name.startswith(".") and name.endswith(".tmp"))
+    )
 
 
 def clear_folder(path: Path) -> None:
