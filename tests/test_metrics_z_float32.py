@@ -48,6 +48,17 @@ def hidden_like(
     return x.astype(np.float32), y.astype(np.float32)
 
 
+def tight_around_a_shared_direction(
+    rs: np.random.Generator, n: int, d: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(base, x, y)``: pairs that agree to ~1e-4 around one shared direction ``base``."""
+    base = rs.standard_normal(d)
+    latent = rs.standard_normal((n, d))
+    x = base + 3e-4 * (latent + rs.standard_normal((n, d)))
+    y = base + 3e-4 * (latent + rs.standard_normal((n, d)))
+    return base, x, y
+
+
 CASES = [
     # (n, d, signal, mean scale, dominant dimension)
     (200, 2048, 0.0, 0.0, 0.0),  # no alignment: z near 0, where an absolute error shows
@@ -77,7 +88,8 @@ def test_float32_products_stay_within_1e6_of_float64(
     assert f64.z == pytest.approx(want, rel=1e-9, abs=1e-9)
 
 
-def test_the_float32_path_is_taken_only_where_promised(monkeypatch: pytest.MonkeyPatch) -> None:
+def _spy_float32_path(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The shapes the float32-product path is called with, in order (it still computes)."""
     calls: list[tuple[int, int]] = []
     real = permutation._float32_moments
 
@@ -86,6 +98,11 @@ def test_the_float32_path_is_taken_only_where_promised(monkeypatch: pytest.Monke
         return real(x, y, scratch)  # type: ignore[arg-type]
 
     monkeypatch.setattr(permutation, "_float32_moments", spy)
+    return calls
+
+
+def test_the_float32_path_is_taken_only_where_promised(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _spy_float32_path(monkeypatch)
     x, y = hidden_like(30, 32, 0.5, 3.0, 0.0, seed=1)
     matched_vs_scrambled_z(x, y)
     assert calls == [(30, 32)]
@@ -186,10 +203,7 @@ def test_an_outlier_first_row_does_not_cost_digits() -> None:
     the first row instead put z 1.8e-5 off here, 18 times the tolerance)."""
     rs = np.random.default_rng(14)
     n, d = 20, 1024
-    base = rs.standard_normal(d)
-    latent = rs.standard_normal((n, d))
-    x = base + 3e-4 * (latent + rs.standard_normal((n, d)))
-    y = base + 3e-4 * (latent + rs.standard_normal((n, d)))
+    base, x, y = tight_around_a_shared_direction(rs, n, d)
     x[0] = rs.standard_normal(d)
     x[0] -= (x[0] @ base) / (base @ base) * base  # orthogonal to the shared direction
     for order in (np.arange(n), np.roll(np.arange(n), -1)):
@@ -267,10 +281,7 @@ def test_small_rows_are_centred_before_rounding() -> None:
     unscaled data's float64 closed form."""
     rs = np.random.default_rng(16)
     n, d = 40, 256
-    base = rs.standard_normal(d)
-    latent = rs.standard_normal((n, d))
-    x = base + 3e-4 * (latent + rs.standard_normal((n, d)))
-    y = base + 3e-4 * (latent + rs.standard_normal((n, d)))
+    _base, x, y = tight_around_a_shared_direction(rs, n, d)
     xs, ys = x.astype(np.float32), y.astype(np.float32)
     matched, mean, std = reference(xs, ys)
     want = (matched - mean) / std
@@ -283,14 +294,7 @@ def test_small_rows_are_centred_before_rounding() -> None:
 def test_the_float32_path_boundaries(monkeypatch: pytest.MonkeyPatch) -> None:
     """``n <= d`` and ``n * d <= DENSE_MAX_ENTRIES`` are closed bounds; only the exact literal
     ``"float64"`` turns the path off."""
-    calls: list[tuple[int, int]] = []
-    real = permutation._float32_moments
-
-    def spy(x: np.ndarray, y: np.ndarray, scratch: object) -> object:
-        calls.append(x.shape)
-        return real(x, y, scratch)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(permutation, "_float32_moments", spy)
+    calls = _spy_float32_path(monkeypatch)
     x, y = hidden_like(32, 32, 0.5, 3.0, 0.0, seed=17)  # n == d
     matched_vs_scrambled_z(x, y)
     assert calls == [(32, 32)]
