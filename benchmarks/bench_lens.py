@@ -43,27 +43,14 @@ from xlalign.studies.lens import LensConfig, lens_study, load_decoder
 from xlalign.testing import corpus_texts, train_byte_bpe
 from xlalign.tokens import TOKEN_CLASSES, vocabulary_classes
 
-MODEL_SHAPE = dict(
-    vocab_size=151_936,
-    hidden_size=512,
-    intermediate_size=1408,
-    num_hidden_layers=8,
-    num_attention_heads=8,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-    tie_word_embeddings=True,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_extract import MODEL_SHAPE
+from bench_extract import build_model as build_qwen
 
 
 def build_model(folder: Path, tokenizer) -> Path:
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    config = Qwen2Config(
-        **MODEL_SHAPE, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(folder)
+    """bench_extract's model (:data:`MODEL_SHAPE`, seeded), saved with its tokenizer."""
+    build_qwen(tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -1,4 +1,4 @@
-"""Brute-force float64 references that several test files check the library against.
+"""Brute-force float64 references (and shared test data) that several test files use.
 
 Written from the peers' published definitions (platonic-rep ``metrics.py``: ``hsic_biased``,
 ``hsic_unbiased``, ``cka``; Song et al. 2012 eq. 5), densely and literally: explicit ``n x n``
@@ -43,3 +43,44 @@ def cka(x: np.ndarray, y: np.ndarray, unbiased: bool = False, eps: float = 0.0) 
     """Linear CKA; ``eps`` = 1e-6 is platonic-rep's denominator term."""
     kl, kk, ll = hsics(x, y, unbiased)
     return kl / (np.sqrt(kk * ll) + eps)
+
+
+def z_from_cosines(s: np.ndarray, labels: np.ndarray | None = None) -> float | None:
+    """The exact matched-vs-scrambled z of a cosine matrix ``s`` over all (within-stratum)
+    permutations: the closed form per stratum block, written out; None when the null is flat."""
+    n = len(s)
+    labels = np.zeros(n, dtype=int) if labels is None else np.asarray(labels)
+    mean = var = 0.0
+    for lab in np.unique(labels):
+        g = np.flatnonzero(labels == lab)
+        b = s[np.ix_(g, g)]
+        m = b.mean()
+        mean += len(g) / n * m
+        if len(g) > 1:
+            resid = b - b.mean(axis=1, keepdims=True) - b.mean(axis=0, keepdims=True) + m
+            var += (len(g) / n) ** 2 * (resid**2).sum() / (len(g) ** 2 * (len(g) - 1))
+    if np.sqrt(var) <= 1e-9:
+        return None
+    return float((np.trace(s) / n - mean) / np.sqrt(var))
+
+
+def paired(
+    n: int, d: int, signal: float, seed: int, offset: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 pairs sharing ``signal`` times a latent, with a common mean ``offset`` away."""
+    rs = np.random.RandomState(seed)
+    shared = rs.randn(n, d)
+    mu = offset * rs.randn(d)
+    x = signal * shared + rs.randn(n, d) + mu
+    return x.astype(np.float32), (signal * shared + rs.randn(n, d) + mu).astype(np.float32)
+
+
+def with_ties(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Duplicated rows on both sides: exact cosine ties and tied k-NN distances."""
+    x, y = paired(n, d, 0.8, seed)
+    x[5] = x[4]
+    y[7] = y[6]
+    y[9] = y[8] * 2.0  # same direction, another length: a cosine tie
+    x[11] = x[12]
+    y[11] = y[12]
+    return x, y

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from references import z_from_cosines
 from xlalign.metrics import bootstrap_ci, cka_ci, p1_ci, z_ci
 
 REPS = 400
@@ -74,20 +75,6 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return a / np.linalg.norm(a, axis=1, keepdims=True)
 
 
-def _strat_z(s: np.ndarray, labels: np.ndarray) -> float | None:
-    n = len(s)
-    mean = var = 0.0
-    for lab in np.unique(labels):
-        g = np.flatnonzero(labels == lab)
-        b = s[np.ix_(g, g)]
-        m = b.mean()
-        mean += len(g) / n * m
-        if len(g) > 1:
-            c = b - b.mean(axis=1, keepdims=True) - b.mean(axis=0, keepdims=True) + m
-            var += (len(g) / n) ** 2 * (c**2).sum() / (len(g) ** 2 * (len(g) - 1))
-    return None if np.sqrt(var) <= 1e-9 else float((np.trace(s) / n - mean) / np.sqrt(var))
-
-
 def test_resampled_pairs_keep_their_strata() -> None:
     # a strong category structure: the stratified z differs a lot from the pooled one, so an
     # interval whose resamples lose the labels (or keep them in the old order) is far off
@@ -101,14 +88,14 @@ def test_resampled_pairs_keep_their_strata() -> None:
     s = _unit(x) @ _unit(y).T
     ci = z_ci(x, y, n_boot=200, seed=5, strata=labels)
     draws = np.random.default_rng(5).integers(0, n, size=(200, n))
-    vals = [v for v in (_strat_z(s[np.ix_(i, i)], labels[i]) for i in draws) if v is not None]
+    vals = [v for v in (z_from_cosines(s[np.ix_(i, i)], labels[i]) for i in draws) if v is not None]
     low, high = np.quantile(vals, [0.025, 0.975])
     assert ci.low == pytest.approx(low, rel=1e-9) and ci.high == pytest.approx(high, rel=1e-9)
     assert ci.n_skipped == 200 - len(vals)
     # the labels matter: without them (or unpermuted with the pairs) the interval moves
     pooled = z_ci(x, y, n_boot=200, seed=5)
     assert ci.high < pooled.low  # type: ignore[operator]
-    wrong = [_strat_z(s[np.ix_(i, i)], labels) for i in draws]
+    wrong = [z_from_cosines(s[np.ix_(i, i)], labels) for i in draws]
     w_low, w_high = np.quantile([v for v in wrong if v is not None], [0.025, 0.975])
     assert abs(w_low - low) + abs(w_high - high) > 0.05 * (high - low)
 
@@ -200,7 +187,7 @@ def test_small_strata_in_a_resample_contribute_their_mean_and_their_variance() -
     sizes = [np.bincount(labels[i]) for i in draws]
     # the cases are exercised: most resamples hold some stratum once, and some twice
     assert sum((c == 1).any() for c in sizes) > 100 and sum((c == 2).any() for c in sizes) > 100
-    vals = [v for v in (_strat_z(s[np.ix_(i, i)], labels[i]) for i in draws) if v is not None]
+    vals = [v for v in (z_from_cosines(s[np.ix_(i, i)], labels[i]) for i in draws) if v is not None]
     assert ci.n_skipped == 150 - len(vals) == 0
     low, high = np.quantile(vals, [0.025, 0.975])
     assert ci.low == pytest.approx(low, rel=1e-9) and ci.high == pytest.approx(high, rel=1e-9)
@@ -220,7 +207,7 @@ def test_levels_smallest_inputs_and_error_names() -> None:
     s = _unit(x) @ _unit(y).T
     zero = np.zeros(25, dtype=int)
     z = z_ci(x, y, n_boot=60, seed=2, level=0.8)
-    vals = [_strat_z(s[np.ix_(i, i)], zero[i]) for i in draws]
+    vals = [z_from_cosines(s[np.ix_(i, i)], zero[i]) for i in draws]
     low, high = np.quantile([v for v in vals if v is not None], [0.1, 0.9])
     assert (z.low, z.high, z.level) == (pytest.approx(low), pytest.approx(high), 0.8)
     # the smallest inputs

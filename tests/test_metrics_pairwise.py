@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from references import paired, with_ties
 from xlalign.metrics import (
     cka_ci,
     cknna,
@@ -18,26 +19,6 @@ from xlalign.metrics import (
     z_ci,
 )
 from xlalign.metrics.pairwise import Pair, Side
-
-
-def paired(n: int, d: int, signal: float, seed: int, offset: float = 0.0):
-    rs = np.random.RandomState(seed)
-    shared = rs.randn(n, d)
-    mu = offset * rs.randn(d)
-    x = signal * shared + rs.randn(n, d) + mu
-    return x.astype(np.float32), (signal * shared + rs.randn(n, d) + mu).astype(np.float32)
-
-
-def with_ties(n: int, d: int, seed: int):
-    """Duplicated rows on both sides: exact cosine ties and tied k-NN distances."""
-    x, y = paired(n, d, 0.8, seed)
-    x[5] = x[4]
-    y[7] = y[6]
-    y[9] = y[8] * 2.0  # same direction, another length: a cosine tie
-    x[11] = x[12]
-    y[11] = y[12]
-    return x, y
-
 
 CASES = {
     "plain": lambda: paired(60, 24, 0.6, 0),

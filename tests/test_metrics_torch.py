@@ -5,27 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from references import paired, with_ties
 from xlalign.metrics import pairwise
 from xlalign.metrics.bootstrap import CI
 
 torch_ops = pytest.importorskip("xlalign.metrics.torch_ops")
-
-
-def paired(n: int, d: int, signal: float, seed: int, offset: float = 0.0):
-    rs = np.random.RandomState(seed)
-    shared = rs.randn(n, d)
-    mu = offset * rs.randn(d)
-    x = signal * shared + rs.randn(n, d) + mu
-    return x.astype(np.float32), (signal * shared + rs.randn(n, d) + mu).astype(np.float32)
-
-
-def with_ties(n: int, d: int, seed: int):
-    x, y = paired(n, d, 0.8, seed)
-    x[5] = x[4]
-    y[7] = y[6]
-    y[9] = y[8] * 2.0
-    x[11], y[11] = x[12], y[12]
-    return x, y
 
 
 def brute(x: np.ndarray, y: np.ndarray) -> dict[str, float]:

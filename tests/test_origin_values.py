@@ -20,6 +20,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+from references import z_from_cosines
 from xlalign.corpus import ParallelCorpus
 from xlalign.studies.origin import OriginConfig, origin_study
 from xlalign.testing import build_tiny_model
@@ -43,21 +44,7 @@ def unit(a: np.ndarray) -> np.ndarray:
 
 def exact_z(x: np.ndarray, y: np.ndarray, strata: Any = None) -> float | None:
     """Matched-vs-scrambled z over all (within-stratum) permutations, from the full matrix."""
-    s = unit(x) @ unit(y).T
-    n = len(s)
-    labels = np.zeros(n, dtype=int) if strata is None else np.asarray(strata)
-    mean = var = 0.0
-    for lab in np.unique(labels):
-        g = np.flatnonzero(labels == lab)
-        b = s[np.ix_(g, g)]
-        m = b.mean()
-        mean += len(g) / n * m
-        if len(g) > 1:
-            resid = b - b.mean(axis=1, keepdims=True) - b.mean(axis=0, keepdims=True) + m
-            var += (len(g) / n) ** 2 * (resid**2).sum() / (len(g) ** 2 * (len(g) - 1))
-    if np.sqrt(var) <= 1e-9:
-        return None
-    return float((np.trace(s) / n - mean) / np.sqrt(var))
+    return z_from_cosines(unit(x) @ unit(y).T, strata)
 
 
 CJK = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0xAC00, 0xD7AF))

@@ -18,19 +18,22 @@ from xlalign.models import (
 from xlalign.studies.pipeline import ensure_run
 from xlalign.testing import build_tiny_model, train_wordpiece
 
+#: The small capture every test here runs (and runs again to see it reused or refused).
+ENSURE: dict = dict(
+    langs=["zh", "en"],
+    sites="embed,L0",
+    batch_size=3,
+    progress=False,
+    options=ModelOptions(device="cpu"),
+)
+
 
 def test_model_swapped_at_same_path_is_not_reused(bpe_tokenizer, problems, tmp_path):
     """The issue's reproduction: a 4-layer model replaced by an 8-layer one at the same path."""
     model = build_tiny_model("qwen2", bpe_tokenizer, tmp_path / "m", num_hidden_layers=4)
     corpus = problems.head(6)
     out = tmp_path / "study"
-    kw = dict(
-        langs=["zh", "en"],
-        sites="embed,L0",
-        batch_size=3,
-        progress=False,
-        options=ModelOptions(device="cpu"),
-    )
+    kw = dict(ENSURE)
     run, state = ensure_run(str(model), corpus, out, **kw)
     assert state == "captured" and run.n_layers == 4
     assert ensure_run(str(model), corpus, out, **kw)[1] == "reused"
@@ -56,13 +59,7 @@ def test_tokenizer_swapped_is_not_reused_nor_resumed(bpe_tokenizer, problems, tm
     model = build_tiny_model("qwen2", bpe_tokenizer, tmp_path / "m")
     corpus = problems.head(6)
     out = tmp_path / "run"
-    kw = dict(
-        langs=["zh", "en"],
-        sites="embed,L0",
-        batch_size=3,
-        progress=False,
-        options=ModelOptions(device="cpu"),
-    )
+    kw = dict(ENSURE)
     ensure_run(str(model), corpus, out, **kw)
     other = train_wordpiece([t for lang in corpus.languages for t in corpus.text(lang)])
     for name in ("tokenizer.json", "tokenizer_config.json"):
