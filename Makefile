@@ -4,13 +4,17 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: check lint types test format bench mutate
+.PHONY: check lint imports types test format bench mutate cli-doc
 
-check: lint types test
+check: lint imports types test
 
 lint:
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
+
+# the layering of the stage packages (pyproject.toml [tool.importlinter], docs/architecture.md)
+imports:
+	$(dir $(PY))lint-imports
 
 types:
 	$(PY) -m mypy
@@ -21,6 +25,9 @@ test:
 format:
 	$(PY) -m ruff format src tests benchmarks
 	$(PY) -m ruff check --fix src tests benchmarks
+
+cli-doc:
+	$(PY) -c 'from xlalign.cli import cli_reference; print(cli_reference(), end="")' > docs/cli.md
 
 bench:
 	$(PY) benchmarks/bench_extract.py

@@ -41,11 +41,17 @@ import numpy as np
 import torch
 
 import xlalign
-from xlalign.capture import forward_kwargs, forward_params, make_batch, plan_batches, tokenize
-from xlalign.corpus import ParallelCorpus
-from xlalign.models import LoadedModel, load_model, wrap_model
-from xlalign.problems import generate_problems
-from xlalign.testing import corpus_texts, train_byte_bpe
+from xlalign.capture.batching import (
+    forward_kwargs,
+    forward_params,
+    make_batch,
+    plan_batches,
+    tokenize,
+)
+from xlalign.data.corpus import ParallelCorpus
+from xlalign.data.problems import generate_problems
+from xlalign.models.loading import LoadedModel, load_model, wrap_model
+from xlalign.models.testing import corpus_texts, train_byte_bpe
 
 #: The benchmark model: Qwen2 architecture, d = 512, 8 blocks, Qwen2's 151,936-token vocabulary.
 MODEL_SHAPE = dict(

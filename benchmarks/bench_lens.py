@@ -36,12 +36,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 import torch
 
-from xlalign.capture import extract
-from xlalign.problems import generate_problems
-from xlalign.store import load_run
+from xlalign.capture.engine import extract
+from xlalign.data.problems import generate_problems
+from xlalign.data.tokens import TOKEN_CLASSES, vocabulary_classes
+from xlalign.models.testing import corpus_texts, train_byte_bpe
+from xlalign.store.run import load_run
 from xlalign.studies.lens import LensConfig, lens_study, load_decoder
-from xlalign.testing import corpus_texts, train_byte_bpe
-from xlalign.tokens import TOKEN_CLASSES, vocabulary_classes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_extract import MODEL_SHAPE

@@ -157,7 +157,7 @@ def machine() -> str:
 
 
 def make_run(root: Path, n: int, d: int, sites: int) -> tuple[Path, bool, float]:
-    from xlalign.synthetic import write_synthetic_run
+    from xlalign.store.synthetic import write_synthetic_run
 
     need = n * d * 4 * 2 * sites
     free = shutil.disk_usage(root).free

@@ -37,9 +37,9 @@ import numpy as np
 
 import xlalign
 from xlalign.metrics import bootstrap, matched_vs_scrambled_z_sweep
+from xlalign.store.synthetic import write_synthetic_run
 from xlalign.studies import layers
 from xlalign.studies.layers import SweepConfig, layer_sweep
-from xlalign.synthetic import write_synthetic_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_metrics import make_pairs, study_z

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from xlalign.corpus import ParallelCorpus
-from xlalign.problems import generate_problems
-from xlalign.testing import (
+from xlalign.data.corpus import ParallelCorpus
+from xlalign.data.problems import generate_problems
+from xlalign.models.testing import (
     TINY_ARCHS,
     build_tiny_model,
     corpus_texts,
@@ -84,7 +84,7 @@ def minilm_path() -> Path:
 @pytest.fixture(scope="session")
 def qwen_study_run(tiny_models, problems, tmp_path_factory):
     """A complete run of the tiny Qwen2 on the 200 problems: every site, last/mean/tokens."""
-    from xlalign.capture import extract
+    from xlalign.capture.engine import extract
 
     return extract(
         str(tiny_models["qwen2"]),

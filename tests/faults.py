@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from xlalign.store import RunWriter
+from xlalign.store.writer import RunWriter
 
 
 class Crash(Exception):

@@ -10,10 +10,11 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 import xlalign
-from xlalign.capture import SiteCapture, ZeroNormWarning
-from xlalign.corpus import ParallelCorpus
+from xlalign.capture.engine import ZeroNormWarning
+from xlalign.capture.hooks import SiteCapture
+from xlalign.data.corpus import ParallelCorpus
 from xlalign.errors import XlalignError
-from xlalign.models import load_model
+from xlalign.models.loading import load_model
 
 ARCHS = ("qwen2", "llama", "gpt2", "bert")
 ALL_POOLS = ("last", "mean", "first", "weighted", "tokens")

@@ -15,7 +15,7 @@ import pytest
 
 import xlalign
 from slowcli import SLOW_CLI
-from xlalign.corpus import ParallelCorpus
+from xlalign.data.corpus import ParallelCorpus
 from xlalign.errors import XlalignError
 
 

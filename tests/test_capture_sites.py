@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from xlalign.capture import make_batch, plan_batches, tokenize
+from xlalign.capture.batching import make_batch, plan_batches, tokenize
+from xlalign.capture.pooling import make_plan, pool
 from xlalign.errors import XlalignError
-from xlalign.pooling import make_plan, parse_pools, pool
-from xlalign.sites import describe_sites, parse_sites
-from xlalign.store import TokenData
+from xlalign.store.pools import parse_pools
+from xlalign.store.sites import describe_sites, parse_sites
+from xlalign.store.writer import TokenData
 
 
 def test_parse_sites_orders_by_depth_and_dedups():

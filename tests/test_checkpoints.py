@@ -33,7 +33,7 @@ def _logits(model, tokenizer, text: str) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def gguf_files(tiny_models, tmp_path_factory) -> dict[str, Path]:
-    from xlalign.testing import write_gguf
+    from xlalign.models.testing import write_gguf
 
     root = tmp_path_factory.mktemp("gguf")
     return {
@@ -55,7 +55,7 @@ def _reference(tiny_models, transform) -> torch.nn.Module:
 
 
 def test_f32_and_f16_gguf_give_the_original_logits(tiny_models, gguf_files, problems):
-    from xlalign.models import load_model
+    from xlalign.models.loading import load_model
 
     text = problems.text("zh")[0]
     f16 = _reference(tiny_models, lambda w: w.astype(np.float16).astype(np.float32))
@@ -80,7 +80,7 @@ def test_quantized_gguf_gives_its_dequantized_weights(tiny_models, gguf_files, p
     (gguf's own numpy quantize/dequantize), and differ from the original within its error."""
     import gguf
 
-    from xlalign.models import load_model
+    from xlalign.models.loading import load_model
 
     q8 = gguf.GGMLQuantizationType.Q8_0
     ref = _reference(tiny_models, lambda w: gguf.quants.dequantize(gguf.quants.quantize(w, q8), q8))
@@ -96,7 +96,7 @@ def test_quantized_gguf_gives_its_dequantized_weights(tiny_models, gguf_files, p
 
 
 def test_gguf_tokenizer_matches_the_original(tiny_models, gguf_files, bpe_tokenizer, problems):
-    from xlalign.models import load_model
+    from xlalign.models.loading import load_model
 
     loaded = load_model(str(gguf_files["F32"]), device="cpu")
     for text in (*problems.text("zh")[:5], *problems.text("en")[:5]):
@@ -105,8 +105,8 @@ def test_gguf_tokenizer_matches_the_original(tiny_models, gguf_files, bpe_tokeni
 
 
 def test_second_load_reads_the_cache(gguf_files, tmp_path):
-    from xlalign.checkpoints import INFO_FILE, cache_dir
-    from xlalign.models import load_model
+    from xlalign.models.gguf import INFO_FILE, cache_dir
+    from xlalign.models.loading import load_model
 
     first = load_model(str(gguf_files["F16"]), device="cpu")
     folder = Path(first.checkpoint["dequantized_to"])
@@ -121,7 +121,7 @@ def test_second_load_reads_the_cache(gguf_files, tmp_path):
 
 
 def test_folder_with_two_gguf_files_is_refused(gguf_files, tmp_path):
-    from xlalign.models import load_model
+    from xlalign.models.loading import load_model
 
     both = tmp_path / "both"
     both.mkdir()
@@ -132,7 +132,7 @@ def test_folder_with_two_gguf_files_is_refused(gguf_files, tmp_path):
 
 
 def test_not_a_gguf_file_is_refused(tmp_path):
-    from xlalign.models import load_model
+    from xlalign.models.loading import load_model
 
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"not a gguf file at all" * 10)
@@ -151,7 +151,7 @@ def _chunks(tmp_path: Path, data: bytes, n: int) -> list[Path]:
 
 
 def test_chunks_are_assembled_in_order_and_verified(gguf_files, tmp_path):
-    from xlalign.named_models import assemble_chunks
+    from xlalign.models.named import assemble_chunks
 
     data = gguf_files["F16"].read_bytes()
     parts = _chunks(tmp_path, data, 3)
@@ -161,8 +161,8 @@ def test_chunks_are_assembled_in_order_and_verified(gguf_files, tmp_path):
 
 
 def test_corrupt_or_reordered_chunk_is_refused_and_nothing_is_cached(gguf_files, tmp_path):
-    from xlalign.checkpoints import cache_dir
-    from xlalign.named_models import assemble_chunks
+    from xlalign.models.gguf import cache_dir
+    from xlalign.models.named import assemble_chunks
 
     data = gguf_files["F16"].read_bytes()
     parts = _chunks(tmp_path, data, 3)
@@ -181,7 +181,7 @@ def test_corrupt_or_reordered_chunk_is_refused_and_nothing_is_cached(gguf_files,
 def test_missing_package_names_the_pip_install(monkeypatch):
     import importlib
 
-    from xlalign.named_models import NAMED_MODELS, resolve_named
+    from xlalign.models.named import NAMED_MODELS, resolve_named
 
     real = importlib.import_module
 
@@ -200,8 +200,8 @@ def test_wrong_hash_named_model_is_refused(monkeypatch, gguf_files, tmp_path):
     """A table entry whose sha256 does not match its chunks loads nothing."""
     import types
 
-    from xlalign import named_models
-    from xlalign.checkpoints import cache_dir
+    from xlalign.models import named as named_models
+    from xlalign.models.gguf import cache_dir
 
     parts = _chunks(tmp_path, gguf_files["F32"].read_bytes(), 2)
     for i, p in enumerate(parts):
@@ -214,7 +214,7 @@ def test_wrong_hash_named_model_is_refused(monkeypatch, gguf_files, tmp_path):
         licence="none", sha256="0" * 64,
     )  # fmt: skip
     monkeypatch.setitem(named_models.NAMED_MODELS, "fake", entry)
-    from xlalign.models import load_model
+    from xlalign.models.loading import load_model
 
     with pytest.raises(XlalignError, match="model 'fake': the assembled file's sha256"):
         load_model("fake")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xlalign.clidoc import cli_reference
+from xlalign.cli import cli_reference
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 
 def test_cli_reference_is_in_sync():
     assert DOC.read_text(encoding="utf-8") == cli_reference(), (
-        "docs/cli.md is stale: run python -m xlalign.clidoc > docs/cli.md"
+        "docs/cli.md is stale: run make cli-doc"
     )
 
 

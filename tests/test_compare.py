@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from xlalign.cli import main
+from xlalign.data.problems import generate_problems
 from xlalign.errors import XlalignError
-from xlalign.problems import generate_problems
+from xlalign.models.testing import build_tiny_model
 from xlalign.studies.compare import (
     CONTROL_DIR,
     CompareConfig,
@@ -19,7 +20,6 @@ from xlalign.studies.compare import (
 )
 from xlalign.studies.findings import verdict
 from xlalign.studies.layers import SweepConfig, layer_sweep, write_alignment
-from xlalign.testing import build_tiny_model
 
 N = 40
 SWEEP = SweepConfig(metrics=("z", "p1", "cka", "knn"), n_boot=20)
@@ -27,7 +27,7 @@ FAST = CompareConfig(k=5, n_perms=50, sweep=SWEEP)
 
 
 def _extract(model, corpus, out, seed=None, **kw):
-    from xlalign.capture import extract
+    from xlalign.capture.engine import extract
 
     return extract(
         str(model), corpus, ["zh", "en"], sites="all", pools=("last", "mean"), batch_size=16,
@@ -67,7 +67,7 @@ def runs(tiny_models, gpt2_wide, corpus, tmp_path_factory):
 
 
 def _load(p):
-    from xlalign.store import load_run
+    from xlalign.store.run import load_run
 
     return load_run(p)
 

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xlalign.studies.pipeline import StudyConfig, config_to_toml, load_config_file
+from xlalign.pipeline.config import StudyConfig, config_to_toml, load_config_file
 
 # Any text: every Unicode scalar value, control characters included (lone surrogates are not
 # text, and no UTF-8 file can hold them).

@@ -10,8 +10,8 @@ from importlib.resources import files
 import pytest
 
 from xlalign.cli import main
-from xlalign.corpora import clean_gloss, hsk_records, hsk_word_pairs, translate_words
-from xlalign.corpus import load_corpus
+from xlalign.data.corpora import clean_gloss, hsk_records, hsk_word_pairs, translate_words
+from xlalign.data.corpus import load_corpus
 from xlalign.errors import CorpusError, XlalignError
 
 needs_hsk = pytest.mark.skipif(
@@ -27,7 +27,7 @@ def _raw() -> list[dict]:
 
 @needs_hsk
 def test_hsk_records_are_the_packaged_json():
-    from xlalign.corpora import hsk_records
+    from xlalign.data.corpora import hsk_records
 
     records = hsk_records()
     assert records == _raw()
@@ -37,7 +37,7 @@ def test_hsk_records_are_the_packaged_json():
 
 @needs_hsk
 def test_hsk_corpus_pairs_chinese_with_english_and_keeps_metadata():
-    from xlalign.corpora import hsk
+    from xlalign.data.corpora import hsk
 
     raw = {r["id"]: r for r in _raw()}
     corpus = hsk()
@@ -52,7 +52,7 @@ def test_hsk_corpus_pairs_chinese_with_english_and_keeps_metadata():
 
 @needs_hsk
 def test_hsk_sample_is_stratified_by_level_and_seeded():
-    from xlalign.corpora import hsk
+    from xlalign.data.corpora import hsk
 
     full = Counter(r["hsk_level"] for r in _raw())
     sample = hsk(n=500, seed=3)
@@ -68,7 +68,7 @@ def test_hsk_sample_is_stratified_by_level_and_seeded():
 
 @needs_hsk
 def test_hsk_bad_arguments_are_clear():
-    from xlalign.corpora import hsk
+    from xlalign.data.corpora import hsk
 
     with pytest.raises(CorpusError, match="HSK levels are 1 to 6, got 7"):
         hsk(levels=[7])
@@ -79,7 +79,7 @@ def test_hsk_bad_arguments_are_clear():
 def test_missing_hsk_package_names_the_pip_install(monkeypatch):
     import importlib.resources
 
-    from xlalign import corpora
+    from xlalign.data import corpora
 
     def missing(name):
         raise ModuleNotFoundError(name)
@@ -90,7 +90,7 @@ def test_missing_hsk_package_names_the_pip_install(monkeypatch):
 
 
 def test_problems_are_re_exported():
-    from xlalign import corpora, problems
+    from xlalign.data import corpora, problems
 
     assert corpora.generate_problems is problems.generate_problems
 
@@ -98,7 +98,8 @@ def test_problems_are_re_exported():
 @needs_hsk
 def test_data_hsk_in_a_study_config_with_stratify(tiny_models, tmp_path):
     """--data hsk --data-n N with --stratify hsk_level runs the sweep's stratified null."""
-    from xlalign.studies.pipeline import StudyConfig, run_study
+    from xlalign.pipeline.config import StudyConfig
+    from xlalign.pipeline.study import run_study
 
     cfg = StudyConfig(
         model=str(tiny_models["qwen2"]), data="hsk", data_n=60, output=str(tmp_path / "s"),

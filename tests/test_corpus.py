@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from xlalign.corpus import ParallelCorpus, load_corpus
+from xlalign.data.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import CorpusError
 
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xlalign
-from xlalign.corpus import load_corpus
+from xlalign.data.corpus import load_corpus
 from xlalign.errors import CorpusError, RunError
 
 
@@ -159,7 +159,7 @@ def _check_txt(folder: Path, pairs: list[tuple[str, str]]) -> None:
 
 
 def test_nan_category_of_an_in_memory_corpus_writes_valid_json(tiny_models, problems, tmp_path):
-    from xlalign.corpus import ParallelCorpus
+    from xlalign.data.corpus import ParallelCorpus
 
     small = problems.head(4)
     cats = (0, float("nan"), 2, float("inf"))

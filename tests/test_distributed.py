@@ -23,17 +23,17 @@ import torch
 
 import xlalign
 from slowcli import SLOW_CLI
-from xlalign.capture import plan_batches
-from xlalign.corpus import ParallelCorpus
-from xlalign.distributed import (
+from xlalign.capture.batching import plan_batches
+from xlalign.capture.distributed import (
     LaunchEnv,
     assign_batches,
     launch_env,
     parse_max_memory,
     rank_gpus,
 )
+from xlalign.data.corpus import ParallelCorpus
 from xlalign.errors import XlalignError
-from xlalign.store import read_progress
+from xlalign.store.writer import read_progress
 
 BIN = Path(sys.executable).parent
 ROWS = 40

@@ -15,7 +15,7 @@ from xlalign.cli import main
 @pytest.fixture(scope="module")
 def data(problems, tmp_path_factory):
     """40 problems as JSONL (id, category, zh, en)."""
-    from xlalign.corpus import ParallelCorpus
+    from xlalign.data.corpus import ParallelCorpus
 
     n = 40
     small = ParallelCorpus(

@@ -15,6 +15,8 @@ import pytest
 
 from xlalign.cli import main
 from xlalign.errors import XlalignError
+from xlalign.pipeline.config import StudyConfig
+from xlalign.pipeline.study import run_study
 from xlalign.studies.findings import (
     FINDING_METRICS,
     VERDICTS,
@@ -25,7 +27,6 @@ from xlalign.studies.findings import (
     verdict,
 )
 from xlalign.studies.layers import SweepConfig, layer_sweep
-from xlalign.studies.pipeline import StudyConfig, run_study
 
 
 def v(value, lo=None, hi=None):
@@ -200,7 +201,7 @@ def test_lexical_baseline_equals_plain_numpy(study, tiny_models):
 
 
 def test_dominance_shares_equal_numpy(study):
-    from xlalign.store import load_run
+    from xlalign.store.run import load_run
 
     out, _ = study
     model = json.loads((out / "alignment.json").read_text())
@@ -248,7 +249,7 @@ def massive_runs(tiny_models, problems, tmp_path_factory):
 
     from transformers import AutoModelForCausalLM
 
-    from xlalign.capture import extract
+    from xlalign.capture.engine import extract
 
     root = tmp_path_factory.mktemp("massive")
     src = tiny_models["gpt2"]
@@ -467,7 +468,7 @@ def test_identical_vectors_are_counted_named_and_marked(study):
     """The problems end in a couple of tokens per language, so at the embedding the last-token
     vectors take a couple of values: counted against numpy, warned about, and any finding
     placed there carries the artifact."""
-    from xlalign.store import load_run
+    from xlalign.store.run import load_run
 
     out, _ = study
     model = json.loads((out / "alignment.json").read_text())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from xlalign.cli import main
-from xlalign.corpus import ParallelCorpus
+from xlalign.data.corpus import ParallelCorpus
 from xlalign.errors import XlalignError
 from xlalign.metrics import linear_cka, matched_vs_scrambled_z, retrieval_scores
 from xlalign.studies.layers import (
@@ -110,7 +110,7 @@ def test_language_pairs_all_or_pivot():
 
 
 def test_three_languages_with_pivot(tiny_models, problems, tmp_path):
-    from xlalign.capture import extract
+    from xlalign.capture.engine import extract
 
     n = 30
     corpus = ParallelCorpus(
@@ -180,7 +180,7 @@ def test_align_cli(qwen_study_run, tmp_path, capsys):
 
 
 def test_a_zero_norm_vector_makes_z_undefined_not_the_sweep_fail(tiny_models, problems, tmp_path):
-    from xlalign.capture import extract
+    from xlalign.capture.engine import extract
 
     n = 12
     zh = ("<|endoftext|>", *problems.text("zh")[1:n])  # a prompt of special tokens only

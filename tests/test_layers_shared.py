@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import xlalign
+from xlalign.store.synthetic import write_synthetic_run
 from xlalign.studies import layers
 from xlalign.studies.layers import SweepConfig, layer_sweep
-from xlalign.synthetic import write_synthetic_run
 
 ALL = ("z", "p1", "mexa", "mrr", "xsim", "cka", "knn", "cknna", "hub", "svcca")
 

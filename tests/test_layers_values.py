@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from references import cka, hsic_biased, hsic_unbiased
-from xlalign.store import load_run
+from xlalign.store.run import load_run
+from xlalign.store.synthetic import write_synthetic_run
 from xlalign.studies.layers import METRICS, SweepConfig, layer_sweep
-from xlalign.synthetic import write_synthetic_run
 
 N, D = 36, 12
 SITES = ("embed", "L0", "L1")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import xlalign
-import xlalign.store as store
+import xlalign.store.writer as store
 from xlalign.errors import RunError
 
 

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from xlalign.capture import extract
+from xlalign.capture.engine import extract
 from xlalign.cli import main
-from xlalign.corpus import ParallelCorpus
+from xlalign.data.corpus import ParallelCorpus
+from xlalign.data.tokens import TOKEN_CLASSES, TokenClassifier
 from xlalign.errors import RunError
-from xlalign.store import load_run
+from xlalign.models.testing import build_tiny_model
+from xlalign.store.run import load_run
 from xlalign.studies.lens import LensConfig, lens_study, load_decoder, run_lens
-from xlalign.testing import build_tiny_model
-from xlalign.tokens import TOKEN_CLASSES, TokenClassifier
 
 CASES = [
     ("qwen2", True),
@@ -221,7 +221,7 @@ def test_control_is_decoded_through_its_own_random_head(lens_runs, problems, tmp
     """``run_lens`` finds the control folder and decodes it with the same random weights."""
     import shutil
 
-    from xlalign.store import CONTROL_DIR
+    from xlalign.store.files import CONTROL_DIR
 
     src = lens_runs[("qwen2", False)]
     study = tmp_path / "study"

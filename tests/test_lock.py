@@ -15,9 +15,9 @@ import pytest
 
 import xlalign
 from slowcli import SLOW_CLI
-from xlalign import lock
 from xlalign.cli import main
 from xlalign.errors import RunError
+from xlalign.store import lock
 
 HOLD = """
 import sys, time

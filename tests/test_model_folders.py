@@ -9,7 +9,7 @@ import pytest
 
 from xlalign.cli import main
 from xlalign.errors import XlalignError
-from xlalign.models import check_model_folder
+from xlalign.models.folders import check_model_folder
 
 
 def _copy(src, dst):
@@ -62,7 +62,7 @@ def test_load_model_itself_names_a_broken_folder(tiny_models, tmp_path):
     """Every command loads through load_model (lens, compare, problems --model), so the check
     lives there, not only in extract; the random-init control reads no weights, so a truncated
     weights file does not stop it."""
-    from xlalign.models import load_model
+    from xlalign.models.loading import load_model
 
     model = _copy(tiny_models["qwen2"], tmp_path / "m")
     weights = model / "model.safetensors"
@@ -81,7 +81,7 @@ def test_a_folder_without_config_is_not_taken_for_a_model(tmp_path, monkeypatch)
     """A path to a folder with no config.json is named as such (a run folder as a run); a bare
     Hub id that is also a folder here (`xlalign run --model gpt2 -o gpt2` creates ./gpt2
     first) still means the Hub's model, so offline it fails with the Hub message."""
-    from xlalign.models import load_model
+    from xlalign.models.loading import load_model
 
     (tmp_path / "stuff").mkdir()
     with pytest.raises(XlalignError, match=r"is not a model folder: it has no config\.json"):

@@ -7,14 +7,10 @@ import torch
 from torch import nn
 
 from xlalign.errors import XlalignError
-from xlalign.models import (
-    FAMILIES,
-    load_model,
-    resolve_adapter,
-    resolve_device,
-    resolve_dtype,
-    weights_fingerprint,
-)
+from xlalign.models.architecture import FAMILIES, resolve_adapter
+from xlalign.models.device import resolve_device, resolve_dtype
+from xlalign.models.fingerprints import weights_fingerprint
+from xlalign.models.loading import load_model
 
 
 @pytest.mark.parametrize(
@@ -181,7 +177,7 @@ def test_minilm_adapter(minilm_path):
 def test_load_tokenizer_resolves_like_load_model(tiny_models):
     from transformers import AutoTokenizer
 
-    from xlalign.models import load_tokenizer
+    from xlalign.models.loading import load_tokenizer
 
     path = str(tiny_models["qwen2"])
     text = "小明有 3 个苹果。"

@@ -9,7 +9,7 @@ import torch
 
 import xlalign
 from xlalign.errors import XlalignError
-from xlalign.models import load_model
+from xlalign.models.loading import load_model
 
 
 def _poison(loaded, position: int):

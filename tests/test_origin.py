@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from xlalign.cli import main
 from xlalign.errors import RunError, XlalignError
-from xlalign.store import load_run
+from xlalign.store.run import load_run
 from xlalign.studies.origin import OriginConfig, check_origin_run, origin_study, summarize
 
 SEED_KEYS = (
@@ -241,7 +241,7 @@ def test_shared_tokens_and_context_cosine(origin_exact, qwen_study_run):
 
 
 def test_random_init_control_is_reported_beside(qwen_study_run, problems, tmp_path):
-    from xlalign.capture import extract
+    from xlalign.capture.engine import extract
 
     control = extract(
         qwen_study_run.manifest["model"], problems, ["zh", "en"], sites="embed,L0",
@@ -273,7 +273,7 @@ def test_origin_cli_writes_json_and_summary(qwen_study_run, tmp_path, capsys):
 def test_bad_run_names_what_is_missing_and_the_flags(
     qwen_study_run, tiny_models, tmp_path, problems
 ):
-    from xlalign.capture import extract
+    from xlalign.capture.engine import extract
 
     partial = extract(
         str(tiny_models["qwen2"]), problems, ["zh", "en"], sites="L1", pools=("first",),
@@ -291,7 +291,7 @@ def test_bad_run_names_what_is_missing_and_the_flags(
 
 
 def test_origin_cli_bad_run_is_one_line_error(tmp_path, tiny_models, problems, capsys):
-    from xlalign.capture import extract
+    from xlalign.capture.engine import extract
 
     extract(
         str(tiny_models["qwen2"]), problems, ["zh", "en"], sites="L1", pools=("last",),
@@ -304,8 +304,8 @@ def test_origin_cli_bad_run_is_one_line_error(tmp_path, tiny_models, problems, c
 
 @pytest.mark.minilm
 def test_real_minilm_origin(minilm_path, tmp_path):
-    from xlalign.capture import extract
-    from xlalign.problems import generate_problems
+    from xlalign.capture.engine import extract
+    from xlalign.data.problems import generate_problems
 
     corpus = generate_problems(50, 42)
     run = extract(

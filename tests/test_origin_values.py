@@ -21,9 +21,9 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from references import z_from_cosines
-from xlalign.corpus import ParallelCorpus
+from xlalign.data.corpus import ParallelCorpus
+from xlalign.models.testing import build_tiny_model
 from xlalign.studies.origin import OriginConfig, origin_study
-from xlalign.testing import build_tiny_model
 
 N_ROWS = 40
 # Capture batches prompts in float32; the reference runs them one at a time. Cosines then agree
@@ -168,7 +168,7 @@ def close(got: Any, want: Any, abs_tol: float = ABS_Z) -> bool:
 
 @pytest.fixture(scope="module", params=["qwen2", "bert"])
 def case(request, bpe_tokenizer, wordpiece_tokenizer, problems, tmp_path_factory) -> dict[str, Any]:
-    from xlalign.capture import extract
+    from xlalign.capture.engine import extract
 
     arch = request.param
     # only the two models this module needs (not the session's four): mutation runs rebuild them

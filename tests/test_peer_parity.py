@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from references import cka, hsic_unbiased, hsics
+from xlalign.capture.pooling import make_plan, pool
 from xlalign.errors import XlalignError
 from xlalign.metrics import (
     cknna,
@@ -25,10 +26,10 @@ from xlalign.metrics import (
     prepare_features,
     svcca,
 )
-from xlalign.pooling import make_plan, pool
-from xlalign.store import array_path, load_run
+from xlalign.store.files import array_path
+from xlalign.store.run import load_run
+from xlalign.store.synthetic import write_synthetic_run
 from xlalign.studies.layers import SweepConfig, layer_sweep
-from xlalign.synthetic import write_synthetic_run
 
 # ------------------------------------------------------------------ references (platonic-rep)
 

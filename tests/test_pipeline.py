@@ -9,8 +9,9 @@ import pytest
 from browser import check_page
 from xlalign.cli import main
 from xlalign.errors import XlalignError
+from xlalign.pipeline.config import StudyConfig, config_to_toml, load_config_file
+from xlalign.pipeline.study import run_study
 from xlalign.studies.findings import summary_lines
-from xlalign.studies.pipeline import StudyConfig, config_to_toml, load_config_file, run_study
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +246,7 @@ def test_one_language_is_refused_before_any_work():
 def test_demo_answer_names_identical_last_token_vectors():
     """The real Qwen's problems end in 2 tokens (zh) and 3 (en): at the embedding, z measures
     which pairs end in corresponding tokens, and the answer says so (with the counts)."""
-    from xlalign.demo import answer
+    from xlalign.pipeline.demo import answer
 
     origin = {
         "n_pairs": 200, "z_raw_embed_last_token": 13.5, "z_l0_output_last_token": 14.1,

@@ -21,10 +21,10 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 import xlalign
 from xlalign.cli import main
 from xlalign.errors import RunError, XlalignError
-from xlalign.store import export_npz, load_run
+from xlalign.models.testing import build_tiny_model
+from xlalign.store.run import export_npz, load_run
 from xlalign.studies.layers import SweepConfig, layer_sweep
 from xlalign.studies.origin import origin_study
-from xlalign.testing import build_tiny_model
 
 #: (architecture, what the tokenizer adds): None, "bos", "eos" or "bos+eos".
 CASES = [
@@ -216,7 +216,7 @@ def test_old_bert_run_reads_its_last_as_eos_and_refuses_last(bert_run, problems,
     )
     assert "picked from the run's token vectors" in origin["last_token"]
     # xlalign run does not reuse it as if its 'last' were today's
-    from xlalign.studies.pipeline import ensure_run
+    from xlalign.pipeline.reuse import ensure_run
 
     with pytest.raises(RunError, match=r"pool\(s\) last missing \(run .* older xlalign"):
         ensure_run(

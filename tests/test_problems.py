@@ -16,8 +16,8 @@ from collections import Counter
 import pytest
 
 from xlalign.cli import main
-from xlalign.corpus import load_corpus
-from xlalign.problems import generate_problems
+from xlalign.data.corpus import load_corpus
+from xlalign.data.problems import generate_problems
 
 SEED_FINGERPRINTS = {
     (200, 42): "2d5d0e4697d3e2f62b2d7bd8bb6e6552d8d2ab255ff3a87ad48a665bc79e719d",

@@ -42,7 +42,7 @@ def model_names(minilm_path) -> dict[str, str]:
     Once ``--model minilm`` resolves by itself (the named-model table), nothing is replaced and
     the tour runs exactly as printed; until then the name stands for the bundled folder.
     """
-    from xlalign.models import load_model
+    from xlalign.models.loading import load_model
 
     try:
         load_model(TOUR_MODEL)

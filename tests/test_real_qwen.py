@@ -25,7 +25,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def qwen():
-    from xlalign.models import load_model
+    from xlalign.models.loading import load_model
 
     return load_model("qwen2.5-0.5b", device="cpu")
 
@@ -41,7 +41,7 @@ def test_real_qwen_is_what_the_table_says(qwen):
 
 
 def test_real_qwen_batched_capture_equals_one_prompt_capture(qwen, problems, tmp_path):
-    from xlalign.capture import extract
+    from xlalign.capture.engine import extract
 
     corpus = problems.head(20)
     kwargs = dict(sites="embed,L0,L11,L23,final", pools=("last", "mean"), progress=False)

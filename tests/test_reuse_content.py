@@ -8,15 +8,10 @@ import pytest
 
 import xlalign
 from xlalign.errors import RunError
-from xlalign.models import (
-    ModelOptions,
-    load_model,
-    state_dict_fingerprint,
-    tokenizer_fingerprint,
-    wrap_model,
-)
-from xlalign.studies.pipeline import ensure_run
-from xlalign.testing import build_tiny_model, train_wordpiece
+from xlalign.models.fingerprints import state_dict_fingerprint, tokenizer_fingerprint
+from xlalign.models.loading import ModelOptions, load_model, wrap_model
+from xlalign.models.testing import build_tiny_model, train_wordpiece
+from xlalign.pipeline.reuse import ensure_run
 
 #: The small capture every test here runs (and runs again to see it reused or refused).
 ENSURE: dict = dict(

@@ -8,7 +8,7 @@ import pytest
 import xlalign
 from xlalign.cli import main
 from xlalign.errors import XlalignError
-from xlalign.models import load_model
+from xlalign.models.loading import load_model
 
 #: Bytes of weights the CPU may hold: the embedding and block 0 of the tiny Qwen2 (210 kB of
 #: float32 weights in all); blocks 1-3 and the final norm go to disk and are paged in per call.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import xlalign
-from xlalign.corpus import ParallelCorpus
+from xlalign.data.corpus import ParallelCorpus
 from xlalign.metrics import linear_cka, matched_vs_scrambled_z, retrieval_scores
 from xlalign.report import ReportInputs, build_report
 from xlalign.studies.layers import SweepConfig, language_matrices, layer_sweep, write_alignment

@@ -19,8 +19,8 @@ from xlalign.metrics import (
     xsim_error,
 )
 from xlalign.metrics._checks import UnitRows
+from xlalign.store.synthetic import write_synthetic_run
 from xlalign.studies.layers import CI_MAX_N, SweepConfig, layer_sweep
-from xlalign.synthetic import write_synthetic_run
 
 
 def paired(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

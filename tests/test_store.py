@@ -10,7 +10,7 @@ import pytest
 import xlalign
 from faults import Crash, crash_after
 from xlalign.errors import XlalignError
-from xlalign.store import export_npz, load_run
+from xlalign.store.run import export_npz, load_run
 
 MANIFEST_KEYS = {
     "format", "format_version", "complete", "model", "revision", "weights_fingerprint",
@@ -220,8 +220,8 @@ def test_another_processs_writability_probe_is_not_run_data(tmp_path):
     """Rank 0 of a launch creates and deletes a probe file while taking the lock; another rank
     checking the folder at that instant must not take it for someone's data (this raced in a
     2-rank torchrun test under load: 'is not empty and holds no run')."""
-    from xlalign.lock import PROBE_PREFIX
-    from xlalign.store import prepare_folder
+    from xlalign.store.folders import prepare_folder
+    from xlalign.store.lock import PROBE_PREFIX
 
     out = tmp_path / "run"
     out.mkdir()

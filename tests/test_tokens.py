@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from xlalign.tokens import TOKEN_CLASSES, TokenClassifier, classify_text
+from xlalign.data.tokens import TOKEN_CLASSES, TokenClassifier, classify_text
 
 
 @pytest.mark.parametrize(

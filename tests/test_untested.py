@@ -23,11 +23,11 @@ import xlalign
 from faults import Crash, crash_after
 from slowcli import SLOW_CLI
 from xlalign.cli import main
-from xlalign.corpus import ParallelCorpus, load_hf_dataset
+from xlalign.data.corpus import ParallelCorpus, load_hf_dataset
 from xlalign.errors import XlalignError
-from xlalign.store import load_run
-from xlalign.synthetic import write_synthetic_run
-from xlalign.testing import build_tiny_model
+from xlalign.models.testing import build_tiny_model
+from xlalign.store.run import load_run
+from xlalign.store.synthetic import write_synthetic_run
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +256,9 @@ def test_run_with_data_file_studies_that_file(tiny_models, small, tmp_path, caps
 
 
 def test_an_incomplete_study_with_the_studys_pools_resumes(tiny_models, small, tmp_path):
-    from xlalign.studies.pipeline import STUDY_POOLS, StudyConfig, run_study
+    from xlalign.pipeline.config import StudyConfig
+    from xlalign.pipeline.reuse import STUDY_POOLS
+    from xlalign.pipeline.study import run_study
 
     out = tmp_path / "study"
     kwargs = dict(sites="embed,L0", pools=STUDY_POOLS, batch_size=4, progress=False)

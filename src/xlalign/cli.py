@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -55,8 +55,8 @@ def problems_cmd(
 ) -> None:
     """Write a built-in parallel zh/en corpus as JSONL (the study's problems by default)."""
     if task == "translate-words":
-        from xlalign.corpora import translate_words
-        from xlalign.models import load_tokenizer
+        from xlalign.data.corpora import translate_words
+        from xlalign.models.loading import load_tokenizer
 
         if model is None:
             raise XlalignError(
@@ -71,7 +71,7 @@ def problems_cmd(
         raise XlalignError(f"--task must be arithmetic or translate-words, got '{task}'")
     if model is not None:
         raise XlalignError("--model goes with --task translate-words")
-    from xlalign.problems import generate_problems
+    from xlalign.data.problems import generate_problems
 
     n = 200 if n is None else n
     if n < 5:
@@ -165,11 +165,11 @@ def extract_cmd(
     """Capture hidden states of every prompt at the chosen sites into a run folder."""
     import warnings
 
-    from xlalign.capture import ZeroNormWarning, extract
-    from xlalign.distributed import launch_env, parse_max_memory
-    from xlalign.models import ModelOptions
-    from xlalign.sites import describe_sites
-    from xlalign.studies.pipeline import study_corpus
+    from xlalign.capture.distributed import launch_env, parse_max_memory
+    from xlalign.capture.engine import ZeroNormWarning, extract
+    from xlalign.models.loading import ModelOptions
+    from xlalign.pipeline.study import study_corpus
+    from xlalign.store.sites import describe_sites
 
     if control not in (None, "random-init"):
         raise XlalignError(f"--control must be random-init, got '{control}'")
@@ -218,8 +218,8 @@ def export_npz_cmd(
     ] = None,
 ) -> None:
     """Write one pool as an .npz with keys <lang>_<site> (zh_L0, en_embed...), no pickles."""
-    from xlalign.sites import parse_sites
-    from xlalign.store import export_npz, load_run
+    from xlalign.store.run import export_npz, load_run
+    from xlalign.store.sites import parse_sites
 
     loaded = load_run(run)
     chosen = None
@@ -288,8 +288,8 @@ def align_cmd(
     ] = "exact",
 ) -> None:
     """Sweep alignment metrics over every site, pool and language pair of a run."""
+    from xlalign.pipeline.stages import run_align
     from xlalign.studies.layers import SweepConfig, format_table
-    from xlalign.studies.pipeline import run_align
 
     cfg = SweepConfig(
         metrics=tuple(_csv_list(metrics)), null=null, n_perms=n_perms, seed=seed,
@@ -350,8 +350,8 @@ def origin_cmd(
     ] = True,
 ) -> None:
     """Where the first layers' alignment comes from: tokens, templates, or learning."""
+    from xlalign.pipeline.stages import run_origin
     from xlalign.studies.origin import OriginConfig
-    from xlalign.studies.pipeline import run_origin
 
     if control not in (None, "random-init"):
         raise XlalignError(f"--control must be random-init, got '{control}'")
@@ -397,8 +397,8 @@ def lens_cmd(
     ] = True,
 ) -> None:
     """Logit lens by language: token-class mass of each site's last-token state (lens.json)."""
-    from xlalign.sites import parse_sites
-    from xlalign.store import load_run
+    from xlalign.store.run import load_run
+    from xlalign.store.sites import parse_sites
     from xlalign.studies.lens import LensConfig, run_lens
 
     chosen = None
@@ -494,7 +494,8 @@ def run_cmd(
     ] = True,
 ) -> None:
     """The whole study: extract -> align -> origin -> report, reusing what the folder holds."""
-    from xlalign.studies.pipeline import StudyConfig, load_config_file, run_study
+    from xlalign.pipeline.config import StudyConfig, load_config_file
+    from xlalign.pipeline.study import run_study
 
     values = load_config_file(config) if config is not None else {}
     given = {
@@ -538,7 +539,7 @@ def demo_cmd(
     ] = True,
 ) -> None:
     """The study's question on a real model, offline: problems + HSK, random-weights control."""
-    from xlalign.demo import DemoConfig, run_demo
+    from xlalign.pipeline.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(model=model, output=str(output), problems=problems, hsk_pairs=hsk)
     result = run_demo(cfg, command=sys.argv, progress=progress)
@@ -589,6 +590,34 @@ def compare_cmd(
     )  # fmt: skip
     print("\n".join([result.headline, *result.summary, *result.warnings]))
     print(f"report: {result.paths['html']}")
+
+
+def cli_reference() -> str:
+    """Markdown: every subcommand with its arguments, options, defaults and help."""
+    import typer
+
+    group: Any = typer.main.get_command(app)
+    lines = [
+        "# xlalign command-line reference",
+        "",
+        "Generated from the CLI by `make cli-doc`; do not edit.",
+        "",
+    ]
+    for name, cmd in group.commands.items():
+        lines += [f"## `xlalign {name}`", "", (cmd.help or "").strip(), ""]
+        rows = []
+        for p in cmd.params:
+            if p.param_type_name == "argument":
+                flag = p.name.upper()
+            else:
+                flag = ", ".join(p.opts + list(p.secondary_opts))
+            default = "" if p.required or p.default in (None, "") else f"`{p.default}`"
+            need = "required" if p.required else default
+            help_text = (getattr(p, "help", None) or "").replace("|", "\\|")
+            rows.append(f"| `{flag}` | {need} | {help_text} |")
+        if rows:
+            lines += ["| option | default | meaning |", "| --- | --- | --- |", *rows, ""]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

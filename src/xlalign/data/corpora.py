@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from xlalign.corpus import ParallelCorpus
+from xlalign.data.corpus import ParallelCorpus
+from xlalign.data.problems import generate_problems
+from xlalign.data.tokens import is_cjk
 from xlalign.errors import CorpusError, XlalignError
-from xlalign.problems import generate_problems
-from xlalign.tokens import is_cjk
 
 __all__ = [
     "BUILTIN",

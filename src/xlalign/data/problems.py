@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from xlalign.corpus import ParallelCorpus
+from xlalign.data.corpus import ParallelCorpus
 
 Problem = tuple[str, str]  # (zh, en)
 

@@ -197,7 +197,7 @@ def _dequantize(path: Path, out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    from xlalign.models import is_causal_lm_config
+    from xlalign.models.architecture import is_causal_lm_config
 
     folder, name = str(path.parent), path.name
     try:

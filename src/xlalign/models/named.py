@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xlalign.checkpoints import GgufInfo, cache_dir, cached, dequantized_folder
 from xlalign.errors import XlalignError
+from xlalign.models.gguf import GgufInfo, cache_dir, cached, dequantized_folder
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,8 @@ def run_demo(
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the demo's studies into ``cfg.output``; returns ``{"studies": {...}, "answer": path}``."""
-    from xlalign.studies.pipeline import StudyConfig, run_study
+    from xlalign.pipeline.config import StudyConfig
+    from xlalign.pipeline.study import run_study
 
     out = Path(cfg.output)
     label = LABELS.get(cfg.model, cfg.model)

@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from xlalign.lexical import LEXICAL_SITE
+from xlalign.data.lexical import LEXICAL_SITE
 
 #: Readable panel titles for the layer sweep's metrics; unknown metrics keep their own name.
 METRIC_LABELS = {

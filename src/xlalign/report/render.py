@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from xlalign.data.tokens import TOKEN_CLASSES
 from xlalign.report.figures import (
     MATRIX_LABELS,
     MAX_MATRIX_METRICS,
@@ -53,7 +54,6 @@ from xlalign.report.template import (
     to_html,
     to_markdown,
 )
-from xlalign.tokens import TOKEN_CLASSES
 
 #: The keys the original study's script computed, with what each measures.
 SEED_KEYS: dict[str, str] = {

@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from xlalign.pooling import POOL_SEMANTICS
-from xlalign.store import (
+from xlalign.store.files import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -32,6 +31,7 @@ from xlalign.store import (
     atomic_write_json,
     token_paths,
 )
+from xlalign.store.pools import POOL_SEMANTICS
 
 
 def synthetic_sites(n_sites: int) -> list[str]:

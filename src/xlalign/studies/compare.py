@@ -32,22 +32,21 @@ from typing import Any
 
 import numpy as np
 
-from xlalign.corpus import ParallelCorpus, load_corpus
+from xlalign.data.corpus import ParallelCorpus, load_corpus
+from xlalign.data.lexical import LEXICAL_SITE
 from xlalign.errors import RunError, XlalignError
-from xlalign.lexical import LEXICAL_SITE
 from xlalign.metrics import linear_cka_matrix, mutual_knn_matrix
 from xlalign.metrics.duplicates import IdenticalGroups, identical_groups
-from xlalign.sites import EMBED, FINAL
-from xlalign.store import (
+from xlalign.store.files import (
     CONTROL_DIR,
     CORPUS_FILE,
     MANIFEST,
     TOKEN_POOL,
-    Run,
     atomic_write_json,
-    load_run,
     read_json,
 )
+from xlalign.store.run import Run, load_run
+from xlalign.store.sites import EMBED, FINAL
 from xlalign.studies.findings import FINDING_METRICS, small_sample_warning, verdict
 from xlalign.studies.layers import SweepConfig, layer_sweep
 

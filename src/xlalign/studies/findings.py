@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from xlalign.errors import XlalignError
-from xlalign.store import Run, atomic_write_json
+from xlalign.store.files import atomic_write_json
+from xlalign.store.run import Run
 from xlalign.studies.layers import (
     LEXICAL_SITE,
     STUDY_PRODUCTS,

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from xlalign.data.lexical import LEXICAL_SITE
 from xlalign.errors import RunError, XlalignError
-from xlalign.lexical import LEXICAL_SITE
 from xlalign.metrics import (
     COMPAT_MODES,
     cknna,
@@ -49,8 +49,9 @@ from xlalign.metrics import (
 from xlalign.metrics._checks import strata_codes
 from xlalign.metrics.bootstrap import cka_ci, p1_ci, z_ci
 from xlalign.metrics.pairwise import Pair, Side
-from xlalign.pooling import POOL_DESCRIPTIONS
-from xlalign.store import TOKEN_POOL, Run, atomic_write_json
+from xlalign.store.files import TOKEN_POOL, atomic_write_json
+from xlalign.store.pools import POOL_DESCRIPTIONS
+from xlalign.store.run import Run
 
 #: Metric selectors (``--metrics``) and the record names each one produces.
 METRICS: dict[str, tuple[str, ...]] = {
@@ -648,7 +649,7 @@ def lexical_records(
     per language pair, and repeated under every pool so each pool's curve has its reference
     (the values do not depend on the pool). See :mod:`xlalign.lexical`.
     """
-    from xlalign.lexical import MAX_ENTRIES, bag_of_ids, n_entries
+    from xlalign.data.lexical import MAX_ENTRIES, bag_of_ids, n_entries
 
     out: list[_Rec] = []
     for lx, ly in pairs:

@@ -39,11 +39,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from xlalign.data.tokens import TOKEN_CLASSES, decode_token, vocabulary_classes
 from xlalign.errors import RunError, XlalignError
-from xlalign.models import LensModules, lens_modules, load_model
-from xlalign.sites import FINAL
-from xlalign.store import CONTROL_DIR, MANIFEST, Run, atomic_write_json, load_run
-from xlalign.tokens import TOKEN_CLASSES, decode_token, vocabulary_classes
+from xlalign.models.loading import LensModules, lens_modules, load_model
+from xlalign.store.files import CONTROL_DIR, MANIFEST, atomic_write_json
+from xlalign.store.run import Run, load_run
+from xlalign.store.sites import FINAL
 
 LENS_FILE = "lens.json"
 #: Corpus metadata columns ``answer_<lang>`` hold the expected answer of a prompt in ``<lang>``.

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from xlalign.data.tokens import TOKEN_CLASSES, TokenClassifier
 from xlalign.errors import RunError, XlalignError
 from xlalign.metrics import (
     ZResult,
@@ -32,9 +33,8 @@ from xlalign.metrics import (
     matched_vs_scrambled_z,
     pca_subspace_z,
 )
-from xlalign.store import Run
+from xlalign.store.run import Run
 from xlalign.studies.layers import STUDY_PRODUCTS
-from xlalign.tokens import TOKEN_CLASSES, TokenClassifier
 
 #: The study's result keys that hold a z value.
 SEED_Z_KEYS = (
@@ -337,7 +337,7 @@ def origin_study(
 
 def _lexical(tx: _Tokens, ty: _Tokens, cfg: OriginConfig) -> dict[str, Any]:
     """z of the model-free lexical baseline (bags of token ids), on the study's null."""
-    from xlalign.lexical import bag_of_ids
+    from xlalign.data.lexical import bag_of_ids
 
     x, y = bag_of_ids([tx.ids, ty.ids], [tx.special, ty.special])
     z = _z(x, y, cfg)

@@ -1,0 +1,202 @@
+"""The stages after capture, each on the run and its control: the sweep and its findings (``xlalign align``), the origin study (``xlalign origin``) and the logit lens."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from xlalign.data.corpus import load_corpus
+from xlalign.errors import XlalignError
+from xlalign.models.loading import ModelOptions
+from xlalign.pipeline.config import StudyConfig
+from xlalign.pipeline.reuse import corpus_for, ensure_run
+from xlalign.store.files import CONTROL_DIR, MANIFEST, atomic_write_json, read_json
+from xlalign.store.lock import folder_lock
+from xlalign.store.run import Run, load_run
+from xlalign.studies.findings import summary_lines, write_findings
+from xlalign.studies.layers import SweepConfig
+
+# ---------------------------------------------------------------------------------------------
+# align with its controls
+
+
+def run_align(
+    run: Path, config: SweepConfig, output: Path | None = None, *, progress: bool = True
+) -> tuple[dict[str, Any], list[str], dict[str, Path]]:
+    """:func:`_run_align` holding the output folder's write lock (see :mod:`xlalign.lock`).
+
+    Taking the lock first also refuses a read-only output folder before any computation.
+    """
+    with folder_lock(Path(output or run), "xlalign align"):
+        return _run_align(run, config, output, progress=progress)
+
+
+def _run_align(
+    run: Path, config: SweepConfig, output: Path | None = None, *, progress: bool = True
+) -> tuple[dict[str, Any], list[str], dict[str, Path]]:
+    """Sweep a run, its random-weights control if it has one, and write ``findings.json``.
+
+    The control is the complete run in ``RUN/control-random-init`` (as ``xlalign run``
+    leaves it), swept with the same configuration; its ``alignment.json`` goes into its own
+    folder. The lexical baseline is part of the sweep, so ``findings.json`` is always written
+    (with verdict ``no-control`` where no control exists). Returns the model's sweep, the
+    summary lines (from ``findings.json``) and the paths written.
+    """
+    from xlalign.studies.findings import findings_for_sweep
+    from xlalign.studies.layers import layer_sweep, write_alignment
+
+    loaded = load_run(run)
+    result = layer_sweep(loaded, config, progress=progress)
+    out = Path(output or run)
+    paths = write_alignment(result, out)
+    control_alignment = None
+    note = None
+    ctl_path = Path(run) / CONTROL_DIR
+    if (ctl_path / MANIFEST).is_file():
+        try:
+            with folder_lock(ctl_path, "xlalign align"):  # its alignment.* is written there
+                control = load_run(ctl_path)
+                control_alignment = layer_sweep(control, config, progress=progress)
+                for name, p in write_alignment(control_alignment, ctl_path).items():
+                    paths[f"control_{name}"] = p
+        except XlalignError as e:
+            note = f"the random-weights control in {ctl_path} was not swept: {e}"
+            control_alignment = None
+    stratify = "category" if config.stratify is None and "category" in loaded.meta else None
+    findings = findings_for_sweep(loaded, result, control_alignment, config, stratify=stratify)
+    if note:
+        findings["warnings"].append(note)
+    paths["findings"] = write_findings(findings, out)
+    return result, summary_lines(read_json(paths["findings"])), paths
+
+
+# ---------------------------------------------------------------------------------------------
+# origin in one step
+
+
+def run_origin(
+    *,
+    run: Path | None,
+    model: str | None,
+    data: Path | None,
+    output: Path | None,
+    **kwargs: Any,
+) -> tuple[dict[str, Any], list[str], Path]:
+    """Run the origin study on a run folder (or extract one first); write ``origin.json``.
+
+    Holds the folder's write lock throughout (see :mod:`xlalign.lock`).
+    """
+    folder = run if run is not None else output
+    assert folder is not None
+    with folder_lock(folder, "xlalign origin"):
+        return _run_origin(run=run, model=model, data=data, output=output, **kwargs)
+
+
+def _run_origin(
+    *,
+    run: Path | None,
+    model: str | None,
+    data: Path | None,
+    output: Path | None,
+    sites: str = "all",
+    batch_size: int = 32,
+    device: str = "auto",
+    dtype: str | None = None,
+    config: Any = None,
+    control_seed: int | None = None,
+    cached_npz: Path | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], list[str], Path]:
+    """Run the origin study on a run folder (or extract one first); write ``origin.json``."""
+    from xlalign.studies.findings import findings_for_origin
+    from xlalign.studies.origin import OriginConfig, origin_study, summarize
+
+    cfg = config or OriginConfig()
+    options = ModelOptions(device=device, dtype=dtype)
+    if run is not None:
+        loaded = load_run(run)
+        corpus = None
+    else:
+        assert model is not None and data is not None and output is not None
+        langs = list(cfg.langs) if cfg.langs else None
+        corpus = load_corpus(data, langs)
+        loaded, _ = ensure_run(
+            model, corpus, output, langs=list(corpus.languages), sites=sites,
+            batch_size=batch_size, options=options, progress=progress,
+        )  # fmt: skip
+    control = None
+    control_info = None
+    if control_seed is not None:
+        corpus = corpus or corpus_for(loaded, data)
+        control, _ = ensure_run(
+            str(loaded.manifest["model"]), corpus, loaded.path / CONTROL_DIR,
+            langs=list(loaded.languages), sites=",".join(loaded.sites), batch_size=batch_size,
+            options=options.replace(random_init_seed=control_seed), progress=progress,
+        )  # fmt: skip
+        control_info = {"seed": control_seed}
+    result = origin_study(
+        loaded, cfg, control=control, control_info=control_info, cached_npz=cached_npz
+    )
+    path = loaded.path / "origin.json"
+    atomic_write_json(path, result)
+    # the lexical baseline is always there, so findings.json is always written
+    findings = read_json(write_findings(findings_for_origin(result), loaded.path))
+    return result, [*summarize(result), *summary_lines(findings)], path
+
+
+def lens_stage(
+    run: Run, control: Run | None, cfg: StudyConfig, progress: bool
+) -> tuple[dict[str, Any] | None, str]:
+    """The logit lens of a causal LM's run (and its control) -> ``(lens.json doc, note)``.
+
+    Encoders have no LM head: the stage is skipped and the note says so.
+    """
+    from xlalign.studies.lens import (
+        LensConfig,
+        control_reference,
+        lens_study,
+        write_lens,
+    )
+
+    if not cfg.lens:
+        return None, "skipped: not asked for (lens = false)"
+    if not run.manifest.get("is_causal_lm"):
+        arch = run.manifest.get("architecture") or "the model"
+        return None, f"skipped: {arch} is not a causal LM, no LM head to decode through"
+    if "last" not in run.pools:
+        return None, "skipped: the run has no last pool"
+    lcfg = LensConfig(n_boot=max(1, cfg.n_boot), seed=cfg.seed, device=cfg.device)
+    doc = lens_study(run, lcfg, progress=progress)
+    if control is not None:
+        control_doc = lens_study(control, lcfg, progress=progress)
+        write_lens(control_doc, control.path)
+        doc["control"] = control_reference(control_doc)
+    write_lens(doc, run.path)
+    return doc, "computed"
+
+
+def study_findings(
+    run: Run,
+    alignment: Mapping[str, Any],
+    control_alignment: Mapping[str, Any] | None,
+    origin: Mapping[str, Any] | None,
+    sweep_cfg: SweepConfig,
+    label: str | None = None,
+) -> dict[str, Any]:
+    """The study's ``findings.json``: the sweep's findings, plus the origin study's cautions."""
+    from xlalign.studies.findings import findings_for_sweep
+
+    stratify = "category" if sweep_cfg.stratify is None and "category" in run.meta else None
+    findings = findings_for_sweep(
+        run, alignment, control_alignment, sweep_cfg, label=label or run.manifest.get("model"),
+        stratify=stratify,
+    )  # fmt: skip
+    unk = ((origin or {}).get("tokenizer") or {}).get("unk_rate") or {}
+    for lang, rate in unk.items():
+        if rate > 0.05:
+            findings["warnings"].append(
+                f"{rate:.0%} of {lang} tokens are unknown to this tokenizer; its numbers say "
+                "little about that language"
+            )
+    return findings
