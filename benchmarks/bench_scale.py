@@ -5,7 +5,7 @@ Run:  .venv/bin/python benchmarks/bench_scale.py
       [--retrieval-n 10000,20000,40000] [--workdir DIR] [--keep]
 
 Part 1, the sweep. For each N a synthetic run (two languages, ``--sites`` sites, d = 1024,
-float32; :func:`xlalign.synthetic.write_synthetic_run`) is written to disk block by block, then
+float32; :func:`xlalign.store.synthetic.write_synthetic_run`) is written to disk block by block, then
 ``layer_sweep`` runs in a fresh subprocess over memory-mapped arrays with the metrics that
 stream in ``O(N d^2)``: the exact z, linear CKA and the semantic-hub score (no bootstrap). The
 child reports its wall time, ``ru_maxrss`` (peak resident memory, which counts the file pages

@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python benchmarks/bench_sweep.py`` (``--quick``: one repeat, smaller runs).
 
-Three synthetic runs (``xlalign.synthetic.write_synthetic_run``: float32 pairs with a shared
+Three synthetic runs (``xlalign.store.synthetic.write_synthetic_run``: float32 pairs with a shared
 signal and a large per-language mean, as hidden states have), default metrics:
 
 - study scale A: 26 sites x 200 pairs, d = 896, pools last and mean, zh/en (Qwen2.5-0.5B's

@@ -14,7 +14,7 @@ left-padded prompt sees the positions it would see alone; pools read real tokens
 
 Data parallel: under ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE > 1``) every process
 runs :func:`extract` with the same arguments; the batches are dealt round-robin over the ranks
-and each writes its rows into the one run folder (see :mod:`xlalign.distributed`).
+and each writes its rows into the one run folder (see :mod:`xlalign.capture.distributed`).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def extract(
 
     ``model`` is a Hub id, a local folder or a :class:`~xlalign.models.LoadedModel` (then the
     loading arguments are ignored). ``corpus`` is a :class:`ParallelCorpus` or a file/folder
-    for :func:`~xlalign.corpus.load_corpus`; ``langs`` picks its languages (default: all).
+    for :func:`~xlalign.data.corpus.load_corpus`; ``langs`` picks its languages (default: all).
     Returns the finished :class:`~xlalign.store.Run`, whose ``run[lang, site, pool]`` is an
     ``(n_rows, d_model)`` float32 array in corpus order.
 
@@ -120,7 +120,7 @@ def extract(
     large for one device with Accelerate (see :func:`~xlalign.models.load_model`). Started by
     ``torchrun``/``accelerate launch`` with ``WORLD_SIZE > 1``, every rank calls this with the
     same arguments and gets the same finished run; ``shard_by`` says how work is dealt (see
-    :func:`~xlalign.distributed.assign_batches`).
+    :func:`~xlalign.capture.distributed.assign_batches`).
     """
     started = time.perf_counter()
     opts = options or ModelOptions()
@@ -214,7 +214,9 @@ def _extract(
     batches = {lang: plan_batches(tokens[lang].lengths, config.batch_size) for lang in lang_list}
     tokenize_s = time.perf_counter() - t0
 
-    manifest = build_manifest(loaded, corpus, lang_list, site_list, pool_list, config, tokens, batches)
+    manifest = build_manifest(
+        loaded, corpus, lang_list, site_list, pool_list, config, tokens, batches
+    )
     mine: dict[str, set[int]] | None = None
     launch_id = None
     if group is None:
@@ -403,7 +405,10 @@ def _capture(
                         pad_position=adapter.pad_position,
                     )
                     plan = make_plan(
-                        batch.attention_mask, batch.special, pools, weighted_positions(config.compat)
+                        batch.attention_mask,
+                        batch.special,
+                        pools,
+                        weighted_positions(config.compat),
                     )
                     kwargs = forward_kwargs(loaded, batch, config.padding_side, params)
                     results = capture.run(kwargs, plan)

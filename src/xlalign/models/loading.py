@@ -49,7 +49,7 @@ class LoadedModel:
     random_init_seed: int | None = None
     is_causal_lm: bool = False
     #: where the weights came from when not a plain folder: a named model's packages, a GGUF
-    #: file's path, sha256 and quantization type (see :mod:`xlalign.checkpoints`).
+    #: file's path, sha256 and quantization type (see :mod:`xlalign.models.gguf`).
     checkpoint: dict[str, Any] | None = None
 
     @property
@@ -255,7 +255,7 @@ def load_tokenizer(model: str, *, trust_remote_code: bool = False) -> Any:
 def _resolve_source(model: str) -> tuple[Path, dict[str, Any] | None]:
     """The local path to load ``model`` from, and what a named or GGUF model came from.
 
-    A name from :data:`~xlalign.named_models.NAMED_MODELS` resolves to its installed files; a
+    A name from :data:`~xlalign.models.named.NAMED_MODELS` resolves to its installed files; a
     ``.gguf`` file (or a folder holding exactly one) to its dequantized, cached copy.
     """
     from xlalign.models.gguf import dequantized_folder, find_gguf

@@ -24,7 +24,7 @@ from xlalign.studies.layers import SweepConfig
 def run_align(
     run: Path, config: SweepConfig, output: Path | None = None, *, progress: bool = True
 ) -> tuple[dict[str, Any], list[str], dict[str, Path]]:
-    """:func:`_run_align` holding the output folder's write lock (see :mod:`xlalign.lock`).
+    """:func:`_run_align` holding the output folder's write lock (see :mod:`xlalign.store.lock`).
 
     Taking the lock first also refuses a read-only output folder before any computation.
     """
@@ -85,7 +85,7 @@ def run_origin(
 ) -> tuple[dict[str, Any], list[str], Path]:
     """Run the origin study on a run folder (or extract one first); write ``origin.json``.
 
-    Holds the folder's write lock throughout (see :mod:`xlalign.lock`).
+    Holds the folder's write lock throughout (see :mod:`xlalign.store.lock`).
     """
     folder = run if run is not None else output
     assert folder is not None

@@ -37,7 +37,7 @@ def run_study(
     progress: bool = True,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """:func:`_run_study` holding the study folder's write lock (see :mod:`xlalign.lock`).
+    """:func:`_run_study` holding the study folder's write lock (see :mod:`xlalign.store.lock`).
 
     The control's run inside it is locked by its own extraction, like any run.
     """
@@ -143,7 +143,7 @@ def _run_study(
 
 
 def study_corpus(data: str, n: int | None, seed: int, langs: list[str] | None) -> ParallelCorpus:
-    """``--data``: a built-in corpus name (:data:`xlalign.corpora.BUILTIN`) or a file/folder."""
+    """``--data``: a built-in corpus name (:data:`xlalign.data.corpora.BUILTIN`) or a file/folder."""
     from xlalign.data.corpora import BUILTIN, load_builtin
 
     if data in BUILTIN and not Path(data).exists():

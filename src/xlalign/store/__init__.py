@@ -28,13 +28,90 @@ Imports only :mod:`xlalign.errors` of xlalign.
 """
 
 from xlalign.store import lock, pools, sites
-from xlalign.store.files import ARRAYS_DIR, CONTROL_DIR, CORPUS_FILE, FORMAT, FORMAT_VERSION, MANIFEST, META, PROGRESS, PROGRESS_DIR, TOKENIZER_DIR, TOKENS_DIR, TOKEN_POOL, array_path, atomic_write_json, json_safe, read_json, token_paths
+from xlalign.store.files import (
+    ARRAYS_DIR,
+    CONTROL_DIR,
+    CORPUS_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    META,
+    PROGRESS,
+    PROGRESS_DIR,
+    TOKENIZER_DIR,
+    TOKENS_DIR,
+    TOKEN_POOL,
+    array_path,
+    atomic_write_json,
+    json_safe,
+    read_json,
+    token_paths,
+)
 from xlalign.store.folders import clear_folder, prepare_folder
 from xlalign.store.lock import LOCK_FILE, PROBE_PREFIX, busy_message, folder_lock, holder
 from xlalign.store.pools import POOLS, POOL_DESCRIPTIONS, POOL_SEMANTICS, VECTOR_POOLS, parse_pools
 from xlalign.store.run import LegacyPools, Run, export_npz, legacy_pools, load_run
 from xlalign.store.sites import EMBED, FINAL, describe_sites, parse_sites
 from xlalign.store.space import DISK_FULL_ERRNOS, check_free_space, disk_full_error, reserve_space
-from xlalign.store.writer import FLUSH_INTERVAL_S, RunWriter, TokenData, progress_files, rank_sessions, read_progress
+from xlalign.store.writer import (
+    FLUSH_INTERVAL_S,
+    RunWriter,
+    TokenData,
+    progress_files,
+    rank_sessions,
+    read_progress,
+)
 
-__all__ = ['ARRAYS_DIR', 'CONTROL_DIR', 'CORPUS_FILE', 'DISK_FULL_ERRNOS', 'EMBED', 'FINAL', 'FLUSH_INTERVAL_S', 'FORMAT', 'FORMAT_VERSION', 'LOCK_FILE', 'LegacyPools', 'MANIFEST', 'META', 'POOLS', 'POOL_DESCRIPTIONS', 'POOL_SEMANTICS', 'PROBE_PREFIX', 'PROGRESS', 'PROGRESS_DIR', 'Run', 'RunWriter', 'TOKENIZER_DIR', 'TOKENS_DIR', 'TOKEN_POOL', 'TokenData', 'VECTOR_POOLS', 'array_path', 'atomic_write_json', 'busy_message', 'check_free_space', 'clear_folder', 'describe_sites', 'disk_full_error', 'export_npz', 'folder_lock', 'holder', 'json_safe', 'legacy_pools', 'load_run', 'lock', 'parse_pools', 'parse_sites', 'pools', 'prepare_folder', 'progress_files', 'rank_sessions', 'read_json', 'read_progress', 'reserve_space', 'sites', 'token_paths']
+__all__ = [
+    "ARRAYS_DIR",
+    "CONTROL_DIR",
+    "CORPUS_FILE",
+    "DISK_FULL_ERRNOS",
+    "EMBED",
+    "FINAL",
+    "FLUSH_INTERVAL_S",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "LOCK_FILE",
+    "LegacyPools",
+    "MANIFEST",
+    "META",
+    "POOLS",
+    "POOL_DESCRIPTIONS",
+    "POOL_SEMANTICS",
+    "PROBE_PREFIX",
+    "PROGRESS",
+    "PROGRESS_DIR",
+    "Run",
+    "RunWriter",
+    "TOKENIZER_DIR",
+    "TOKENS_DIR",
+    "TOKEN_POOL",
+    "TokenData",
+    "VECTOR_POOLS",
+    "array_path",
+    "atomic_write_json",
+    "busy_message",
+    "check_free_space",
+    "clear_folder",
+    "describe_sites",
+    "disk_full_error",
+    "export_npz",
+    "folder_lock",
+    "holder",
+    "json_safe",
+    "legacy_pools",
+    "load_run",
+    "lock",
+    "parse_pools",
+    "parse_sites",
+    "pools",
+    "prepare_folder",
+    "progress_files",
+    "rank_sessions",
+    "read_json",
+    "read_progress",
+    "reserve_space",
+    "sites",
+    "token_paths",
+]

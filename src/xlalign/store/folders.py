@@ -42,7 +42,7 @@ def prepare_folder(path: Path, overwrite: bool, *, check_only: bool = False) -> 
 
 
 def _is_bookkeeping(name: str) -> bool:
-    """The lock file, the writability probe of another process's :func:`~xlalign.lock.acquire`
+    """The lock file, the writability probe of another process's :func:`~xlalign.store.lock.acquire`
     (rank 0 of a launch may be probing while another rank checks the folder) and the temporary
     files of an interrupted atomic write: not a run's data."""
     return (

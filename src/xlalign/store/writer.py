@@ -102,7 +102,7 @@ class RunWriter:
     ) -> None:
         self.path = path
         #: where this writer records its batches: ``progress.json``, or for one rank of a
-        #: data-parallel launch ``progress/rank-<r>-of-<n>.json`` (see :mod:`xlalign.distributed`)
+        #: data-parallel launch ``progress/rank-<r>-of-<n>.json`` (see :mod:`xlalign.capture.distributed`)
         self.progress_path = progress_path or path / PROGRESS
         #: extra entries of the progress record (a rank keeps its sessions there)
         self.progress_extra: dict[str, Any] = {}

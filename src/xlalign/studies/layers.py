@@ -647,7 +647,7 @@ def lexical_records(
 
     Scored by the same per-site path as the model (same metrics, null, seed and strata), once
     per language pair, and repeated under every pool so each pool's curve has its reference
-    (the values do not depend on the pool). See :mod:`xlalign.lexical`.
+    (the values do not depend on the pool). See :mod:`xlalign.data.lexical`.
     """
     from xlalign.data.lexical import MAX_ENTRIES, bag_of_ids, n_entries
 

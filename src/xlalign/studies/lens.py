@@ -7,7 +7,7 @@ lens") and find that for non-English prompts the middle layers put their probabi
 English word; the output language wins only in the last layers. This module measures that on a
 run's stored vectors, for every site, language and prompt:
 
-- ``class_mass``: the probability mass on tokens of each class of :mod:`xlalign.tokens`
+- ``class_mass``: the probability mass on tokens of each class of :mod:`xlalign.data.tokens`
   (``cjk``, ``latin``, ``digit``, ``punct``, ``space``, ``special``, ``partial``, ``other``);
 - ``entropy`` of the decoded distribution (nats);
 - ``top``: the ``top_k`` tokens with their probabilities;
@@ -108,7 +108,7 @@ class LensDecoder:
     """Applies a model's final norm and LM head to stored hidden states, in float32.
 
     ``class_codes`` ``(vocab,)`` gives each vocabulary id's index into :data:`TOKEN_CLASSES`
-    (see :func:`xlalign.tokens.vocabulary_classes`).
+    (see :func:`xlalign.data.tokens.vocabulary_classes`).
     """
 
     def __init__(
