@@ -54,10 +54,10 @@ from xlalign.capture.manifest import build_manifest, utc_now, weighted_positions
 from xlalign.capture.pooling import check_eos, make_plan
 from xlalign.capture.writer import (
     all_recorded,
-    run_is_complete,
     launch_finished,
     open_writer,
     open_writer_ranked,
+    run_is_complete,
 )
 from xlalign.data.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import XlalignError

@@ -49,9 +49,9 @@ def utc_now() -> str:
 
 
 def _versions() -> dict[str, str]:
-    import transformers
-
     from importlib.metadata import version
+
+    import transformers
 
     return {
         "xlalign": version("xlalign"),

@@ -24,7 +24,7 @@ from xlalign.models.architecture import ModelAdapter, is_causal_lm_config, resol
 from xlalign.models.device import input_device, resolve_device, resolve_dtype
 from xlalign.models.fingerprints import weights_fingerprint
 from xlalign.models.folders import check_model_folder
-from xlalign.models.hub import first_line, looks_like_path, check_hub_reachable
+from xlalign.models.hub import check_hub_reachable, first_line, looks_like_path
 
 
 @dataclass

@@ -38,9 +38,9 @@ from xlalign.store.files import (
     META,
     PROGRESS,
     PROGRESS_DIR,
+    TOKEN_POOL,
     TOKENIZER_DIR,
     TOKENS_DIR,
-    TOKEN_POOL,
     array_path,
     atomic_write_json,
     json_safe,
@@ -49,7 +49,7 @@ from xlalign.store.files import (
 )
 from xlalign.store.folders import clear_folder, prepare_folder
 from xlalign.store.lock import LOCK_FILE, PROBE_PREFIX, busy_message, folder_lock, holder
-from xlalign.store.pools import POOLS, POOL_DESCRIPTIONS, POOL_SEMANTICS, VECTOR_POOLS, parse_pools
+from xlalign.store.pools import POOL_DESCRIPTIONS, POOL_SEMANTICS, POOLS, VECTOR_POOLS, parse_pools
 from xlalign.store.run import LegacyPools, Run, export_npz, legacy_pools, load_run
 from xlalign.store.sites import EMBED, FINAL, describe_sites, parse_sites
 from xlalign.store.space import DISK_FULL_ERRNOS, check_free_space, disk_full_error, reserve_space
@@ -73,7 +73,6 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "LOCK_FILE",
-    "LegacyPools",
     "MANIFEST",
     "META",
     "POOLS",
@@ -82,13 +81,14 @@ __all__ = [
     "PROBE_PREFIX",
     "PROGRESS",
     "PROGRESS_DIR",
-    "Run",
-    "RunWriter",
     "TOKENIZER_DIR",
     "TOKENS_DIR",
     "TOKEN_POOL",
-    "TokenData",
     "VECTOR_POOLS",
+    "LegacyPools",
+    "Run",
+    "RunWriter",
+    "TokenData",
     "array_path",
     "atomic_write_json",
     "busy_message",
