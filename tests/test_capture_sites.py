@@ -96,7 +96,7 @@ def test_pools_read_real_tokens_only(padding_side):
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_matmul_and_elementwise_paths_agree(padding_side, monkeypatch):
-    import xlalign.pooling as pooling
+    import xlalign.capture.pooling as pooling
 
     torch.manual_seed(0)
     h, mask = _hidden([5, 2, 4], padding_side)
@@ -152,7 +152,7 @@ def test_tokenize_keeps_special_mask(wordpiece_tokenizer):
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_last_skips_appended_special_tokens_and_eos_is_the_appended_one(padding_side, monkeypatch):
-    import xlalign.pooling as pooling
+    import xlalign.capture.pooling as pooling
 
     torch.manual_seed(0)
     h, mask = _hidden([5, 3, 4], padding_side)

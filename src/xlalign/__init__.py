@@ -39,57 +39,36 @@ __all__ = [
 ]
 
 
-#: Modules that moved when the source tree was split into stage packages (one per stage), with
-#: the modules that now hold what they held. ``import xlalign.corpus`` still works: it warns
-#: (DeprecationWarning) naming the new path and gives the new module itself; where two modules
-#: now share the old one's names, a module that looks each name up in them in order.
-MOVED: dict[str, tuple[str, ...]] = {
-    "xlalign.corpus": ("xlalign.data.corpus",),
-    "xlalign.corpora": ("xlalign.data.corpora",),
-    "xlalign.problems": ("xlalign.data.problems",),
-    "xlalign.tokens": ("xlalign.data.tokens",),
-    "xlalign.lexical": ("xlalign.data.lexical",),
-    "xlalign.named_models": ("xlalign.models.named",),
-    "xlalign.checkpoints": ("xlalign.models.gguf",),
-    "xlalign.testing": ("xlalign.models.testing",),
-    "xlalign.lock": ("xlalign.store.lock",),
-    "xlalign.sites": ("xlalign.store.sites",),
-    "xlalign.synthetic": ("xlalign.store.synthetic",),
-    "xlalign.pooling": ("xlalign.capture.pooling", "xlalign.store.pools"),
-    "xlalign.distributed": ("xlalign.capture.distributed",),
-    "xlalign.demo": ("xlalign.pipeline.demo",),
-    "xlalign.studies.pipeline": ("xlalign.pipeline",),
-    "xlalign.clidoc": ("xlalign.cli",),
+#: Modules that moved when the source tree was split into one package per stage, with the
+#: module that now holds what each held. ``import xlalign.corpus`` still works: it warns
+#: (DeprecationWarning) naming the new path and gives the new module itself, so monkeypatching
+#: the old path reaches it. ``xlalign.studies.pipeline`` gives the package ``xlalign.pipeline``,
+#: which exports every name the old module had; patch the module that uses a name.
+MOVED: dict[str, str] = {
+    "xlalign.corpus": "xlalign.data.corpus",
+    "xlalign.corpora": "xlalign.data.corpora",
+    "xlalign.problems": "xlalign.data.problems",
+    "xlalign.tokens": "xlalign.data.tokens",
+    "xlalign.lexical": "xlalign.data.lexical",
+    "xlalign.named_models": "xlalign.models.named",
+    "xlalign.checkpoints": "xlalign.models.gguf",
+    "xlalign.testing": "xlalign.models.testing",
+    "xlalign.lock": "xlalign.store.lock",
+    "xlalign.sites": "xlalign.store.sites",
+    "xlalign.synthetic": "xlalign.store.synthetic",
+    "xlalign.pooling": "xlalign.capture.pooling",
+    "xlalign.distributed": "xlalign.capture.distributed",
+    "xlalign.demo": "xlalign.pipeline.demo",
+    "xlalign.studies.pipeline": "xlalign.pipeline",
+    "xlalign.clidoc": "xlalign.cli",
 }
 
 
-class _MovedModule(types.ModuleType):
-    """An old module path: every attribute is looked up in the modules that now hold it."""
-
-    def __init__(self, name: str, targets: tuple[str, ...]) -> None:
-        super().__init__(name, f"moved to {', '.join(targets)}")
-        self._targets = targets
-
-    def __getattr__(self, attr: str) -> Any:
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-        for target in self._targets:
-            module = importlib.import_module(target)
-            if hasattr(module, attr):
-                return getattr(module, attr)
-        raise AttributeError(
-            f"{self.__name__} moved to {' and '.join(self._targets)}, which hold no {attr!r}"
-        )
-
-    def __dir__(self) -> list[str]:
-        names: set[str] = set()
-        for target in self._targets:
-            names.update(dir(importlib.import_module(target)))
-        return sorted(names)
-
-
 class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Finds the old module paths of :data:`MOVED`."""
+    """Finds the old module paths of :data:`MOVED` and gives the modules that hold them now."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, Any] = {}
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         if fullname not in MOVED:
@@ -97,22 +76,28 @@ class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.machinery.ModuleSpec(fullname, self)
 
     def create_module(self, spec: Any) -> types.ModuleType:
-        targets = MOVED[spec.name]
         warnings.warn(
-            f"{spec.name} moved to {' and '.join(targets)}; import it from there",
+            f"{spec.name} moved to {MOVED[spec.name]}; import it from there",
             DeprecationWarning,
             stacklevel=2,
         )
-        if len(targets) == 1:  # the module itself: monkeypatching the old path reaches it
-            return importlib.import_module(targets[0])
-        module = _MovedModule(spec.name, targets)
-        # ImportError names a module's file: "cannot import name 'x' from 'xlalign.pooling'
-        # (.../capture/pooling.py)" points at where it went
-        module.__file__ = importlib.import_module(targets[0]).__file__
+        module = importlib.import_module(MOVED[spec.name])
+        self._specs[spec.name] = module.__spec__
         return module
 
     def exec_module(self, module: types.ModuleType) -> None:
-        return None
+        # importlib gave the module the old path's spec: give it back its own
+        spec = module.__spec__
+        assert spec is not None
+        module.__spec__ = self._specs[spec.name]
+
+    def get_code(self, fullname: str) -> Any:
+        """``python -m <old path>`` runs the new module as ``__main__``."""
+        if fullname == "xlalign.clidoc":  # it printed the CLI reference
+            source = "from xlalign.cli import cli_reference; print(cli_reference(), end='')"
+        else:
+            source = f"import runpy; runpy.run_module({MOVED[fullname]!r}, run_name='__main__')"
+        return compile(source, f"<{fullname}, moved to {MOVED[fullname]}>", "exec")
 
 
 if not any(isinstance(f, _MovedFinder) for f in sys.meta_path):

@@ -39,7 +39,7 @@ class SiteCapture:
         self._plan: PoolPlan | None = None
         self._results: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         #: when set, :meth:`run` also records per site which real tokens' hidden states hold
-        #: NaN/inf: ``{site: (bad (B, T) bool, nan (B, T) bool)}`` (see :func:`nonfinite_inputs`)
+        #: NaN/inf: ``{site: (bad (B, T) bool, nan (B, T) bool)}`` (see :func:`~xlalign.capture.finite.nonfinite_inputs`)
         self.diagnose = False
         self.bad_tokens: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 

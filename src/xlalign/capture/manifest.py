@@ -49,12 +49,16 @@ def utc_now() -> str:
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:  # as xlalign.__version__ (a lower stage does not import the package's top)
+        xlalign_version = version("xlalign")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        xlalign_version = "0+unknown"
     import transformers
 
     return {
-        "xlalign": version("xlalign"),
+        "xlalign": xlalign_version,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "numpy": np.__version__,

@@ -28,7 +28,7 @@ batched float32 matmul where float32 matmuls are exact (CPU, or CUDA with TF32 o
 settings cannot round them. Either way the one-token pools are bit-exact copies of the hidden
 state.
 
-Run folders record :data:`POOL_SEMANTICS` in their manifest (``pool_semantics``). Runs written
+Run folders record :data:`~xlalign.store.pools.POOL_SEMANTICS` in their manifest (``pool_semantics``). Runs written
 before it (no such key) stored as ``last`` the last real token, special or not; the store reads
 them with that meaning named (see :func:`xlalign.store.load_run`), never as today's ``last``.
 """
@@ -42,7 +42,30 @@ from typing import Any
 import torch
 
 from xlalign.errors import XlalignError
-from xlalign.store.pools import VECTOR_POOLS
+
+# the pool names, as a run folder records them; here too, where the pools are computed
+from xlalign.store.pools import (
+    POOL_DESCRIPTIONS,
+    POOL_SEMANTICS,
+    POOLS,
+    VECTOR_POOLS,
+    WEIGHTED_ABSOLUTE_DESCRIPTION,
+    parse_pools,
+)
+
+__all__ = [
+    "POOLS",
+    "POOL_DESCRIPTIONS",
+    "POOL_SEMANTICS",
+    "VECTOR_POOLS",
+    "WEIGHTED_ABSOLUTE_DESCRIPTION",
+    "WEIGHTED_POSITIONS",
+    "PoolPlan",
+    "check_eos",
+    "make_plan",
+    "parse_pools",
+    "pool",
+]
 
 
 @dataclass

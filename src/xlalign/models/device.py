@@ -16,7 +16,7 @@ DTYPES: dict[str, torch.dtype] = {
 
 
 # ---------------------------------------------------------------------------------------------
-# loading
+# devices and dtypes
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

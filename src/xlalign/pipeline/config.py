@@ -11,9 +11,6 @@ from xlalign.errors import XlalignError
 from xlalign.models.loading import ModelOptions
 from xlalign.studies.layers import DEFAULT_METRICS, SweepConfig
 
-# ---------------------------------------------------------------------------------------------
-# the whole study
-
 
 @dataclass(frozen=True)
 class StudyConfig:

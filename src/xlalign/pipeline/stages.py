@@ -145,6 +145,10 @@ def _run_origin(
     return result, [*summarize(result), *summary_lines(findings)], path
 
 
+# ---------------------------------------------------------------------------------------------
+# the study's lens and findings
+
+
 def lens_stage(
     run: Run, control: Run | None, cfg: StudyConfig, progress: bool
 ) -> tuple[dict[str, Any] | None, str]:
