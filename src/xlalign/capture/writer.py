@@ -24,6 +24,7 @@ from xlalign.store.files import (
     MANIFEST,
     PROGRESS_DIR,
     read_json,
+    read_manifest,
 )
 from xlalign.store.folders import clear_folder, prepare_folder
 from xlalign.store.writer import RunWriter, TokenData, rank_sessions, read_progress
@@ -31,8 +32,8 @@ from xlalign.store.writer import RunWriter, TokenData, rank_sessions, read_progr
 
 def run_is_complete(output: Path) -> bool:
     try:
-        return bool(read_json(output / MANIFEST).get("complete"))
-    except (OSError, ValueError):
+        return bool(read_manifest(output / MANIFEST).get("complete"))
+    except (OSError, ValueError, RunError):
         return False
 
 
@@ -97,7 +98,7 @@ def open_writer(
     progress_path: Path | None = None,
 ) -> RunWriter:
     existing = output / MANIFEST
-    old = read_json(existing) if config.resume and existing.exists() else None
+    old = read_manifest(existing) if config.resume and existing.exists() else None
     if old is not None and old.get("laid_out") is False:
         # Killed (or out of disk) while laying the folder out: nothing was captured yet, so
         # laying it out again is the whole of resuming it.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 from xlalign.errors import XlalignError
 
@@ -79,3 +80,17 @@ def check_hub_reachable(model: str, revision: str | None = None, timeout_s: floa
 def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def hub_commit(model: str, revision: str | None = None) -> str | None:
+    """The commit that ``revision`` (default ``main``) of Hub model ``model`` resolves to in the
+    local Hugging Face cache, without asking the Hub; ``None`` when it is not cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(model, "config.json", revision=revision)
+    except ValueError:  # not a Hub id
+        return None
+    if not isinstance(found, str):
+        return None
+    return Path(found).parent.name

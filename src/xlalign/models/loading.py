@@ -24,7 +24,7 @@ from xlalign.models.architecture import ModelAdapter, is_causal_lm_config, resol
 from xlalign.models.device import input_device, resolve_device, resolve_dtype
 from xlalign.models.fingerprints import weights_fingerprint
 from xlalign.models.folders import check_model_folder
-from xlalign.models.hub import check_hub_reachable, first_line, looks_like_path
+from xlalign.models.hub import check_hub_reachable, first_line, hub_commit, looks_like_path
 
 
 @dataclass
@@ -226,7 +226,9 @@ def load_model(
         adapter=adapter,
         model_id=model,
         revision=revision,
-        commit_hash=getattr(config, "_commit_hash", None),
+        # where transformers does not say (offline, from the cache), the cache's refs do
+        commit_hash=getattr(config, "_commit_hash", None)
+        or (None if local.is_dir() else hub_commit(model, revision)),
         weights_fingerprint=weights_fingerprint(local) if local.is_dir() else None,
         dtype=torch_dtype,
         device=device_used,

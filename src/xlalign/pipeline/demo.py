@@ -13,6 +13,7 @@ removed, and the within-template (per-category) null.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -49,6 +50,12 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if self.hsk_pairs is not None and self.hsk_pairs < 0:
             raise XlalignError(f"--hsk must be 0 or more, got {self.hsk_pairs}")
+        close = difflib.get_close_matches(self.model, list(LABELS), n=1, cutoff=0.75)
+        if self.model not in LABELS and close and not Path(self.model).expanduser().exists():
+            raise XlalignError(
+                f"--model '{self.model}' is not one of the demo's models "
+                f"({', '.join(LABELS)}): did you mean {close[0]}?"
+            )
 
     @property
     def n_hsk(self) -> int:
@@ -65,14 +72,45 @@ def run_demo(
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the demo's studies into ``cfg.output``; returns ``{"studies": {...}, "answer": path}``."""
-    from xlalign.pipeline.config import StudyConfig
-    from xlalign.pipeline.study import run_study
-
     out = Path(cfg.output)
     label = LABELS.get(cfg.model, cfg.model)
     common = dict(model=cfg.model, langs=("zh", "en"), device="cpu", control="random-init",
                   batch_size=cfg.batch_size)  # fmt: skip
     studies: dict[str, dict[str, Any]] = {}
+    try:
+        _run_studies(cfg, out, label, common, studies, command, progress, say)
+    except XlalignError as e:
+        loaded = (out / "problems" / "manifest.json").exists()  # failed after the model loaded
+        if loaded or cfg.model in LABELS or Path(cfg.model).expanduser().exists():
+            raise
+        raise XlalignError(
+            f"{e} (the demo's own models: {', '.join(LABELS)}; or give a local model folder, "
+            "a GGUF file or a Hub id)"
+        ) from None
+    origins = {
+        name: json.loads((out / name / "origin.json").read_text(encoding="utf-8"))
+        for name in studies
+    }
+    text = answer(origins, label)
+    path = out / "answer.md"
+    path.write_text(text, encoding="utf-8")
+    return {"studies": studies, "answer": path, "text": text}
+
+
+def _run_studies(
+    cfg: DemoConfig,
+    out: Path,
+    label: str,
+    common: dict[str, Any],
+    studies: dict[str, dict[str, Any]],
+    command: list[str] | None,
+    progress: bool,
+    say: Callable[[str], None],
+) -> None:
+    """The demo's two studies, into ``studies``."""
+    from xlalign.pipeline.config import StudyConfig
+    from xlalign.pipeline.study import run_study
+
     say(f"== study 1: the study's {cfg.problems} problems on {label}")
     studies["problems"] = run_study(
         StudyConfig(problems=cfg.problems, output=str(out / "problems"), label=label, **common),  # type: ignore[arg-type]
@@ -87,14 +125,6 @@ def run_demo(
                         lens=False, **common),  # type: ignore[arg-type]
             command=command, progress=progress, say=say,
         )  # fmt: skip
-    origins = {
-        name: json.loads((out / name / "origin.json").read_text(encoding="utf-8"))
-        for name in studies
-    }
-    text = answer(origins, label)
-    path = out / "answer.md"
-    path.write_text(text, encoding="utf-8")
-    return {"studies": studies, "answer": path, "text": text}
 
 
 def _f(v: Any) -> str:

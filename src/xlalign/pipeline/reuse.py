@@ -8,9 +8,11 @@ from typing import Any
 
 from xlalign.data.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import RunError, XlalignError
+from xlalign.models.hub import hub_commit
 from xlalign.models.loading import ModelOptions
-from xlalign.store.files import CORPUS_FILE, MANIFEST, read_json
-from xlalign.store.run import Run, load_run
+from xlalign.store.files import CONTROL_DIR, CORPUS_FILE, MANIFEST, atomic_write_json, read_manifest
+from xlalign.store.lock import folder_lock
+from xlalign.store.run import Run, check_control, load_run
 
 STUDY_POOLS = ("last", "mean", "tokens")
 
@@ -44,7 +46,7 @@ def ensure_run(
     state = "captured"
     manifest_path = output / MANIFEST
     if manifest_path.exists():
-        old = read_json(manifest_path)
+        old = read_manifest(manifest_path)  # a foreign or damaged one: one clear line
         if old.get("complete"):
             _check_reusable(
                 old,
@@ -66,6 +68,51 @@ def ensure_run(
     )  # fmt: skip
     _save_corpus(corpus, output)
     return run, state
+
+
+def ensure_control(
+    run: Run,
+    corpus: ParallelCorpus,
+    seed: int,
+    *,
+    options: ModelOptions | None = None,
+    sites: str | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> tuple[Run, str]:
+    """The random-weights control of ``run``, in ``run/control-random-init``.
+
+    Made from the run's own corpus, languages and model (with weights drawn from ``seed``), and
+    recording the run it belongs to (``control_of`` in its manifest); a control found there is
+    reused only when it belongs to ``run`` (:func:`~xlalign.store.run.check_control`), else the
+    error names the difference. Returns the control and ``"reused"``, ``"resumed"`` or
+    ``"captured"``.
+    """
+    if corpus.fingerprint() != run.manifest.get("corpus_fingerprint"):
+        raise RunError(
+            f"the corpus given is not the one the run in '{run.path}' was made from, so a "
+            "control made from it would control another study; leave out --data (the run "
+            "keeps its corpus) or pass the run's own corpus"
+        )
+    folder = run.path / CONTROL_DIR
+    opts = (options or ModelOptions()).replace(random_init_seed=seed)
+    control, state = ensure_run(
+        str(run.manifest["model"]), corpus, folder, langs=list(run.languages),
+        sites=sites or ",".join(run.sites), batch_size=batch_size, options=opts,
+        progress=progress,
+    )  # fmt: skip
+    check_control(run, control)
+    if "control_of" not in control.manifest:
+        with folder_lock(folder, "xlalign (recording the control's run)"):
+            manifest = read_manifest(folder / MANIFEST)
+            manifest["control_of"] = {
+                "model": run.manifest.get("model"),
+                "model_key": run.manifest.get("model_key"),
+                "corpus_fingerprint": run.manifest.get("corpus_fingerprint"),
+            }
+            atomic_write_json(folder / MANIFEST, manifest)
+        control = load_run(folder)
+    return control, state
 
 
 def _check_reusable(
@@ -165,6 +212,15 @@ def _content_diffs(
         tok_run = tokenizer_fingerprint(AutoTokenizer.from_pretrained(output / "tokenizer"))
     if tok_now is not None and tok_run is not None and tok_now != tok_run:
         diffs.append(f"the tokenizer differs (fingerprint run: {tok_run}, now: {tok_now})")
+    if not local.is_dir():  # after the tokenizer, whose download updates the cache's refs
+        commit_now = hub_commit(model, revision)  # from the local cache, no Hub request
+        commit_run = old.get("commit_hash")
+        if commit_now is not None and commit_run is not None and commit_now != commit_run:
+            diffs.append(
+                f"the Hub model moved: the run was made from commit {commit_run}, and "
+                f"{revision or 'main'} is now commit {commit_now} (pass --revision "
+                f"{commit_run} to reuse the run)"
+            )
     torch_device = resolve_device(device)
     want = dtype_name(resolve_dtype(dtype, torch_device))
     if old.get("dtype") is not None and old.get("dtype") != want:

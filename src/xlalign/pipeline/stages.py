@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from xlalign.data.corpus import load_corpus
-from xlalign.errors import XlalignError
+from xlalign.errors import RunError, XlalignError
 from xlalign.models.loading import ModelOptions
 from xlalign.pipeline.config import StudyConfig
-from xlalign.pipeline.reuse import corpus_for, ensure_run
+from xlalign.pipeline.reuse import corpus_for, ensure_control, ensure_run
 from xlalign.store.files import CONTROL_DIR, MANIFEST, atomic_write_json, read_json
-from xlalign.store.lock import folder_lock
-from xlalign.store.run import Run, load_run
+from xlalign.store.lock import busy_message, folder_lock, holder
+from xlalign.store.run import Run, check_control, load_run
 from xlalign.studies.findings import summary_lines, write_findings
 from xlalign.studies.layers import SweepConfig
 
@@ -38,8 +38,11 @@ def _run_align(
     """Sweep a run, its random-weights control if it has one, and write ``findings.json``.
 
     The control is the complete run in ``RUN/control-random-init`` (as ``xlalign run``
-    leaves it), swept with the same configuration; its ``alignment.json`` goes into its own
-    folder. The lexical baseline is part of the sweep, so ``findings.json`` is always written
+    leaves it), checked to belong to the run (:func:`~xlalign.store.run.check_control`: a
+    control of another corpus or model is an error) and swept with the same configuration; its
+    ``alignment.json`` goes into ``OUTPUT/control-random-init`` (the run's own control folder
+    when ``output`` is the run), so nothing is written outside ``output``. A control that
+    another process is writing is an error, never a sweep without it. The lexical baseline is part of the sweep, so ``findings.json`` is always written
     (with verdict ``no-control`` where no control exists). Returns the model's sweep, the
     summary lines (from ``findings.json``) and the paths written.
     """
@@ -47,22 +50,31 @@ def _run_align(
     from xlalign.studies.layers import layer_sweep, write_alignment
 
     loaded = load_run(run)
+    ctl_path = Path(run) / CONTROL_DIR
+    has_control = (ctl_path / MANIFEST).is_file()
+    busy = holder(ctl_path) if has_control else None
+    if busy is not None:  # refused before anything is written
+        raise RunError(
+            busy_message(ctl_path, busy) + "; run align again once it is done (a sweep "
+            "without its control would read as having none)"
+        )
     result = layer_sweep(loaded, config, progress=progress)
     out = Path(output or run)
     paths = write_alignment(result, out)
     control_alignment = None
     note = None
-    ctl_path = Path(run) / CONTROL_DIR
-    if (ctl_path / MANIFEST).is_file():
-        try:
-            with folder_lock(ctl_path, "xlalign align"):  # its alignment.* is written there
+    ctl_out = out / CONTROL_DIR  # the run's own control folder when out is the run
+    if has_control:
+        with folder_lock(ctl_out, "xlalign align"):  # its alignment.* is written there
+            try:
                 control = load_run(ctl_path)
+            except XlalignError as e:
+                note = f"the random-weights control in {ctl_path} was not swept: {e}"
+            else:
+                check_control(loaded, control)
                 control_alignment = layer_sweep(control, config, progress=progress)
-                for name, p in write_alignment(control_alignment, ctl_path).items():
+                for name, p in write_alignment(control_alignment, ctl_out).items():
                     paths[f"control_{name}"] = p
-        except XlalignError as e:
-            note = f"the random-weights control in {ctl_path} was not swept: {e}"
-            control_alignment = None
     stratify = "category" if config.stratify is None and "category" in loaded.meta else None
     findings = findings_for_sweep(loaded, result, control_alignment, config, stratify=stratify)
     if note:
@@ -129,10 +141,9 @@ def _run_origin(
     control_info = None
     if control_seed is not None:
         corpus = corpus or corpus_for(loaded, data)
-        control, _ = ensure_run(
-            str(loaded.manifest["model"]), corpus, loaded.path / CONTROL_DIR,
-            langs=list(loaded.languages), sites=",".join(loaded.sites), batch_size=batch_size,
-            options=options.replace(random_init_seed=control_seed), progress=progress,
+        control, _ = ensure_control(
+            loaded, corpus, control_seed, options=options, batch_size=batch_size,
+            progress=progress,
         )  # fmt: skip
         control_info = {"seed": control_seed}
     result = origin_study(

@@ -22,9 +22,9 @@ from xlalign.data.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import XlalignError
 from xlalign.pipeline.config import StudyConfig, config_to_toml
 from xlalign.pipeline.provenance import StageClock, build_provenance, source_lines
-from xlalign.pipeline.reuse import ensure_run
+from xlalign.pipeline.reuse import ensure_control, ensure_run
 from xlalign.pipeline.stages import lens_stage, study_findings
-from xlalign.store.files import CONTROL_DIR, atomic_write_json, read_json
+from xlalign.store.files import atomic_write_json, read_json
 from xlalign.store.lock import folder_lock
 from xlalign.store.run import Run
 from xlalign.studies.findings import summary_lines, write_findings
@@ -84,9 +84,9 @@ def _run_study(
     control = None
     if use_control:
         with clock.stage("extract control (random-init)", n_stages, 2):
-            control, cstate = ensure_run(
-                str(run.manifest["model"]), corpus, out / CONTROL_DIR,
-                options=options.replace(random_init_seed=cfg.control_seed), **common,
+            control, cstate = ensure_control(
+                run, corpus, cfg.control_seed, options=options, sites=cfg.sites,
+                batch_size=cfg.batch_size, progress=progress,
             )  # fmt: skip
             clock.notes["extract control (random-init)"] = cstate
     sweep_cfg = cfg.sweep_config()

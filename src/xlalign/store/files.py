@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from xlalign.errors import RunError
+
 FORMAT = "xlalign.run"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -25,6 +27,33 @@ TOKENIZER_DIR = "tokenizer"
 ARRAYS_DIR = "arrays"
 TOKENS_DIR = "tokens"
 TOKEN_POOL = "tokens"
+
+#: What xlalign writes at the top of a run or study folder: the run itself and the outputs of
+#: the studies, the report and the control beside it. ``--overwrite`` deletes these and nothing
+#: else (see :func:`xlalign.store.folders.prepare_folder`).
+OWN_FILES = frozenset(
+    {
+        MANIFEST,
+        META,
+        CORPUS_FILE,
+        PROGRESS,
+        "alignment.json",
+        "alignment.csv",
+        "alignment.png",
+        "alignment.svg",
+        "origin.json",
+        "findings.json",
+        "lens.json",
+        "config.toml",
+        "provenance.json",
+        "report.html",
+        "report.md",
+    }
+)
+OWN_FOLDERS = frozenset({PROGRESS_DIR, TOKENIZER_DIR, ARRAYS_DIR, TOKENS_DIR, CONTROL_DIR})
+#: Figures of the report: ``fig_<name>.png`` and ``fig_<name>.svg``.
+FIGURE_PREFIX = "fig_"
+FIGURE_SUFFIXES = (".png", ".svg")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,6 +108,50 @@ def json_safe(obj: Any) -> Any:
 def read_json(path: Path) -> Any:
     with path.open(encoding="utf-8") as f:
         return json.load(f)
+
+
+def is_own_entry(name: str, is_dir: bool) -> bool:
+    """Whether an entry at the top of a run or study folder is one xlalign writes there."""
+    if is_dir:
+        return name in OWN_FOLDERS
+    if name in OWN_FILES:
+        return True
+    return name.startswith(FIGURE_PREFIX) and name.endswith(FIGURE_SUFFIXES)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The run manifest at ``path``; a :class:`RunError` naming the file when it is not one.
+
+    A manifest is xlalign's when it is a JSON object whose ``format`` is :data:`FORMAT` and whose
+    ``format_version`` is an integer: a ``manifest.json`` that some other tool wrote is never
+    read (nor deleted) as a run.
+    """
+    try:
+        manifest = read_json(path)
+    except json.JSONDecodeError as e:
+        raise RunError(
+            f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); it is not "
+            "a run xlalign can read: move it away or choose another folder"
+        ) from None
+    except UnicodeDecodeError:
+        raise RunError(f"{path}: not UTF-8 text, so not a run manifest xlalign wrote") from None
+    if not isinstance(manifest, dict):
+        raise RunError(
+            f"{path}: a JSON {type(manifest).__name__}, not an xlalign run manifest (a JSON "
+            "object); move it away or choose another folder"
+        )
+    version = manifest.get("format_version")
+    if (
+        manifest.get("format") != FORMAT
+        or not isinstance(version, int)
+        or isinstance(version, bool)
+    ):
+        raise RunError(
+            f'{path}: not an xlalign run manifest (xlalign\'s carry "format": "{FORMAT}" and '
+            "an integer format_version); xlalign neither reads nor deletes this folder: choose "
+            "another one"
+        )
+    return manifest
 
 
 def array_path(root: Path, lang: str, site: str, pool: str) -> Path:

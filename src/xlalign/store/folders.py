@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from xlalign.errors import RunError
-from xlalign.store.files import MANIFEST, read_json
+from xlalign.store.files import CONTROL_DIR, MANIFEST, is_own_entry, read_manifest
 from xlalign.store.lock import LOCK_FILE, PROBE_PREFIX, busy_message, holder
 
 
 def prepare_folder(path: Path, overwrite: bool, *, check_only: bool = False) -> None:
     """Make sure ``path`` can take a new run: absent, empty, or an old run (with overwrite).
 
-    Refuses to delete a folder that does not hold a run, whatever ``overwrite`` says;
-    ``check_only`` raises the same errors but deletes nothing.
+    Deletes only what xlalign wrote: a folder is a run when its ``manifest.json`` is xlalign's
+    (:func:`~xlalign.store.files.read_manifest`), and ``overwrite`` refuses while it holds
+    anything xlalign never writes there (named in the error). ``check_only`` raises the same
+    errors but deletes nothing.
     """
     if not path.exists():
         return
@@ -33,12 +34,45 @@ def prepare_folder(path: Path, overwrite: bool, *, check_only: bool = False) -> 
             f"output folder '{path}' is not empty and holds no run (no {MANIFEST}); "
             "choose a new or empty folder"
         )
+    read_manifest(manifest)  # a manifest some other tool wrote: never read, never deleted
     if not overwrite:
         state = "a complete" if _is_complete(path) else "an incomplete"
         hint = "" if _is_complete(path) else " or --resume to continue it"
         raise RunError(f"'{path}' already holds {state} run; pass --overwrite to replace it{hint}")
+    foreign = foreign_entries(path)
+    if foreign:
+        shown = ", ".join(str(p.relative_to(path)) for p in foreign[:5])
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise RunError(
+            f"--overwrite deletes only what xlalign wrote, and '{path}' also holds {shown}{more}, "
+            "which xlalign never writes there; move them away or choose another folder"
+        )
     if not check_only:
         clear_folder(path)
+
+
+def foreign_entries(path: Path) -> list[Path]:
+    """What a run or study folder holds that xlalign never writes there, sorted.
+
+    The control's folder (``control-random-init/``) is a run folder too: its own foreign
+    entries count, and so does a manifest in it that xlalign did not write.
+    """
+    found: list[Path] = []
+    for entry in sorted(path.iterdir()):
+        if _is_bookkeeping(entry.name):
+            continue
+        is_dir = entry.is_dir() and not entry.is_symlink()
+        if not is_own_entry(entry.name, is_dir):
+            found.append(entry)
+        elif is_dir and entry.name == CONTROL_DIR:
+            if (entry / MANIFEST).exists():
+                try:
+                    read_manifest(entry / MANIFEST)
+                except RunError:
+                    found.append(entry / MANIFEST)
+                    continue
+            found.extend(foreign_entries(entry))
+    return found
 
 
 def _is_bookkeeping(name: str) -> bool:
@@ -53,9 +87,17 @@ def _is_bookkeeping(name: str) -> bool:
 
 
 def clear_folder(path: Path) -> None:
-    """Delete everything in ``path`` except its lock file (held by this process meanwhile)."""
+    """Delete what xlalign writes in the run folder ``path``, and nothing else.
+
+    Its lock file stays (held by this process meanwhile), and so does anything xlalign never
+    writes there (:func:`prepare_folder` refuses ``--overwrite`` while such entries exist).
+    """
     for entry in path.iterdir():
         if entry.name == LOCK_FILE:
+            continue
+        if not _is_bookkeeping(entry.name) and not is_own_entry(
+            entry.name, entry.is_dir() and not entry.is_symlink()
+        ):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
@@ -65,6 +107,6 @@ def clear_folder(path: Path) -> None:
 
 def _is_complete(path: Path) -> bool:
     try:
-        return bool(read_json(path / MANIFEST).get("complete", False))
-    except (OSError, json.JSONDecodeError):
+        return bool(read_manifest(path / MANIFEST).get("complete", False))
+    except (OSError, RunError):
         return False

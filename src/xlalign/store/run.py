@@ -6,9 +6,8 @@ writes the study's npz layout.
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ import numpy as np
 
 from xlalign.errors import RunError
 from xlalign.store.files import (
-    FORMAT,
     FORMAT_VERSION,
     MANIFEST,
     META,
@@ -25,6 +23,7 @@ from xlalign.store.files import (
     TOKENIZER_DIR,
     array_path,
     read_json,
+    read_manifest,
     token_paths,
 )
 from xlalign.store.lock import busy_message, holder
@@ -226,12 +225,7 @@ def load_run(path: str | Path, *, allow_incomplete: bool = False) -> Run:
     if not manifest_path.exists():
         what = "does not exist" if not path.exists() else f"has no {MANIFEST}"
         raise RunError(f"run folder '{path}' {what}")
-    try:
-        manifest = read_json(manifest_path)
-    except json.JSONDecodeError as e:
-        raise RunError(f"{manifest_path}: not valid JSON ({e.msg})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise RunError(f"{manifest_path}: not an xlalign run manifest")
+    manifest = read_manifest(manifest_path)
     for key in ("format_version", "pool_semantics"):
         if not isinstance(manifest.get(key, 0), int) or isinstance(manifest.get(key), bool):
             raise RunError(f"{manifest_path}: {key} must be an integer, got {manifest[key]!r}")
@@ -356,3 +350,56 @@ def export_npz(
         np.savez(f, **arrays)  # type: ignore[arg-type]
     os.replace(tmp, output)
     return output
+
+
+#: Manifest entries on which a random-weights control must agree with the run it controls:
+#: the corpus (its digest and languages), the model's name and shape, and the settings that
+#: change the vectors (dtype, the weighted pool's compat). Sites and pools may differ: a site the
+#: control lacks just has no control value.
+CONTROL_KEYS = (
+    "corpus_fingerprint",
+    "languages",
+    "model",
+    "architecture",
+    "n_layers",
+    "d_model",
+    "dtype",
+    "compat",
+)
+
+
+def control_mismatches(run: Mapping[str, Any], control: Mapping[str, Any]) -> list[str]:
+    """How the ``control`` manifest fails to belong to the ``run`` manifest (empty: it does).
+
+    Checks :data:`CONTROL_KEYS`, that the control's weights are random (``random_init_seed``
+    set) and, where the control records the run it was made for (``control_of``), that record.
+    """
+    defaults = {"compat": "exact"}  # runs written before a key existed hold its default
+    out = []
+    for key in CONTROL_KEYS:
+        mine, theirs = run.get(key, defaults.get(key)), control.get(key, defaults.get(key))
+        if mine != theirs:
+            what = "the corpus" if key == "corpus_fingerprint" else key
+            out.append(f"{what} differs (run: {mine!r}, control: {theirs!r})")
+    tok_run, tok_ctl = run.get("tokenizer_fingerprint"), control.get("tokenizer_fingerprint")
+    if tok_run is not None and tok_ctl is not None and tok_run != tok_ctl:
+        out.append("the tokenizer differs")
+    if control.get("random_init_seed") is None:
+        out.append("its weights are not random (no random_init_seed): it is not a control")
+    made_for = control.get("control_of")
+    if isinstance(made_for, Mapping):
+        for key in ("corpus_fingerprint", "model"):
+            if key in made_for and made_for[key] != run.get(key):
+                out.append(f"it was made for another run ({key} {made_for[key]!r})")
+    return out
+
+
+def check_control(run: Run, control: Run) -> None:
+    """Raise unless ``control`` is a random-weights control of ``run`` (see :func:`control_mismatches`)."""
+    diffs = control_mismatches(run.manifest, control.manifest)
+    if diffs:
+        raise RunError(
+            f"the control in '{control.path}' does not belong to the run in '{run.path}': "
+            + "; ".join(diffs)
+            + f" (delete {control.path} and run the study again to rebuild it)"
+        )

@@ -45,7 +45,8 @@ from xlalign.store.files import (
     atomic_write_json,
     read_json,
 )
-from xlalign.store.run import Run, load_run
+from xlalign.store.lock import LOCK_FILE, folder_lock
+from xlalign.store.run import Run, check_control, load_run
 from xlalign.store.sites import EMBED, FINAL
 from xlalign.studies.findings import FINDING_METRICS, small_sample_warning, verdict
 from xlalign.studies.layers import SweepConfig, layer_sweep
@@ -153,11 +154,14 @@ class _RowView(Run):
         return np.asarray(self._base.array(lang, site, pool))[self._rows]
 
 
-def _control_of(path: Path) -> Run | None:
-    folder = path / CONTROL_DIR
+def _control_of(run: Run) -> Run | None:
+    """The run's random-weights control, checked to belong to it (an error names what differs)."""
+    folder = run.path / CONTROL_DIR
     if not (folder / MANIFEST).exists():
         return None
-    return load_run(folder)
+    control = load_run(folder)
+    check_control(run, control)
+    return control
 
 
 def _labels(
@@ -673,18 +677,33 @@ def compare(
     (``{"A": "Qwen 0.5B"}``). Writes ``compare.json``, ``report.html`` and ``report.md`` (and
     figures) into ``output`` when given.
     """
-    from tqdm.auto import tqdm
 
     cfg = config or CompareConfig()
     given = [str(r) for r in runs]
     if len(given) < 2:
         raise XlalignError(f"compare needs at least two runs, got {len(given)}")
-    if output is not None:
-        _check_output(Path(output))
+    if output is None:
+        return _compare(given, labels, None, cfg, progress, say)
+    _check_output(Path(output))
+    with folder_lock(Path(output), "xlalign compare"):  # one comparison writes a folder at once
+        return _compare(given, labels, Path(output), cfg, progress, say)
+
+
+def _compare(
+    given: list[str],
+    labels: Sequence[str] | Mapping[str, str] | None,
+    output: Path | None,
+    cfg: CompareConfig,
+    progress: bool,
+    say: Callable[[str], None],
+) -> CompareResult:
+    """:func:`compare` once its output folder (if any) is checked and locked."""
+    from tqdm.auto import tqdm
+
     opened = [load_run(p) for p in given]
     names = _labels(given, labels, opened)
     models = [
-        _Model(label=lab, given=g, run=r, control=_control_of(r.path))
+        _Model(label=lab, given=g, run=r, control=_control_of(r))
         for lab, g, r in zip(names, given, opened, strict=True)
     ]
     langs = _common("language", cfg.langs, [m.run.languages for m in models], given)
@@ -692,6 +711,13 @@ def compare(
         raise RunError(
             f"the runs share {len(langs)} language(s) ({', '.join(langs) or 'none'}); a "
             "comparison needs two"
+        )
+    orders = [[lang for lang in m.run.languages if lang in langs] for m in models]
+    if any(order != orders[0] for order in orders[1:]):
+        listing = "; ".join(f"{m.given}: {','.join(m.run.languages)}" for m in models)
+        raise RunError(
+            f"the runs order their languages differently ({listing}), so their language pairs "
+            "do not match (x/y, P@1 x->y); extract them with the same --langs order"
         )
     vector_pools = [tuple(p for p in m.run.pools if p != TOKEN_POOL) for m in models]
     pools = _common("pool", cfg.pools, vector_pools, given)
@@ -814,7 +840,8 @@ def _check_output(out: Path) -> None:
     """Refuse an output that is a file, or a non-empty folder holding no earlier comparison."""
     if out.exists() and not out.is_dir():
         raise XlalignError(f"output '{out}' exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "compare.json").exists():
+    entries = [e for e in out.iterdir() if e.name != LOCK_FILE] if out.is_dir() else []
+    if entries and not (out / "compare.json").exists():
         raise XlalignError(
             f"output folder '{out}' is not empty and holds no comparison (no compare.json); "
             "choose a new or empty folder"

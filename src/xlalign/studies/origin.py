@@ -106,15 +106,42 @@ def check_origin_run(run: Run) -> None:
 # the statistic, tolerant of pairs that cannot be scored
 
 
-def _z(x: np.ndarray, y: np.ndarray, cfg: OriginConfig, strata: Sequence[Any] | None = None) -> Z:
+def _z(
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: OriginConfig,
+    strata: Sequence[Any] | None = None,
+    ids: Sequence[str] | None = None,
+) -> Z:
+    """z of rows ``x``/``y``; ``ids``: their corpus ids, named where a row makes z undefined."""
     try:
         res = matched_vs_scrambled_z(
             x, y, method=cfg.null, n_perms=cfg.n_perms, seed=cfg.seed, strata=strata,
             products=STUDY_PRODUCTS,
         )  # fmt: skip
     except XlalignError as e:
-        return Z(None, str(e), None, len(x))
+        return Z(None, _naming_rows(str(e), x, y, ids), None, len(x))
     return Z(res.z, res.undefined_reason, res, res.n)
+
+
+def _naming_rows(reason: str, x: np.ndarray, y: np.ndarray, ids: Sequence[str] | None) -> str:
+    """``reason`` plus the corpus ids of the rows that are zero or non-finite in ``x`` or ``y``.
+
+    The metrics name rows by their index in the arrays they were given, which for a subset
+    (identical last tokens removed, one category) is not the corpus row.
+    """
+    if ids is None or len(ids) != len(x):
+        return reason
+    bad = np.zeros(len(x), dtype=bool)
+    for a in (np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)):
+        finite = np.isfinite(a).all(axis=1)
+        bad |= ~finite | (np.abs(np.where(np.isfinite(a), a, 0.0)).max(axis=1, initial=0.0) == 0)
+    rows = np.flatnonzero(bad)
+    if rows.size == 0:
+        return reason
+    shown = ", ".join(str(ids[i]) for i in rows[:5])
+    more = f" and {rows.size - 5} more" if rows.size > 5 else ""
+    return f"{reason} (corpus ids of those rows: {shown}{more})"
 
 
 @dataclass(frozen=True)
@@ -504,11 +531,16 @@ def _decompose(
     ns: dict[str, int] = {}
     last = _LastVectors(run, tokens)
     last_x, last_y = last(lx, site), last(ly, site)
-    zs["z_mean_full"] = _z(run.array(lx, site, "mean"), run.array(ly, site, "mean"), cfg)
-    zs["z_last"] = _z(last_x, last_y, cfg)
+    ids = np.asarray(run.ids, dtype=object)
+    zs["z_mean_full"] = _z(
+        run.array(lx, site, "mean"), run.array(ly, site, "mean"), cfg, ids=list(ids)
+    )
+    zs["z_last"] = _z(last_x, last_y, cfg, ids=list(ids))
     keep = np.flatnonzero(tx.last != ty.last)
     ns["n_last_nonidentical"] = int(keep.size)
-    zs["z_last_nonidentical"] = _z(np.asarray(last_x)[keep], np.asarray(last_y)[keep], cfg)
+    zs["z_last_nonidentical"] = _z(
+        np.asarray(last_x)[keep], np.asarray(last_y)[keep], cfg, ids=list(ids[keep])
+    )
     reasons: dict[str, str] = {}
     if "tokens" in run.pools:
         vx, vy = run.token_vectors(lx, site), run.token_vectors(ly, site)
@@ -524,7 +556,10 @@ def _decompose(
             ys, rows_y = _masked_means(vy, ay)
             rows = np.intersect1d(rows_x, rows_y)
             ns["n_" + key[2:]] = int(rows.size)
-            zs[key] = _z(xs[np.searchsorted(rows_x, rows)], ys[np.searchsorted(rows_y, rows)], cfg)
+            zs[key] = _z(
+                xs[np.searchsorted(rows_x, rows)], ys[np.searchsorted(rows_y, rows)], cfg,
+                ids=list(ids[rows]),
+            )  # fmt: skip
     else:
         for key in ("z_mean_shared", "z_mean_nonshared"):
             reasons[key] = "needs token vectors: extract with --pool tokens"
@@ -534,7 +569,7 @@ def _decompose(
         labels = np.asarray([str(s) for s in strata])
         for cat in sorted(set(labels.tolist()), key=_natural):
             idx = np.flatnonzero(labels == cat)
-            z = _z(np.asarray(last_x)[idx], np.asarray(last_y)[idx], cfg)
+            z = _z(np.asarray(last_x)[idx], np.asarray(last_y)[idx], cfg, ids=list(ids[idx]))
             within[cat] = _finite(z.value)
             if z.value is None:
                 reasons[f"z_within_category[{cat}]"] = z.reason or "undefined"
