@@ -18,6 +18,7 @@ from xlalign.errors import XlalignError
 
 if TYPE_CHECKING:
     from xlalign.capture.engine import extract
+    from xlalign.pipeline.stages import neurons
     from xlalign.store.run import load_run
     from xlalign.studies.compare import compare
 
@@ -36,6 +37,7 @@ __all__ = [
     "generate_problems",
     "load_corpus",
     "load_run",
+    "neurons",
 ]
 
 
@@ -114,6 +116,10 @@ def __getattr__(name: str) -> Any:
         from xlalign.store.run import load_run
 
         return load_run
+    if name == "neurons":
+        from xlalign.pipeline.stages import neurons
+
+        return neurons
     if name == "compare":
         from xlalign.studies.compare import compare
 

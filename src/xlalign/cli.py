@@ -168,7 +168,7 @@ def extract_cmd(
     from xlalign.capture.distributed import launch_env, parse_max_memory
     from xlalign.capture.engine import ZeroNormWarning, extract
     from xlalign.models.loading import ModelOptions
-    from xlalign.pipeline.study import study_corpus
+    from xlalign.pipeline.config import study_corpus
     from xlalign.store.sites import describe_sites
 
     if control not in (None, "random-init"):
@@ -414,6 +414,82 @@ def lens_cmd(
     print(f"wrote {path}")
 
 
+@app.command("neurons")
+def neurons_cmd(
+    model: Annotated[
+        str, typer.Option("--model", help="Hub id, local folder, .gguf file or named model.")
+    ],
+    data: Annotated[str, typer.Option("--data", help="Parallel corpus file/folder, or hsk.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
+    langs: Annotated[
+        str | None, typer.Option("--langs", help="Languages, e.g. zh,en (default: all).")
+    ] = None,
+    data_n: Annotated[
+        int | None, typer.Option("--data-n", help="With --data hsk: this many pairs.")
+    ] = None,
+    filter_rate: Annotated[
+        float, typer.Option("--filter-rate", help="Quantile a candidate must exceed.")
+    ] = 0.95,
+    top_rate: Annotated[
+        float, typer.Option("--top-rate", help="Share of neurons selected (paper: 0.01).")
+    ] = 0.01,
+    activation_bar: Annotated[
+        float, typer.Option("--activation-bar", help="Quantile for a language's neurons.")
+    ] = 0.95,
+    heldout: Annotated[
+        float, typer.Option("--heldout", help="Share of rows held out for the ablation.")
+    ] = 0.5,
+    max_eval: Annotated[
+        int | None,
+        typer.Option("--max-eval", help="Held-out prompts per language ablated (all if unset)."),
+    ] = None,
+    ablation: Annotated[
+        bool, typer.Option("--ablation/--no-ablation", help="Causal test (causal LMs).")
+    ] = True,
+    control_seeds: Annotated[
+        str, typer.Option("--control-seeds", help="Seeds of the random-neuron controls.")
+    ] = "0,1,2",
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the splits and bootstrap.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per forward.")] = 16,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "auto",
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option("--trust-remote-code", help="Run the model repo's own code.")
+    ] = False,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bars.")
+    ] = True,
+) -> None:
+    """Language-specific neurons (LAPE) and their ablation against random neurons."""
+    from xlalign.models.loading import ModelOptions
+    from xlalign.pipeline.config import study_corpus
+    from xlalign.pipeline.stages import run_neurons
+    from xlalign.studies.neurons import NeuronsConfig
+
+    try:
+        seeds = tuple(int(s) for s in _csv_list(control_seeds))
+    except ValueError:
+        raise XlalignError(
+            f"--control-seeds takes integers separated by commas, got '{control_seeds}'"
+        ) from None
+    cfg = NeuronsConfig(
+        filter_rate=filter_rate, top_rate=top_rate, activation_bar=activation_bar,
+        heldout=heldout, max_eval=max_eval, seed=seed, control_seeds=seeds, n_boot=n_boot,
+        batch_size=batch_size, ablate=ablation,
+    )  # fmt: skip
+    lang_list = _csv_list(langs) if langs else None
+    corpus = study_corpus(data, data_n, seed, lang_list)
+    options = ModelOptions(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    _doc, lines, paths = run_neurons(
+        model, corpus, lang_list, output, cfg, options=options, progress=progress
+    )
+    print("\n".join(lines))
+    print(f"wrote {paths['json']}")
+
+
 @app.command("run")
 def run_cmd(
     config: Annotated[
@@ -470,6 +546,20 @@ def run_cmd(
         bool | None,
         typer.Option("--lens/--no-lens", help="Logit-lens stage for causal LMs (on)."),
     ] = None,
+    neurons: Annotated[
+        bool | None,
+        typer.Option(
+            "--neurons/--no-neurons", help="Language-neuron stage for causal LMs (on; see neurons)."
+        ),
+    ] = None,
+    neurons_top_rate: Annotated[
+        float | None,
+        typer.Option("--neurons-top-rate", help="Share of neurons LAPE selects (0.01)."),
+    ] = None,
+    neurons_max_eval: Annotated[
+        int | None,
+        typer.Option("--neurons-max-eval", help="Held-out prompts per language ablated (100)."),
+    ] = None,
     pivot: Annotated[
         str | None, typer.Option("--pivot", help="Compare each language with it.")
     ] = None,
@@ -493,7 +583,8 @@ def run_cmd(
         bool, typer.Option("--progress/--no-progress", help="Progress bars.")
     ] = True,
 ) -> None:
-    """The whole study: extract -> align -> origin -> report, reusing what the folder holds."""
+    """The whole study: extract -> align -> origin -> lens -> neurons -> report, reusing what the
+    folder holds."""
     from xlalign.pipeline.config import StudyConfig, load_config_file
     from xlalign.pipeline.study import run_study
 
@@ -503,7 +594,8 @@ def run_cmd(
         "batch_size": batch_size, "device": device, "dtype": dtype, "revision": revision,
         "trust_remote_code": trust_remote_code, "null": null, "n_perms": n_perms, "seed": seed,
         "stratify": stratify, "center": center, "pivot": pivot, "n_boot": n_boot,
-        "standardize": standardize, "backend": backend, "lens": lens,
+        "standardize": standardize, "backend": backend, "lens": lens, "neurons": neurons,
+        "neurons_top_rate": neurons_top_rate, "neurons_max_eval": neurons_max_eval,
         "control": control, "control_seed": control_seed, "heatmap_site": heatmap_site,
         "label": label,
         "langs": tuple(_csv_list(langs)) if langs else None,

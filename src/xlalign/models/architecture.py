@@ -241,3 +241,57 @@ def _generic_search(base: nn.Module, config: Any, family: str) -> _Found:
         None,
     )
     return embedding, blocks, final_norm, positions
+
+
+#: Where a block keeps its feed-forward activation (the module whose output the feed-forward
+#: neurons are): gated MLPs (Qwen2, Llama, Mistral, Gemma: ``down_proj(act_fn(gate_proj(x)) *
+#: up_proj(x))``), GPT-2 style (``c_proj(act(c_fc(x)))``) and BERT style
+#: (``intermediate.intermediate_act_fn``), tried in this order.
+MLP_ACTIVATION_PATHS = ("mlp.act_fn", "mlp.act", "intermediate.intermediate_act_fn")
+#: The gate's projection, present in gated MLPs only.
+MLP_GATE_PATHS = ("mlp.gate_proj",)
+
+
+@dataclass(frozen=True)
+class MlpActivations:
+    """Each block's feed-forward activation module, and what kind of MLP it sits in.
+
+    ``modules[i]`` is block ``i``'s activation: its output, ``(batch, tokens, n_neurons)``, holds
+    the block's neurons (for a gated MLP ``act(gate_proj(x))``, which multiplies ``up_proj(x)``
+    before the down projection, as in LAPE's code; for a plain MLP the down projection's input).
+    Zeroing a neuron there zeroes its column of the down projection's input either way.
+    """
+
+    modules: list[nn.Module]
+    #: the attribute path inside a block, e.g. ``mlp.act_fn``
+    path: str
+    gated: bool
+
+
+def mlp_activations(adapter: ModelAdapter) -> MlpActivations:
+    """Find every block's feed-forward activation (see :data:`MLP_ACTIVATION_PATHS`).
+
+    Raises :class:`XlalignError` naming the block class and the paths looked for when a block
+    has none, and when blocks share one activation module (a hook could not tell them apart).
+    """
+    first = adapter.blocks[0]
+    for path in MLP_ACTIVATION_PATHS:
+        modules = [_get_path(block, path) for block in adapter.blocks]
+        if not all(isinstance(m, nn.Module) for m in modules):
+            continue
+        if len({id(m) for m in modules}) != len(modules):
+            raise XlalignError(
+                f"the blocks of {type(first).__name__} share one activation module ({path}), "
+                "so a hook cannot tell their neurons apart"
+            )
+        gated = any(_has_path(first, g) for g in MLP_GATE_PATHS)
+        return MlpActivations(modules, path, gated)
+    raise XlalignError(
+        f"no feed-forward activation module found in {type(first).__name__} (looked for "
+        f"{', '.join(MLP_ACTIVATION_PATHS)}): the neuron study supports gated MLPs "
+        "(Qwen2, Llama, Gemma) and GPT-2/BERT-style MLPs"
+    )
+
+
+def _has_path(root: nn.Module, path: str) -> bool:
+    return isinstance(_get_path(root, path), nn.Module)

@@ -113,6 +113,23 @@ def tiny_config(arch: str, tokenizer: Any, **overrides: Any) -> Any:
             bos_token_id=None,
             tie_word_embeddings=True,
         )
+    elif arch == "gemma3":  # not in TINY_ARCHS: the neuron study's tests build it themselves
+        from transformers import Gemma3TextConfig
+
+        cls = Gemma3TextConfig
+        kwargs = dict(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=256,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            bos_token_id=None,
+        )
     elif arch == "gpt2":
         cls = GPT2Config
         kwargs = dict(

@@ -18,11 +18,12 @@ from xlalign.pipeline.config import (
     config_from_mapping,
     config_to_toml,
     load_config_file,
+    study_corpus,
 )
 from xlalign.pipeline.provenance import StageClock, source_lines
 from xlalign.pipeline.reuse import STUDY_POOLS, ensure_run, run_corpus
 from xlalign.pipeline.stages import run_align, run_origin, study_findings
-from xlalign.pipeline.study import bundled_model_path, run_study, study_corpus
+from xlalign.pipeline.study import bundled_model_path, run_study
 
 __all__ = [
     "CONFIG_FIELDS",

@@ -7,9 +7,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from xlalign.data.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import XlalignError
 from xlalign.models.loading import ModelOptions
 from xlalign.studies.layers import DEFAULT_METRICS, SweepConfig
+from xlalign.studies.neurons import NeuronsConfig
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,12 @@ class StudyConfig:
     """Write report.html and report.md."""
     lens: bool = True
     """Run the logit-lens stage (causal LMs; encoders skip it with the reason)."""
+    neurons: bool = True
+    """Run the language-neuron stage (decoders with a gated or plain MLP; others skip it)."""
+    neurons_top_rate: float = 0.01
+    """Share of all feed-forward neurons LAPE selects (the paper's 0.01)."""
+    neurons_max_eval: int = 100
+    """Held-out prompts per language in the neuron ablation."""
     label: str | None = None
     """Name of the model in the report and summary (default: the model id or path)."""
 
@@ -91,12 +99,20 @@ class StudyConfig:
         if self.batch_size < 1:
             raise XlalignError(f"--batch-size must be at least 1, got {self.batch_size}")
         self.sweep_config()  # checks the sweep's options now, before any forward pass
+        self.neurons_config()
 
     def model_options(self) -> ModelOptions:
         """How this study loads its model (the control adds its ``random_init_seed``)."""
         return ModelOptions(
             dtype=self.dtype, device=self.device, revision=self.revision,
             trust_remote_code=self.trust_remote_code,
+        )  # fmt: skip
+
+    def neurons_config(self) -> NeuronsConfig:
+        """The neuron stage's part of this study."""
+        return NeuronsConfig(
+            top_rate=self.neurons_top_rate, max_eval=self.neurons_max_eval, seed=self.seed,
+            n_boot=max(self.n_boot, 0), batch_size=min(self.batch_size, 16),
         )  # fmt: skip
 
     def sweep_config(self) -> SweepConfig:
@@ -190,3 +206,15 @@ def config_to_toml(cfg: StudyConfig) -> str:
     }
     header = "# resolved configuration of this study (xlalign run --config config.toml)\n"
     return header + tomli_w.dumps(values)
+
+
+def study_corpus(data: str, n: int | None, seed: int, langs: list[str] | None) -> ParallelCorpus:
+    """``--data``: a built-in corpus name (:data:`xlalign.data.corpora.BUILTIN`) or a file/folder."""
+    from xlalign.data.corpora import BUILTIN, load_builtin
+
+    if data in BUILTIN and not Path(data).exists():
+        corpus = load_builtin(data, n, seed)
+        return corpus.select(langs) if langs else corpus
+    if n is not None:
+        raise XlalignError(f"--data-n goes with a built-in --data ({', '.join(BUILTIN)})")
+    return load_corpus(Path(data), langs)

@@ -74,8 +74,10 @@ def run_demo(
     """Run the demo's studies into ``cfg.output``; returns ``{"studies": {...}, "answer": path}``."""
     out = Path(cfg.output)
     label = LABELS.get(cfg.model, cfg.model)
+    # the neuron stage (a model pass per language and 18 ablated passes) would double the
+    # demo's time on a CPU: `xlalign run` and `xlalign neurons` run it
     common = dict(model=cfg.model, langs=("zh", "en"), device="cpu", control="random-init",
-                  batch_size=cfg.batch_size)  # fmt: skip
+                  batch_size=cfg.batch_size, neurons=False)  # fmt: skip
     studies: dict[str, dict[str, Any]] = {}
     try:
         _run_studies(cfg, out, label, common, studies, command, progress, say)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from xlalign.data.corpus import load_corpus
+from xlalign.data.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import RunError, XlalignError
-from xlalign.models.loading import ModelOptions
+from xlalign.models.loading import LoadedModel, ModelOptions
 from xlalign.pipeline.config import StudyConfig
 from xlalign.pipeline.reuse import corpus_for, ensure_control, ensure_run
 from xlalign.store.files import CONTROL_DIR, MANIFEST, atomic_write_json, read_json
@@ -16,6 +17,7 @@ from xlalign.store.lock import busy_message, folder_lock, holder
 from xlalign.store.run import Run, check_control, load_run
 from xlalign.studies.findings import summary_lines, write_findings
 from xlalign.studies.layers import SweepConfig
+from xlalign.studies.neurons import NeuronsConfig
 
 # ---------------------------------------------------------------------------------------------
 # align with its controls
@@ -215,3 +217,97 @@ def study_findings(
                 "little about that language"
             )
     return findings
+
+
+# ---------------------------------------------------------------------------------------------
+# language-specific neurons
+
+
+def neurons_stage(
+    run: Run, corpus: ParallelCorpus, cfg: StudyConfig, progress: bool
+) -> tuple[dict[str, Any] | None, str]:
+    """The neuron study of the run's model, into the run folder -> ``(neurons.json doc, note)``.
+
+    Decoders only (the ablation measures next-token NLL); a model whose MLP the study does not
+    know is skipped with the reason.
+    """
+    from xlalign.models.architecture import mlp_activations
+    from xlalign.models.loading import load_model
+    from xlalign.studies.neurons import neuron_study, write_neurons
+
+    if not cfg.neurons:
+        return None, "skipped: not asked for (neurons = false)"
+    if not run.manifest.get("is_causal_lm"):
+        arch = run.manifest.get("architecture") or "the model"
+        return None, f"skipped: {arch} is not a causal LM (the ablation measures next-token NLL)"
+    loaded = load_model(cfg.model, cfg.model_options())
+    try:
+        mlp_activations(loaded.adapter)
+    except XlalignError as e:
+        return None, f"skipped: {e}"
+    doc, sel = neuron_study(
+        loaded, corpus, list(run.languages), cfg.neurons_config(), progress=progress
+    )
+    write_neurons(doc, sel, run.path)
+    return doc, "computed"
+
+
+def run_neurons(
+    model: str | LoadedModel,
+    corpus: ParallelCorpus,
+    langs: Sequence[str] | None = None,
+    output: str | Path | None = None,
+    config: NeuronsConfig | None = None,
+    *,
+    options: ModelOptions | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], list[str], dict[str, Path]]:
+    """``xlalign neurons``: the neuron study of ``model`` on ``corpus``, written into ``output``.
+
+    Writes ``neurons.json``, ``neurons/<lang>.npy``, ``neurons/activation_probs.npy`` and the
+    figure ``fig_neurons.png``/``.svg`` (holding the folder's write lock). Returns the document,
+    the summary lines and the paths written.
+    """
+    from xlalign.models.loading import load_model
+    from xlalign.report.figures import save_figure
+    from xlalign.report.neurons import neurons_figure
+    from xlalign.studies.neurons import neuron_study, summary_lines, write_neurons
+
+    lang_list = list(langs) if langs else list(corpus.languages)
+    for lang in lang_list:
+        corpus.text(lang)  # a clear error naming the corpus's languages
+    out = Path(output) if output is not None else None
+    lock = folder_lock(out, "xlalign neurons") if out is not None else nullcontext()
+    with lock:
+        loaded = model if isinstance(model, LoadedModel) else load_model(model, options)
+        doc, sel = neuron_study(loaded, corpus, lang_list, config, progress=progress)
+        paths: dict[str, Path] = {}
+        if out is not None:
+            paths = write_neurons(doc, sel, out)
+            png, svg = save_figure(neurons_figure(doc), out, "neurons")
+            paths.update(figure_png=png, figure_svg=svg)
+    return doc, summary_lines(doc), paths
+
+
+def neurons(
+    model: str | LoadedModel,
+    corpus: ParallelCorpus | str | Path,
+    langs: Sequence[str] | None = None,
+    output: str | Path | None = None,
+    config: NeuronsConfig | None = None,
+    *,
+    options: ModelOptions | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``xlalign.neurons(...)``: the neuron study's ``neurons.json`` document (see
+    :mod:`xlalign.studies.neurons`); with ``output``, also written there with its figure.
+
+    ``corpus``: a :class:`~xlalign.data.corpus.ParallelCorpus` or a file/folder for
+    :func:`~xlalign.data.corpus.load_corpus`.
+    """
+    if not isinstance(corpus, ParallelCorpus):
+        corpus = load_corpus(corpus, list(langs) if langs else None)
+    doc, _lines, _paths = run_neurons(
+        model, corpus, langs, output, config, options=options, progress=progress
+    )
+    return doc

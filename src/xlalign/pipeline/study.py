@@ -18,12 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from xlalign.data.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import XlalignError
-from xlalign.pipeline.config import StudyConfig, config_to_toml
+from xlalign.pipeline.config import StudyConfig, config_to_toml, study_corpus
 from xlalign.pipeline.provenance import StageClock, build_provenance, source_lines
 from xlalign.pipeline.reuse import ensure_control, ensure_run
-from xlalign.pipeline.stages import lens_stage, study_findings
+from xlalign.pipeline.stages import lens_stage, neurons_stage, study_findings
 from xlalign.store.files import atomic_write_json, read_json
 from xlalign.store.lock import folder_lock
 from xlalign.store.run import Run
@@ -72,7 +71,7 @@ def _run_study(
         corpus = study_corpus(str(cfg.data), cfg.data_n, cfg.seed, langs)
     langs = list(corpus.languages)
     use_control = cfg.control == "random-init"
-    n_stages = 6 if use_control else 5
+    n_stages = 7 if use_control else 6
     clock = StageClock(say)
     options = cfg.model_options()
     common: dict[str, Any] = dict(
@@ -120,6 +119,11 @@ def _run_study(
         clock.notes["lens"] = lens_note
         if lens is not None:
             paths["lens"] = out / "lens.json"
+    with clock.stage("neurons", n_stages, k + 3):
+        neurons, neurons_note = neurons_stage(run, corpus, cfg, progress)
+        clock.notes["neurons"] = neurons_note
+        if neurons is not None:
+            paths["neurons"] = out / "neurons.json"
     findings = study_findings(run, alignment, control_alignment, origin, sweep_cfg, cfg.label)
     paths["findings"] = write_findings(findings, out)
     findings = read_json(paths["findings"])  # the summary and report read the file alone
@@ -127,31 +131,28 @@ def _run_study(
     summary += source_lines(run, cfg)
     (out / "config.toml").write_text(config_to_toml(cfg), encoding="utf-8")
     paths["config"] = out / "config.toml"
-    with clock.stage("report", n_stages, k + 3):
+    with clock.stage("report", n_stages, k + 4):
         provenance = build_provenance(run, control, corpus, cfg, command, clock, started)
         atomic_write_json(out / "provenance.json", provenance)
         paths["provenance"] = out / "provenance.json"
         if cfg.report:
             report = _write_report(
-                out, cfg, run, alignment, control_alignment, origin, provenance, findings, lens
+                out,
+                cfg,
+                run,
+                alignment,
+                control_alignment,
+                origin,
+                provenance,
+                findings,
+                lens,
+                neurons,
             )
             paths.update(report)
     provenance["wall_time_s"]["report"] = clock.times.get("report")
     provenance["wall_time_s"]["total"] = round(time.perf_counter() - started, 3)
     atomic_write_json(out / "provenance.json", provenance)
     return {"paths": paths, "summary": summary, "stages": dict(clock.times), "run": run}
-
-
-def study_corpus(data: str, n: int | None, seed: int, langs: list[str] | None) -> ParallelCorpus:
-    """``--data``: a built-in corpus name (:data:`xlalign.data.corpora.BUILTIN`) or a file/folder."""
-    from xlalign.data.corpora import BUILTIN, load_builtin
-
-    if data in BUILTIN and not Path(data).exists():
-        corpus = load_builtin(data, n, seed)
-        return corpus.select(langs) if langs else corpus
-    if n is not None:
-        raise XlalignError(f"--data-n goes with a built-in --data ({', '.join(BUILTIN)})")
-    return load_corpus(Path(data), langs)
 
 
 def _best_site(alignment: Mapping[str, Any], pool: str) -> str | None:
@@ -176,6 +177,7 @@ def _write_report(
     provenance: dict[str, Any],
     findings: dict[str, Any],
     lens: dict[str, Any] | None = None,
+    neurons: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     from xlalign.report import HeatmapInput, PcaInput, ReportInputs, build_report
 
@@ -217,6 +219,7 @@ def _write_report(
         summary_lines=[*summary_lines(findings, per_finding=False), *source_lines(run, cfg)],
         findings=findings,
         lens=lens,
+        neurons=neurons,
     )
     return {f"report_{k}": v for k, v in build_report(out, inputs).items()}
 

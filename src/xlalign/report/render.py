@@ -42,6 +42,7 @@ from xlalign.report.figures import (
     save_figure,
 )
 from xlalign.report.lens import lens_section
+from xlalign.report.neurons import neurons_section
 from xlalign.report.template import (
     Block,
     Bullets,
@@ -106,6 +107,8 @@ class ReportInputs:
     findings: Mapping[str, Any] | None = None
     #: parsed ``lens.json`` (logit lens by language, control summaries under ``control``)
     lens: Mapping[str, Any] | None = None
+    #: parsed ``neurons.json`` (language-specific neurons and their ablation)
+    neurons: Mapping[str, Any] | None = None
 
 
 def build_report(out_dir: Path, inputs: ReportInputs) -> dict[str, Path]:
@@ -134,6 +137,11 @@ def build_report(out_dir: Path, inputs: ReportInputs) -> dict[str, Path]:
         ("heatmap", "Similarity heatmap", _heatmap_section(out_dir, inputs, figures)),
         ("origin", "Origin findings", _origin_section(inputs.origin)),
         ("lens", "Latent language (logit lens)", lens_section(out_dir, inputs.lens, figures)),
+        (
+            "neurons",
+            "Language-specific neurons",
+            neurons_section(out_dir, inputs.neurons, figures),
+        ),
         ("provenance", "Provenance", _provenance_section(inputs.provenance)),
     ]
     for anchor, label, section in sections:

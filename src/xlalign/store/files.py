@@ -44,13 +44,17 @@ OWN_FILES = frozenset(
         "origin.json",
         "findings.json",
         "lens.json",
+        "neurons.json",
         "config.toml",
         "provenance.json",
         "report.html",
         "report.md",
     }
 )
-OWN_FOLDERS = frozenset({PROGRESS_DIR, TOKENIZER_DIR, ARRAYS_DIR, TOKENS_DIR, CONTROL_DIR})
+#: ``neurons/``: the neuron study's selected neurons (:mod:`xlalign.studies.neurons`).
+OWN_FOLDERS = frozenset(
+    {PROGRESS_DIR, TOKENIZER_DIR, ARRAYS_DIR, TOKENS_DIR, CONTROL_DIR, "neurons"}
+)
 #: Figures of the report: ``fig_<name>.png`` and ``fig_<name>.svg``.
 FIGURE_PREFIX = "fig_"
 FIGURE_SUFFIXES = (".png", ".svg")
