@@ -110,7 +110,7 @@ def test_run_cli_with_config_file_reuses_the_folder(study, tmp_path, capsys):
     )
     assert main(["run", "--config", str(conf), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "[1/6] extract done" in printed and "(reused)" in printed
+    assert "[1/7] extract done" in printed and "(reused)" in printed
     headline = json.loads((out / "findings.json").read_text())["headline"]
     assert headline in printed and "mean-pool z" in headline and "control" in headline
     assert f"report: {out / 'report.html'}" in printed  # as the demo does

@@ -213,9 +213,15 @@ def test_a_control_of_another_corpus_is_refused_by_align_and_compare(
     assert main(["align", str(run), "--n-boot", "0", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "does not belong to the run" in err and "the corpus differs" in err
-    assert not (run / "findings.json").exists()
+    assert not (run / "findings.json").exists() and not (run / "alignment.json").exists()
     with pytest.raises(RunError, match="does not belong to the run"):
         xlalign.compare([run, ctl], progress=False, say=lambda s: None)
+    assert main(["lens", str(run), "--n-boot", "10", "--no-progress"]) == 2
+    assert "does not belong to the run" in capsys.readouterr().err
+    assert not (run / "lens.json").exists()
+    assert main(["origin", str(run), "--control", "random-init", "--no-progress"]) == 2
+    assert "the corpus differs" in capsys.readouterr().err
+    assert not (run / "origin.json").exists()
 
 
 def test_control_mismatches_names_each_difference():
@@ -334,6 +340,8 @@ def test_a_hub_model_whose_main_moved_is_not_reused(bpe_tokenizer, problems, dat
     moved = subprocess.run(argv, env=env, capture_output=True, text=True)
     assert moved.returncode == 2
     assert f"made from commit {first}" in moved.stderr and f"now commit {second}" in moved.stderr
+    pinned = subprocess.run([*argv, "--revision", first], env=env, capture_output=True, text=True)
+    assert pinned.returncode == 0, pinned.stderr  # the remedy the error gives
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,9 +361,112 @@ def test_a_row_that_makes_z_undefined_is_named_by_its_corpus_id():
     assert "indices [2]" in z.reason and "corpus ids of those rows: p-17" in z.reason
 
 
+def test_the_demo_takes_hub_ids_as_they_are():
+    from xlalign.pipeline.demo import DemoConfig
+
+    for model in ("google/gemma-3-270m", "qwen/qwen2.5-0.5b"):
+        assert DemoConfig(model=model).model == model
+
+
+def test_the_demo_does_not_overwrite_an_answer_it_did_not_write(tmp_path, capsys):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "answer.md").write_text("my notes\n")
+    assert main(["demo", "--model", "minilm", "-o", str(out), "--no-progress"]) == 2
+    assert "not a demo answer" in capsys.readouterr().err
+    assert (out / "answer.md").read_text() == "my notes\n" and not (out / "problems").exists()
+
+
 def test_the_demo_names_its_models(tmp_path, capsys):
     assert main(["demo", "--model", "qwen2.5-05b", "-o", str(tmp_path / "d")]) == 2
     assert "did you mean qwen2.5-0.5b?" in capsys.readouterr().err
     assert main(["demo", "--model", "bogus", "-o", str(tmp_path / "d"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "the demo's own models: qwen2.5-0.5b, gemma-3-270m, minilm" in err
+
+
+def test_origin_names_the_corpus_id_of_a_zero_row_in_a_subset(tiny_models, problems, tmp_path):
+    import numpy as np
+
+    from xlalign.data.corpus import ParallelCorpus
+
+    rows = problems.head(24)
+    ids = [f"p-{7 * i}" for i in range(24)]  # ids that are not row numbers
+    corpus = ParallelCorpus(ids, dict(rows.texts), dict(rows.meta))
+    run = tmp_path / "run"
+    xlalign.extract(
+        str(tiny_models["qwen2"]), corpus, ["zh", "en"], sites="embed,L0", pools=("last", "mean"),
+        output=run, progress=False,
+    )  # fmt: skip
+    path = run / "arrays" / "zh" / "L0" / "last.npy"
+    vectors = np.load(path, allow_pickle=False)
+    vectors[5] = 0.0
+    np.save(path, vectors, allow_pickle=False)
+    assert main(["origin", str(run), "--no-progress"]) == 0
+    text = (run / "origin.json").read_text()
+    assert "corpus ids of those rows: p-35" in text
+
+
+def test_overwrite_keeps_a_users_tmp_files(tiny_models, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_extract(tiny_models["qwen2"], data, out)) == 0
+    (out / ".notes.tmp").write_text("mine\n")
+    (out / ".mybackup.tmp").mkdir()
+    (out / ".mybackup.tmp" / "thesis.txt").write_text("t\n")
+    before = _snapshot(out)
+    assert main(_extract(tiny_models["qwen2"], data, out, "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert ".mybackup.tmp" in err and ".notes.tmp" in err
+    assert _snapshot(out) == before
+
+
+def test_resuming_an_interrupted_layout_keeps_a_users_files(tiny_models, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_extract(tiny_models["qwen2"], data, out)) == 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest.update(complete=False, laid_out=False)  # killed while laying the folder out
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    (out / CONTROL_DIR).mkdir()
+    (out / CONTROL_DIR / "notes.txt").write_text("mine\n")
+    assert main(_extract(tiny_models["qwen2"], data, out, "--resume")) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    assert (out / CONTROL_DIR / "notes.txt").read_text() == "mine\n"
+
+
+def test_overwrite_while_another_process_writes_the_control_is_refused(
+    tiny_models, data, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    assert main(_extract(tiny_models["qwen2"], data, out)) == 0
+    assert main(_extract(tiny_models["qwen2"], data, out / CONTROL_DIR)) == 0
+    before = _snapshot(out)
+    holder = _hold_lock(out / CONTROL_DIR)
+    try:
+        assert main(_extract(tiny_models["qwen2"], data, out, "--overwrite")) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "test holder" in capsys.readouterr().err
+    assert _snapshot(out) == before
+
+
+def test_export_npz_replaces_a_file_only_when_asked(study, tmp_path, capsys):
+    target = tmp_path / "thesis.npz"
+    target.write_bytes(b"mine")
+    argv = ["export-npz", str(study), "--pool", "last", "-o", str(target)]
+    assert main(argv) == 2
+    assert "pass --overwrite" in capsys.readouterr().err and target.read_bytes() == b"mine"
+    assert main([*argv, "--overwrite"]) == 0
+    assert target.read_bytes() != b"mine"
+    assert main(["export-npz", str(study), "-o", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_the_control_follows_the_runs_dtype(tiny_models, data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*_extract(tiny_models["qwen2"], data, run), "--dtype", "bfloat16"]) == 0
+    argv = ["origin", str(run), "--control", "random-init", "--no-progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert json.loads((run / CONTROL_DIR / MANIFEST).read_text())["dtype"] == "bfloat16"
+    assert main(argv) == 0  # and is reused the next time

@@ -216,6 +216,9 @@ def export_npz_cmd(
     langs: Annotated[
         str | None, typer.Option("--langs", help="Languages to export (default: all).")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing .npz file.")
+    ] = False,
 ) -> None:
     """Write one pool as an .npz with keys <lang>_<site> (zh_L0, en_embed...), no pickles."""
     from xlalign.store.run import export_npz, load_run
@@ -226,7 +229,12 @@ def export_npz_cmd(
     if sites is not None:  # a site the run did not capture fails in export_npz, naming those it has
         chosen = parse_sites(sites, loaded.n_layers, "final" in loaded.sites, where="run")
     path = export_npz(
-        loaded, output, pool=pool, sites=chosen, langs=_csv_list(langs) if langs else None
+        loaded,
+        output,
+        pool=pool,
+        sites=chosen,
+        langs=_csv_list(langs) if langs else None,
+        overwrite=overwrite,
     )
     print(f"wrote {path}: pool {pool}, {len(loaded.languages)} languages")
 

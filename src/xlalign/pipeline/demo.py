@@ -32,6 +32,10 @@ LABELS = {
 }
 
 
+#: The first line of every ``answer.md`` the demo writes (it replaces only such a file).
+ANSWER_TITLE = "# Where does the free z at the first block come from?"
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     """What ``xlalign demo`` runs."""
@@ -51,7 +55,9 @@ class DemoConfig:
         if self.hsk_pairs is not None and self.hsk_pairs < 0:
             raise XlalignError(f"--hsk must be 0 or more, got {self.hsk_pairs}")
         close = difflib.get_close_matches(self.model, list(LABELS), n=1, cutoff=0.75)
-        if self.model not in LABELS and close and not Path(self.model).expanduser().exists():
+        hub_id = "/" in self.model  # a Hub id is never a misspelt demo model
+        local = Path(self.model).expanduser().exists()
+        if self.model not in LABELS and close and not hub_id and not local:
             raise XlalignError(
                 f"--model '{self.model}' is not one of the demo's models "
                 f"({', '.join(LABELS)}): did you mean {close[0]}?"
@@ -79,6 +85,14 @@ def run_demo(
     common = dict(model=cfg.model, langs=("zh", "en"), device="cpu", control="random-init",
                   batch_size=cfg.batch_size, neurons=False)  # fmt: skip
     studies: dict[str, dict[str, Any]] = {}
+    answer_path = out / "answer.md"
+    if answer_path.exists() and not answer_path.read_text(encoding="utf-8").startswith(
+        ANSWER_TITLE
+    ):
+        raise XlalignError(
+            f"{answer_path} exists and is not a demo answer (it does not start with "
+            f"'{ANSWER_TITLE}'); the demo would overwrite it: choose another -o"
+        )
     try:
         _run_studies(cfg, out, label, common, studies, command, progress, say)
     except XlalignError as e:
@@ -140,7 +154,7 @@ def _site(origin: Mapping[str, Any], site: str) -> Mapping[str, Any]:
 def answer(origins: Mapping[str, Mapping[str, Any]], label: str) -> str:
     """The study's question answered from ``origin.json`` contents (markdown)."""
     lines = [
-        f"# Where does the free z at the first block come from? ({label})",
+        f"{ANSWER_TITLE} ({label})",
         "",
         "Last-token z of matched zh/en pairs against the scrambled null (exact permutation "
         "moments). L0 = output of the first block; embed = its input.",

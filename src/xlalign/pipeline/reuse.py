@@ -32,6 +32,7 @@ def ensure_run(
     batch_size: int = 32,
     options: ModelOptions | None = None,
     progress: bool = True,
+    compat: str = "exact",
 ) -> tuple[Run, str]:
     """The run in ``output``: reused if complete and made from the same inputs, else captured.
 
@@ -64,7 +65,7 @@ def ensure_run(
         state = "resumed"
     run = extract(
         model, corpus, langs, sites=sites, pools=pools, batch_size=batch_size, output=output,
-        resume=state == "resumed", options=opts, progress=progress,
+        resume=state == "resumed", options=opts, progress=progress, compat=compat,
     )  # fmt: skip
     _save_corpus(corpus, output)
     return run, state
@@ -95,11 +96,15 @@ def ensure_control(
             "keeps its corpus) or pass the run's own corpus"
         )
     folder = run.path / CONTROL_DIR
-    opts = (options or ModelOptions()).replace(random_init_seed=seed)
+    # what changes the vectors comes from the run, whatever the caller's own defaults
+    m = run.manifest
+    opts = (options or ModelOptions()).replace(
+        random_init_seed=seed, dtype=m.get("dtype") or None, revision=m.get("revision")
+    )
     control, state = ensure_run(
-        str(run.manifest["model"]), corpus, folder, langs=list(run.languages),
+        str(m["model"]), corpus, folder, langs=list(run.languages),
         sites=sites or ",".join(run.sites), batch_size=batch_size, options=opts,
-        progress=progress,
+        progress=progress, compat=str(m.get("compat") or "exact"),
     )  # fmt: skip
     check_control(run, control)
     if "control_of" not in control.manifest:
@@ -141,7 +146,7 @@ def _check_reusable(
     diffs = list(content or [])
     if old.get("model") != model:
         diffs.append(f"model differs (run: {old.get('model')})")
-    if revision is not None and old.get("revision") != revision:
+    if revision is not None and revision not in (old.get("revision"), old.get("commit_hash")):
         diffs.append(f"revision differs (run: {old.get('revision')})")
     if dtype is not None and old.get("dtype") != dtype and not any("dtype" in d for d in diffs):
         diffs.append(f"dtype differs (run: {old.get('dtype')})")

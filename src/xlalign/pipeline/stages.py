@@ -44,7 +44,8 @@ def _run_align(
     control of another corpus or model is an error) and swept with the same configuration; its
     ``alignment.json`` goes into ``OUTPUT/control-random-init`` (the run's own control folder
     when ``output`` is the run), so nothing is written outside ``output``. A control that
-    another process is writing is an error, never a sweep without it. The lexical baseline is part of the sweep, so ``findings.json`` is always written
+    another process is writing, or that cannot be read, is an error, never a sweep without it.
+    The lexical baseline is part of the sweep, so ``findings.json`` is always written
     (with verdict ``no-control`` where no control exists). Returns the model's sweep, the
     summary lines (from ``findings.json``) and the paths written.
     """
@@ -53,30 +54,33 @@ def _run_align(
 
     loaded = load_run(run)
     ctl_path = Path(run) / CONTROL_DIR
-    has_control = (ctl_path / MANIFEST).is_file()
-    busy = holder(ctl_path) if has_control else None
-    if busy is not None:  # refused before anything is written
-        raise RunError(
-            busy_message(ctl_path, busy) + "; run align again once it is done (a sweep "
-            "without its control would read as having none)"
-        )
+    control = None
+    if (ctl_path / MANIFEST).exists():  # refused before anything is written
+        busy = holder(ctl_path)
+        if busy is not None:
+            raise RunError(
+                busy_message(ctl_path, busy) + "; run align again once it is done (a sweep "
+                "without its control would read as having none)"
+            )
+        try:
+            control = load_run(ctl_path)
+        except XlalignError as e:
+            raise RunError(
+                f"the random-weights control in {ctl_path} cannot be swept ({e}); resume or "
+                "delete it (a sweep without its control would read as having none)"
+            ) from None
+        check_control(loaded, control)
     result = layer_sweep(loaded, config, progress=progress)
     out = Path(output or run)
     paths = write_alignment(result, out)
     control_alignment = None
     note = None
     ctl_out = out / CONTROL_DIR  # the run's own control folder when out is the run
-    if has_control:
+    if control is not None:
         with folder_lock(ctl_out, "xlalign align"):  # its alignment.* is written there
-            try:
-                control = load_run(ctl_path)
-            except XlalignError as e:
-                note = f"the random-weights control in {ctl_path} was not swept: {e}"
-            else:
-                check_control(loaded, control)
-                control_alignment = layer_sweep(control, config, progress=progress)
-                for name, p in write_alignment(control_alignment, ctl_out).items():
-                    paths[f"control_{name}"] = p
+            control_alignment = layer_sweep(control, config, progress=progress)
+            for name, p in write_alignment(control_alignment, ctl_out).items():
+                paths[f"control_{name}"] = p
     stratify = "category" if config.stratify is None and "category" in loaded.meta else None
     findings = findings_for_sweep(loaded, result, control_alignment, config, stratify=stratify)
     if note:

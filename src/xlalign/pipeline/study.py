@@ -128,6 +128,8 @@ def _run_study(
     paths["findings"] = write_findings(findings, out)
     findings = read_json(paths["findings"])  # the summary and report read the file alone
     summary = summary_lines(findings)
+    if neurons is not None:
+        summary += [f"neurons: {f['statement']}" for f in neurons.get("findings") or []]
     summary += source_lines(run, cfg)
     (out / "config.toml").write_text(config_to_toml(cfg), encoding="utf-8")
     paths["config"] = out / "config.toml"

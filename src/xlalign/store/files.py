@@ -118,9 +118,23 @@ def is_own_entry(name: str, is_dir: bool) -> bool:
     """Whether an entry at the top of a run or study folder is one xlalign writes there."""
     if is_dir:
         return name in OWN_FOLDERS
-    if name in OWN_FILES:
+    if name in OWN_FILES or is_own_temp(name):
         return True
     return name.startswith(FIGURE_PREFIX) and name.endswith(FIGURE_SUFFIXES)
+
+
+def is_own_temp(name: str) -> bool:
+    """Whether a file name is the temporary file of an interrupted write of one of xlalign's.
+
+    ``.<own name>.<random>.tmp`` (:func:`atomic_write_json`), ``.alignment.csv.tmp`` and
+    ``<own name>.tmp`` (``corpus.jsonl.tmp``): never a user's ``.notes.tmp``.
+    """
+    if not name.endswith(".tmp"):
+        return False
+    if name[: -len(".tmp")] in OWN_FILES:
+        return True
+    inner = name[1:] if name.startswith(".") else ""
+    return any(inner.startswith(own + ".") for own in OWN_FILES)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

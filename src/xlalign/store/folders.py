@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from xlalign.errors import RunError
-from xlalign.store.files import CONTROL_DIR, MANIFEST, is_own_entry, read_manifest
+from xlalign.store.files import CONTROL_DIR, MANIFEST, is_own_entry, is_own_temp, read_manifest
 from xlalign.store.lock import LOCK_FILE, PROBE_PREFIX, busy_message, holder
 
 
@@ -22,7 +22,7 @@ def prepare_folder(path: Path, overwrite: bool, *, check_only: bool = False) -> 
         return
     if not path.is_dir():
         raise RunError(f"output '{path}' exists and is not a folder")
-    entries = [p for p in path.iterdir() if not _is_bookkeeping(p.name)]
+    entries = [p for p in path.iterdir() if not _is_bookkeeping(p.name, p.is_dir())]
     if not entries:
         return
     info = holder(path)
@@ -39,16 +39,26 @@ def prepare_folder(path: Path, overwrite: bool, *, check_only: bool = False) -> 
         state = "a complete" if _is_complete(path) else "an incomplete"
         hint = "" if _is_complete(path) else " or --resume to continue it"
         raise RunError(f"'{path}' already holds {state} run; pass --overwrite to replace it{hint}")
+    _refuse_foreign(path, "--overwrite")
+    if not check_only:
+        clear_folder(path)
+
+
+def _refuse_foreign(path: Path, what: str) -> None:
+    """Raise before ``what`` deletes anything if ``path`` holds what xlalign never writes there,
+    or if another process is writing its control's folder."""
+    control = path / CONTROL_DIR
+    info = holder(control) if control.is_dir() else None
+    if info is not None:
+        raise RunError(busy_message(control, info) + f"; {what} would delete what it writes")
     foreign = foreign_entries(path)
     if foreign:
         shown = ", ".join(str(p.relative_to(path)) for p in foreign[:5])
         more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
         raise RunError(
-            f"--overwrite deletes only what xlalign wrote, and '{path}' also holds {shown}{more}, "
+            f"{what} deletes only what xlalign wrote, and '{path}' also holds {shown}{more}, "
             "which xlalign never writes there; move them away or choose another folder"
         )
-    if not check_only:
-        clear_folder(path)
 
 
 def foreign_entries(path: Path) -> list[Path]:
@@ -59,9 +69,9 @@ def foreign_entries(path: Path) -> list[Path]:
     """
     found: list[Path] = []
     for entry in sorted(path.iterdir()):
-        if _is_bookkeeping(entry.name):
-            continue
         is_dir = entry.is_dir() and not entry.is_symlink()
+        if _is_bookkeeping(entry.name, is_dir):
+            continue
         if not is_own_entry(entry.name, is_dir):
             found.append(entry)
         elif is_dir and entry.name == CONTROL_DIR:
@@ -75,28 +85,28 @@ def foreign_entries(path: Path) -> list[Path]:
     return found
 
 
-def _is_bookkeeping(name: str) -> bool:
+def _is_bookkeeping(name: str, is_dir: bool = False) -> bool:
     """The lock file, the writability probe of another process's :func:`~xlalign.store.lock.acquire`
     (rank 0 of a launch may be probing while another rank checks the folder) and the temporary
-    files of an interrupted atomic write: not a run's data."""
-    return (
-        name == LOCK_FILE
-        or name.startswith(PROBE_PREFIX)
-        or (name.startswith(".") and name.endswith(".tmp"))
+    files of an interrupted write of xlalign's own (:func:`~xlalign.store.files.is_own_temp`):
+    not a run's data. A folder is never bookkeeping."""
+    return name == LOCK_FILE or (
+        not is_dir and (name.startswith(PROBE_PREFIX) or is_own_temp(name))
     )
 
 
 def clear_folder(path: Path) -> None:
     """Delete what xlalign writes in the run folder ``path``, and nothing else.
 
-    Its lock file stays (held by this process meanwhile), and so does anything xlalign never
-    writes there (:func:`prepare_folder` refuses ``--overwrite`` while such entries exist).
+    Refuses (:class:`RunError` naming them) while ``path`` holds anything xlalign never writes
+    there, or while another process writes its control's folder; its lock file stays (held by
+    this process meanwhile).
     """
+    _refuse_foreign(path, "deleting it")
     for entry in path.iterdir():
-        if entry.name == LOCK_FILE:
-            continue
-        if not _is_bookkeeping(entry.name) and not is_own_entry(
-            entry.name, entry.is_dir() and not entry.is_symlink()
+        is_dir = entry.is_dir() and not entry.is_symlink()
+        if entry.name == LOCK_FILE or not (
+            _is_bookkeeping(entry.name, is_dir) or is_own_entry(entry.name, is_dir)
         ):
             continue
         if entry.is_dir() and not entry.is_symlink():

@@ -7,6 +7,7 @@ writes the study's npz layout.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,12 +325,19 @@ def export_npz(
     pool: str = "last",
     sites: Sequence[str] | None = None,
     langs: Sequence[str] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``pool`` vectors as one ``.npz`` with keys ``<lang>_<site>`` (``zh_L0``, ``en_embed``).
 
     The study's ``all_layers_lasttok.npz`` format; written with ``np.savez`` (no pickles),
-    through a temporary file. Returns the path written.
+    through a temporary file. An existing ``output`` is replaced only with ``overwrite`` (a
+    folder never). Returns the path written.
     """
+    output = Path(output)
+    if output.is_dir():
+        raise RunError(f"-o '{output}' is a folder; give the .npz file to write")
+    if output.exists() and not overwrite:
+        raise RunError(f"'{output}' exists; pass --overwrite to replace it")
     if not isinstance(run, Run):
         run = load_run(run)
     if pool == TOKEN_POOL:
@@ -343,12 +351,15 @@ def export_npz(
         for lang in chosen_langs
         for site in chosen_sites
     }
-    output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    with tmp.open("wb") as f:  # a file object keeps numpy from appending ".npz" to the name
-        np.savez(f, **arrays)  # type: ignore[arg-type]
-    os.replace(tmp, output)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:  # a file object keeps numpy from appending ".npz"
+            np.savez(f, **arrays)  # type: ignore[arg-type]
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return output
 
 

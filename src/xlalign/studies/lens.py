@@ -43,6 +43,7 @@ from xlalign.data.tokens import TOKEN_CLASSES, decode_token, vocabulary_classes
 from xlalign.errors import RunError, XlalignError
 from xlalign.models.loading import LensModules, lens_modules, load_model
 from xlalign.store.files import CONTROL_DIR, MANIFEST, atomic_write_json
+from xlalign.store.lock import folder_lock
 from xlalign.store.run import Run, check_control, load_run
 from xlalign.store.sites import FINAL
 
@@ -573,18 +574,21 @@ def run_lens(
 
     Writes ``lens.json`` into the run folder (with the control's summaries under
     ``control``) and the control's own ``lens.json`` into its folder. Returns the document,
-    the summary lines and the path written.
+    the summary lines and the path written. Holds each folder's write lock while it reads and
+    writes there (another process's ``extract --overwrite`` is refused meanwhile, and vice versa).
     """
-    run = load_run(path)
-    doc = lens_study(run, config, progress=progress)
-    control_path = run.path / CONTROL_DIR
-    if control and (control_path / MANIFEST).exists():
-        control_run = load_run(control_path)
-        check_control(run, control_run)  # a control of another study: refused, named
-        control_doc = lens_study(control_run, config, progress=progress)
-        write_lens(control_doc, control_run.path)
-        doc["control"] = control_reference(control_doc)
-    out = write_lens(doc, run.path)
+    with folder_lock(Path(path), "xlalign lens"):
+        run = load_run(path)
+        doc = lens_study(run, config, progress=progress)
+        control_path = run.path / CONTROL_DIR
+        if control and (control_path / MANIFEST).exists():
+            with folder_lock(control_path, "xlalign lens"):
+                control_run = load_run(control_path)
+                check_control(run, control_run)  # a control of another study: refused, named
+                control_doc = lens_study(control_run, config, progress=progress)
+                write_lens(control_doc, control_run.path)
+            doc["control"] = control_reference(control_doc)
+        out = write_lens(doc, run.path)
     return doc, summarize(doc), out
 
 
