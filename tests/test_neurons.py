@@ -181,11 +181,12 @@ def _lape_reference(counts: np.ndarray, tokens: np.ndarray, filter_rate, top_rat
             q = [v / total for v in p[layer][i]]
             h = -sum(x * math.log(x) for x in q if x > 0)
             entropies.append((h, layer * n_neurons + i))
+    by_neuron = {(idx // n_neurons, idx % n_neurons): h for h, idx in entropies}
     entropies.sort()
     n_top = round(n_layers * n_neurons * top_rate)
     chosen = [(idx // n_neurons, idx % n_neurons) for _h, idx in entropies[:n_top]]
     members = [sorted(c for c in chosen if p[c[0]][c[1]][k] > bar_value) for k in range(n_langs)]
-    return filter_value, bar_value, chosen, members
+    return filter_value, bar_value, chosen, members, by_neuron
 
 
 @pytest.mark.parametrize("rates", [(0.95, 0.01, 0.95), (0.9, 0.2, 0.8), (0.5, 1.0, 0.5)])
@@ -199,7 +200,11 @@ def test_lape_equals_a_float64_transcription(rates, seed):
     counts[2, 9] = [tokens[0], 0, 0]  # one language only: entropy 0
     langs = ("a", "b", "c")
     sel = lape(ActivationCounts(counts, tokens, langs), NeuronsConfig(*rates))
-    filter_value, bar_value, chosen, members = _lape_reference(counts, tokens, *rates)
+    filter_value, bar_value, chosen, members, entropy = _lape_reference(counts, tokens, *rates)
+    finite = np.isfinite(sel.entropy)
+    assert finite.sum() == len(entropy)
+    for (layer, i), h in entropy.items():
+        assert sel.entropy[layer, i] == pytest.approx(h, abs=1e-12)
     assert sel.filter_value == pytest.approx(filter_value, abs=1e-15)
     assert sel.bar_value == pytest.approx(bar_value, abs=1e-15)
     assert [tuple(r) for r in sel.selected.tolist()] == chosen
@@ -213,9 +218,22 @@ def test_jaccard_and_random_like():
     b = np.array([[0, 2], [1, 3], [2, 0]])
     assert jaccard(a, b) == pytest.approx(2 / 4)
     assert jaccard(np.zeros((0, 2)), np.zeros((0, 2))) is None
+    # a set holding half of layer 2's 8 neurons and one of layer 5's: the control must take
+    # exactly the other half of layer 2, and one other neuron of layer 5
+    big = np.array([[2, i] for i in range(4)] + [[5, 4]])
+    for seed in range(5):
+        drawn = random_like(big, 8, seed=seed, exclude=big)
+        assert drawn[:, 0].tolist().count(2) == 4 and drawn[:, 0].tolist().count(5) == 1
+        assert {tuple(r) for r in drawn.tolist()} >= {(2, 4), (2, 5), (2, 6), (2, 7)}
+        assert not {tuple(r) for r in drawn.tolist()} & {tuple(r) for r in big.tolist()}
+    with pytest.raises(XlalignError, match="too few other neurons"):
+        random_like(
+            np.array([[0, i] for i in range(6)]),
+            10,
+            seed=0,
+            exclude=np.array([[0, i] for i in range(6)]),
+        )
     drawn = random_like(a, 10, seed=3, exclude=a)
-    assert sorted(np.unique(drawn[:, 0], return_counts=True)[1].tolist()) == [1, 2]
-    assert not {tuple(r) for r in drawn.tolist()} & {tuple(r) for r in a.tolist()}
     assert np.array_equal(drawn, random_like(a, 10, seed=3, exclude=a))
     assert not np.array_equal(random_like(a, 10, seed=3), random_like(a, 10, seed=4))
 
@@ -226,6 +244,14 @@ def test_paired_delta_is_the_token_weighted_change():
     out = paired_delta(base, changed, n_boot=500, seed=0)
     assert out["value"] == pytest.approx((1 + 0 + 3) / 9)
     assert out["ci_low"] <= out["value"] <= out["ci_high"]
+    # every prompt's NLL rises by 0.5 a token while the prompts' NLLs differ wildly: the paired,
+    # token-weighted interval is exactly 0.5 (an unpaired or unweighted one would not be)
+    rng = np.random.default_rng(1)
+    n = rng.integers(1, 30, size=60)
+    nll = rng.uniform(0, 50, size=60) * n
+    out = paired_delta((nll, n), (nll + 0.5 * n, n), n_boot=300, seed=2)
+    assert out["value"] == pytest.approx(0.5)
+    assert out["ci_low"] == pytest.approx(0.5) and out["ci_high"] == pytest.approx(0.5)
     with pytest.raises(XlalignError, match="different tokens"):
         paired_delta(base, (changed[0], np.array([2, 4, 4])), 0, 0)
 
@@ -274,6 +300,58 @@ def test_token_nll_equals_the_model_loss(models, problems):
         assert nll[i] / n[i] == pytest.approx(loss, rel=1e-5)
 
 
+def test_special_tokens_are_never_predicted_targets(models, problems):
+    from xlalign.store.writer import TokenData
+
+    loaded = models["qwen2"]
+    texts = problems.head(4).text("en")
+    data = tokenize(loaded.tokenizer, texts)
+    special = data.special.copy()
+    ends = data.offsets[1:] - 1
+    special[ends] = True  # mark each prompt's last token special, as an appended EOS would be
+    marked = TokenData(data.ids, data.offsets, special)
+    nll, n = token_nll(loaded, marked, np.arange(4), batch_size=3)
+    for i, text in enumerate(texts):
+        ids = torch.tensor([loaded.tokenizer(text)["input_ids"]])
+        labels = ids.clone()
+        labels[0, -1] = -100
+        with torch.no_grad():
+            loss = loaded.model(input_ids=ids, labels=labels).loss.item()
+        assert n[i] == ids.shape[1] - 2
+        assert nll[i] / n[i] == pytest.approx(loss, rel=1e-5)
+
+
+def test_the_study_selects_on_both_halves_and_evaluates_held_out_rows(models, problems):
+    from xlalign.studies.neurons import split_rows
+
+    loaded = models["qwen2"]
+    corpus = problems.head(30)
+    cfg = NeuronsConfig(top_rate=0.05, max_eval=8, n_boot=0, control_seeds=(0,))
+    doc, sel = neuron_study(loaded, corpus, ["zh", "en"], cfg)
+    half_a, half_b, held = split_rows(30, cfg.heldout, cfg.seed)
+    assert not set(half_a) & set(half_b) and not (set(half_a) | set(half_b)) & set(held)
+    assert len(half_a) + len(half_b) + len(held) == 30
+    evaluated = {corpus.ids[int(i)] for i in held[:8]}
+    assert set(doc["rows"]["heldout_ids"]) == evaluated
+    tokens = {lang: tokenize(loaded.tokenizer, corpus.text(lang)) for lang in ("zh", "en")}
+    a, b = count_activations(loaded, tokens, [half_a, half_b])
+    whole = lape(a + b, cfg)
+    assert np.array_equal(sel.selected, whole.selected)
+    for lang in ("zh", "en"):
+        assert np.array_equal(sel.members[lang], whole.members[lang])
+        expected = jaccard(lape(a, cfg).members[lang], lape(b, cfg).members[lang])
+        assert doc["stability"][lang]["jaccard"] == expected
+    for r in doc["ablation"]:
+        if r["kind"] == "random":
+            own = {tuple(x) for x in sel.members[r["ablated"]].tolist()}
+            assert r["n_ablated"] == len(own)
+
+
+def test_too_few_rows_for_the_halves_name_the_flag(models, problems):
+    with pytest.raises(XlalignError, match=r"--heldout 0\.9"):
+        neuron_study(models["qwen2"], problems.head(4), ["zh", "en"], NeuronsConfig(heldout=0.9))
+
+
 def test_verdicts_follow_the_rule():
     sel = Selection(
         probs=np.zeros((1, 4, 2)), entropy=np.zeros((1, 4)), filter_value=0.0, bar_value=0.0,
@@ -289,8 +367,10 @@ def test_verdicts_follow_the_rule():
         rec("zh", "language", None, "zh", 0.5, 0.4, 0.6),  # beyond: 0.4 > 0.1, and > en 0.2
         rec("zh", "language", None, "en", 0.2),
         rec("zh", "language", None, "fr", 0.1),
-        rec("zh", "random", 0, "zh", 0.1),
-        rec("zh", "random", 1, "zh", 0.05),
+        rec("zh", "random", 0, "zh", 0.05),
+        rec("zh", "random", 1, "zh", 0.1),  # the largest control, not the first
+        rec("zh", "random", 1, "en", 9.0),  # a control evaluated on another language: not zh's
+        rec("zh", "random", 2, "zh", 0.02),
         rec("en", "language", None, "en", 0.3, 0.1, 0.5),  # matched: 0.1 <= control 0.15
         rec("en", "language", None, "zh", 0.0),
         rec("en", "language", None, "fr", 0.0),
@@ -301,9 +381,12 @@ def test_verdicts_follow_the_rule():
     assert findings["zh"]["control"]["value"] == 0.1
     assert findings["en"]["verdict"] == "matched-by-control"
     assert findings["fr"]["verdict"] == "no-neurons"
-    ablation[1] = rec("zh", "language", None, "en", 0.6)  # hurts English more than Chinese
+    ablation[1] = rec("zh", "language", None, "en", 0.5)  # hurts English as much as Chinese
     findings = {f["lang"]: f for f in ablation_findings(["zh", "en", "fr"], sel, ablation)}
     assert findings["zh"]["verdict"] == "not-language-specific"
+    ablation[3] = rec("zh", "random", 0, "zh", 0.4)  # a control reaching the interval's low end
+    findings = {f["lang"]: f for f in ablation_findings(["zh", "en", "fr"], sel, ablation)}
+    assert findings["zh"]["verdict"] == "matched-by-control"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ def test_second_run_reuses_activations_and_gives_identical_json(study):
         "extract": "reused",
         "extract control (random-init)": "reused",
         "lens": "computed",
+        "neurons": "reused",
     }
     for p, data in before.items():
         assert (out / p).read_bytes() == data, p

@@ -616,7 +616,7 @@ def run_cmd(
         values.pop("data")
     cfg = StudyConfig(**{**values, **flags})
     result = run_study(cfg, command=sys.argv, progress=progress)
-    print("\n".join(result["summary"]))
+    print("\n".join([*result["summary"], *result["neurons"]]))
     report = result["paths"].get("report_html")
     if report is not None and not any(line.startswith("report:") for line in result["summary"]):
         print(f"report: {report}")

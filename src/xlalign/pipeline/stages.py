@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from xlalign.errors import RunError, XlalignError
 from xlalign.models.loading import LoadedModel, ModelOptions
 from xlalign.pipeline.config import StudyConfig
 from xlalign.pipeline.reuse import corpus_for, ensure_control, ensure_run
-from xlalign.store.files import CONTROL_DIR, MANIFEST, atomic_write_json, read_json
+from xlalign.store.files import CONTROL_DIR, MANIFEST, atomic_write_json, json_safe, read_json
 from xlalign.store.lock import busy_message, folder_lock, holder
 from xlalign.store.run import Run, check_control, load_run
 from xlalign.studies.findings import summary_lines, write_findings
@@ -237,23 +238,37 @@ def neurons_stage(
     """
     from xlalign.models.architecture import mlp_activations
     from xlalign.models.loading import load_model
-    from xlalign.studies.neurons import neuron_study, write_neurons
+    from xlalign.studies.neurons import NEURONS_FILE, neuron_study, write_neurons
 
     if not cfg.neurons:
         return None, "skipped: not asked for (neurons = false)"
     if not run.manifest.get("is_causal_lm"):
         arch = run.manifest.get("architecture") or "the model"
         return None, f"skipped: {arch} is not a causal LM (the ablation measures next-token NLL)"
+    ncfg = cfg.neurons_config()
+    source = {
+        "model_key": run.manifest.get("model_key"),
+        "corpus_fingerprint": run.manifest.get("corpus_fingerprint"),
+        "languages": list(run.languages),
+        "settings": {**asdict(ncfg), "control_seeds": list(ncfg.control_seeds)},
+    }
+    stored = run.path / NEURONS_FILE
+    if stored.is_file():  # the same run and settings: no forward pass runs twice
+        try:
+            old = read_json(stored)
+        except ValueError:
+            old = None
+        if isinstance(old, dict) and old.get("source") == json_safe(source):
+            return old, "reused"
     loaded = load_model(cfg.model, cfg.model_options())
     try:
         mlp_activations(loaded.adapter)
+        doc, sel = neuron_study(loaded, corpus, list(run.languages), ncfg, progress=progress)
     except XlalignError as e:
         return None, f"skipped: {e}"
-    doc, sel = neuron_study(
-        loaded, corpus, list(run.languages), cfg.neurons_config(), progress=progress
-    )
+    doc["source"] = source
     write_neurons(doc, sel, run.path)
-    return doc, "computed"
+    return read_json(stored), "computed"
 
 
 def run_neurons(

@@ -128,8 +128,6 @@ def _run_study(
     paths["findings"] = write_findings(findings, out)
     findings = read_json(paths["findings"])  # the summary and report read the file alone
     summary = summary_lines(findings)
-    if neurons is not None:
-        summary += [f"neurons: {f['statement']}" for f in neurons.get("findings") or []]
     summary += source_lines(run, cfg)
     (out / "config.toml").write_text(config_to_toml(cfg), encoding="utf-8")
     paths["config"] = out / "config.toml"
@@ -154,7 +152,13 @@ def _run_study(
     provenance["wall_time_s"]["report"] = clock.times.get("report")
     provenance["wall_time_s"]["total"] = round(time.perf_counter() - started, 3)
     atomic_write_json(out / "provenance.json", provenance)
-    return {"paths": paths, "summary": summary, "stages": dict(clock.times), "run": run}
+    return {
+        "paths": paths,
+        "summary": summary,
+        "neurons": [f"neurons: {f['statement']}" for f in (neurons or {}).get("findings") or []],
+        "stages": dict(clock.times),
+        "run": run,
+    }
 
 
 def _best_site(alignment: Mapping[str, Any], pool: str) -> str | None:

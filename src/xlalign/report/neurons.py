@@ -76,6 +76,7 @@ def neurons_figure(doc: Mapping[str, Any]) -> Figure:
             err = None
             if all(isinstance(v, (int, float)) for v in [*lo, *hi]):
                 err = np.array([heights - np.array(lo, float), np.array(hi, float) - heights])
+                err = np.clip(err, 0.0, None)  # a percentile interval may sit beside its point
             right.bar(pos, heights, bw, yerr=err, capsize=2, label=mpl_text(f"on {evaluated}"))
             ctl = [max(cells.get((a, evaluated), {}).get("controls") or [np.nan]) for a in langs]
             right.scatter(

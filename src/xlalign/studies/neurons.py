@@ -90,8 +90,9 @@ class NeuronsConfig:
     """Quantile of all activation probabilities a selected neuron must exceed in a language."""
     heldout: float = 0.5
     """Share of the corpus rows held out from selection for the ablation's perplexity."""
-    max_eval: int | None = 200
-    """At most this many held-out prompts per language in the ablation (None: all)."""
+    max_eval: int | None = None
+    """At most this many held-out prompts per language in the ablation, drawn at random (None:
+    all; ``xlalign run``'s stage uses 100)."""
     seed: int = 0
     """Seed of the held-out split, the selection halves and the bootstrap."""
     control_seeds: tuple[int, ...] = (0, 1, 2)
@@ -104,10 +105,13 @@ class NeuronsConfig:
     """Run the causal test (causal LMs only)."""
 
     def __post_init__(self) -> None:
-        for name in ("filter_rate", "top_rate", "activation_bar"):
+        for name, top in (("filter_rate", 1.0), ("top_rate", None), ("activation_bar", 1.0)):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not 0 < v <= 1:
-                raise XlalignError(f"--{name.replace('_', '-')} must be in (0, 1], got {v!r}")
+            # a quantile of 1 is the largest value, which nothing exceeds
+            ok = isinstance(v, (int, float)) and 0 < v <= 1 and (top is None or v < top)
+            if not ok:
+                span = "(0, 1]" if top is None else "(0, 1)"
+                raise XlalignError(f"--{name.replace('_', '-')} must be in {span}, got {v!r}")
         if not 0 < self.heldout < 1:
             raise XlalignError(f"--heldout must be between 0 and 1, got {self.heldout!r}")
         if self.max_eval is not None and self.max_eval < 1:
@@ -218,7 +222,8 @@ def count_activations(
             f"the forward pass never reached the feed-forward activation ({acts.path}) of "
             "every block"
         )
-    stacked = torch.stack([c for c in counts if c is not None]).cpu().numpy()  # (L, G, K, n)
+    # per layer on its own device where a model is spread over several
+    stacked = torch.stack([c.cpu() for c in counts if c is not None]).numpy()  # (L, G, K, n)
     return [
         ActivationCounts(
             np.ascontiguousarray(stacked[:, g].transpose(0, 2, 1)), n_tokens[g].copy(), langs
@@ -344,13 +349,15 @@ def token_nll(
                 pad_position=loaded.adapter.pad_position,
             )  # fmt: skip
             kwargs = forward_kwargs(loaded, batch, "right", params)
-            logits = model(**kwargs).logits.float()
+            logits = model(**kwargs).logits
             real = batch.attention_mask.bool().to(logits.device)
             target = batch.input_ids.to(logits.device)[:, 1:]
             keep = real[:, 1:] & real[:, :-1] & ~batch.special.to(logits.device)[:, 1:]
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
-            picked = -logp.gather(-1, target[..., None])[..., 0]
-            sums = torch.where(keep, picked, 0.0).sum(dim=1).double().cpu().numpy()
+            sums = np.zeros(len(batch_rows))
+            for b in range(len(batch_rows)):  # one row's float32 log-softmax at a time
+                logp = torch.log_softmax(logits[b, :-1].float(), dim=-1)
+                picked = -logp.gather(-1, target[b, :, None])[:, 0]
+                sums[b] = float(torch.where(keep[b], picked, 0.0).double().sum())
             ns = keep.sum(dim=1).cpu().numpy()
             for b, r in enumerate(batch_rows.tolist()):
                 nll[at[r]], count[at[r]] = sums[b], ns[b]
@@ -417,12 +424,21 @@ def paired_delta(
 
 
 def split_rows(n_rows: int, heldout: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(selection half a, selection half b, held-out)`` row indices, each sorted; seeded."""
+    """``(selection half a, selection half b, held-out)`` row indices; seeded.
+
+    The halves are sorted; the held-out rows are in random order, so any prefix of them (the
+    ``max_eval`` evaluated) is a random subset. Raises when a part would be empty.
+    """
     order = np.random.default_rng(seed).permutation(n_rows)
     n_held = max(1, round(n_rows * heldout))
     held, sel = order[:n_held], order[n_held:]
     half = len(sel) // 2
-    return np.sort(sel[:half]), np.sort(sel[half:]), np.sort(held)
+    if half < 1 or n_held < 1:
+        raise XlalignError(
+            f"{n_rows} rows with --heldout {heldout} leave {len(sel)} for selection; each "
+            "selection half needs a row: use more rows or a smaller --heldout"
+        )
+    return np.sort(sel[:half]), np.sort(sel[half:]), held
 
 
 def neuron_study(
@@ -479,7 +495,7 @@ def neuron_study(
     }
     warnings: list[str] = []
     ablation: list[dict[str, Any]] = []
-    eval_rows = held if cfg.max_eval is None else held[: cfg.max_eval]
+    eval_rows = np.sort(held if cfg.max_eval is None else held[: cfg.max_eval])
     note = None
     ablate_s = 0.0
     if cfg.ablate and not loaded.is_causal_lm:
@@ -552,8 +568,8 @@ def _ablation(
     sets: list[tuple[str, str, int | None, np.ndarray | None]] = [("none", "none", None, None)]
     for lang in langs:
         mine = sel.members[lang]
-        sets.append((lang, "language", None, mine))
-        if len(mine):
+        if len(mine):  # an empty set ablates nothing: its verdict is no-neurons
+            sets.append((lang, "language", None, mine))
             for s in cfg.control_seeds:
                 sets.append((lang, "random", s, random_like(mine, n_neurons, s, exclude=mine)))
     bar = _bar(len(sets) * len(langs) * len(rows), "ablation", progress)
@@ -597,7 +613,8 @@ def ablation_findings(
     """One finding per language: does ablating its neurons hurt it, and beyond random ones?
 
     ``delta`` is the NLL change on the language's own held-out prompts. Verdicts, in order:
-    ``no-neurons`` (none selected), ``no-ablation`` (no causal test ran), ``matched-by-control``
+    ``no-neurons`` (none selected), ``no-ablation`` (no causal test ran, or no token of the
+    language's held-out prompts was predicted), ``matched-by-control``
     (the interval's lower end does not exceed the largest random-neuron control's change),
     ``not-language-specific`` (ablating them raises another language's NLL as much or more),
     ``beyond-control`` (neither).
@@ -625,7 +642,7 @@ def ablation_findings(
             why = "LAPE selected no neuron for it"
         elif not ablation or value is None:
             verdict = "no-ablation"
-            why = note or "the ablation gave no value"
+            why = note or "its held-out prompts have no predicted token"
         else:
             low = float(own["ci_low"]) if own.get("ci_low") is not None else value
             top = max(controls) if controls else None
