@@ -136,7 +136,7 @@ def load_model(
     max_memory, offload_folder, revision = opts.max_memory, opts.offload_folder, opts.revision
     trust_remote_code, random_init_seed = opts.trust_remote_code, opts.random_init_seed
 
-    local, checkpoint = _resolve_source(model)
+    local, checkpoint = resolve_source(model)
     if local.is_dir() and checkpoint is None and not (local / "config.json").is_file():
         if looks_like_path(model):
             what = (
@@ -246,7 +246,7 @@ def load_tokenizer(model: str, *, trust_remote_code: bool = False) -> Any:
     """The tokenizer of ``model``: a named model, a ``.gguf`` file, a local folder or a Hub id."""
     from transformers import AutoTokenizer
 
-    folder, _ = _resolve_source(model)
+    folder, _ = resolve_source(model)
     source = str(folder) if folder.exists() else model
     try:
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -254,7 +254,7 @@ def load_tokenizer(model: str, *, trust_remote_code: bool = False) -> Any:
         raise XlalignError(f"cannot load the tokenizer of '{model}': {first_line(e)}") from None
 
 
-def _resolve_source(model: str) -> tuple[Path, dict[str, Any] | None]:
+def resolve_source(model: str) -> tuple[Path, dict[str, Any] | None]:
     """The local path to load ``model`` from, and what a named or GGUF model came from.
 
     A name from :data:`~xlalign.models.named.NAMED_MODELS` resolves to its installed files; a

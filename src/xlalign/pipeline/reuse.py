@@ -9,7 +9,7 @@ from typing import Any
 from xlalign.data.corpus import ParallelCorpus, load_corpus
 from xlalign.errors import RunError, XlalignError
 from xlalign.models.hub import hub_commit
-from xlalign.models.loading import ModelOptions
+from xlalign.models.loading import ModelOptions, resolve_source
 from xlalign.store.files import CONTROL_DIR, CORPUS_FILE, MANIFEST, atomic_write_json, read_manifest
 from xlalign.store.lock import folder_lock
 from xlalign.store.run import Run, check_control, load_run
@@ -196,7 +196,9 @@ def _content_diffs(
     device, dtype = options.device, options.dtype
     revision, trust_remote_code = options.revision, options.trust_remote_code
     diffs: list[str] = []
-    local = Path(model).expanduser()
+    # a named model or a GGUF file is its local folder: its weights and tokenizer are read
+    # there, never asked of the Hub (only a Hub id is)
+    local = resolve_source(model)[0]
     if local.is_dir():
         now = weights_fingerprint(local)
         if now != old.get("weights_fingerprint"):
