@@ -78,3 +78,51 @@ def test_a_named_model_is_reused_without_a_request(minilm_path, data, tmp_path, 
     assert main(argv) == 0
     assert "(reused)" in capsys.readouterr().out
     assert no_network == []
+
+
+# ---------------------------------------------------------------------------------------------
+# a newcomer's first commands
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from xlalign.cli import main\n"
+        "for argv in (['--help'], ['run', '--help'], ['neurons', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_a_misspelt_named_model_gets_the_close_match(tmp_path, capsys, problems):
+    data = problems.head(4).to_jsonl(tmp_path / "p.jsonl")
+    argv = ["extract", "--model", "qwen2.5-05b", "--data", str(data), "-o", str(tmp_path / "r")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "named models: qwen2.5-0.5b, gemma-3-270m, minilm (did you mean qwen2.5-0.5b?)" in err
+
+
+def test_pool_and_pools_are_one_option(tiny_models, problems, tmp_path):
+    data = problems.head(8).to_jsonl(tmp_path / "p.jsonl")
+    run = tmp_path / "r"
+    argv = ["extract", "--model", str(tiny_models["qwen2"]), "--data", str(data), "--sites",
+            "embed", "--pools", "last,mean", "-o", str(run), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    import xlalign
+
+    assert xlalign.load_run(run).pools == ("last", "mean")
+    out = tmp_path / "a"
+    argv = ["align", str(run), "--pool", "mean", "-o", str(out), "--n-boot", "0", "--no-progress"]
+    assert main(argv) == 0
+    import json
+
+    records = json.loads((out / "alignment.json").read_text())["records"]
+    assert {r["pool"] for r in records if r["site"] != "lexical"} == {"mean"}

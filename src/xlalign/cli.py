@@ -105,7 +105,9 @@ def extract_cmd(
     ] = "all",
     pool: Annotated[
         str,
-        typer.Option("--pool", help="last, mean, first, weighted, eos, tokens, comma-separated."),
+        typer.Option(
+            "--pool", "--pools", help="last, mean, first, weighted, eos, tokens, comma-separated."
+        ),
     ] = "last,mean",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per forward.")] = 32,
     dtype: Annotated[
@@ -278,7 +280,9 @@ def align_cmd(
     ] = 200,
     backend: Annotated[str, typer.Option("--backend", help=BACKEND_HELP)] = "auto",
     sites: Annotated[str | None, typer.Option("--sites", help="Sites (default: all).")] = None,
-    pools: Annotated[str | None, typer.Option("--pools", help="Pools (default: all).")] = None,
+    pools: Annotated[
+        str | None, typer.Option("--pools", "--pool", help="Pools (default: all).")
+    ] = None,
     langs: Annotated[str | None, typer.Option("--langs", help="Languages (default: all).")] = None,
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Folder for alignment.* (default: RUN).")
@@ -668,7 +672,9 @@ def compare_cmd(
         int, typer.Option("--n-perms", help="Row permutations of the CKA null (0: none).")
     ] = 100,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the CKA null.")] = 0,
-    pools: Annotated[str | None, typer.Option("--pools", help="Pools (default: shared).")] = None,
+    pools: Annotated[
+        str | None, typer.Option("--pools", "--pool", help="Pools (default: shared).")
+    ] = None,
     langs: Annotated[
         str | None, typer.Option("--langs", help="Languages (default: shared).")
     ] = None,

@@ -23,6 +23,18 @@ HUB_MISS_HINT = (
 )
 
 
+def miss_hint(model: str) -> str:
+    """:data:`HUB_MISS_HINT`, the named models, and the closest of them to a misspelt name."""
+    import difflib
+
+    from xlalign.models.named import NAMED_MODELS
+
+    names = list(NAMED_MODELS)
+    close = difflib.get_close_matches(model.lower(), names, n=1, cutoff=0.75)
+    hint = f"{HUB_MISS_HINT}; named models: {', '.join(names)}"
+    return hint + (f" (did you mean {close[0]}?)" if close else "")
+
+
 def _is_network_error(e: BaseException) -> bool:
     """Whether ``e`` says the Hub could not be reached (whichever HTTP library raised it)."""
     names = {"TransportError", "ConnectionError", "ConnectError", "Timeout", "TimeoutException",
@@ -56,7 +68,7 @@ def check_hub_reachable(model: str, revision: str | None = None, timeout_s: floa
     if constants.HF_HUB_OFFLINE:
         raise XlalignError(
             f"model '{model}' is not a local folder and not in the Hugging Face cache, and "
-            f"HF_HUB_OFFLINE is set, so the Hub is not asked: {HUB_MISS_HINT}"
+            f"HF_HUB_OFFLINE is set, so the Hub is not asked: {miss_hint(model)}"
         )
     try:
         HfApi().model_info(model, revision=revision, timeout=timeout_s)
@@ -66,14 +78,14 @@ def check_hub_reachable(model: str, revision: str | None = None, timeout_s: floa
         raise XlalignError(
             f"model '{model}' is not a local folder, and the Hub has no such model"
             f"{'' if revision is None else f' at revision {revision}'} ({first_line(e)}); "
-            f"{HUB_MISS_HINT}"
+            f"{miss_hint(model)}"
         ) from None
     except Exception as e:
         if _is_network_error(e):
             raise XlalignError(
                 f"model '{model}' is not a local folder and not in the Hugging Face cache, and "
                 f"the Hub ({constants.ENDPOINT}) cannot be reached ({first_line(e)}): "
-                f"{HUB_MISS_HINT}"
+                f"{miss_hint(model)}"
             ) from None
 
 
