@@ -98,38 +98,26 @@ def tiny_config(arch: str, tokenizer: Any, **overrides: Any) -> Any:
     vocab = len(tokenizer)
     pad = tokenizer.pad_token_id
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else pad
+    decoder: dict[str, Any] = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        bos_token_id=None,
+    )
     if arch in ("qwen2", "llama"):
         cls = Qwen2Config if arch == "qwen2" else LlamaConfig
-        kwargs: dict[str, Any] = dict(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            pad_token_id=pad,
-            eos_token_id=eos,
-            bos_token_id=None,
-            tie_word_embeddings=True,
-        )
+        kwargs: dict[str, Any] = dict(decoder, tie_word_embeddings=True)
     elif arch == "gemma3":  # not in TINY_ARCHS: the neuron study's tests build it themselves
         from transformers import Gemma3TextConfig
 
         cls = Gemma3TextConfig
-        kwargs = dict(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-            max_position_embeddings=256,
-            pad_token_id=pad,
-            eos_token_id=eos,
-            bos_token_id=None,
-        )
+        kwargs = dict(decoder, head_dim=8)
     elif arch == "gpt2":
         cls = GPT2Config
         kwargs = dict(

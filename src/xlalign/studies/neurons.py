@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from xlalign.capture.batching import (
+    Batch,
     forward_kwargs,
     forward_params,
     make_batch,
@@ -146,6 +147,14 @@ class ActivationCounts:
         )
 
 
+def _right_padded(loaded: LoadedModel, data: TokenData, rows: np.ndarray) -> Batch:
+    """``rows`` of ``data`` as one right-padded batch, positions following the mask."""
+    return make_batch(
+        data, rows, padding_side="right", pad_id=pad_id_of(loaded.tokenizer),
+        position_offset=loaded.adapter.position_offset, pad_position=loaded.adapter.pad_position,
+    )  # fmt: skip
+
+
 def real_token_mask(attention_mask: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
     """``(B, T)`` bool: positions that are real tokens and not special tokens."""
     return attention_mask.bool() & ~special.bool()
@@ -202,11 +211,7 @@ def count_activations(
                 data = tokens[lang]
                 for idx in plan_batches(data.lengths[chosen], batch_size):
                     batch_rows = chosen[idx]
-                    batch = make_batch(
-                        data, batch_rows, padding_side="right", pad_id=pad_id_of(loaded.tokenizer),
-                        position_offset=loaded.adapter.position_offset,
-                        pad_position=loaded.adapter.pad_position,
-                    )  # fmt: skip
+                    batch = _right_padded(loaded, data, batch_rows)
                     mask = real_token_mask(batch.attention_mask, batch.special)
                     groups = torch.from_numpy(group_of[batch_rows])
                     state.update(mask=mask.to(device), lang=k, groups=groups.to(device))
@@ -343,11 +348,7 @@ def token_nll(
     with torch.inference_mode():
         for idx in plan_batches(data.lengths[rows], batch_size):
             batch_rows = np.asarray(rows)[idx]
-            batch = make_batch(
-                data, batch_rows, padding_side="right", pad_id=pad_id_of(loaded.tokenizer),
-                position_offset=loaded.adapter.position_offset,
-                pad_position=loaded.adapter.pad_position,
-            )  # fmt: skip
+            batch = _right_padded(loaded, data, batch_rows)
             kwargs = forward_kwargs(loaded, batch, "right", params)
             logits = model(**kwargs).logits
             real = batch.attention_mask.bool().to(logits.device)
