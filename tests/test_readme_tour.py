@@ -91,3 +91,25 @@ def test_readme_tour_runs_as_printed(model_names, minilm_path, tmp_path, monkeyp
         for name in ("report.md", "origin.json", "alignment.json"):
             text = (run / name).read_text(encoding="utf-8")
             assert folder not in text and folder.replace("_", "\\_") not in text, name
+
+
+COMPARE_HEADING = "## Comparing models"
+
+
+@pytest.mark.slow
+@pytest.mark.minilm
+def test_readme_compare_block_runs_as_printed(minilm_path, tmp_path, monkeypatch, capsys):
+    text = README.read_text(encoding="utf-8")
+    assert COMPARE_HEADING in text
+    commands = tour_commands(TOUR_HEADING + text.split(COMPARE_HEADING, 1)[1])
+    assert [c[1] for c in commands] == ["demo", "compare"]
+    monkeypatch.chdir(tmp_path)
+    for argv in commands:
+        assert argv[0] == "xlalign"
+        args = argv[1:] + (["--no-progress"] if argv[1] == "demo" else [])
+        rc = main(args)
+        out = capsys.readouterr()
+        assert rc == 0, f"`{shlex.join(argv)}` failed:\n{out.err[-2000:]}"
+    doc = json.loads(Path("runs/cmp/compare.json").read_text())
+    assert [r["label"] for r in doc["runs"]] == ["trained", "random-init"]
+    assert Path("runs/cmp/report.html").exists()
