@@ -482,3 +482,19 @@ def test_run_has_the_neuron_stage_and_its_report_section(tiny_models, problems, 
     assert main(argv) == 0
     assert not (off / "neurons.json").exists()
     assert "neurons = false" in (off / "provenance.json").read_text()
+
+
+def test_chance_jaccard_is_the_overlap_of_random_sets():
+    from xlalign.studies.neurons import chance_jaccard
+
+    rng = np.random.default_rng(0)
+    n, a, b = 5000, 400, 300
+    draws = [
+        jaccard(
+            np.stack([np.zeros(a, int), rng.choice(n, a, replace=False)], axis=1),
+            np.stack([np.zeros(b, int), rng.choice(n, b, replace=False)], axis=1),
+        )
+        for _ in range(300)
+    ]
+    assert chance_jaccard(a, b, n) == pytest.approx(np.mean(draws), rel=0.05)
+    assert chance_jaccard(0, 0, n) is None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +249,7 @@ def neurons_stage(
         "model_key": run.manifest.get("model_key"),
         "corpus_fingerprint": run.manifest.get("corpus_fingerprint"),
         "languages": list(run.languages),
-        "settings": {**asdict(ncfg), "control_seeds": list(ncfg.control_seeds)},
+        "settings": ncfg.to_json(),
     }
     stored = run.path / NEURONS_FILE
     if stored.is_file():  # the same run and settings: no forward pass runs twice

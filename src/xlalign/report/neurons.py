@@ -23,6 +23,11 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return f"{float(v):.{digits}f}" if isinstance(v, (int, float)) else "undefined"
 
 
+def _jaccard(doc: Mapping[str, Any], lang: str) -> str:
+    st = (doc.get("stability") or {}).get(lang) or {}
+    return f"{_fmt(st.get('jaccard'), 2)} ({_fmt(st.get('jaccard_chance'), 3)})"
+
+
 def _delta(rec: Mapping[str, Any] | None) -> Mapping[str, Any]:
     d = (rec or {}).get("delta_nll")
     return d if isinstance(d, Mapping) else {}
@@ -135,7 +140,7 @@ def neurons_section(
                     "neurons",
                     "NLL change on own prompts",
                     "random control (max)",
-                    "halves' Jaccard",
+                    "halves' Jaccard (random sets)",
                     "verdict",
                 ],
                 [
@@ -146,10 +151,7 @@ def neurons_section(
                         f"[{_fmt((f.get('model') or {}).get('ci_low'))}, "
                         f"{_fmt((f.get('model') or {}).get('ci_high'))}]",
                         _fmt((f.get("control") or {}).get("value")),
-                        _fmt(
-                            ((doc.get("stability") or {}).get(f.get("lang")) or {}).get("jaccard"),
-                            2,
-                        ),
+                        _jaccard(doc, str(f.get("lang"))),
                         str(f.get("verdict")),
                     ]
                     for f in findings

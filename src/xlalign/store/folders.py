@@ -39,9 +39,10 @@ def prepare_folder(path: Path, overwrite: bool, *, check_only: bool = False) -> 
         state = "a complete" if _is_complete(path) else "an incomplete"
         hint = "" if _is_complete(path) else " or --resume to continue it"
         raise RunError(f"'{path}' already holds {state} run; pass --overwrite to replace it{hint}")
-    _refuse_foreign(path, "--overwrite")
-    if not check_only:
-        clear_folder(path)
+    if check_only:
+        _refuse_foreign(path, "--overwrite")
+    else:
+        clear_folder(path, "--overwrite")
 
 
 def _refuse_foreign(path: Path, what: str) -> None:
@@ -95,14 +96,14 @@ def _is_bookkeeping(name: str, is_dir: bool = False) -> bool:
     )
 
 
-def clear_folder(path: Path) -> None:
+def clear_folder(path: Path, what: str = "deleting it") -> None:
     """Delete what xlalign writes in the run folder ``path``, and nothing else.
 
     Refuses (:class:`RunError` naming them) while ``path`` holds anything xlalign never writes
     there, or while another process writes its control's folder; its lock file stays (held by
     this process meanwhile).
     """
-    _refuse_foreign(path, "deleting it")
+    _refuse_foreign(path, what)
     for entry in path.iterdir():
         is_dir = entry.is_dir() and not entry.is_symlink()
         if entry.name == LOCK_FILE or not (

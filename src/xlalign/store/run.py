@@ -17,6 +17,7 @@ import numpy as np
 
 from xlalign.errors import RunError
 from xlalign.store.files import (
+    CONTROL_DIR,
     FORMAT_VERSION,
     MANIFEST,
     META,
@@ -414,3 +415,14 @@ def check_control(run: Run, control: Run) -> None:
             + "; ".join(diffs)
             + f" (delete {control.path} and run the study again to rebuild it)"
         )
+
+
+def load_control(run: Run) -> Run | None:
+    """The random-weights control in ``run/control-random-init``, checked to belong to ``run``
+    (:func:`check_control`); None where the run has none."""
+    folder = run.path / CONTROL_DIR
+    if not (folder / MANIFEST).exists():
+        return None
+    control = load_run(folder)
+    check_control(run, control)
+    return control

@@ -40,13 +40,12 @@ from xlalign.metrics.duplicates import IdenticalGroups, identical_groups
 from xlalign.store.files import (
     CONTROL_DIR,
     CORPUS_FILE,
-    MANIFEST,
     TOKEN_POOL,
     atomic_write_json,
     read_json,
 )
 from xlalign.store.lock import LOCK_FILE, folder_lock
-from xlalign.store.run import Run, check_control, load_run
+from xlalign.store.run import Run, load_control, load_run
 from xlalign.store.sites import EMBED, FINAL
 from xlalign.studies.findings import FINDING_METRICS, small_sample_warning, verdict
 from xlalign.studies.layers import SweepConfig, layer_sweep
@@ -152,16 +151,6 @@ class _RowView(Run):
 
     def array(self, lang: str, site: str, pool: str, *, mmap: bool = True) -> np.ndarray:
         return np.asarray(self._base.array(lang, site, pool))[self._rows]
-
-
-def _control_of(run: Run) -> Run | None:
-    """The run's random-weights control, checked to belong to it (an error names what differs)."""
-    folder = run.path / CONTROL_DIR
-    if not (folder / MANIFEST).exists():
-        return None
-    control = load_run(folder)
-    check_control(run, control)
-    return control
 
 
 def _labels(
@@ -703,7 +692,7 @@ def _compare(
     opened = [load_run(p) for p in given]
     names = _labels(given, labels, opened)
     models = [
-        _Model(label=lab, given=g, run=r, control=_control_of(r))
+        _Model(label=lab, given=g, run=r, control=load_control(r))
         for lab, g, r in zip(names, given, opened, strict=True)
     ]
     langs = _common("language", cfg.langs, [m.run.languages for m in models], given)

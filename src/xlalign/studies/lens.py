@@ -44,7 +44,7 @@ from xlalign.errors import RunError, XlalignError
 from xlalign.models.loading import LensModules, lens_modules, load_model
 from xlalign.store.files import CONTROL_DIR, MANIFEST, atomic_write_json
 from xlalign.store.lock import folder_lock
-from xlalign.store.run import Run, check_control, load_run
+from xlalign.store.run import Run, load_control, load_run
 from xlalign.store.sites import FINAL
 
 LENS_FILE = "lens.json"
@@ -583,8 +583,8 @@ def run_lens(
         control_path = run.path / CONTROL_DIR
         if control and (control_path / MANIFEST).exists():
             with folder_lock(control_path, "xlalign lens"):
-                control_run = load_run(control_path)
-                check_control(run, control_run)  # a control of another study: refused, named
+                control_run = load_control(run)  # a control of another study: refused, named
+                assert control_run is not None
                 control_doc = lens_study(control_run, config, progress=progress)
                 write_lens(control_doc, control_run.path)
             doc["control"] = control_reference(control_doc)

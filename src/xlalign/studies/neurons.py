@@ -126,6 +126,10 @@ class NeuronsConfig:
         if self.ablate and not self.control_seeds:
             raise XlalignError("the ablation needs at least one control seed (--control-seeds)")
 
+    def to_json(self) -> dict[str, Any]:
+        """The settings as ``neurons.json`` records them (and as reuse compares them)."""
+        return {**asdict(self), "control_seeds": list(self.control_seeds)}
+
 
 # ---------------------------------------------------------------------------------------------
 # counting
@@ -298,6 +302,16 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float | None:
     sb = {tuple(r) for r in np.asarray(b).tolist()}
     union = sa | sb
     return len(sa & sb) / len(union) if union else None
+
+
+def chance_jaccard(a: int, b: int, n: int) -> float | None:
+    """The Jaccard overlap two random sets of ``a`` and ``b`` of ``n`` neurons have, to first
+    order: the expected intersection ``a b / n`` over the union it leaves (None when both are
+    empty). The baseline beside the halves' overlap."""
+    if a + b == 0:
+        return None
+    inter = a * b / n
+    return inter / (a + b - inter)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,6 +503,9 @@ def neuron_study(
     stability = {
         lang: {
             "jaccard": jaccard(sel_a.members[lang], sel_b.members[lang]),
+            "jaccard_chance": chance_jaccard(
+                len(sel_a.members[lang]), len(sel_b.members[lang]), n_layers * n_neurons
+            ),
             "n_half_a": len(sel_a.members[lang]),
             "n_half_b": len(sel_b.members[lang]),
         }
@@ -525,7 +542,7 @@ def neuron_study(
         "n_layers": n_layers,
         "n_neurons": n_neurons,
         "activation": {"module": acts.path, "gated": acts.gated},
-        "settings": {**asdict(cfg), "control_seeds": list(cfg.control_seeds)},
+        "settings": cfg.to_json(),
         "rows": {
             "selection": len(half_a) + len(half_b),
             "half_a": len(half_a),
@@ -720,10 +737,12 @@ def summary_lines(doc: Mapping[str, Any]) -> list[str]:
     stab = doc.get("stability") or {}
     for lang in doc.get("languages") or []:
         j = (stab.get(lang) or {}).get("jaccard")
+        chance = (stab.get(lang) or {}).get("jaccard_chance")
         lines.append(
             f"  {lang}: {(doc.get('selected') or {}).get(lang, 0)} neurons; halves' Jaccard "
-            f"{_f(j) if j is not None else 'undefined (both empty)'}"
-        )
+            + (f"{_f(j)} (random sets of these sizes: {_f(chance)})" if j is not None
+               else "undefined (both empty)")
+        )  # fmt: skip
     lines += [f"  {f['statement']}" for f in doc.get("findings") or []]
     lines += [f"warning: {w}" for w in doc.get("warnings") or []]
     return lines
