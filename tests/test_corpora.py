@@ -25,6 +25,17 @@ def _raw() -> list[dict]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _untranslated(record: dict) -> bool:
+    """The package's stand-ins for a missing English translation, as seen in its data:
+    'placeholder' (65), 'placeholder-p1' ... 'placeholder-p14', 'placeholder-q1' and 'PH' (2)."""
+    en = record["translation"]["en"].strip().lower()
+    return en == "ph" or en.startswith("placeholder")
+
+
+def _translated() -> list[dict]:
+    return [r for r in _raw() if not _untranslated(r)]
+
+
 @needs_hsk
 def test_hsk_records_are_the_packaged_json():
     from xlalign.data.corpora import hsk_records
@@ -39,9 +50,15 @@ def test_hsk_records_are_the_packaged_json():
 def test_hsk_corpus_pairs_chinese_with_english_and_keeps_metadata():
     from xlalign.data.corpora import hsk
 
-    raw = {r["id"]: r for r in _raw()}
+    raw = {r["id"]: r for r in _translated()}
     corpus = hsk()
-    assert corpus.languages == ("zh", "en") and len(corpus) == len(raw)
+    assert corpus.languages == ("zh", "en") and len(corpus) == len(raw) == 4272
+    # the 82 untranslated rows are dropped, listed with their ids, and counted in the source
+    dropped = [r["id"] for r in _raw() if _untranslated(r)]
+    assert len(dropped) == 82 and [s.id for s in corpus.skipped] == dropped
+    assert not set(dropped) & set(corpus.ids)
+    assert "82 untranslated rows dropped" in corpus.source
+    assert all("placeholder" in s.reason for s in corpus.skipped)
     for i in (0, 1000, len(corpus) - 1):
         r = raw[corpus.ids[i]]
         assert corpus.texts["zh"][i] == r["chinese"]
@@ -54,7 +71,7 @@ def test_hsk_corpus_pairs_chinese_with_english_and_keeps_metadata():
 def test_hsk_sample_is_stratified_by_level_and_seeded():
     from xlalign.data.corpora import hsk
 
-    full = Counter(r["hsk_level"] for r in _raw())
+    full = Counter(r["hsk_level"] for r in _translated())
     sample = hsk(n=500, seed=3)
     assert len(sample) == 500 and len(set(sample.ids)) == 500
     got = Counter(sample.meta["hsk_level"])
@@ -72,7 +89,7 @@ def test_hsk_bad_arguments_are_clear():
 
     with pytest.raises(CorpusError, match="HSK levels are 1 to 6, got 7"):
         hsk(levels=[7])
-    with pytest.raises(CorpusError, match="asked for 5000 HSK pairs, there are 4354"):
+    with pytest.raises(CorpusError, match="asked for 5000 HSK pairs, there are 4272"):
         hsk(n=5000)
 
 

@@ -316,8 +316,12 @@ def test_one_massive_dimension_is_flagged_and_standardizing_removes_it(massive_r
     from xlalign.studies.findings import findings_for_sweep
 
     doc = findings_for_sweep(run, raw["massive"], None, cfg)
-    warn = [w for w in doc["warnings"] if w.startswith("embed, mean pool: one dimension")]
-    assert warn and "dim 3" in warn[0] and "standardized" in warn[0]
+    warn = [w for w in doc["warnings"] if w.startswith("mean pool, embed")]
+    assert warn and "one dimension" in warn[0] and "dim 3" in warn[0]
+    # a finding at that site names the dimension and its standardized value
+    at_embed = [f for f in doc["findings"] if f["site"] == "embed" and f["pool"] == "mean"]
+    for f in at_embed:
+        assert f["dominated"]["languages"]["zh"]["dim"] == 3
     (entry,) = [d for d in doc["dominance"] if d["site"] == "embed"]
     z_entry = next(e for e in entry["values"] if e["metric"] == "z")
     assert z_entry["raw"] == val(raw["massive"], "z")
@@ -443,7 +447,7 @@ def test_a_z_interval_that_excludes_its_value_is_named() -> None:
         "records": [{**rec, "metric": "z", "value": point, "ci_low": ci.low, "ci_high": ci.high}],
     }
     doc = build_findings(alignment)
-    named = [w for w in doc["warnings"] if "lies below the value" in w]
+    named = [w for w in doc["warnings"] if "lies below its value" in w]
     assert len(named) == 1 and "z at L0" in named[0] and "join the null" in named[0]
     # an interval that holds its value gets no such warning
     inside = {**alignment, "records": [{**alignment["records"][0], "ci_high": point + 1}]}
@@ -460,7 +464,7 @@ def test_a_cka_interval_above_its_value_is_named_with_its_own_reason() -> None:
         # the values seen on the real Qwen2.5-0.5B (docs/metrics.md)
         "records": [{**rec, "metric": "cka", "value": 0.981, "ci_low": 0.986, "ci_high": 0.990}],
     }
-    (named,) = [w for w in build_findings(alignment)["warnings"] if "lies above the value" in w]
+    (named,) = [w for w in build_findings(alignment)["warnings"] if "lies above its value" in w]
     assert "CKA at L1" in named and "raise the resampled CKA" in named
 
 
@@ -488,7 +492,8 @@ def test_identical_vectors_are_counted_named_and_marked(study):
     named = {(e["site"], e["pool"]) for e in doc["identical_vectors"]}
     assert named == flagged
     for site, pool in flagged:
-        assert any(w.startswith(f"{site}, {pool} pool: many prompts share one vector")
+        assert any(w.startswith(f"{pool} pool, ") and site in w.split(":")[0]
+                   and "many prompts share one vector" in w
                    for w in doc["warnings"])  # fmt: skip
     sites = model["sites"]
     for f in doc["findings"]:
@@ -647,13 +652,31 @@ def test_outside_interval_warns_for_each_value_outside_its_closed_interval():
     ]
     assert _outside_interval(quiet) == []
     assert _outside_interval(quiet + loud) == [
-        "zh/en, mean pool, z at L2: the bootstrap interval [1, 3] lies below the value 5 "
-        "(pairs drawn twice join the null and lower the resampled z)" + tail,
-        "zh/en, last pool, CKA at L3: the bootstrap interval [0.75, 0.875] lies above the "
-        "value 0.5 (rows drawn twice weigh twice in both Gram matrices and raise the "
+        "zh/en, mean pool, z at L2: the model's bootstrap interval [1, 3] lies below its value "
+        "5 (pairs drawn twice join the null and lower the resampled z)" + tail,
+        "zh/en, last pool, CKA at L3: the model's bootstrap interval [0.75, 0.875] lies above "
+        "its value 0.5 (rows drawn twice weigh twice in both Gram matrices and raise the "
         "resampled CKA)" + tail,
-        "de/fr, mean pool, P@1 x->y at embed: the bootstrap interval [0.5, 0.75] lies above "
-        "the value 0.25 (the resampled statistic is biased)" + tail,
+        "de/fr, mean pool, P@1 x->y at embed: the model's bootstrap interval [0.5, 0.75] lies "
+        "above its value 0.25 (the resampled statistic is biased)" + tail,
+    ]
+    # the control's and the lexical baseline's values are checked the same way; the lexical
+    # baseline (the same under every pool) is named once
+    inside = {"value": 2.0, "ci_low": 1.0, "ci_high": 3.0}
+    ctl = {**_finding("cka", 0.5, 0.4, 0.6, site="L0"), "control": {"value": 0.318,
+           "ci_low": 0.409, "ci_high": 0.481}, "lexical": inside}  # fmt: skip
+    lex = [
+        {**_finding("z", 2.0, 1.0, 3.0, pool=pool), "control": inside,
+         "lexical": {"value": 19.86, "ci_low": 16.98, "ci_high": 19.59}}
+        for pool in ("mean", "last")
+    ]  # fmt: skip
+    assert _outside_interval([ctl, *lex]) == [
+        "zh/en, mean pool, CKA at L0: the control's bootstrap interval [0.409, 0.481] lies "
+        "above its value 0.318 (rows drawn twice weigh twice in both Gram matrices and raise "
+        "the resampled CKA)" + tail,
+        "zh/en, z of the lexical baseline: the lexical baseline's bootstrap interval [16.98, "
+        "19.59] lies below its value 19.86 (pairs drawn twice join the null and lower the "
+        "resampled z)" + tail,
     ]
 
 
@@ -705,3 +728,11 @@ def test_identical_vectors_and_the_sites_findings_pass_over():
                                                            "beyond-control")  # fmt: skip
     assert doc["headline"].startswith("zh/en: no z survives its controls")
     assert "(identical vectors: shared tokens)" in doc["headline"]
+    # three flagged sites make one warning, the sites as a range
+    grouped = [w for w in doc["warnings"] if "many prompts share one vector" in w]
+    assert grouped == [
+        "last pool, embed-L1: many prompts share one vector (zh: 2 distinct, up to 150 rows "
+        "share one): they share the token pooled there, so the metrics at these sites mostly "
+        "measure which prompts share it, not what the model computed; findings skip these "
+        "sites for these languages"
+    ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -165,10 +167,9 @@ def extract_cmd(
     ] = "exact",
 ) -> None:
     """Capture hidden states of every prompt at the chosen sites into a run folder."""
-    import warnings
 
     from xlalign.capture.distributed import launch_env, parse_max_memory
-    from xlalign.capture.engine import ZeroNormWarning, extract
+    from xlalign.capture.engine import extract
     from xlalign.models.loading import ModelOptions
     from xlalign.pipeline.config import study_corpus
     from xlalign.store.sites import describe_sites
@@ -178,25 +179,17 @@ def extract_cmd(
     if control_seed is not None and control is None:
         raise XlalignError("--control-seed needs --control random-init")
     seed = (0 if control_seed is None else control_seed) if control == "random-init" else None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        options = ModelOptions(
-            dtype=dtype, device=device, device_map=device_map,
-            max_memory=parse_max_memory(max_memory), offload_folder=offload_folder,
-            revision=revision, trust_remote_code=trust_remote_code, random_init_seed=seed,
-        )  # fmt: skip
-        corpus = study_corpus(str(data), None, 0, _csv_list(langs) if langs else None)
-        run = extract(
-            model, corpus, langs, sites=sites, pools=pool, batch_size=batch_size, output=output,
-            resume=resume, overwrite=overwrite, padding_side=padding_side, options=options,
-            progress=progress, shard_by=shard_by, compat=compat,
-        )  # fmt: skip
-    for w in caught:
-        if issubclass(w.category, ZeroNormWarning):
-            print(f"xlalign: warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-
+    options = ModelOptions(
+        dtype=dtype, device=device, device_map=device_map,
+        max_memory=parse_max_memory(max_memory), offload_folder=offload_folder,
+        revision=revision, trust_remote_code=trust_remote_code, random_init_seed=seed,
+    )  # fmt: skip
+    corpus = study_corpus(str(data), None, 0, _csv_list(langs) if langs else None)
+    run = extract(
+        model, corpus, langs, sites=sites, pools=pool, batch_size=batch_size, output=output,
+        resume=resume, overwrite=overwrite, padding_side=padding_side, options=options,
+        progress=progress, shard_by=shard_by, compat=compat,
+    )  # fmt: skip
     if not launch_env().is_main:
         return  # one summary line per launch, from rank 0
     t = run.manifest.get("timings", {})
@@ -726,10 +719,33 @@ def cli_reference() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+@contextmanager
+def _plain_warnings() -> Iterator[None]:
+    """Print xlalign's own warnings (:class:`~xlalign.errors.XlalignWarning`: the user's data or
+    run) as one ``xlalign: warning:`` line each, every time, with no source line."""
+    import warnings
+
+    from xlalign.errors import XlalignWarning
+
+    shown = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, XlalignWarning):
+            print(f"xlalign: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", XlalignWarning)
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 a user error, 1 anything else)."""
     try:
-        app(args=argv, prog_name="xlalign")
+        with _plain_warnings():
+            app(args=argv, prog_name="xlalign")
     except SystemExit as e:  # typer exits on --help and on usage errors (already printed)
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if code == 130:  # typer turns Ctrl-C into a silent exit 130 before the handler below

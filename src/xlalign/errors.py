@@ -17,3 +17,8 @@ class CorpusError(XlalignError):
 
 class RunError(XlalignError):
     """A run folder is missing something a study needs, or cannot be written."""
+
+
+class XlalignWarning(UserWarning):
+    """Something in the user's data or run that a result depends on; the CLI prints it as one
+    ``xlalign: warning:`` line."""

@@ -60,7 +60,8 @@ from xlalign.capture.writer import (
     run_is_complete,
 )
 from xlalign.data.corpus import ParallelCorpus, load_corpus
-from xlalign.errors import XlalignError
+from xlalign.data.quality import CorpusQualityWarning, check_corpus
+from xlalign.errors import XlalignError, XlalignWarning
 from xlalign.models.loading import LoadedModel, ModelOptions, load_model
 from xlalign.store import lock
 from xlalign.store.files import (
@@ -77,7 +78,7 @@ from xlalign.store.space import DISK_FULL_ERRNOS, disk_full_error
 from xlalign.store.writer import RunWriter, TokenData, rank_sessions
 
 
-class ZeroNormWarning(UserWarning):
+class ZeroNormWarning(XlalignWarning):
     """Some captured vectors have norm 0 (listed in the manifest); cosines with them are undefined."""
 
 
@@ -139,6 +140,9 @@ def extract(
         lang_list = list(corpus.languages)
     for lang in lang_list:
         corpus.text(lang)  # a clear error naming the languages the corpus has
+    if env.is_main:  # rows that are not translations, named before any time is spent
+        for line in check_corpus(corpus.select(lang_list)).warnings():
+            warnings.warn(CorpusQualityWarning(line), stacklevel=2)
     pool_list = parse_pools(config.pools)
 
     # One writer per folder: rank 0 holds the lock for its whole launch (the other ranks write

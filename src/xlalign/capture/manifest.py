@@ -13,6 +13,7 @@ import torch
 from xlalign.capture.batching import pad_id_of
 from xlalign.capture.config import ExtractConfig
 from xlalign.data.corpus import ParallelCorpus
+from xlalign.data.quality import check_corpus
 from xlalign.models.device import device_map_summary, dtype_name
 from xlalign.models.fingerprints import state_dict_fingerprint, tokenizer_fingerprint
 from xlalign.models.loading import LoadedModel
@@ -158,6 +159,8 @@ def build_manifest(
         "meta_columns": list(corpus.meta),
         "corpus_source": corpus.source,
         "corpus_fingerprint": corpus.fingerprint(),
+        # rows that are not translations (placeholders, copies, wrong script...), by id
+        "corpus_quality": check_corpus(corpus.select(langs)).to_json(),
         "padding_side": config.padding_side,
         "batch_size": config.batch_size,
         "n_batches": {lang: len(b) for lang, b in batches.items()},

@@ -6,7 +6,8 @@ the run's provenance and the report.
 
 - ``problems``: the study's 200 templated zh/en arithmetic problems
   (:func:`xlalign.data.problems.generate_problems`), metadata ``category``.
-- ``hsk``: 4,354 graded Chinese sentences with English translations from the PyPI package
+- ``hsk``: 4,272 graded Chinese sentences (of the package's 4,354; 82 untranslated ones are
+  dropped) with English translations from the PyPI package
   ``hsk-sentences-audio`` 1.0.0 (``pip install 'xlalign[hsk]'``), metadata ``hsk_level``
   (1-6) and ``topic``. Data CC-BY-SA-4.0, by the hsk-sentences-audio contributors
   (https://github.com/no7z/hsk-sentences-audio); attribute them when you redistribute it.
@@ -25,8 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from xlalign.data.corpus import ParallelCorpus
+from xlalign.data.corpus import ParallelCorpus, SkippedRow
 from xlalign.data.problems import generate_problems
+from xlalign.data.quality import is_placeholder
 from xlalign.data.tokens import is_cjk
 from xlalign.errors import CorpusError, XlalignError
 
@@ -93,7 +95,10 @@ def hsk(
 
     ``levels`` keeps only those HSK levels (1-6). ``n`` draws that many pairs at random
     (``random.Random(seed)``), stratified by level so every kept level appears in proportion;
-    the rows are then in the package's order. Records without English text are skipped.
+    the rows are then in the package's order. Records without English text are skipped, and
+    so are the 82 whose English is a placeholder (``placeholder``, ``placeholder-p5``, ``PH``:
+    untranslated, see :mod:`xlalign.data.quality`); those are listed in the corpus's
+    ``skipped`` and counted in its ``source``, before any level filter or sample.
     """
     records = hsk_records()
     if levels is not None:
@@ -103,6 +108,8 @@ def hsk(
         wanted = set(levels)
         records = [r for r in records if r.get("hsk_level") in wanted]
     records = [r for r in records if r.get("chinese") and (r.get("translation") or {}).get("en")]
+    dropped = [r for r in records if is_placeholder(str(r["translation"]["en"]))]
+    records = [r for r in records if not is_placeholder(str(r["translation"]["en"]))]
     if n is not None:
         if n < 1:
             raise CorpusError(f"n must be at least 1, got {n}")
@@ -110,6 +117,8 @@ def hsk(
             raise CorpusError(f"asked for {n} HSK pairs, there are {len(records)}")
         records = _stratified_sample(records, n, seed)
     source = "hsk-sentences-audio 1.0.0"
+    if dropped:
+        source += f" ({len(dropped)} untranslated rows dropped)"
     if levels is not None:
         source += f" levels {','.join(map(str, sorted(set(levels))))}"
     if n is not None:
@@ -125,6 +134,14 @@ def hsk(
             "topic": tuple(str(r.get("topic")) for r in records),
         },
         source=source,
+        skipped=tuple(
+            SkippedRow(
+                str(r["id"]),
+                "hsk_sentences_audio/data/sentences.json",
+                f"untranslated: the English text is a placeholder ({r['translation']['en']!r})",
+            )
+            for r in dropped
+        ),
     )
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from xlalign.data.corpus import ParallelCorpus, load_corpus
+from xlalign.data.quality import CorpusQualityWarning
 from xlalign.errors import RunError, XlalignError
 from xlalign.models.hub import hub_commit
 from xlalign.models.loading import ModelOptions, resolve_source
@@ -101,11 +103,13 @@ def ensure_control(
     opts = (options or ModelOptions()).replace(
         random_init_seed=seed, dtype=m.get("dtype") or None, revision=m.get("revision")
     )
-    control, state = ensure_run(
-        str(m["model"]), corpus, folder, langs=list(run.languages),
-        sites=sites or ",".join(run.sites), batch_size=batch_size, options=opts,
-        progress=progress, compat=str(m.get("compat") or "exact"),
-    )  # fmt: skip
+    with warnings.catch_warnings():  # the run's own extraction named the corpus's problems
+        warnings.simplefilter("ignore", CorpusQualityWarning)
+        control, state = ensure_run(
+            str(m["model"]), corpus, folder, langs=list(run.languages),
+            sites=sites or ",".join(run.sites), batch_size=batch_size, options=opts,
+            progress=progress, compat=str(m.get("compat") or "exact"),
+        )  # fmt: skip
     check_control(run, control)
     if "control_of" not in control.manifest:
         with folder_lock(folder, "xlalign (recording the control's run)"):

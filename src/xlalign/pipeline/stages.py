@@ -82,7 +82,9 @@ def _run_align(
             for name, p in write_alignment(control_alignment, ctl_out).items():
                 paths[f"control_{name}"] = p
     stratify = "category" if config.stratify is None and "category" in loaded.meta else None
-    findings = findings_for_sweep(loaded, result, control_alignment, config, stratify=stratify)
+    findings = findings_for_sweep(
+        loaded, result, control_alignment, config, stratify=stratify, control=control
+    )
     if note:
         findings["warnings"].append(note)
     paths["findings"] = write_findings(findings, out)
@@ -204,6 +206,7 @@ def study_findings(
     origin: Mapping[str, Any] | None,
     sweep_cfg: SweepConfig,
     label: str | None = None,
+    control: Run | None = None,
 ) -> dict[str, Any]:
     """The study's ``findings.json``: the sweep's findings, plus the origin study's cautions."""
     from xlalign.studies.findings import findings_for_sweep
@@ -211,7 +214,7 @@ def study_findings(
     stratify = "category" if sweep_cfg.stratify is None and "category" in run.meta else None
     findings = findings_for_sweep(
         run, alignment, control_alignment, sweep_cfg, label=label or run.manifest.get("model"),
-        stratify=stratify,
+        stratify=stratify, control=control,
     )  # fmt: skip
     unk = ((origin or {}).get("tokenizer") or {}).get("unk_rate") or {}
     for lang, rate in unk.items():

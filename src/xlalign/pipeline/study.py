@@ -124,7 +124,9 @@ def _run_study(
         clock.notes["neurons"] = neurons_note
         if neurons is not None:
             paths["neurons"] = out / "neurons.json"
-    findings = study_findings(run, alignment, control_alignment, origin, sweep_cfg, cfg.label)
+    findings = study_findings(
+        run, alignment, control_alignment, origin, sweep_cfg, cfg.label, control
+    )
     paths["findings"] = write_findings(findings, out)
     findings = read_json(paths["findings"])  # the summary and report read the file alone
     summary = summary_lines(findings)

@@ -32,7 +32,7 @@ import numpy as np
 
 from xlalign.errors import XlalignError
 from xlalign.store.files import atomic_write_json
-from xlalign.store.run import Run
+from xlalign.store.run import Run, load_run
 from xlalign.studies.layers import (
     LEXICAL_SITE,
     STUDY_PRODUCTS,
@@ -51,6 +51,8 @@ VERDICTS = (
 )
 #: The metrics a finding is made for (all: higher is more aligned).
 FINDING_METRICS = ("z", "p1_xy", "p1_yx", "cka")
+#: Above this many pairs the influential-pairs check is skipped (it holds n x n matrices).
+INFLUENCE_MAX_N = 4096
 #: Under this many pairs the summary and report say the numbers are not reliable.
 SMALL_SAMPLE = 30
 FINDINGS_FILE = "findings.json"
@@ -140,18 +142,27 @@ def _outside_interval(findings: Sequence[Mapping[str, Any]]) -> list[str]:
     }
     out = []
     for f in findings:
-        m = f["model"]
-        lo, hi, v = m.get("ci_low"), m.get("ci_high"), m.get("value")
-        if v is None or lo is None or hi is None or lo <= v <= hi:
-            continue
-        x, y = f["pair"]
-        side = "below" if hi < v else "above"
-        reason = why.get(f["metric"], "the resampled statistic is biased")
-        out.append(
-            f"{x}/{y}, {f['pool']} pool, {_LABELS[f['metric']]} at {f['site']}: the bootstrap "
-            f"interval [{lo:.4g}, {hi:.4g}] lies {side} the value {v:.4g} ({reason}); it is "
-            "not a band around the value, and the verdict compares intervals biased alike"
-        )
+        for role, whose in (("model", "the model's"), ("control", "the control's"),
+                            ("lexical", "the lexical baseline's")):  # fmt: skip
+            m = f.get(role) or {}
+            lo, hi, v = m.get("ci_low"), m.get("ci_high"), m.get("value")
+            if v is None or lo is None or hi is None or lo <= v <= hi:
+                continue
+            x, y = f["pair"]
+            side = "below" if hi < v else "above"
+            reason = why.get(f["metric"], "the resampled statistic is biased")
+            where = (
+                f"{f['pool']} pool, {_LABELS[f['metric']]} at {f['site']}"
+                if role != "lexical"  # the lexical baseline is the same under every pool
+                else f"{_LABELS[f['metric']]} of the lexical baseline"
+            )
+            line = (
+                f"{x}/{y}, {where}: {whose} bootstrap interval [{lo:.4g}, {hi:.4g}] lies {side} "
+                f"its value {v:.4g} ({reason}); it is not a band around the value, and the "
+                "verdict compares intervals biased alike"
+            )
+            if line not in out:
+                out.append(line)
     return out
 
 
@@ -215,7 +226,16 @@ def build_findings(
                 control = _value(control_idx.get((x, y, pool, site, metric)))
                 lex_rec = model_idx.get((x, y, pool, LEXICAL_SITE, metric))
                 lexical = _value(lex_rec)
-                if lex_rec is not None and lexical is None:
+                if lex_rec is not None and (lex_rec.get("detail") or {}).get("shared_tokens") == 0:
+                    lexical = {**(lexical or _NO_VALUE), "no_shared_tokens": True}
+                    msg = (
+                        f"{x}/{y}: the two languages share no token (special tokens aside): the "
+                        "lexical baseline gives no alignment (its z is undefined: every lexical "
+                        "cosine between them is 0)"
+                    )
+                    if msg not in warnings:
+                        warnings.append(msg)
+                elif lex_rec is not None and lexical is None:
                     why = lex_rec.get("undefined_reason") or "undefined"
                     msg = f"{x}/{y}: the lexical baseline's {_LABELS[metric]} is undefined ({why})"
                     if msg not in warnings:
@@ -257,9 +277,13 @@ def build_findings(
         warnings.append(str(alignment["ci_skipped"]) + "; verdicts compare point values")
     elif not alignment.get("n_boot"):
         warnings.append("no confidence intervals (--n-boot 0): verdicts compare point values")
+    quality = alignment.get("corpus_quality") or {}
+    warnings += [_quality_warning(issue, quality) for issue in quality.get("issues") or []]
     dominance = _dominance(alignment, variant)
-    warnings += [d["warning"] for d in dominance]
-    warnings += [d["warning"] for d in identical]
+    _mark_dominated(findings, dominance)
+    warnings += _grouped_dominance(dominance, sites)
+    warnings += _grouped_identical(identical, sites)
+    warnings += _negative_z_with_retrieval(alignment, sites)
     if control_alignment is None:
         warnings.append("no random-weights control: no finding can be beyond-control")
     study = {
@@ -277,11 +301,22 @@ def build_findings(
         "study": study,
         "dominance": dominance,
         "identical_vectors": identical,
+        "corpus_quality": alignment.get("corpus_quality"),
         "verdict_rule": (
             "beyond-control: the model's interval lies above the control's and the lexical "
             "baseline's at the model's best site; see docs/report.md"
         ),
     }
+
+
+def _quality_warning(issue: Mapping[str, Any], quality: Mapping[str, Any]) -> str:
+    """A corpus quality issue (:mod:`xlalign.data.quality`) as one warning line."""
+    ids = list(issue.get("ids") or [])
+    more = f" and {len(ids) - 10} more" if len(ids) > 10 else ""
+    return (
+        f"corpus {quality.get('source') or ''}: {issue.get('count', len(ids))} row(s) "
+        f"{issue.get('detail')} (ids {', '.join(ids[:10])}{more}); every number includes them"
+    )
 
 
 def _largest_gain(
@@ -348,6 +383,154 @@ def _dominance(
     return out
 
 
+_NO_VALUE: dict[str, Any] = {"value": None, "ci_low": None, "ci_high": None}
+
+
+def site_ranges(chosen: Sequence[str], order: Sequence[str]) -> str:
+    """``chosen`` sites as runs of consecutive sites in ``order``: ``"embed-L2, L5, L9-L11"``."""
+    pos = sorted({order.index(s) for s in chosen if s in order})
+    extra = [s for s in chosen if s not in order]
+    runs: list[str] = []
+    start = prev = None
+    for p in [*pos, None]:
+        if p is not None and prev is not None and p == prev + 1:
+            prev = p
+            continue
+        if start is not None and prev is not None:
+            runs.append(order[start] if start == prev else f"{order[start]}-{order[prev]}")
+        start = prev = p
+    return ", ".join([*runs, *extra])
+
+
+def _span(values: Sequence[float], pct: bool = True) -> str:
+    lo, hi = min(values), max(values)
+    f = (lambda v: f"{v:.0%}") if pct else (lambda v: f"{v:g}")
+    return f(lo) if f(lo) == f(hi) else f"{f(lo)}-{f(hi)}"
+
+
+def _mark_dominated(
+    findings: Sequence[dict[str, Any]], dominance: Sequence[Mapping[str, Any]]
+) -> None:
+    """Give each finding at a site where one dimension dominates ``dominated``: the dimension
+    and share per language, and the metric's raw and standardized values there."""
+    by_site = {(d["site"], d["pool"]): d for d in dominance}
+    for f in findings:
+        d = by_site.get((f["site"], f["pool"]))
+        if d is None:
+            f.setdefault("dominated", None)
+            continue
+        value: Mapping[str, Any] = next(
+            (v for v in d.get("values") or []
+             if v["pair"] == list(f["pair"]) and v["metric"] == f["metric"]),
+            {},
+        )  # fmt: skip
+        f["dominated"] = {
+            "languages": {
+                r["lang"]: {"dim": r["top_dims"][0], "share": r["share"]} for r in d["languages"]
+            },
+            "raw": value.get("raw"),
+            "standardized": value.get("standardized"),
+        }
+
+
+def _grouped_dominance(dominance: Sequence[Mapping[str, Any]], order: Sequence[str]) -> list[str]:
+    """One warning per pool for the sites where one dimension dominates, sites as ranges (each
+    site's shares and raw/standardized values stay in ``dominance``)."""
+    by_pool: dict[str, list[Mapping[str, Any]]] = {}
+    for d in dominance:
+        by_pool.setdefault(d["pool"], []).append(d)
+    out = []
+    for pool, entries in by_pool.items():
+        dims: dict[tuple[str, int], list[float]] = {}
+        for d in entries:
+            for r in d["languages"]:
+                dims.setdefault((r["lang"], int(r["top_dims"][0])), []).append(float(r["share"]))
+        held = ", ".join(
+            f"{lang} dim {dim} holds {_span(shares)} at {len(shares)} site(s)"
+            for (lang, dim), shares in dims.items()
+        )
+        sites = [d["site"] for d in entries]
+        out.append(
+            f"{pool} pool, {site_ranges(sites, order)} ({len(sites)} of {len(order)} sites): one "
+            f"dimension holds over half the mean squared norm ({held}); cosine, CKA and k-NN "
+            "there mostly measure that dimension (raw and standardized z and CKA of each site: "
+            "findings.json 'dominance' and the report)"
+        )
+    return out
+
+
+def _grouped_identical(identical: Sequence[Mapping[str, Any]], order: Sequence[str]) -> list[str]:
+    """One warning per pool for the sites where many prompts share one vector."""
+    by_pool: dict[str, list[Mapping[str, Any]]] = {}
+    for e in identical:
+        by_pool.setdefault(e["pool"], []).append(e)
+    out = []
+    for pool, entries in by_pool.items():
+        langs: dict[str, list[tuple[int, int]]] = {}
+        for e in entries:
+            for lang, distinct in e["distinct"].items():
+                langs.setdefault(lang, []).append((distinct, e["largest_group"][lang]))
+        counts = ", ".join(
+            f"{lang}: {_span([c[0] for c in cs], pct=False)} distinct, up to "
+            f"{max(c[1] for c in cs)} rows share one"
+            for lang, cs in langs.items()
+        )
+        sites = [e["site"] for e in entries]
+        out.append(
+            f"{pool} pool, {site_ranges(sites, order)}: many prompts share one vector ({counts}): "
+            "they share the token pooled there, so the metrics at these sites mostly measure "
+            "which prompts share it, not what the model computed; findings skip these sites for "
+            "these languages"
+        )
+    return out
+
+
+#: P@1 this many times chance (1/n) beside a negative z gets the note of
+#: :func:`_negative_z_with_retrieval`.
+RETRIEVAL_OVER_CHANCE = 10
+
+
+def _negative_z_with_retrieval(alignment: Mapping[str, Any], order: Sequence[str]) -> list[str]:
+    """A note per pair and pool where z < 0 at sites whose P@1 is far above chance.
+
+    z compares the matched cosines with every cosine of the matrix; P@1 ranks each sentence's
+    candidates. When the cosine's scale varies from sentence to sentence, in opposite ways in
+    the two languages (long sentences near everything in one, far from everything in the
+    other), the matched cosines sit below the matrix's mean although each partner ranks first:
+    a negative z then says the scales are anti-correlated, not that the pairs are unaligned.
+    """
+    idx = _index(alignment)
+    out = []
+    for pair in [tuple(p) for p in alignment.get("pairs") or []]:
+        for pool in alignment.get("pools") or []:
+            hits: list[str] = []
+            ratios: list[float] = []
+            for site in order:
+                z = (idx.get((pair[0], pair[1], pool, site, "z")) or {}).get("value")
+                if z is None or z >= 0:
+                    continue
+                for metric in ("p1_xy", "p1_yx"):
+                    rec = idx.get((pair[0], pair[1], pool, site, metric)) or {}
+                    p1, n = rec.get("value"), rec.get("n")
+                    if p1 is not None and n and p1 * n >= RETRIEVAL_OVER_CHANCE:
+                        hits.append(site)
+                        ratios.append(p1 * n)
+                        break
+            if hits:
+                lo, hi = min(ratios), max(ratios)
+                times = f"{lo:.0f}" if round(lo) == round(hi) else f"{lo:.0f}-{hi:.0f}"
+                out.append(
+                    f"{pair[0]}/{pair[1]}, {pool} pool, {site_ranges(hits, order)}: z is negative "
+                    f"while P@1 is {times}x "
+                    "chance: partners still rank first among the candidates, but the matched "
+                    "cosines lie below the mean of all cosines. That happens when the cosine's "
+                    "level varies from sentence to sentence in opposite ways in the two "
+                    "languages: z then measures that level, not the pairing (see P@1, and z "
+                    "with --center or --standardize)"
+                )
+    return out
+
+
 def identical_vectors(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One entry per site and pool where a language's vectors are largely identical (the
     ``identical`` flag of the ``dominance`` records): the languages with their counts of
@@ -390,7 +573,24 @@ def _fmt(v: Any) -> str:
     return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}" if abs(v) >= 1 else f"{v:.3f}"
 
 
+def _flags(f: Mapping[str, Any]) -> str:
+    """The summary line's artifact marks of a finding."""
+    flags = []
+    if f.get("dominated"):
+        std = f["dominated"].get("standardized")
+        flags.append(
+            "dominant dimension" + (f", standardized {_fmt(std)}" if std is not None else "")
+        )
+    if f.get("influential"):
+        flags.append(f"rests on {f['influential']['k']} pairs")
+    if f.get("artifact"):
+        flags.append(str(f["artifact"]))
+    return f" [{'; '.join(flags)}]" if flags else ""
+
+
 def _fmt_ci(d: Mapping[str, Any] | None) -> str:
+    if d is not None and d.get("no_shared_tokens") and d.get("value") is None:
+        return "no shared tokens"
     if d is None:
         return "none"
     text = _fmt(d["value"])
@@ -406,6 +606,41 @@ _PHRASES = {
     "below-control": "below the random-weights control",
     "no-control": "no random-weights control to compare with",
 }
+
+
+def _lexical_text(lex: Mapping[str, Any] | None) -> str:
+    if lex is not None and lex.get("no_shared_tokens") and lex.get("value") is None:
+        return "lexical: no shared tokens"
+    return f"lexical {_fmt(None if lex is None else lex['value'])}"
+
+
+def phrase(f: Mapping[str, Any]) -> str:
+    """What a finding's verdict means, in words that match its lexical baseline."""
+    lex = f.get("lexical")
+    none_shared = lex is not None and lex.get("no_shared_tokens") and lex.get("value") is None
+    if f["verdict"] == "beyond-control":
+        if none_shared:
+            return (
+                "above the random-weights control; the lexical baseline gives no alignment "
+                "(the languages share no token)"
+            )
+        if lex is None or lex.get("value") is None:
+            return "above the random-weights control (no lexical baseline to compare with)"
+    if f["verdict"] == "no-control" and none_shared:
+        return "no random-weights control to compare with; the lexical baseline gives no alignment"
+    return _PHRASES[f["verdict"]]
+
+
+def _dominated_text(f: Mapping[str, Any]) -> str:
+    dom = f.get("dominated")
+    if not dom:
+        return ""
+    held = ", ".join(
+        f"{lang} dim {d['dim']} holds {d['share']:.0%}" for lang, d in dom["languages"].items()
+    )
+    std = dom.get("standardized")
+    label = _LABELS.get(f["metric"], f["metric"])
+    return f" [one dimension dominates there: {held}; standardized {label} {_fmt(std)}]"
 
 
 def headline(findings: Sequence[Mapping[str, Any]], has_control: bool = True) -> str:
@@ -438,11 +673,14 @@ def headline(findings: Sequence[Mapping[str, Any]], has_control: bool = True) ->
             else f"control {_fmt(None if ctl is None else ctl['value'])} at {f['site']}"
         )
         artifact = " (identical vectors: shared tokens)" if f.get("artifact") else ""
+        rests = ""
+        if f.get("influential"):
+            inf = f["influential"]
+            rests = f" [the verdict rests on {inf['k']} of {inf['of']} pairs: see warnings]"
         parts.append(
             f"{f['pool']}-pool z {_fmt(f['model']['value'])} at {f['site']}{artifact} is "
-            f"{f['verdict']} "
-            f"({ctl_text}, lexical {_fmt(None if lex is None else lex['value'])}): "
-            f"{_PHRASES[f['verdict']]}"
+            f"{f['verdict']} ({ctl_text}, {_lexical_text(lex)}): {phrase(f)}"
+            f"{_dominated_text(f)}{rests}"
         )
     return lead + "; ".join(parts)
 
@@ -475,7 +713,7 @@ def summary_lines(
             lines.append(
                 f"  {pair[0]}/{pair[1]} {f['pool']:<6} {_LABELS.get(f['metric'], f['metric']):<9}"
                 f" {_fmt_ci(f['model'])} at {f['site']}; control {_fmt_ci(f['control'])}; "
-                f"lexical {_fmt_ci(f['lexical'])} -> {f['verdict']}{src}"
+                f"lexical {_fmt_ci(f['lexical'])} -> {f['verdict']}{src}{_flags(f)}"
             )
     if per_finding and len(pairs) > max_pairs:
         lines.append(f"  ... and {len(pairs) - max_pairs} more pairs in findings.json")
@@ -495,8 +733,13 @@ def findings_for_sweep(
     *,
     label: str | None = None,
     stratify: str | None = None,
+    control: Run | None = None,
 ) -> dict[str, Any]:
     """:func:`build_findings` for a run's sweep, computing what it needs from the run.
+
+    Each finding with a control is checked for influential pairs (:func:`check_influence`):
+    ``control`` is the control's run (default: the run ``control_alignment`` names, if it
+    can be read).
 
     With ``stratify`` (a metadata column, e.g. ``category``) each z finding gets the exact-null
     z at its site under a null permuting only within that column (no interval). Where a site
@@ -553,9 +796,87 @@ def findings_for_sweep(
             ),
             progress=False,
         )
-    return build_findings(
+    doc = build_findings(
         alignment, control_alignment, label=label, stratified=strat_fn, variant=variant
     )
+    if control is None and control_alignment is not None and control_alignment.get("run"):
+        try:
+            control = load_run(str(control_alignment["run"]))
+        except XlalignError:
+            control = None
+    if control is not None:
+        doc["warnings"] += check_influence(doc["findings"], run, control, config)
+    return doc
+
+
+def check_influence(
+    findings: Sequence[dict[str, Any]], run: Run, control: Run, config: SweepConfig
+) -> list[str]:
+    """Add ``influential`` to each sweep finding with a control (None when no few pairs decide
+    it; see :mod:`xlalign.studies.influence`) and return one warning per finding that rests
+    on at most 2% of its pairs."""
+    from xlalign.metrics import linear_cka, matched_vs_scrambled_z, retrieval_scores
+    from xlalign.studies.influence import INFLUENCE_METRICS, influential_pairs
+
+    checkable = [
+        f
+        for f in findings
+        if f.get("source", "alignment") == "alignment"
+        and f.get("control") is not None
+        and f["metric"] in INFLUENCE_METRICS
+    ]
+    if not checkable:
+        return []
+    if run.n_rows > INFLUENCE_MAX_N:
+        return [
+            f"influential-pairs check skipped: {run.n_rows} pairs > {INFLUENCE_MAX_N} (it holds "
+            "n x n matrices)"
+        ]
+    if config.compat != "exact":
+        return [f"influential-pairs check skipped: --compat {config.compat}"]
+    langs = list(run.languages)
+    views: list[Any] = [run, control]
+    if config.standardize:
+        views = [StandardizedRun(r, langs) for r in views]
+    labels = np.asarray(run.meta[config.stratify]) if config.stratify else None
+
+    def value_of(metric: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray], float | None]:
+        def value(x: np.ndarray, y: np.ndarray, keep: np.ndarray) -> float | None:
+            xs, ys = x[keep], y[keep]
+            try:
+                if metric == "z":
+                    return matched_vs_scrambled_z(
+                        xs, ys, method=config.null, n_perms=config.n_perms, seed=config.seed,
+                        strata=None if labels is None else labels[keep], center=config.center,
+                        products=STUDY_PRODUCTS,
+                    ).z  # fmt: skip
+                if metric == "cka":
+                    return linear_cka(xs, ys).cka
+                return float(getattr(retrieval_scores(xs, ys), metric))
+            except XlalignError:
+                return None
+
+        return value
+
+    out = []
+    for f in checkable:
+        (x, y), site, pool = f["pair"], f["site"], f["pool"]
+        model = tuple(np.asarray(views[0].array(lang, site, pool), np.float64) for lang in (x, y))
+        ctl = tuple(np.asarray(views[1].array(lang, site, pool), np.float64) for lang in (x, y))
+        res = influential_pairs(f["metric"], model, ctl, value_of(f["metric"]), run.ids)  # type: ignore[arg-type]
+        f["influential"] = res
+        if res is None:
+            continue
+        shown = ", ".join(res["ids"][:10]) + (" ..." if len(res["ids"]) > 10 else "")
+        moves = "falls to or below" if res["direction"] == "below" else "rises above"
+        out.append(
+            f"{x}/{y}, {pool} pool, {_LABELS[f['metric']]} at {site}: removing {res['k']} of "
+            f"{res['of']} pairs (ids {shown}) moves the model from {_fmt(res['model']['before'])} "
+            f"to {_fmt(res['model']['after'])}, and it {moves} the control "
+            f"({_fmt(res['control']['before'])} -> {_fmt(res['control']['after'])}): the verdict "
+            f"'{f['verdict']}' rests on these pairs"
+        )
+    return out
 
 
 #: The origin study's z keys that make findings, by the pool they measure.

@@ -17,6 +17,7 @@ L x L matrix of each metric per pool and site (see :func:`language_matrices`).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import itertools
 import math
@@ -49,7 +50,7 @@ from xlalign.metrics import (
 from xlalign.metrics._checks import strata_codes
 from xlalign.metrics.bootstrap import cka_ci, p1_ci, z_ci
 from xlalign.metrics.pairwise import Pair, Side
-from xlalign.store.files import TOKEN_POOL, atomic_write_json
+from xlalign.store.files import CORPUS_FILE, TOKEN_POOL, atomic_write_json
 from xlalign.store.pools import POOL_DESCRIPTIONS
 from xlalign.store.run import Run
 
@@ -445,6 +446,7 @@ def layer_sweep(
     cfg = config or SweepConfig()
     langs, sites, pools = _selected(run, cfg)
     dominance = dominance_records(run, langs, sites, pools)  # on the raw vectors, always
+    quality = corpus_quality(run, langs)
     if cfg.standardize:
         run = StandardizedRun(run, langs)  # type: ignore[assignment]
     pairs = language_pairs(langs, cfg.pivot)
@@ -570,6 +572,7 @@ def layer_sweep(
         "backend": backend,
         "records": record_dicts,
         "dominance": dominance,
+        "corpus_quality": quality,
         "matrices": language_matrices(record_dicts, langs, pools, sites),
         "matrix_orientation": (
             "matrices[metric][pool][site][i][j]: languages[i] as x against languages[j] as y; "
@@ -578,6 +581,26 @@ def layer_sweep(
             "(see pivot) are null"
         ),
     }
+
+
+def corpus_quality(run: Run, langs: Sequence[str]) -> dict[str, Any] | None:
+    """The quality report of the run's corpus (:func:`xlalign.data.quality.check_corpus`) in
+    ``langs``: from the run's saved corpus copy when it has one, else as the manifest recorded
+    it at extraction (all of the run's languages); None for a run with neither."""
+    from xlalign.data.corpus import load_corpus
+    from xlalign.data.quality import check_corpus
+
+    path = run.path / CORPUS_FILE
+    if path.is_file():
+        try:
+            corpus = load_corpus(path, list(langs))
+        except XlalignError:
+            corpus = None
+        if corpus is not None:
+            source = str(run.manifest.get("corpus_source") or corpus.source)
+            return check_corpus(dataclasses.replace(corpus, source=source)).to_json()
+    recorded = run.manifest.get("corpus_quality")
+    return recorded if isinstance(recorded, dict) else None
 
 
 def language_matrices(
@@ -634,6 +657,13 @@ class _LazySites(Mapping[str, tuple[np.ndarray, np.ndarray]]):
 # controls computed beside the sweep: the lexical baseline, dominant dimensions, standardizing
 
 
+#: Why the lexical z is undefined when the two languages share no token.
+NO_SHARED_TOKENS = (
+    "no shared tokens: the two languages' texts share no token (special tokens aside), so "
+    "every lexical cosine between them is 0 and the lexical baseline gives no alignment"
+)
+
+
 def lexical_records(
     run: Run,
     pairs: Sequence[tuple[str, str]],
@@ -654,6 +684,7 @@ def lexical_records(
     out: list[_Rec] = []
     for lx, ly in pairs:
         skip_why = None
+        shared: int | None = None  # token ids the two languages have in common
         try:
             ids = [run.token_ids(lx), run.token_ids(ly)]
         except (OSError, XlalignError) as e:  # a run folder without its token files
@@ -675,6 +706,7 @@ def lexical_records(
             ]
         else:
             x, y = bag_of_ids(ids, [run.special_tokens_mask(lx), run.special_tokens_mask(ly)])
+            shared = int(((x != 0).any(axis=0) & (y != 0).any(axis=0)).sum())
             base: dict[str, Any] = dict(site=LEXICAL_SITE, depth=None, pool="", x=lx, y=ly, n=n)
             if "z" in cfg.metrics:
                 kw: dict[str, Any] = dict(
@@ -682,11 +714,14 @@ def lexical_records(
                     center=cfg.center, products=STUDY_PRODUCTS,
                 )  # fmt: skip
                 z, z_why = _guard(functools.partial(matched_vs_scrambled_z, x, y, **kw))
+                z_why = z_why if z is None else z.undefined_reason
+                if shared == 0 and (z is None or _finite(z.z) is None):
+                    z_why = NO_SHARED_TOKENS
                 recs.append(
                     _Rec(
                         metric="z",
                         value=None if z is None else _finite(z.z),
-                        undefined_reason=z_why if z is None else z.undefined_reason,
+                        undefined_reason=z_why,
                         detail={} if z is None else z.to_dict(),
                         **base,
                     )
@@ -704,6 +739,7 @@ def lexical_records(
                 d["pool"] = pool
                 d["detail"] = {
                     **rec.detail,
+                    "shared_tokens": shared,
                     "features": "bag of token ids (special tokens left out)",
                 }
                 out.append(_Rec(**d))

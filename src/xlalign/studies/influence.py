@@ -1,0 +1,186 @@
+"""Influential pairs: does a verdict rest on a handful of rows?
+
+A finding compares the model's value with the random-weights control's at one site. If
+removing a few pairs (at most :data:`MAX_SHARE` of them) moves the model's value past the
+control's, the verdict rests on those pairs, and they are usually not what the corpus is about:
+untranslated placeholders, duplicates, one-token prompts. Like a dominant dimension, that is an
+artifact to be named, never averaged away.
+
+How the pairs are found (:func:`influential_pairs`):
+
+1. **Leave-one-out, exactly and cheaply.** For z (the exact permutation null over all
+   permutations, Hoeffding's moments), P@1 (ties are misses) and linear CKA (biased, Gram
+   form), the value without pair ``i`` is computed for every ``i`` from ``n x n`` matrices
+   built once (:func:`loo_values`; tests compare each with a brute-force recomputation). The
+   z's leave-one-out ignores ``--center`` and ``--stratify`` (the ranking only; step 3 uses
+   them).
+2. **Ranking.** Each pair's effect on the gap ``model - control`` (both without that pair);
+   the pairs that close the gap fastest come first (the gap's sign decides the direction).
+3. **Checked exactly.** The ``k`` top pairs are removed from both the model's and the
+   control's vectors and the metric is recomputed by the same public function the sweep uses,
+   for ``k = 1, 2, ...`` up to ``floor(MAX_SHARE * n)``: the smallest ``k`` whose removal
+   flips the comparison is reported with the ids, else nothing.
+
+Greedy leave-one-out can miss a group of rows that only matters together (nine identical
+placeholder rows: removing one changes little); the ranking still puts such rows first when
+each one moves the value the same way, and the corpus checks
+(:mod:`xlalign.data.quality`) name them independently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from xlalign.errors import XlalignError
+
+__all__ = ["INFLUENCE_METRICS", "MAX_SHARE", "influential_pairs", "loo_values"]
+
+#: At most this share of the pairs may be removed (2%: 4 of 200, 10 of 500).
+MAX_SHARE = 0.02
+#: Metrics the check knows.
+INFLUENCE_METRICS = ("z", "p1_xy", "p1_yx", "cka")
+
+Metric = Callable[[np.ndarray, np.ndarray, np.ndarray], float | None]
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    norms = np.linalg.norm(a, axis=1, keepdims=True)
+    return a / np.where(norms == 0, 1.0, norms)
+
+
+def loo_values(metric: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The metric without pair ``i``, for every ``i``: ``(n,)`` float64 (NaN where undefined).
+
+    ``z``: matched-vs-scrambled z with the exact null over all permutations of ``n - 1``
+    pairs (no centring, no strata); ``p1_xy``/``p1_yx``: P@1 by cosine, ties are misses;
+    ``cka``: biased linear CKA.
+    """
+    if metric == "cka":
+        return _loo_cka(np.asarray(x, np.float64), np.asarray(y, np.float64))
+    c = _unit(x) @ _unit(y).T
+    if metric == "z":
+        return _loo_z(c)
+    if metric in ("p1_xy", "p1_yx"):
+        return _loo_p1(c if metric == "p1_xy" else c.T)
+    raise XlalignError(f"no leave-one-out for metric '{metric}': known {INFLUENCE_METRICS}")
+
+
+def _loo_z(c: np.ndarray) -> np.ndarray:
+    """z of ``c[-i, -i]`` for every ``i``: ``(trace - total/m) / sqrt(sum d^2 / (m - 1))``,
+    ``d`` the doubly centred matrix (Hoeffding's permutation moments), ``m = n - 1``."""
+    n = c.shape[0]
+    m = n - 1
+    diag = np.diag(c)
+    r, col = c.sum(1), c.sum(0)
+    total = r.sum()
+    sq = (c * c).sum()
+    row_sq, col_sq = (c * c).sum(1), (c * c).sum(0)
+    trace = diag.sum() - diag
+    total_i = total - r - col + diag
+    sq_i = sq - row_sq - col_sq + diag**2
+    # sum over j != i of (r_j - c_ji)^2 and of (col_k - c_ik)^2
+    rr = (r @ r) - 2 * (c.T @ r) + col_sq - (r - diag) ** 2
+    cc = (col @ col) - 2 * (c @ col) + row_sq - (col - diag) ** 2
+    dd = sq_i - rr / m - cc / m + total_i**2 / m**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (trace - total_i / m) / np.sqrt(dd / (m - 1))
+    return np.where(dd > 0, z, np.nan)
+
+
+def _loo_p1(s: np.ndarray) -> np.ndarray:
+    """P@1 (rows retrieve columns, ties are misses) without pair ``i``, for every ``i``."""
+    n = s.shape[0]
+    a = s >= np.diag(s)[:, None]
+    np.fill_diagonal(a, False)
+    count = a.sum(1)
+    hits = (count == 0).sum()
+    # without pair i: row i is gone, and a row j whose only competitor was column i now hits
+    rescued = ((count == 1)[:, None] & a).sum(0)
+    return (hits - (count == 0) + rescued) / (n - 1)
+
+
+def _hsic_loo(k: np.ndarray, ell: np.ndarray) -> np.ndarray:
+    """``tr(K' H L' H)`` of the kernels without row/column ``i``, for every ``i``."""
+    n = k.shape[0]
+    m = n - 1
+    kd, ld = np.diag(k), np.diag(ell)
+    r, s = k.sum(1), ell.sum(1)
+    kl = k * ell
+    kl_rows = kl.sum(1)
+    s_kl = kl.sum() - 2 * kl_rows + kd * ld
+    dot = (r @ s) - ell @ r - k @ s + kl_rows - (r - kd) * (s - ld)
+    tot_k = r.sum() - 2 * r + kd
+    tot_l = s.sum() - 2 * s + ld
+    return s_kl - 2 * dot / m + tot_k * tot_l / m**2
+
+
+def _loo_cka(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    k, ell = x @ x.T, y @ y.T
+    kl, kk, ll = _hsic_loo(k, ell), _hsic_loo(k, k), _hsic_loo(ell, ell)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = kl / np.sqrt(kk * ll)
+    return np.where((kk > 0) & (ll > 0), out, np.nan)
+
+
+def influential_pairs(
+    metric: str,
+    model: tuple[np.ndarray, np.ndarray],
+    control: tuple[np.ndarray, np.ndarray],
+    value: Metric,
+    ids: Sequence[str],
+    *,
+    max_share: float = MAX_SHARE,
+) -> dict[str, Any] | None:
+    """The fewest pairs (at most ``max_share`` of them) whose removal flips the comparison of
+    the model's value with the control's, or None when no such set is found.
+
+    ``model`` and ``control`` are the ``(x, y)`` vectors of the site; ``value(x, y, keep)`` is
+    the metric on the rows ``keep`` (a boolean mask), as the sweep computes it. The result:
+    ``{"k", "of", "ids", "model": {"before", "after"}, "control": {"before", "after"},
+    "direction"}``, ``direction`` ``"below"`` (the model falls to or below the control) or
+    ``"above"`` (it rises above it).
+    """
+    n = len(ids)
+    k_max = int(max_share * n)
+    if k_max < 1:
+        return None
+    everything = np.ones(n, dtype=bool)
+    m0, c0 = value(*model, everything), value(*control, everything)
+    if m0 is None or c0 is None:
+        return None
+    ahead = m0 > c0
+    gap = loo_values(metric, *model) - loo_values(metric, *control)
+    gap = np.where(np.isfinite(gap), gap, (m0 - c0))  # an undefined LOO value ranks last
+    order = np.argsort(gap if ahead else -gap, kind="stable")[:k_max]
+
+    def flipped(k: int) -> tuple[bool, float | None, float | None]:
+        keep = everything.copy()
+        keep[order[:k]] = False
+        m, c = value(*model, keep), value(*control, keep)
+        if m is None or c is None:
+            return False, m, c
+        return (m <= c) if ahead else (m > c), m, c
+
+    found = None
+    if flipped(k_max)[0]:
+        for k in range(1, k_max + 1):
+            ok, m, c = flipped(k)
+            if ok:
+                found = (k, m, c)
+                break
+    if found is None:
+        return None
+    k, m, c = found
+    return {
+        "k": k,
+        "of": n,
+        "max_removed": k_max,
+        "ids": [str(ids[i]) for i in order[:k]],
+        "model": {"before": m0, "after": m},
+        "control": {"before": c0, "after": c},
+        "direction": "below" if ahead else "above",
+    }
