@@ -247,7 +247,7 @@ def test_one_language_is_refused_before_any_work():
 def test_demo_answer_names_identical_last_token_vectors():
     """The real Qwen's problems end in 2 tokens (zh) and 3 (en): at the embedding, z measures
     which pairs end in corresponding tokens, and the answer says so (with the counts)."""
-    from xlalign.pipeline.demo import answer
+    from xlalign.pipeline.demo import StudyDocs, answer
 
     origin = {
         "n_pairs": 200, "z_raw_embed_last_token": 13.5, "z_l0_output_last_token": 14.1,
@@ -257,10 +257,47 @@ def test_demo_answer_names_identical_last_token_vectors():
         },
         "decomposition": [], "control": None,
     }  # fmt: skip
-    text = answer({"problems": origin}, "Qwen")
+    docs = StudyDocs(findings={}, alignment={}, control_alignment=None, origin=origin)
+    text = answer({"problems": docs}, "Qwen")
     assert "take only 2 in zh and 3 in en distinct values" in text
     origin["identical_last_token"] = {
         "zh": {"embed": {"distinct": 150, "largest_group": 10, "identical": False}},
         "en": {"embed": {"distinct": 199, "largest_group": 2, "identical": False}},
     }
-    assert "distinct values" not in answer({"problems": origin}, "Qwen")
+    assert "distinct values" not in answer({"problems": docs}, "Qwen")
+
+
+def _z(site, value, lo, hi, pool="last"):
+    return {"x": "zh", "y": "en", "pool": pool, "site": site, "metric": "z", "value": value,
+            "ci_low": lo, "ci_high": hi, "n": 200}  # fmt: skip
+
+
+def test_demo_answer_states_verdicts_and_when_training_lowers_alignment():
+    """The problems result on the real Qwen2.5 (docs): L0 z 14.1 against random weights' 37.5.
+    The answer gives both with intervals, the verdict (below-control), the gap, the count of
+    sites above the control, the lexical baseline, and no ratio of z-scores."""
+    from xlalign.pipeline.demo import StudyDocs, answer
+
+    sites = ["embed", "L0", "L1"]
+    model = {"pairs": [["zh", "en"]], "pools": ["last"], "sites": sites, "records": [
+        _z("embed", 13.5, 12.0, 14.9), _z("L0", 14.1, 12.9, 15.0), _z("L1", 40.0, 38.0, 41.0),
+        _z("lexical", 19.9, 17.0, 19.6)]}  # fmt: skip
+    control = {"records": [_z("embed", 36.0, 35.0, 37.0), _z("L0", 37.5, 36.0, 38.5),
+                           _z("L1", 20.0, 19.0, 21.0)]}  # fmt: skip
+    findings = {"headline": "zh/en: the headline", "warnings": ["one grouped warning"],
+                "findings": [], "study": {"n_pairs": 200}}  # fmt: skip
+    docs = StudyDocs(findings=findings, alignment=model, control_alignment=control, origin={})
+    text = answer({"problems": docs}, "Qwen")
+    assert "| L0 | 14.1 [12.9, 15.0] | 37.5 [36.0, 38.5] | 19.9 [17.0, 19.6] | below-control |" in text
+    assert "training lowers it" in text and "23.4 below them" in text
+    assert "at 1 of them (L1)" in text  # L1: 38.0 > 21.0; embed and L0 below
+    assert "zh/en: the headline" in text and "- one grouped warning" in text
+    assert "%" not in text.replace("95% pair bootstrap", "")  # no share of one z in another
+    # beyond the control at L0, and a control that matches
+    control["records"][1] = _z("L0", 5.0, 4.0, 6.0)
+    model["records"][3] = _z("lexical", 3.0, 2.0, 4.0)
+    text = answer({"problems": docs}, "Qwen")
+    assert "| L0 | 14.1 [12.9, 15.0] | 5.00 [4.00, 6.00] | 3.00 [2.00, 4.00] | beyond-control |" in text
+    assert "training adds alignment at the first block" in text
+    control["records"][1] = _z("L0", 14.5, 13.0, 16.0)
+    assert "needs no training" in answer({"problems": docs}, "Qwen")

@@ -141,7 +141,7 @@ def extract(
     for lang in lang_list:
         corpus.text(lang)  # a clear error naming the languages the corpus has
     if env.is_main:  # rows that are not translations, named before any time is spent
-        for line in check_corpus(corpus.select(lang_list)).warnings():
+        for line in check_corpus(corpus, lang_list).warnings():
             warnings.warn(CorpusQualityWarning(line), stacklevel=2)
     pool_list = parse_pools(config.pools)
 

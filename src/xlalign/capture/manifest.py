@@ -160,7 +160,7 @@ def build_manifest(
         "corpus_source": corpus.source,
         "corpus_fingerprint": corpus.fingerprint(),
         # rows that are not translations (placeholders, copies, wrong script...), by id
-        "corpus_quality": check_corpus(corpus.select(langs)).to_json(),
+        "corpus_quality": check_corpus(corpus, langs).to_json(),
         "padding_side": config.padding_side,
         "batch_size": config.batch_size,
         "n_batches": {lang: len(b) for lang, b in batches.items()},

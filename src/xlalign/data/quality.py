@@ -295,9 +295,15 @@ def _in_script(text: str, script: str) -> bool | None:
     return None if not letters else False
 
 
-def check_corpus(corpus: ParallelCorpus, *, length_ratio: float = LENGTH_RATIO) -> QualityReport:
-    """Every quality issue of ``corpus`` (see the module docs), each with its ids."""
-    langs = list(corpus.languages)
+def check_corpus(
+    corpus: ParallelCorpus,
+    langs: Sequence[str] | None = None,
+    *,
+    length_ratio: float = LENGTH_RATIO,
+) -> QualityReport:
+    """Every quality issue of ``corpus`` in ``langs`` (default: all its languages; one is
+    enough for the checks of a single side), each with its ids (see the module docs)."""
+    langs = list(corpus.languages if langs is None else langs)
     ids = corpus.ids
     texts = {lang: corpus.text(lang) for lang in langs}
     issues: list[QualityIssue] = []

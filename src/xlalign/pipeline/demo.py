@@ -6,9 +6,11 @@ Two studies into one folder, each with the random-weights control:
 - ``hsk/``: HSK graded zh/en sentence pairs (real, untemplated text), unless ``hsk_pairs`` is 0.
 
 ``answer.md`` then answers the study's question ("where does the free z at the first block
-come from?") from the two ``origin.json`` files: last-token z after the first block against
-the embedding, the same numbers for the random-init control, the z with identical last tokens
-removed, and the within-template (per-category) null.
+come from?") from each study's ``findings.json`` and sweeps, like the reports: last-token z
+at the embedding and after the first block beside the random-weights control and the lexical
+baseline, with intervals and verdicts; the sites where the model lies above its control; the
+z with identical last tokens removed and under the within-template (per-category) null; the
+headline, findings and warnings.
 """
 
 from __future__ import annotations
@@ -103,11 +105,7 @@ def run_demo(
             f"{e} (the demo's own models: {', '.join(LABELS)}; or give a local model folder, "
             "a GGUF file or a Hub id)"
         ) from None
-    origins = {
-        name: json.loads((out / name / "origin.json").read_text(encoding="utf-8"))
-        for name in studies
-    }
-    text = answer(origins, label)
+    text = answer({name: StudyDocs.read(out / name) for name in studies}, label)
     path = out / "answer.md"
     path.write_text(text, encoding="utf-8")
     return {"studies": studies, "answer": path, "text": text}
@@ -147,86 +145,239 @@ def _f(v: Any) -> str:
     return "undefined" if v is None else f"{v:.1f}"
 
 
-def _site(origin: Mapping[str, Any], site: str) -> Mapping[str, Any]:
-    return next((r for r in origin.get("decomposition", []) if r["site"] == site), {})
+def _ci(rec: Mapping[str, Any] | None) -> str:
+    """A value with its interval: ``14.1 [12.9, 15.0]`` (``none`` without a value)."""
+    if not rec or rec.get("value") is None:
+        return "none"
+    v, lo, hi = rec["value"], rec.get("ci_low"), rec.get("ci_high")
+    digits = 1 if abs(v) >= 10 else 2 if abs(v) >= 1 else 3
+    text = f"{v:.{digits}f}"
+    if lo is not None and hi is not None:
+        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return text
 
 
-def answer(origins: Mapping[str, Mapping[str, Any]], label: str) -> str:
-    """The study's question answered from ``origin.json`` contents (markdown)."""
+def _record(doc: Mapping[str, Any] | None, pair: list[str], pool: str, site: str,
+            metric: str = "z") -> Mapping[str, Any] | None:  # fmt: skip
+    for r in (doc or {}).get("records") or []:
+        if (r["x"], r["y"], r["pool"], r["site"], r["metric"]) == (*pair, pool, site, metric):
+            return r
+    return None
+
+
+@dataclass(frozen=True)
+class StudyDocs:
+    """What the answer reads of one study folder: its ``findings.json``, the sweeps of the
+    model (``alignment.json``) and of its control, and ``origin.json``."""
+
+    findings: Mapping[str, Any]
+    alignment: Mapping[str, Any]
+    control_alignment: Mapping[str, Any] | None
+    origin: Mapping[str, Any]
+
+    @classmethod
+    def read(cls, folder: Path) -> StudyDocs:
+        def load(path: Path) -> Any:
+            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+        return cls(
+            findings=load(folder / "findings.json") or {},
+            alignment=load(folder / "alignment.json") or {},
+            control_alignment=load(folder / "control-random-init" / "alignment.json"),
+            origin=load(folder / "origin.json") or {},
+        )
+
+
+#: What the first block's verdict says, in the words of the study's question.
+_FIRST_BLOCK = {
+    "below-control": "training lowers it: random weights of the same shape align the pairs "
+    "more than the trained model does at the first block",
+    "matched-by-control": "random weights of the same shape give as much: the first block's "
+    "alignment needs no training (token identity and the text's structure carry it)",
+    "matched-by-lexical": "the lexical baseline (shared tokens alone) gives as much",
+    "beyond-control": "the trained model lies above random weights and the lexical baseline: "
+    "training adds alignment at the first block",
+    "no-control": "no random-weights control was run",
+}
+
+
+def answer(studies: Mapping[str, StudyDocs], label: str) -> str:
+    """The study's question answered from each study's ``findings.json`` and sweeps (markdown).
+
+    Every value is stated beside the random-weights control and the lexical baseline, with
+    the verdict of :func:`xlalign.studies.findings.verdict` (the reports' rule); no ratio of
+    z-scores. Per corpus: the last-token z at the embedding and after the first block (L0),
+    model and control, with intervals; the count of sites where the model lies above its
+    control; the origin study's z with identical last tokens removed and under the
+    within-template null; the study's headline, its findings and its (grouped) warnings.
+    """
     lines = [
         f"{ANSWER_TITLE} ({label})",
         "",
-        "Last-token z of matched zh/en pairs against the scrambled null (exact permutation "
-        "moments). L0 = output of the first block; embed = its input.",
+        "Matched zh/en pairs against the scrambled null (matched-vs-scrambled z, exact "
+        "permutation moments), beside a random-weights control (same architecture, fresh "
+        "weights) and a model-free lexical baseline (bag of token ids). L0 = output of the "
+        "first block; embed = its input. Intervals: 95% pair bootstrap. Verdicts as in the "
+        "reports: beyond-control only when the model's interval lies above the control's and "
+        "the lexical baseline's.",
         "",
-        "| corpus | pairs | z embed | z after block 0 | control embed | control L0 "
-        "| L0 z, identical last tokens removed (n) | L0 z, within-template null |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, o in origins.items():
-        ctl = o.get("control") or {}
-        l0 = _site(o, "L0")
-        lines.append(
-            f"| {name} | {o['n_pairs']} | {_f(o.get('z_raw_embed_last_token'))} "
-            f"| {_f(o.get('z_l0_output_last_token'))} "
-            f"| {_f(ctl.get('z_raw_embed_last_token'))} | {_f(ctl.get('z_l0_output_last_token'))} "
-            f"| {_f(l0.get('z_last_nonidentical'))} ({l0.get('n_last_nonidentical', '?')}) "
-            f"| {_f(l0.get('z_stratified'))} |"
-        )
-    lines.append("")
-    lines += _verdict(origins)
+    for name, docs in studies.items():
+        lines += _study_section(name, docs)
     lines += [
-        "",
         "Each study's full report (all sites, P@1, CKA, the lexical and token decompositions) "
-        "is in its folder: " + ", ".join(f"{n}/report.html" for n in origins) + ".",
+        "is in its folder: " + ", ".join(f"{n}/report.html" for n in studies) + ".",
         "",
     ]
     return "\n".join(lines)
 
 
-def _verdict(origins: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _study_section(name: str, docs: StudyDocs) -> list[str]:
+    from xlalign.studies.findings import phrase, verdict
+
+    f_doc, align, ctl = docs.findings, docs.alignment, docs.control_alignment
+    study = f_doc.get("study") or {}
+    pair = list((align.get("pairs") or [["zh", "en"]])[0])
+    pool = "last" if "last" in (align.get("pools") or []) else (align.get("pools") or ["mean"])[0]
+    out = [f"## {name}: {study.get('n_pairs')} pairs", ""]
+    rows = []
+    for site in ("embed", "L0"):
+        m, c = _record(align, pair, pool, site), _record(ctl, pair, pool, site)
+        lex = _record(align, pair, pool, "lexical")
+        if m is None or m.get("value") is None:
+            continue
+        rows.append((site, m, c, lex))
+    if rows:
+        out += [
+            f"| {pool}-token z | trained model | random weights | lexical baseline | verdict |",
+            "|---|---|---|---|---|",
+        ]
+        for site, m, c, lex in rows:
+            v = verdict(m, c, lex if lex and lex.get("value") is not None else None)
+            out.append(f"| {site} | {_ci(m)} | {_ci(c)} | {_lex(lex)} | {v} |")
+        out.append("")
+    l0 = next((r for r in rows if r[0] == "L0"), None)
+    said: list[str] = []
+    if l0 is not None:
+        _site, m, c, lex = l0
+        v = verdict(m, c, lex if lex and lex.get("value") is not None else None)
+        said.append(f"After the first block the trained model's z is {_ci(m)}; {_FIRST_BLOCK[v]}.")
+        if c is not None and c.get("value") is not None and m["value"] < c["value"]:
+            said.append(
+                f"Random weights reach {_ci(c)} there: the trained model is "
+                f"{c['value'] - m['value']:.1f} below them."
+            )
+    above, total = _sites_above(align, ctl, pair, pool)
+    if total:
+        said.append(
+            f"Over all {total} sites, the trained model's {pool}-token z lies above the "
+            f"control's (intervals apart) at {above}."
+        )
+    said += _token_notes(docs.origin, pool)
+    out += [" ".join(said), ""] if said else []
+    if f_doc.get("headline"):
+        out += [f"**Across all sites:** {f_doc['headline']}", ""]
+    findings = [f for f in f_doc.get("findings") or [] if f.get("source") != "origin"]
+    if findings:
+        out += [
+            "| pool | metric | model's best site | control there | lexical | verdict | notes |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for f in findings:
+            notes = []
+            if f.get("dominated"):
+                std = f["dominated"].get("standardized")
+                notes.append(
+                    "one dimension dominates"
+                    + (f" (standardized {_f(std) if abs(std) >= 10 else f'{std:.3f}'})"
+                       if std is not None else "")
+                )  # fmt: skip
+            if f.get("influential"):
+                notes.append(f"rests on {f['influential']['k']} pairs")
+            if f.get("artifact"):
+                notes.append(str(f["artifact"]))
+            out.append(
+                f"| {f['pool']} | {_LABELS.get(f['metric'], f['metric'])} | "
+                f"{_ci(f['model'])} at {f['site']} | {_ci(f['control'])} | "
+                f"{_lex(f.get('lexical'))} | {f['verdict']}: {phrase(f)} | "
+                f"{'; '.join(notes)} |"
+            )
+        out.append("")
+    warnings = f_doc.get("warnings") or []
+    if warnings:
+        out += [f"Warnings ({len(warnings)}, from findings.json):", ""]
+        out += [f"- {w}" for w in warnings]
+        out.append("")
+    return out
+
+
+_LABELS = {"z": "z", "p1_xy": "P@1 zh->en", "p1_yx": "P@1 en->zh", "cka": "CKA"}
+
+
+def _lex(rec: Mapping[str, Any] | None) -> str:
+    if rec and rec.get("no_shared_tokens") and rec.get("value") is None:
+        return "no shared tokens (no alignment)"
+    if rec and rec.get("value") is None and "no shared tokens" in str(rec.get("undefined_reason")):
+        return "no shared tokens (no alignment)"
+    return _ci(rec)
+
+
+def _sites_above(
+    align: Mapping[str, Any], ctl: Mapping[str, Any] | None, pair: list[str], pool: str
+) -> tuple[str, int]:
+    """``("k of n sites", n)``: sites where the model's z interval lies above the control's."""
+    if not ctl:
+        return "", 0
+    sites = list(align.get("sites") or [])
+    above = []
+    for site in sites:
+        m, c = _record(align, pair, pool, site), _record(ctl, pair, pool, site)
+        if not m or not c or m.get("value") is None or c.get("value") is None:
+            continue
+        m_lo = m["value"] if m.get("ci_low") is None else m["ci_low"]
+        c_hi = c["value"] if c.get("ci_high") is None else c["ci_high"]
+        if m_lo > c_hi:
+            above.append(site)
+    if not above:
+        return "none of them", len(sites)
+    from xlalign.studies.findings import site_ranges
+
+    return f"{len(above)} of them ({site_ranges(above, sites)})", len(sites)
+
+
+def _token_notes(origin: Mapping[str, Any], pool: str) -> list[str]:
+    """What the origin study adds at the first block: identical last tokens and templates."""
     out = []
-    for name, o in origins.items():
-        z_emb, z_l0 = o.get("z_raw_embed_last_token"), o.get("z_l0_output_last_token")
-        ctl = o.get("control") or {}
-        c_l0 = ctl.get("z_l0_output_last_token")
-        l0 = _site(o, "L0")
-        parts = [f"- **{name}**:"]
-        if z_emb is not None and z_l0 is not None:
-            share = z_emb / z_l0 if z_l0 > 0 else None
-            parts.append(
-                f"the embedding alone gives z = {_f(z_emb)}, the first block's output {_f(z_l0)}"
-                + (f" (the embedding carries {share:.0%} of it)." if share is not None else ".")
-            )
-        groups = {lang: d["embed"] for lang, d in (o.get("identical_last_token") or {}).items()}
-        if any(g["identical"] for g in groups.values()):
-            counts = " and ".join(f"{g['distinct']} in {lang}" for lang, g in groups.items())
-            parts.append(
-                f"At the embedding the {o['n_pairs']} last-token vectors take only {counts} "
-                "distinct values (the prompts end in a few tokens), so z there measures which "
-                "pairs end in corresponding tokens, not what the text means."
-            )
-        if c_l0 is not None and z_l0 is not None:
-            if z_l0 > 0 and c_l0 >= 0.8 * z_l0:
-                parts.append(
-                    f"The random-weights control reaches {_f(c_l0)} at L0: most of this "
-                    "alignment needs no training (token identity and template structure)."
-                )
-            else:
-                parts.append(
-                    f"The random-weights control reaches {_f(c_l0)} at L0, so training adds "
-                    f"{_f(z_l0 - c_l0)} over an untrained network of the same shape."
-                )
-        nonid, strat = l0.get("z_last_nonidentical"), l0.get("z_stratified")
-        if nonid is not None:
-            parts.append(
-                f"Without pairs whose last tokens are identical, L0 z = {_f(nonid)} "
-                f"({l0.get('n_last_nonidentical')} pairs)."
-            )
-        if strat is not None:
-            parts.append(
-                f"Permuting only within a template category, L0 z = {_f(strat)}: what is left "
-                "once the template is matched is instance-level alignment."
-            )
-        out.append(" ".join(parts))
+    groups = {lang: d["embed"] for lang, d in (origin.get("identical_last_token") or {}).items()
+              if "embed" in d}  # fmt: skip
+    if any(g["identical"] for g in groups.values()):
+        counts = " and ".join(f"{g['distinct']} in {lang}" for lang, g in groups.items())
+        out.append(
+            f"At the embedding the {origin.get('n_pairs')} last-token vectors take only {counts} "
+            "distinct values (the prompts end in a few tokens), so z there measures which "
+            "pairs end in corresponding tokens, not what the text means."
+        )
+    l0: Mapping[str, Any] = next(
+        (r for r in origin.get("decomposition", []) if r["site"] == "L0"), {}
+    )
+    nonid, strat = l0.get("z_last_nonidentical"), l0.get("z_stratified")
+    ctl_l0: Mapping[str, Any] = next(
+        (r for r in (origin.get("control") or {}).get("decomposition", []) if r["site"] == "L0"),
+        {},
+    )
+    if nonid is not None and l0.get("n_last_nonidentical") != origin.get("n_pairs"):
+        c_nonid = ctl_l0.get("z_last_nonidentical")
+        out.append(
+            f"Without the pairs whose last tokens are identical ({l0.get('n_last_nonidentical')} "
+            f"pairs left), L0 z = {_f(nonid)}"
+            + (f" (random weights: {_f(c_nonid)})." if c_nonid is not None else ".")
+        )
+    if strat is not None:
+        c_strat = ctl_l0.get("z_stratified")
+        out.append(
+            f"Permuting only within a template category, L0 z = {_f(strat)}"
+            + (f" (random weights: {_f(c_strat)})" if c_strat is not None else "")
+            + ": what is left once the template is matched is instance-level alignment "
+            "(no interval: the origin study's point values)."
+        )
     return out

@@ -160,7 +160,16 @@ def _run_origin(
     path = loaded.path / "origin.json"
     atomic_write_json(path, result)
     # the lexical baseline is always there, so findings.json is always written
-    findings = read_json(write_findings(findings_for_origin(result), loaded.path))
+    sweep_path = loaded.path / "alignment.json"
+    sweep = read_json(sweep_path) if sweep_path.is_file() else None
+    if control is None and (loaded.path / CONTROL_DIR / MANIFEST).is_file():
+        try:  # a control made before: its z gets an interval too
+            control = load_run(loaded.path / CONTROL_DIR)
+            check_control(loaded, control)
+        except XlalignError:
+            control = None
+    doc = findings_for_origin(result, run=loaded, control=control, alignment=sweep)
+    findings = read_json(write_findings(doc, loaded.path))
     return result, [*summarize(result), *summary_lines(findings)], path
 
 

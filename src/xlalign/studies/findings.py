@@ -602,7 +602,8 @@ def _fmt_ci(d: Mapping[str, Any] | None) -> str:
 _PHRASES = {
     "beyond-control": "above the random-weights control and the lexical baseline",
     "matched-by-control": "matched by the random-weights control: alignment that needs no training",
-    "matched-by-lexical": "matched by the lexical baseline: token overlap alone gives as much",
+    "matched-by-lexical": "matched by the lexical baseline: the bag of token ids alone gives "
+    "as much",
     "below-control": "below the random-weights control",
     "no-control": "no random-weights control to compare with",
 }
@@ -883,13 +884,28 @@ def check_influence(
 _ORIGIN_POOLS = {"mean": "z_mean_full", "last": "z_last"}
 
 
-def findings_for_origin(origin: Mapping[str, Any]) -> dict[str, Any]:
+def findings_for_origin(
+    origin: Mapping[str, Any],
+    *,
+    run: Run | None = None,
+    control: Run | None = None,
+    alignment: Mapping[str, Any] | None = None,
+    n_boot: int = 200,
+    seed: int = 42,
+    level: float = 0.95,
+) -> dict[str, Any]:
     """The ``findings.json`` document of an origin study (``origin.json``): z only.
 
     For the mean pool and the last token (the origin study's meaning: the last non-special
     token where the tokenizer appends one), the model's best site of the decomposition, the
-    control's z there, the lexical baseline's z and the within-category z. The origin study
-    has no intervals, so verdicts compare point values (a warning says so).
+    control's z there, the lexical baseline's z and the within-category z.
+
+    The verdict rule is the sweep's (:func:`verdict`, on intervals): given the ``run`` (and
+    its ``control``), the model's and the control's z get the sweep's pair-bootstrap interval
+    (``n_boot`` resamples, ``seed``, ``level``: the sweep's defaults) computed on the run's
+    vectors of that pool and site, when those give the origin study's z (else it stays a
+    point); the lexical baseline's z takes its interval from the sweep's ``alignment`` when
+    that holds the same value. A warning names every value left without an interval.
     """
     lx, ly = (str(v) for v in origin["languages"])
     ctl = origin.get("control") or None
@@ -897,7 +913,7 @@ def findings_for_origin(origin: Mapping[str, Any]) -> dict[str, Any]:
     lex = origin.get("lexical") or {}
     lexical = None if lex.get("z") is None else {"value": lex["z"], "ci_low": None, "ci_high": None}
     findings: list[dict[str, Any]] = []
-    warnings = ["origin z values have no confidence intervals: verdicts compare point values"]
+    warnings: list[str] = []
     n = origin.get("n_pairs")
     small = small_sample_warning(n if isinstance(n, int) else None)
     if small is not None:
@@ -920,7 +936,7 @@ def findings_for_origin(origin: Mapping[str, Any]) -> dict[str, Any]:
         best = max(rows, key=lambda r: float(r[key]))
         model = {"value": best[key], "ci_low": None, "ci_high": None}
         c_row = ctl_rows.get(best["site"])
-        control = (
+        ctl_value = (
             None
             if c_row is None or c_row.get(key) is None
             else {"value": c_row[key], "ci_low": None, "ci_high": None}
@@ -928,6 +944,17 @@ def findings_for_origin(origin: Mapping[str, Any]) -> dict[str, Any]:
         strat = None
         if pool == "last" and best.get("z_stratified") is not None:
             strat = {"value": best["z_stratified"], "ci_low": None, "ci_high": None}
+        lex_here = None if lexical is None else dict(lexical)
+        if run is not None:
+            model = _with_interval(model, run, (lx, ly), pool, best["site"], n_boot, seed, level)
+        if control is not None and c_row is not None and ctl_value is not None:
+            ctl_value = _with_interval(
+                ctl_value, control, (lx, ly), pool, best["site"], n_boot, seed, level
+            )
+        if lex_here is not None and alignment is not None:
+            rec = _index(alignment).get((lx, ly, pool, LEXICAL_SITE, "z"))
+            if rec is not None and _same(rec.get("value"), lex_here["value"]):
+                lex_here = _value(rec)
         gains = [
             (float(r[key]) - float(ctl_rows[r["site"]][key]), r)
             for r in rows
@@ -941,10 +968,10 @@ def findings_for_origin(origin: Mapping[str, Any]) -> dict[str, Any]:
                 "metric": "z",
                 "site": best["site"],
                 "model": model,
-                "control": control,
-                "lexical": lexical,
+                "control": ctl_value,
+                "lexical": lex_here,
                 "stratified": strat,
-                "verdict": verdict(model, control, lexical),
+                "verdict": verdict(model, ctl_value, lex_here),
                 "largest_gain": None
                 if gain is None
                 else {
@@ -957,6 +984,17 @@ def findings_for_origin(origin: Mapping[str, Any]) -> dict[str, Any]:
                 "n": n,
                 "source": "origin",
             }
+        )
+    points = [
+        f"{f['pool']} pool {role}"
+        for f in findings
+        for role in ("model", "control", "lexical")
+        if f[role] is not None and f[role].get("ci_low") is None
+    ]
+    if points:
+        warnings.append(
+            f"no interval for the origin study's z ({', '.join(points)}): those verdicts "
+            "compare point values"
         )
     study = {
         "model": origin.get("model"),
@@ -974,6 +1012,40 @@ def findings_for_origin(origin: Mapping[str, Any]) -> dict[str, Any]:
         "dominance": [],
         "identical_vectors": [],
     }
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Two values of one statistic, equal to float rounding."""
+    if a is None or b is None:
+        return False
+    return abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(b)))
+
+
+def _with_interval(
+    rec: dict[str, Any],
+    run: Run,
+    pair: tuple[str, str],
+    pool: str,
+    site: str,
+    n_boot: int,
+    seed: int,
+    level: float,
+) -> dict[str, Any]:
+    """``rec`` with the sweep's bootstrap interval of z on the run's ``pool`` vectors at
+    ``site``, if those give ``rec``'s value; else ``rec`` unchanged."""
+    from xlalign.metrics import matched_vs_scrambled_z, z_ci
+
+    if n_boot < 1 or pool not in run.pools or site not in run.sites:
+        return rec
+    try:
+        x = np.asarray(run.array(pair[0], site, pool))
+        y = np.asarray(run.array(pair[1], site, pool))
+        if not _same(matched_vs_scrambled_z(x, y, products=STUDY_PRODUCTS).z, rec["value"]):
+            return rec
+        ci = z_ci(x, y, n_boot=n_boot, seed=seed, level=level)
+    except XlalignError:
+        return rec
+    return {**rec, "ci_low": ci.low, "ci_high": ci.high}
 
 
 def merge_findings(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
@@ -998,6 +1070,17 @@ def merge_findings(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dic
     warnings: list[str] = []
     for part in parts.values():
         warnings += [w for w in part.get("warnings") or [] if w not in warnings]
+    controlled = [src for src, part in parts.items() if (part.get("study") or {}).get("control")]
+    if controlled and not (lead.get("study") or {}).get("control"):
+        # the sweep ran before the control existed: its headline would say there is none
+        lead = parts[controlled[0]]
+        warnings = [w for w in warnings if not w.startswith("no random-weights control")]
+        warnings.append(
+            "the sweep's findings (xlalign align) were made without the random-weights control "
+            f"that the {', '.join(controlled)} study has since added: run xlalign align on this "
+            "folder again to compare the sweep with it; the headline is the "
+            f"{controlled[0]} study's"
+        )
     return {
         **{k: v for k, v in new.items() if k not in ("findings", "warnings")},
         "headline": lead.get("headline"),

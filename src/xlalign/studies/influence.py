@@ -14,17 +14,18 @@ How the pairs are found (:func:`influential_pairs`):
    built once (:func:`loo_values`; tests compare each with a brute-force recomputation). The
    z's leave-one-out ignores ``--center`` and ``--stratify`` (the ranking only; step 3 uses
    them).
-2. **Ranking.** Each pair's effect on the gap ``model - control`` (both without that pair);
-   the pairs that close the gap fastest come first (the gap's sign decides the direction).
-3. **Checked exactly.** The ``k`` top pairs are removed from both the model's and the
-   control's vectors and the metric is recomputed by the same public function the sweep uses,
-   for ``k = 1, 2, ...`` up to ``floor(MAX_SHARE * n)``: the smallest ``k`` whose removal
-   flips the comparison is reported with the ids, else nothing.
-
-Greedy leave-one-out can miss a group of rows that only matters together (nine identical
-placeholder rows: removing one changes little); the ranking still puts such rows first when
-each one moves the value the same way, and the corpus checks
-(:mod:`xlalign.data.quality`) name them independently.
+2. **Groups.** Leave-one-out misses rows that only matter together: nine copies of one
+   placeholder move nothing when one goes and everything when all go. Pairs whose vectors are
+   identical (:func:`duplicate_groups`) are also tried as one candidate, exactly.
+3. **Ranking.** Each candidate's effect on the gap ``model - control`` (both without it), per
+   pair removed; the candidates that close the gap fastest come first, while they fit in
+   ``floor(MAX_SHARE * n)`` pairs (the gap's sign decides the direction).
+4. **Checked exactly.** The chosen pairs are removed from both the model's and the control's
+   vectors and the metric is recomputed by the same public function the sweep uses; if that
+   flips the comparison, the shortest prefix of candidates that flips it is reported with the
+   ids, else nothing. The search is greedy: None means no such set was found, not that none
+   exists; the corpus checks (:mod:`xlalign.data.quality`) name suspicious rows
+   independently.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 
 from xlalign.errors import XlalignError
 
-__all__ = ["INFLUENCE_METRICS", "MAX_SHARE", "influential_pairs", "loo_values"]
+__all__ = ["INFLUENCE_METRICS", "MAX_SHARE", "duplicate_groups", "influential_pairs", "loo_values"]
 
 #: At most this share of the pairs may be removed (2%: 4 of 200, 10 of 500).
 MAX_SHARE = 0.02
@@ -126,6 +127,33 @@ def _loo_cka(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where((kk > 0) & (ll > 0), out, np.nan)
 
 
+def duplicate_groups(*arrays: np.ndarray, decimals: int = 4) -> list[list[int]]:
+    """Groups (of two or more rows) whose vectors are equal in any of ``arrays`` once
+    unit-normalised and rounded to ``decimals``: the same prompt captured in two batches
+    differs by float rounding (about 1e-6), and a repeated placeholder gives one vector."""
+    parent = list(range(len(arrays[0])))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a in arrays:
+        keys = np.round(_unit(a), decimals) + 0.0  # + 0.0: -0.0 and 0.0 alike
+        _, inverse = np.unique(keys, axis=0, return_inverse=True)
+        first: dict[int, int] = {}
+        for i, k in enumerate(np.asarray(inverse).ravel()):
+            if int(k) in first:
+                parent[find(i)] = find(first[int(k)])
+            else:
+                first[int(k)] = i
+    groups: dict[int, list[int]] = {}
+    for i in range(len(parent)):
+        groups.setdefault(find(i), []).append(i)
+    return [g for g in groups.values() if len(g) > 1]
+
+
 def influential_pairs(
     metric: str,
     model: tuple[np.ndarray, np.ndarray],
@@ -143,6 +171,13 @@ def influential_pairs(
     ``{"k", "of", "ids", "model": {"before", "after"}, "control": {"before", "after"},
     "direction"}``, ``direction`` ``"below"`` (the model falls to or below the control) or
     ``"above"`` (it rises above it).
+
+    Candidates are single pairs, ranked by their exact leave-one-out effect on the gap, and
+    groups of pairs whose vectors are identical (:func:`duplicate_groups`: a placeholder
+    repeated nine times moves nothing when one copy goes, everything when all go), ranked by
+    their exact leave-group-out effect per pair. Candidates are taken best first while they
+    fit in the budget; if removing all of them flips the comparison, the shortest prefix that
+    does is reported.
     """
     n = len(ids)
     k_max = int(max_share * n)
@@ -153,34 +188,57 @@ def influential_pairs(
     if m0 is None or c0 is None:
         return None
     ahead = m0 > c0
-    gap = loo_values(metric, *model) - loo_values(metric, *control)
-    gap = np.where(np.isfinite(gap), gap, (m0 - c0))  # an undefined LOO value ranks last
-    order = np.argsort(gap if ahead else -gap, kind="stable")[:k_max]
+    sign = 1.0 if ahead else -1.0  # a candidate's score: how far it moves the gap the right way
 
-    def flipped(k: int) -> tuple[bool, float | None, float | None]:
+    def gap_without(rows: Sequence[int]) -> float | None:
         keep = everything.copy()
-        keep[order[:k]] = False
+        keep[list(rows)] = False
+        m, c = value(*model, keep), value(*control, keep)
+        return None if m is None or c is None else m - c
+
+    loo = loo_values(metric, *model) - loo_values(metric, *control)
+    units: list[tuple[float, list[int]]] = [
+        (sign * (float(g) - (m0 - c0)), [i]) for i, g in enumerate(loo) if np.isfinite(g)
+    ]
+    for group in duplicate_groups(*model):
+        if len(group) <= k_max:
+            g = gap_without(group)
+            if g is not None:
+                units.append((sign * (g - (m0 - c0)) / len(group), group))
+    units.sort(key=lambda u: u[0])  # most negative first: closes the gap fastest per pair
+    chosen: list[list[int]] = []
+    taken: set[int] = set()
+    for _score, rows in units:
+        if taken & set(rows):
+            continue
+        if len(taken) + len(rows) > k_max:
+            continue
+        chosen.append(rows)
+        taken.update(rows)
+        if len(taken) == k_max:
+            break
+
+    def flipped(upto: int) -> tuple[bool, list[int], float | None, float | None]:
+        rows = [i for unit in chosen[:upto] for i in unit]
+        keep = everything.copy()
+        keep[rows] = False
         m, c = value(*model, keep), value(*control, keep)
         if m is None or c is None:
-            return False, m, c
-        return (m <= c) if ahead else (m > c), m, c
+            return False, rows, m, c
+        return (m <= c) if ahead else (m > c), rows, m, c
 
-    found = None
-    if flipped(k_max)[0]:
-        for k in range(1, k_max + 1):
-            ok, m, c = flipped(k)
-            if ok:
-                found = (k, m, c)
-                break
-    if found is None:
+    if not chosen or not flipped(len(chosen))[0]:
         return None
-    k, m, c = found
-    return {
-        "k": k,
-        "of": n,
-        "max_removed": k_max,
-        "ids": [str(ids[i]) for i in order[:k]],
-        "model": {"before": m0, "after": m},
-        "control": {"before": c0, "after": c},
-        "direction": "below" if ahead else "above",
-    }
+    for upto in range(1, len(chosen) + 1):
+        ok, rows, m, c = flipped(upto)
+        if ok:
+            return {
+                "k": len(rows),
+                "of": n,
+                "max_removed": k_max,
+                "ids": [str(ids[i]) for i in rows],
+                "model": {"before": m0, "after": m},
+                "control": {"before": c0, "after": c},
+                "direction": "below" if ahead else "above",
+            }
+    return None
