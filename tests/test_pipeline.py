@@ -165,7 +165,7 @@ def test_demo_on_the_bundled_model_renders(minilm_path, tmp_path, capsys):
     assert printed[-1] == f"report (problems): {out / 'problems' / 'report.html'}"
     assert f"answer: {out / 'answer.md'}" in printed
     answer = (out / "answer.md").read_text()
-    assert "| problems | 200 |" in answer and "hsk" not in answer  # minilm: no HSK study
+    assert "## problems: 200 pairs" in answer and "## hsk" not in answer  # minilm: no HSK
     study = out / "problems"
     assert (study / "report.md").is_file()
     findings = json.loads((study / "findings.json").read_text())
@@ -192,7 +192,13 @@ def test_demo_on_the_bundled_model_renders(minilm_path, tmp_path, capsys):
     prov = json.loads((study / "provenance.json").read_text())
     assert prov["stages"]["lens"].startswith("skipped: BertModel is not a causal LM")
     assert not (study / "lens.json").exists()
-    assert f"{origin['z_raw_embed_last_token']:.1f}" in answer
+    (embed,) = [r for r in alignment["records"]
+                if (r["pool"], r["metric"], r["site"]) == ("last", "z", "embed")]  # fmt: skip
+    assert embed["value"] == pytest.approx(origin["z_raw_embed_last_token"], rel=1e-6)
+    assert f"| embed | {embed['value']:.1f} [{embed['ci_low']:.1f}, {embed['ci_high']:.1f}] |" in (
+        answer
+    )
+    assert findings["headline"] in answer and "carries" not in answer
     few = any(d["embed"]["identical"] for d in origin["identical_last_token"].values())
     assert ("distinct values (the prompts end in a few tokens)" in answer) == few
     state, errors = check_page(study / "report.html", study / "report.png", tmp_path)
@@ -288,7 +294,9 @@ def test_demo_answer_states_verdicts_and_when_training_lowers_alignment():
                 "findings": [], "study": {"n_pairs": 200}}  # fmt: skip
     docs = StudyDocs(findings=findings, alignment=model, control_alignment=control, origin={})
     text = answer({"problems": docs}, "Qwen")
-    assert "| L0 | 14.1 [12.9, 15.0] | 37.5 [36.0, 38.5] | 19.9 [17.0, 19.6] | below-control |" in text
+    assert (
+        "| L0 | 14.1 [12.9, 15.0] | 37.5 [36.0, 38.5] | 19.9 [17.0, 19.6] | below-control |" in text
+    )
     assert "training lowers it" in text and "23.4 below them" in text
     assert "at 1 of them (L1)" in text  # L1: 38.0 > 21.0; embed and L0 below
     assert "zh/en: the headline" in text and "- one grouped warning" in text
@@ -297,7 +305,10 @@ def test_demo_answer_states_verdicts_and_when_training_lowers_alignment():
     control["records"][1] = _z("L0", 5.0, 4.0, 6.0)
     model["records"][3] = _z("lexical", 3.0, 2.0, 4.0)
     text = answer({"problems": docs}, "Qwen")
-    assert "| L0 | 14.1 [12.9, 15.0] | 5.00 [4.00, 6.00] | 3.00 [2.00, 4.00] | beyond-control |" in text
+    assert (
+        "| L0 | 14.1 [12.9, 15.0] | 5.00 [4.00, 6.00] | 3.00 [2.00, 4.00] | beyond-control |"
+        in text
+    )
     assert "training adds alignment at the first block" in text
     control["records"][1] = _z("L0", 14.5, 13.0, 16.0)
     assert "needs no training" in answer({"problems": docs}, "Qwen")

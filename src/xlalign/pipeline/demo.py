@@ -233,6 +233,7 @@ def answer(studies: Mapping[str, StudyDocs], label: str) -> str:
 
 
 def _study_section(name: str, docs: StudyDocs) -> list[str]:
+    from xlalign.report.render import finding_notes
     from xlalign.studies.findings import phrase, verdict
 
     f_doc, align, ctl = docs.findings, docs.alignment, docs.control_alignment
@@ -284,18 +285,7 @@ def _study_section(name: str, docs: StudyDocs) -> list[str]:
             "|---|---|---|---|---|---|---|",
         ]
         for f in findings:
-            notes = []
-            if f.get("dominated"):
-                std = f["dominated"].get("standardized")
-                notes.append(
-                    "one dimension dominates"
-                    + (f" (standardized {_f(std) if abs(std) >= 10 else f'{std:.3f}'})"
-                       if std is not None else "")
-                )  # fmt: skip
-            if f.get("influential"):
-                notes.append(f"rests on {f['influential']['k']} pairs")
-            if f.get("artifact"):
-                notes.append(str(f["artifact"]))
+            notes = finding_notes(f)
             out.append(
                 f"| {f['pool']} | {_LABELS.get(f['metric'], f['metric'])} | "
                 f"{_ci(f['model'])} at {f['site']} | {_ci(f['control'])} | "

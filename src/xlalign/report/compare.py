@@ -211,6 +211,8 @@ def build_compare_report(out_dir: Path, doc: Mapping[str, Any]) -> dict[str, Pat
 
 
 def _point(d: Any) -> str:
+    if isinstance(d, Mapping) and d.get("no_shared_tokens") and d.get("value") is None:
+        return "no shared tokens"
     if not isinstance(d, Mapping) or d.get("value") is None:
         return "none"
     lo, hi = d.get("ci_low"), d.get("ci_high")

@@ -215,7 +215,27 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]
 # ---------------------------------------------------------------------------------------------
 
 
+def finding_notes(f: Mapping[str, Any]) -> list[str]:
+    """The artifact marks of a finding in ``findings.json``, in words (the console summary,
+    the report and the demo's answer alike)."""
+    notes = []
+    if f.get("dominated"):
+        std = f["dominated"].get("standardized")
+        notes.append(
+            "one dimension dominates"
+            + (f", standardized {fmt_value(std)}" if std is not None else "")
+        )
+    if f.get("influential"):
+        inf = f["influential"]
+        notes.append(f"rests on {inf['k']} of {inf['of']} pairs")
+    if f.get("artifact"):
+        notes.append(str(f["artifact"]))
+    return notes
+
+
 def _ci_cell(d: Any) -> Cell:
+    if isinstance(d, Mapping) and d.get("no_shared_tokens") and d.get("value") is None:
+        return Cell("no shared tokens", title="the lexical baseline gives no alignment")
     if not isinstance(d, Mapping) or d.get("value") is None:
         return Cell("none", title="not available", undefined=True)
     text = fmt_value(d["value"])
@@ -248,6 +268,7 @@ def _findings_section(findings: Mapping[str, Any] | None) -> list[Block]:
                 f"{gain['site']} ({'+' if gain['gain'] >= 0 else ''}{fmt_value(gain['gain'])})"
                 if isinstance(gain, Mapping)
                 else Cell("none", undefined=True),
+                "; ".join(finding_notes(f)),
             ]
         )
     if rows:
@@ -264,6 +285,7 @@ def _findings_section(findings: Mapping[str, Any] | None) -> list[Block]:
                     "within-category null",
                     "verdict",
                     "largest gain over control",
+                    "artifacts",
                 ],
                 rows,
                 caption="Each metric at the model's best site, beside its controls",

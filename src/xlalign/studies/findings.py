@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from xlalign.errors import XlalignError
+from xlalign.report.render import finding_notes
 from xlalign.store.files import atomic_write_json
 from xlalign.store.run import Run, load_run
 from xlalign.studies.layers import (
@@ -575,17 +576,8 @@ def _fmt(v: Any) -> str:
 
 def _flags(f: Mapping[str, Any]) -> str:
     """The summary line's artifact marks of a finding."""
-    flags = []
-    if f.get("dominated"):
-        std = f["dominated"].get("standardized")
-        flags.append(
-            "dominant dimension" + (f", standardized {_fmt(std)}" if std is not None else "")
-        )
-    if f.get("influential"):
-        flags.append(f"rests on {f['influential']['k']} pairs")
-    if f.get("artifact"):
-        flags.append(str(f["artifact"]))
-    return f" [{'; '.join(flags)}]" if flags else ""
+    notes = finding_notes(f)
+    return f" [{'; '.join(notes)}]" if notes else ""
 
 
 def _fmt_ci(d: Mapping[str, Any] | None) -> str:

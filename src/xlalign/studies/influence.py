@@ -16,7 +16,8 @@ How the pairs are found (:func:`influential_pairs`):
    them).
 2. **Groups.** Leave-one-out misses rows that only matter together: nine copies of one
    placeholder move nothing when one goes and everything when all go. Pairs whose vectors are
-   identical (:func:`duplicate_groups`) are also tried as one candidate, exactly.
+   near-duplicates (:func:`duplicate_groups`: centred cosine at least 0.995 in either
+   language) are also tried as one candidate, exactly.
 3. **Ranking.** Each candidate's effect on the gap ``model - control`` (both without it), per
    pair removed; the candidates that close the gap fastest come first, while they fit in
    ``floor(MAX_SHARE * n)`` pairs (the gap's sign decides the direction).
@@ -37,7 +38,14 @@ import numpy as np
 
 from xlalign.errors import XlalignError
 
-__all__ = ["INFLUENCE_METRICS", "MAX_SHARE", "duplicate_groups", "influential_pairs", "loo_values"]
+__all__ = [
+    "INFLUENCE_METRICS",
+    "MAX_SHARE",
+    "NEAR_DUPLICATE",
+    "duplicate_groups",
+    "influential_pairs",
+    "loo_values",
+]
 
 #: At most this share of the pairs may be removed (2%: 4 of 200, 10 of 500).
 MAX_SHARE = 0.02
@@ -127,11 +135,21 @@ def _loo_cka(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where((kk > 0) & (ll > 0), out, np.nan)
 
 
-def duplicate_groups(*arrays: np.ndarray, decimals: int = 4) -> list[list[int]]:
-    """Groups (of two or more rows) whose vectors are equal in any of ``arrays`` once
-    unit-normalised and rounded to ``decimals``: the same prompt captured in two batches
-    differs by float rounding (about 1e-6), and a repeated placeholder gives one vector."""
-    parent = list(range(len(arrays[0])))
+#: Rows whose centred vectors have at least this cosine are tried together (near-duplicates).
+NEAR_DUPLICATE = 0.995
+
+
+def duplicate_groups(
+    *arrays: np.ndarray, near: float = NEAR_DUPLICATE, max_size: int | None = None
+) -> list[list[int]]:
+    """Groups (of two or more rows, at most ``max_size``) of near-duplicate pairs: rows joined
+    when their vectors, centred on the column means and unit-normalised, have cosine at least
+    ``near`` in any of ``arrays`` (connected components). The same prompt captured in two
+    batches differs by float rounding, a repeated placeholder gives one vector, and numbered
+    placeholders (``placeholder-p1``, ``-p2``) nearly one; centring first keeps a direction
+    every vector shares (a dominant dimension) from joining everything."""
+    n = len(arrays[0])
+    parent = list(range(n))
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -140,18 +158,15 @@ def duplicate_groups(*arrays: np.ndarray, decimals: int = 4) -> list[list[int]]:
         return i
 
     for a in arrays:
-        keys = np.round(_unit(a), decimals) + 0.0  # + 0.0: -0.0 and 0.0 alike
-        _, inverse = np.unique(keys, axis=0, return_inverse=True)
-        first: dict[int, int] = {}
-        for i, k in enumerate(np.asarray(inverse).ravel()):
-            if int(k) in first:
-                parent[find(i)] = find(first[int(k)])
-            else:
-                first[int(k)] = i
+        a = np.asarray(a, dtype=np.float64)
+        u = _unit(a - a.mean(axis=0))
+        close = np.argwhere(np.triu(u @ u.T, k=1) >= near)
+        for i, j in close:
+            parent[find(int(i))] = find(int(j))
     groups: dict[int, list[int]] = {}
-    for i in range(len(parent)):
+    for i in range(n):
         groups.setdefault(find(i), []).append(i)
-    return [g for g in groups.values() if len(g) > 1]
+    return [g for g in groups.values() if 1 < len(g) <= (max_size or n)]
 
 
 def influential_pairs(
@@ -173,7 +188,7 @@ def influential_pairs(
     ``"above"`` (it rises above it).
 
     Candidates are single pairs, ranked by their exact leave-one-out effect on the gap, and
-    groups of pairs whose vectors are identical (:func:`duplicate_groups`: a placeholder
+    groups of near-duplicate pairs (:func:`duplicate_groups`: a placeholder
     repeated nine times moves nothing when one copy goes, everything when all go), ranked by
     their exact leave-group-out effect per pair. Candidates are taken best first while they
     fit in the budget; if removing all of them flips the comparison, the shortest prefix that
@@ -200,11 +215,10 @@ def influential_pairs(
     units: list[tuple[float, list[int]]] = [
         (sign * (float(g) - (m0 - c0)), [i]) for i, g in enumerate(loo) if np.isfinite(g)
     ]
-    for group in duplicate_groups(*model):
-        if len(group) <= k_max:
-            g = gap_without(group)
-            if g is not None:
-                units.append((sign * (g - (m0 - c0)) / len(group), group))
+    for group in duplicate_groups(*model, max_size=k_max):
+        g = gap_without(group)
+        if g is not None:
+            units.append((sign * (g - (m0 - c0)) / len(group), group))
     units.sort(key=lambda u: u[0])  # most negative first: closes the gap fastest per pair
     chosen: list[list[int]] = []
     taken: set[int] = set()
