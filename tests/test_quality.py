@@ -35,7 +35,8 @@ BAD = [
     ("p2", "她很忙。", "Placeholder-p5 "),
     ("p3", "这里有很多外国东西。", "PH"),
     ("e1", "我很好。", "   "),
-    ("i1", "OK", "ok"),
+    ("i1", "Not translated yet.", "not translated yet."),
+    ("i2", "OK", "ok"),  # short: not 'identical' (a name, number or cognate); no Han in zh
     ("w1", "hello there", "Hello there, friend."),
     ("w2", "我爱你。", "我爱你"),
     ("d1", CLEAN[3][1], CLEAN[3][2]),
@@ -53,13 +54,13 @@ def test_every_kind_is_found_with_its_ids():
         "placeholder en": ["p1", "p2", "p3"],
         "empty en": ["e1"],
         "identical zh/en": ["i1"],
-        "wrong-script zh": ["i1", "w1"],
+        "wrong-script zh": ["i1", "i2", "w1"],
         "wrong-script en": ["w2"],
         "duplicate zh/en": ["d1=c3"],
         "length-ratio zh/en": ["l1"],
     }
     # a row with an untranslated side counts once in the list of untranslated ids
-    assert report.flagged_ids == ("p1", "p2", "p3", "e1", "i1", "w1", "w2")
+    assert report.flagged_ids == ("p1", "p2", "p3", "e1", "i1", "i2", "w1", "w2")
     lines = report.warnings()
     assert len(lines) == 7 and all(line.startswith("hand: ") for line in lines)
     assert (
@@ -91,6 +92,9 @@ def test_many_ids_are_shown_as_the_first_ten_and_a_count():
         ("PH", True), (" TODO ", True), ("n/a", True), ("???", True), ("...", True),
         ("Phone died—charge it with the charger.", False), ("photo", False),
         ("None of them came.", False), ("", False),
+        # words of some language: Spanish 'todo', Polish 'na', German 'null', 'ph' in lower case
+        ("todo", False), ("na", False), ("null", False), ("none", False), ("ph", False),
+        ("?", False), ("-", False),
     ],
 )  # fmt: skip
 def test_placeholders(text, expected):
@@ -102,7 +106,7 @@ def test_placeholders(text, expected):
     [
         ("zh", "HAN"), ("zh-CN", "HAN"), ("zho_Hant", "HAN"), ("ja", "JAPANESE"),
         ("en", "LATIN"), ("fra_Latn", "LATIN"), ("ru", "CYRILLIC"), ("sr-Cyrl", "CYRILLIC"),
-        ("sr", None), ("xx", None), ("ko", "HANGUL"),
+        ("sr", None), ("xx", None), ("ko", "HANGUL"), ("hi-latn", "LATIN"), ("hi", "DEVANAGARI"),
     ],
 )  # fmt: skip
 def test_expected_script(lang, script):
@@ -111,10 +115,11 @@ def test_expected_script(lang, script):
 
 def test_japanese_accepts_kana_and_an_unknown_language_is_not_checked():
     corpus = ParallelCorpus(
-        ids=("a", "b"),
-        texts={"ja": ("ひらがなだけ", "hello"), "xx": ("hello", "你好")},
+        ids=("a", "b", "c"),
+        texts={"ja": ("ひらがなだけ", "hello", "ｶﾀｶﾅ"), "xx": ("hello", "你好", "x")},
     )
-    assert _by_kind(check_corpus(corpus)) == {"wrong-script ja": ["b"]}
+    assert _by_kind(check_corpus(corpus)) == {"wrong-script ja": ["b"]}  # half-width kana: ja
+    assert check_corpus(corpus, []).issues == ()
 
 
 def test_hsk_keeps_no_placeholder_and_the_raw_records_hold_82():

@@ -97,8 +97,8 @@ def hsk(
     (``random.Random(seed)``), stratified by level so every kept level appears in proportion;
     the rows are then in the package's order. Records without English text are skipped, and
     so are the 82 whose English is a placeholder (``placeholder``, ``placeholder-p5``, ``PH``:
-    untranslated, see :mod:`xlalign.data.quality`); those are listed in the corpus's
-    ``skipped`` and counted in its ``source``, before any level filter or sample.
+    untranslated, see :mod:`xlalign.data.quality`); those of the chosen levels are listed in
+    the corpus's ``skipped`` and counted in its ``source``, before any sample is drawn.
     """
     records = hsk_records()
     if levels is not None:

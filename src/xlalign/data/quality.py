@@ -8,10 +8,12 @@ run whenever a corpus is loaded for a study (:func:`check_corpus`); each kind of
 away. The checks, for every language ``lang`` of the corpus:
 
 - ``placeholder``: the text is a known placeholder (:data:`PLACEHOLDER`: ``placeholder``,
-  ``placeholder-p5``, ``PH``, ``TODO``, ``N/A``, ``???``, ...), compared after trimming and case-folding;
+  ``placeholder-p5``, ``N/A``, ``???``, ...; :data:`PLACEHOLDER_EXACT`, case-sensitive:
+  ``PH``, ``TODO``), compared after trimming;
 - ``empty``: the text is empty or only white space;
-- ``identical``: the text equals another language's text of the same row (case-folded and
-  trimmed) although the languages differ: usually left untranslated;
+- ``identical``: the text, at least :data:`IDENTICAL_MIN_CHARS` characters long, equals
+  another language's text of the same row (case-folded and trimmed) although the languages
+  differ: usually left untranslated (short names, numbers and cognates are left alone);
 - ``wrong-script``: the text has letters but none in the script its language is written in
   (:func:`expected_script`: from an ISO 15924 suffix such as ``_Latn`` or the language code),
   e.g. English in the Chinese column;
@@ -19,7 +21,9 @@ away. The checks, for every language ``lang`` of the corpus:
   ``id=first``);
 - ``length-ratio``: the character-length ratio of the row's two texts (first language against
   each other one) differs from the corpus's median ratio by more than :data:`LENGTH_RATIO`
-  times, either way: a truncated or misaligned row.
+  times, either way: a truncated or misaligned row (rows whose longer side is under
+  :data:`LENGTH_MIN_CHARS` characters are left out). A heuristic: each row it names is worth
+  a look, not necessarily wrong.
 
 Nothing here changes the corpus; :func:`xlalign.data.corpora.hsk` drops its known placeholder
 rows itself and lists them in :attr:`~xlalign.data.corpus.ParallelCorpus.skipped`.
@@ -53,11 +57,20 @@ __all__ = [
     "script_of",
 ]
 
-#: A text that stands in for a missing translation (matched on the trimmed, case-folded text).
+#: A text that stands in for a missing translation (matched on the trimmed, case-folded
+#: text). Only marks no language uses as a sentence: "todo" (Spanish), "na" (Polish), "null"
+#: (German) and "none" are words, so they are not here.
 PLACEHOLDER = re.compile(
-    r"^(placeholder([-_ ]?[a-z]*\d*)?|ph|todo|tbd|tba|fixme|n/?a|none|null|nil|untranslated"
-    r"|no translation|translation|missing|xxx+|\?+|-+|_+|\.\.\.+|…)$"
+    r"^(placeholder([-_ ]?[a-z]*\d*)?|tbd|tba|fixme|n/a|untranslated|no translation"
+    r"|xxx+|\?{2,}|-{2,}|_{2,}|\.{3,}|…)$"
 )
+#: Case-sensitive placeholders: the HSK package's "PH" (a word elsewhere, in lower case).
+PLACEHOLDER_EXACT = frozenset({"PH", "TODO", "TBD", "N/A"})
+#: Identical sides count as untranslated only when this long (names, numbers, "OK" and short
+#: cognates are the same in many languages).
+IDENTICAL_MIN_CHARS = 10
+#: The length-ratio check skips rows whose longer side is shorter than this.
+LENGTH_MIN_CHARS = 10
 #: A row whose length ratio is this many times the corpus's median ratio (or its inverse).
 LENGTH_RATIO = 5.0
 #: The kinds of issue, in the order they are reported.
@@ -254,8 +267,9 @@ class QualityReport:
 
 
 def is_placeholder(text: str) -> bool:
-    """Whether ``text`` is a known placeholder for a missing translation (:data:`PLACEHOLDER`)."""
-    return bool(PLACEHOLDER.match(text.strip().casefold()))
+    """Whether ``text`` is a known placeholder for a missing translation (:data:`PLACEHOLDER`,
+    :data:`PLACEHOLDER_EXACT`)."""
+    return text.strip() in PLACEHOLDER_EXACT or bool(PLACEHOLDER.match(text.strip().casefold()))
 
 
 def expected_script(lang: str) -> str | None:
@@ -267,8 +281,8 @@ def expected_script(lang: str) -> str | None:
     """
     parts = re.split(r"[_-]", lang)
     for part in parts[1:]:
-        if part in _SCRIPT_CODES:
-            return _SCRIPT_CODES[part]
+        if part.title() in _SCRIPT_CODES:  # hi-latn as hi-Latn
+            return _SCRIPT_CODES[part.title()]
     return _LANG_SCRIPTS.get(parts[0].lower())
 
 
@@ -280,6 +294,8 @@ def script_of(ch: str) -> str | None:
         return None
     if name.startswith("CJK"):
         return "HAN"
+    for width in ("HALFWIDTH ", "FULLWIDTH "):  # half-width katakana, full-width Latin
+        name = name.removeprefix(width)
     return name.split(" ", 1)[0]
 
 
@@ -304,6 +320,8 @@ def check_corpus(
     """Every quality issue of ``corpus`` in ``langs`` (default: all its languages; one is
     enough for the checks of a single side), each with its ids (see the module docs)."""
     langs = list(corpus.languages if langs is None else langs)
+    if not langs:
+        return QualityReport(len(corpus), (), corpus.source)
     ids = corpus.ids
     texts = {lang: corpus.text(lang) for lang in langs}
     issues: list[QualityIssue] = []
@@ -336,6 +354,7 @@ def check_corpus(
                 i
                 for i in range(len(ids))
                 if i not in bad_rows
+                and len(texts[a][i].strip()) >= IDENTICAL_MIN_CHARS
                 and texts[a][i].strip().casefold() == texts[b][i].strip().casefold()
             ]
             if rows:
@@ -395,7 +414,10 @@ def _length_outliers(
         ratios = {
             i: log(len(texts[base][i].strip()) / len(texts[other][i].strip()))
             for i in range(len(ids))
-            if i not in skip and texts[base][i].strip() and texts[other][i].strip()
+            if i not in skip
+            and texts[base][i].strip()
+            and texts[other][i].strip()
+            and max(len(texts[base][i].strip()), len(texts[other][i].strip())) >= LENGTH_MIN_CHARS
         }
         if len(ratios) < 10:  # too few rows for a median to mean anything
             continue

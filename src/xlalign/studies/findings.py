@@ -33,8 +33,9 @@ import numpy as np
 from xlalign.errors import XlalignError
 from xlalign.report.render import finding_notes
 from xlalign.store.files import atomic_write_json
-from xlalign.store.run import Run, load_run
+from xlalign.store.run import Run, check_control, load_run
 from xlalign.studies.layers import (
+    CI_MAX_N,
     LEXICAL_SITE,
     STUDY_PRODUCTS,
     StandardizedRun,
@@ -417,8 +418,9 @@ def _mark_dominated(
     by_site = {(d["site"], d["pool"]): d for d in dominance}
     for f in findings:
         d = by_site.get((f["site"], f["pool"]))
-        if d is None:
-            f.setdefault("dominated", None)
+        langs = [r for r in (d or {}).get("languages") or [] if r["lang"] in f["pair"]]
+        if d is None or not langs:  # flagged for another pair's languages only
+            f["dominated"] = None
             continue
         value: Mapping[str, Any] = next(
             (v for v in d.get("values") or []
@@ -426,9 +428,7 @@ def _mark_dominated(
             {},
         )  # fmt: skip
         f["dominated"] = {
-            "languages": {
-                r["lang"]: {"dim": r["top_dims"][0], "share": r["share"]} for r in d["languages"]
-            },
+            "languages": {r["lang"]: {"dim": r["top_dims"][0], "share": r["share"]} for r in langs},
             "raw": value.get("raw"),
             "standardized": value.get("standardized"),
         }
@@ -795,15 +795,23 @@ def findings_for_sweep(
     if control is None and control_alignment is not None and control_alignment.get("run"):
         try:
             control = load_run(str(control_alignment["run"]))
+            check_control(run, control)
         except XlalignError:
-            control = None
-    if control is not None:
-        doc["warnings"] += check_influence(doc["findings"], run, control, config)
+            control = None  # not this run's control: no check rather than a wrong one
+    if control is not None and list(control.ids) == list(run.ids):
+        langs = list(alignment.get("languages") or run.languages)
+        doc["warnings"] += check_influence(doc["findings"], run, control, config, langs)
+        # the headline names a z finding that rests on a few pairs
+        doc["headline"] = headline(doc["findings"], control_alignment is not None)
     return doc
 
 
 def check_influence(
-    findings: Sequence[dict[str, Any]], run: Run, control: Run, config: SweepConfig
+    findings: Sequence[dict[str, Any]],
+    run: Run,
+    control: Run,
+    config: SweepConfig,
+    langs: Sequence[str] | None = None,
 ) -> list[str]:
     """Add ``influential`` to each sweep finding with a control (None when no few pairs decide
     it; see :mod:`xlalign.studies.influence`) and return one warning per finding that rests
@@ -827,7 +835,7 @@ def check_influence(
         ]
     if config.compat != "exact":
         return [f"influential-pairs check skipped: --compat {config.compat}"]
-    langs = list(run.languages)
+    langs = list(langs or run.languages)  # --standardize: over the languages swept
     views: list[Any] = [run, control]
     if config.standardize:
         views = [StandardizedRun(r, langs) for r in views]
@@ -866,8 +874,8 @@ def check_influence(
             f"{x}/{y}, {pool} pool, {_LABELS[f['metric']]} at {site}: removing {res['k']} of "
             f"{res['of']} pairs (ids {shown}) moves the model from {_fmt(res['model']['before'])} "
             f"to {_fmt(res['model']['after'])}, and it {moves} the control "
-            f"({_fmt(res['control']['before'])} -> {_fmt(res['control']['after'])}): the verdict "
-            f"'{f['verdict']}' rests on these pairs"
+            f"({_fmt(res['control']['before'])} -> {_fmt(res['control']['after'])}): which of "
+            f"the two is higher, and so the verdict '{f['verdict']}', rests on these pairs"
         )
     return out
 
@@ -1027,8 +1035,8 @@ def _with_interval(
     ``site``, if those give ``rec``'s value; else ``rec`` unchanged."""
     from xlalign.metrics import matched_vs_scrambled_z, z_ci
 
-    if n_boot < 1 or pool not in run.pools or site not in run.sites:
-        return rec
+    if n_boot < 1 or pool not in run.pools or site not in run.sites or run.n_rows > CI_MAX_N:
+        return rec  # above CI_MAX_N the sweep has no intervals either
     try:
         x = np.asarray(run.array(pair[0], site, pool))
         y = np.asarray(run.array(pair[1], site, pool))
@@ -1062,10 +1070,11 @@ def merge_findings(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dic
     warnings: list[str] = []
     for part in parts.values():
         warnings += [w for w in part.get("warnings") or [] if w not in warnings]
+    headline_part = lead
     controlled = [src for src, part in parts.items() if (part.get("study") or {}).get("control")]
     if controlled and not (lead.get("study") or {}).get("control"):
         # the sweep ran before the control existed: its headline would say there is none
-        lead = parts[controlled[0]]
+        headline_part = parts[controlled[0]]
         warnings = [w for w in warnings if not w.startswith("no random-weights control")]
         warnings.append(
             "the sweep's findings (xlalign align) were made without the random-weights control "
@@ -1075,7 +1084,7 @@ def merge_findings(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dic
         )
     return {
         **{k: v for k, v in new.items() if k not in ("findings", "warnings")},
-        "headline": lead.get("headline"),
+        "headline": headline_part.get("headline"),
         "findings": [*(new.get("findings") or []), *kept],
         "warnings": warnings,
         "study": lead.get("study"),

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from xlalign.errors import XlalignError
+from xlalign.metrics._checks import TIE_TOL
 
 __all__ = [
     "INFLUENCE_METRICS",
@@ -65,17 +66,50 @@ def loo_values(metric: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The metric without pair ``i``, for every ``i``: ``(n,)`` float64 (NaN where undefined).
 
     ``z``: matched-vs-scrambled z with the exact null over all permutations of ``n - 1``
-    pairs (no centring, no strata); ``p1_xy``/``p1_yx``: P@1 by cosine, ties are misses;
-    ``cka``: biased linear CKA.
+    pairs (no centring, no strata); ``p1_xy``/``p1_yx``: P@1 by cosine, ties (within
+    ``TIE_TOL``, as the sweep) are misses; ``cka``: biased linear CKA.
+    """
+    return _loo(metric, x, y)[0]
+
+
+def _loo(metric: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(leave-one-out values, the value on all n pairs by the same formula)``.
+
+    Both are computed from centred matrices: CKA is unchanged by centring the columns of x
+    and y, and z by adding a constant to a row or a column of the cosine matrix; centring
+    first keeps a large shared offset (a massive activation) from swamping float64.
     """
     if metric == "cka":
-        return _loo_cka(np.asarray(x, np.float64), np.asarray(y, np.float64))
+        xa, ya = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        xa, ya = xa - xa.mean(axis=0), ya - ya.mean(axis=0)
+        return _loo_cka(xa, ya), _full_cka(xa, ya)
     c = _unit(x) @ _unit(y).T
     if metric == "z":
-        return _loo_z(c)
+        c = c - c.mean(axis=1, keepdims=True) - c.mean(axis=0, keepdims=True) + c.mean()
+        return _loo_z(c), _full_z(c)
     if metric in ("p1_xy", "p1_yx"):
-        return _loo_p1(c if metric == "p1_xy" else c.T)
+        s = c if metric == "p1_xy" else c.T
+        return _loo_p1(s), float((_competitors(s).sum(1) == 0).mean())
     raise XlalignError(f"no leave-one-out for metric '{metric}': known {INFLUENCE_METRICS}")
+
+
+def _full_z(c: np.ndarray) -> float:
+    n = c.shape[0]
+    d = c - c.mean(axis=1, keepdims=True) - c.mean(axis=0, keepdims=True) + c.mean()
+    var = (d * d).sum() / (n - 1)
+    return float((np.trace(c) - c.sum() / n) / np.sqrt(var)) if var > 0 else float("nan")
+
+
+def _full_cka(x: np.ndarray, y: np.ndarray) -> float:
+    kk, ll = np.linalg.norm(x.T @ x), np.linalg.norm(y.T @ y)
+    return float(np.linalg.norm(x.T @ y) ** 2 / (kk * ll)) if kk > 0 and ll > 0 else float("nan")
+
+
+def _competitors(s: np.ndarray) -> np.ndarray:
+    """``a[i, j]``: candidate ``j`` is at least as near to row ``i`` as its partner (a miss)."""
+    a = s >= np.diag(s)[:, None] - TIE_TOL
+    np.fill_diagonal(a, False)
+    return a
 
 
 def _loo_z(c: np.ndarray) -> np.ndarray:
@@ -103,8 +137,7 @@ def _loo_z(c: np.ndarray) -> np.ndarray:
 def _loo_p1(s: np.ndarray) -> np.ndarray:
     """P@1 (rows retrieve columns, ties are misses) without pair ``i``, for every ``i``."""
     n = s.shape[0]
-    a = s >= np.diag(s)[:, None]
-    np.fill_diagonal(a, False)
+    a = _competitors(s)
     count = a.sum(1)
     hits = (count == 0).sum()
     # without pair i: row i is gone, and a row j whose only competitor was column i now hits
@@ -211,15 +244,19 @@ def influential_pairs(
         m, c = value(*model, keep), value(*control, keep)
         return None if m is None or c is None else m - c
 
-    loo = loo_values(metric, *model) - loo_values(metric, *control)
+    (loo_m, full_m), (loo_c, full_c) = _loo(metric, *model), _loo(metric, *control)
+    # a single pair's effect by the leave-one-out formula (against its own full value: the
+    # formula leaves out --center, strata and a Monte Carlo null); a group's exactly
+    loo = (loo_m - full_m) - (loo_c - full_c)
     units: list[tuple[float, list[int]]] = [
-        (sign * (float(g) - (m0 - c0)), [i]) for i, g in enumerate(loo) if np.isfinite(g)
+        (sign * float(g), [i]) for i, g in enumerate(loo) if np.isfinite(g)
     ]
     for group in duplicate_groups(*model, max_size=k_max):
         g = gap_without(group)
         if g is not None:
             units.append((sign * (g - (m0 - c0)) / len(group), group))
-    units.sort(key=lambda u: u[0])  # most negative first: closes the gap fastest per pair
+    # most negative first: closes the gap fastest per pair; a unit that widens it never helps
+    units = sorted((u for u in units if u[0] < 0), key=lambda u: u[0])
     chosen: list[list[int]] = []
     taken: set[int] = set()
     for _score, rows in units:
