@@ -202,5 +202,5 @@ def test_findings_name_the_few_pairs_a_verdict_rests_on(tmp_path):
     assert _cka(mx[keep], my[keep]) <= _cka(cx[keep], cy[keep])
     assert inf["model"]["after"] == pytest.approx(_cka(mx[keep], my[keep]), rel=1e-9)
     (line,) = [w for w in doc["warnings"] if "removing 4 of 200 pairs" in w]
-    assert "the verdict 'beyond-control' rests on these pairs" in line
+    assert "and so the verdict 'beyond-control', rests on these pairs" in line
     assert "rests on 4 of 200 pairs" not in doc["headline"]  # a CKA finding: not in the z headline

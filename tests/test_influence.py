@@ -120,3 +120,22 @@ def test_a_robust_gap_gives_none_and_a_tiny_sample_is_not_checked():
     # under 50 pairs, 2% is less than one pair: nothing to remove
     few = slice(0, 49)
     assert influential_pairs("cka", (x[few], y[few]), (cx[few], cy[few]), _value, ids[:49]) is None
+
+
+def test_leave_one_out_keeps_its_precision_under_a_large_shared_offset():
+    """Hidden states carry massive activations: one dimension offset by 1e5 in every row. CKA
+    and z do not change under a column offset (CKA) or a row/column shift of the cosines (z's
+    null), and the leave-one-out must not lose them to rounding."""
+    rng = np.random.default_rng(4)
+    n = 30
+    x = rng.normal(size=(n, 6))
+    y = x + rng.normal(size=(n, 6))
+    x[:, 0] += 1e5
+    y[:, 0] += 1e5
+
+    def centred_cka(a, b):
+        return _cka(a - a.mean(0), b - b.mean(0))
+
+    expected = [centred_cka(np.delete(x, i, 0), np.delete(y, i, 0)) for i in range(n)]
+    np.testing.assert_allclose(loo_values("cka", x, y), expected, rtol=1e-7)
+    assert np.isfinite(loo_values("z", x, y)).all()
