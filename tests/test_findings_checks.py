@@ -204,3 +204,17 @@ def test_findings_name_the_few_pairs_a_verdict_rests_on(tmp_path):
     (line,) = [w for w in doc["warnings"] if "removing 4 of 200 pairs" in w]
     assert "and so the verdict 'beyond-control', rests on these pairs" in line
     assert "rests on 4 of 200 pairs" not in doc["headline"]  # a CKA finding: not in the z headline
+
+
+def test_the_report_repeats_the_warnings_that_explain_the_curves_under_the_figure():
+    from xlalign.report.render import _figure_notes
+
+    doc = {"warnings": [
+        "zh/en, last pool, L5-L19: z is negative while P@1 is 28-82x chance: ...",
+        "de/fr, last pool, L1: z is negative while P@1 is 20x chance: ...",
+        "mean pool, L2-L23 (22 of 26 sites): one dimension holds over half the mean squared norm",
+        "corpus x: 3 row(s) whose en text is a placeholder",
+    ]}  # fmt: skip
+    assert _figure_notes(doc, ("zh", "en")) == [doc["warnings"][0], doc["warnings"][2]]
+    assert _figure_notes(doc, ("de", "fr")) == [doc["warnings"][1], doc["warnings"][2]]
+    assert _figure_notes(None, ("zh", "en")) == []

@@ -379,6 +379,7 @@ def _alignment_section(
         blocks.append(
             Image(png, f"Alignment against depth, {pair[0]} vs {pair[1]}", _caption(pair, main))
         )
+        blocks += [Para(w, note=True) for w in _figure_notes(inputs.findings, pair)]
         tables: list[Block] = []
         for label, doc in (("model", main), ("random-weights control", control)):
             if not doc:
@@ -388,6 +389,22 @@ def _alignment_section(
         if tables:
             blocks.append(Details(f"Values at every site ({pair[0]} vs {pair[1]})", tables))
     return blocks
+
+
+#: Warnings of ``findings.json`` that explain a shape of the curves; the report repeats them
+#: under the figure.
+_CURVE_WARNINGS = ("z is negative while P@1", "one dimension holds over half")
+
+
+def _figure_notes(findings: Mapping[str, Any] | None, pair: tuple[str, str]) -> list[str]:
+    """The findings' warnings that explain the curves of ``pair`` (or of every pair)."""
+    out = []
+    for w in (findings or {}).get("warnings") or []:
+        w = str(w)
+        other_pair = "/" in w.split(",", 1)[0] and not w.startswith(f"{pair[0]}/{pair[1]},")
+        if any(k in w for k in _CURVE_WARNINGS) and not other_pair:
+            out.append(w)
+    return out
 
 
 def _caption(pair: tuple[str, str], doc: Mapping[str, Any] | None) -> str:
