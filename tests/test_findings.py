@@ -68,7 +68,7 @@ def test_every_verdict_is_listed_and_model_value_required():
         verdict(v(None), v(1, 0, 2), None)
 
 
-def reference_verdict(model, control, lexical):
+def reference_verdict(model, control, lexical, control_best=None, below_everywhere=None):
     """The rule of docs/report.md, written again: intervals closed, 'above' is strict."""
 
     def iv(d):
@@ -78,10 +78,11 @@ def reference_verdict(model, control, lexical):
         hi = d["value"] if d["ci_high"] is None else d["ci_high"]
         return lo, hi
 
-    m, c, lx = iv(model), iv(control), iv(lexical)
-    above_c = c is not None and m[0] > c[1]
+    m, c, lx, cb = iv(model), iv(control), iv(lexical), iv(control_best)
+    above_c = c is not None and m[0] > c[1] and (cb is None or m[0] > cb[1])
     above_l = lx is None or m[0] > lx[1]
-    if c is not None and m[1] < c[0]:
+    below = below_everywhere if below_everywhere is not None else (c is not None and m[1] < c[0])
+    if c is not None and below:
         return "below-control"
     if c is not None and not above_c:
         return "matched-by-control"
@@ -138,7 +139,27 @@ def test_findings_agree_with_the_records(study):
         (lx,) = recs(model, x=x, y=y, pool=f["pool"], metric=f["metric"], site="lexical")
         assert lx["depth"] is None
         assert f["lexical"]["value"] == lx["value"]
-        assert f["verdict"] == reference_verdict(f["model"], f["control"], f["lexical"])
+        # like with like: the control's own best site, and the model against it site by site
+        c_identical = {(r["site"], r["pool"], r["lang"]) for r in control["dominance"]
+                       if r["identical"]}  # fmt: skip
+        theirs = [r for r in recs(control, x=x, y=y, pool=f["pool"], metric=f["metric"])
+                  if r["site"] in sites and r["value"] is not None]  # fmt: skip
+        c_clean = [r for r in theirs if not {(r["site"], f["pool"], x), (r["site"], f["pool"], y)}
+                   & c_identical] or theirs  # fmt: skip
+        c_best = max(c_clean, key=lambda r: r["value"])
+        assert f["control_best"] == {"site": c_best["site"], "value": c_best["value"],
+                                     "ci_low": c_best["ci_low"], "ci_high": c_best["ci_high"]}  # fmt: skip
+        by_site = {r["site"]: r for r in theirs}
+        lo = lambda r: r["value"] if r["ci_low"] is None else r["ci_low"]  # noqa: E731
+        hi = lambda r: r["value"] if r["ci_high"] is None else r["ci_high"]  # noqa: E731
+        pairs = [(r, by_site[r["site"]]) for r in mine if r["site"] in by_site]
+        above = sum(lo(a) > hi(b) for a, b in pairs)
+        below = sum(hi(a) < lo(b) for a, b in pairs)
+        counts = f["sites_vs_control"]
+        assert (counts["above"], counts["below"], counts["compared"]) == (above, below, len(pairs))
+        assert f["verdict"] == reference_verdict(
+            f["model"], f["control"], f["lexical"], f["control_best"], below == len(pairs)
+        )
         seen.add((f["pool"], f["metric"]))
     assert seen == {(p, m) for p in model["pools"] for m in FINDING_METRICS}
     # the summary is made from findings.json: every z line carries the control beside it
@@ -345,7 +366,12 @@ def test_origin_findings_and_merge(study):
     assert by_pool["mean"]["control"]["value"] == ctl["z_mean_full"]
     assert by_pool["mean"]["lexical"]["value"] == origin["lexical"]["z"]
     for f in doc["findings"]:
-        assert f["verdict"] == reference_verdict(f["model"], f["control"], f["lexical"])
+        key = {"mean": "z_mean_full", "last": "z_last"}[f["pool"]]
+        ctl_rows = {r["site"]: r[key] for r in origin["control"]["decomposition"]}
+        below = all(r[key] < ctl_rows[r["site"]] for r in rows if r["site"] in ctl_rows)
+        assert f["verdict"] == reference_verdict(
+            f["model"], f["control"], f["lexical"], f["control_best"], below
+        )
     sweep = json.loads((out / "findings.json").read_text())
     merged = merge_findings(sweep, doc)
     assert merged["headline"] == sweep["headline"]  # the sweep leads
@@ -424,7 +450,11 @@ def test_align_sweeps_the_control_beside_the_run_and_writes_findings(study, tmp_
             == (*f["pair"], f["pool"], f["site"], f["metric"])
         ]  # fmt: skip
         assert f["control"]["value"] == c["value"]
-        assert f["verdict"] == reference_verdict(f["model"], f["control"], f["lexical"])
+        counts = f["sites_vs_control"]
+        assert f["verdict"] == reference_verdict(
+            f["model"], f["control"], f["lexical"], f["control_best"],
+            counts["below"] == counts["compared"],
+        )  # fmt: skip
     assert any("verdicts compare point values" in w for w in doc["warnings"])
 
 

@@ -218,3 +218,46 @@ def test_the_report_repeats_the_warnings_that_explain_the_curves_under_the_figur
     assert _figure_notes(doc, ("zh", "en")) == [doc["warnings"][0], doc["warnings"][2]]
     assert _figure_notes(doc, ("de", "fr")) == [doc["warnings"][1], doc["warnings"][2]]
     assert _figure_notes(None, ("zh", "en")) == []
+
+
+def test_like_with_like_the_controls_best_site_and_training_that_lowers_alignment():
+    """The real Qwen's problems, last pool (issue 29): the model's best z (27.3 at L10) beats
+    the control there (20.9) but not the control's own best (38.6 at L1): not beyond-control.
+    A model below its control at every site is below-control: training lowers it."""
+    sites = ["embed", "L0", "L1", "L10"]
+    model = [_rec("z", "embed", 13.5, 13.2, 13.6), _rec("z", "L0", 14.1, 14.1, 14.2),
+             _rec("z", "L1", 16.0, 15.0, 17.0), _rec("z", "L10", 27.3, 26.0, 27.9)]  # fmt: skip
+    control = [_rec("z", "embed", 14.1, 14.1, 14.1), _rec("z", "L0", 37.5, 34.9, 38.5),
+               _rec("z", "L1", 38.6, 37.0, 39.5), _rec("z", "L10", 20.9, 18.9, 22.9)]  # fmt: skip
+    doc = build_findings(
+        {"pairs": [["zh", "en"]], "pools": ["mean"], "sites": sites, "records": model,
+         "n_boot": 200}, {"records": control},
+    )  # fmt: skip
+    (f,) = doc["findings"]
+    assert (f["site"], f["verdict"]) == ("L10", "matched-by-control")
+    assert f["control_best"] == {"site": "L1", "value": 38.6, "ci_low": 37.0, "ci_high": 39.5}
+    assert f["sites_vs_control"] == {"above": 1, "below": 3, "compared": 4, "above_sites": "L10",
+                                     "below_sites": "embed-L1"}  # fmt: skip
+    assert (
+        "control's best 38.6 at L1, model above it at 1 and below at 3 of 4 sites"
+        in (doc["headline"])
+    )
+    assert "not above the random-weights control's best site" in doc["headline"]
+    # below at every site
+    low = [_rec("z", s, 5.0, 4.0, 6.0) for s in sites]
+    doc = build_findings(
+        {"pairs": [["zh", "en"]], "pools": ["mean"], "sites": sites, "records": low,
+         "n_boot": 200}, {"records": control},
+    )  # fmt: skip
+    (f,) = doc["findings"]
+    assert f["verdict"] == "below-control"
+    assert "below the random-weights control at every site: training lowers it" in doc["headline"]
+    # below at its best site but above elsewhere: matched, not below
+    mixed = [*low[:3], _rec("z", "L10", 25.0, 24.0, 26.0)]
+    mixed[1] = _rec("z", "L0", 45.0, 44.0, 46.0)
+    doc = build_findings(
+        {"pairs": [["zh", "en"]], "pools": ["mean"], "sites": sites, "records": mixed,
+         "n_boot": 200}, {"records": control},
+    )  # fmt: skip
+    (f,) = doc["findings"]
+    assert (f["site"], f["verdict"]) == ("L0", "beyond-control")  # 45 > 37.5 and > 38.6

@@ -281,14 +281,22 @@ def _study_section(name: str, docs: StudyDocs) -> list[str]:
     findings = [f for f in f_doc.get("findings") or [] if f.get("source") != "origin"]
     if findings:
         out += [
-            "| pool | metric | model's best site | control there | lexical | verdict | notes |",
-            "|---|---|---|---|---|---|---|",
+            "| pool | metric | model's best site | control there | control's best site "
+            "| model vs control, site by site | lexical | verdict | notes |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for f in findings:
             notes = finding_notes(f)
+            cb, counts = f.get("control_best"), f.get("sites_vs_control")
+            best = f"{_ci(cb)} at {cb['site']}" if cb and cb.get("value") is not None else "none"
+            vs = (
+                f"above at {counts['above']}, below at {counts['below']} of {counts['compared']}"
+                if counts
+                else "none"
+            )
             out.append(
                 f"| {f['pool']} | {_LABELS.get(f['metric'], f['metric'])} | "
-                f"{_ci(f['model'])} at {f['site']} | {_ci(f['control'])} | "
+                f"{_ci(f['model'])} at {f['site']} | {_ci(f['control'])} | {best} | {vs} | "
                 f"{_lex(f.get('lexical'))} | {f['verdict']}: {phrase(f)} | "
                 f"{'; '.join(notes)} |"
             )

@@ -233,6 +233,21 @@ def finding_notes(f: Mapping[str, Any]) -> list[str]:
     return notes
 
 
+def _best_cell(d: Any) -> Cell:
+    cell = _ci_cell(d)
+    if isinstance(d, Mapping) and d.get("value") is not None and d.get("site"):
+        return Cell(f"{cell.text} at {d['site']}")
+    return cell
+
+
+def _counts_cell(d: Any) -> Cell:
+    if not isinstance(d, Mapping) or not d.get("compared"):
+        return Cell("none", title="no control", undefined=True)
+    text = f"above at {d['above']}, below at {d['below']} of {d['compared']}"
+    title = f"above: {d.get('above_sites') or 'none'}; below: {d.get('below_sites') or 'none'}"
+    return Cell(text, title=title)
+
+
 def _ci_cell(d: Any) -> Cell:
     if isinstance(d, Mapping) and d.get("no_shared_tokens") and d.get("value") is None:
         return Cell("no shared tokens", title="the lexical baseline gives no alignment")
@@ -262,6 +277,8 @@ def _findings_section(findings: Mapping[str, Any] | None) -> list[Block]:
                 str(f.get("site")),
                 _ci_cell(f.get("model")),
                 _ci_cell(f.get("control")),
+                _best_cell(f.get("control_best")),
+                _counts_cell(f.get("sites_vs_control")),
                 _ci_cell(f.get("lexical")),
                 _ci_cell(f.get("stratified")),
                 str(f.get("verdict")),
@@ -281,6 +298,8 @@ def _findings_section(findings: Mapping[str, Any] | None) -> list[Block]:
                     "best site",
                     "model [CI]",
                     "control at that site",
+                    "control's best site",
+                    "model vs control, site by site",
                     "lexical baseline",
                     "within-category null",
                     "verdict",

@@ -79,6 +79,9 @@ def verdict(
     model: Mapping[str, Any],
     control: Mapping[str, Any] | None,
     lexical: Mapping[str, Any] | None,
+    *,
+    control_best: Mapping[str, Any] | None = None,
+    below_everywhere: bool | None = None,
 ) -> str:
     """Return the verdict (one of :data:`VERDICTS`) of a model value against its controls.
 
@@ -86,15 +89,21 @@ def verdict(
     value (a point), and a control or lexical mapping whose value is None counts as absent.
     Intervals are closed: two intervals *overlap* when ``a_low <= b_high`` and
     ``b_low <= a_high``, and the model *lies above* another when ``model_low > other_high``
-    (touching bounds are an overlap). Higher values must mean more alignment. Checks, in order:
+    (touching bounds are an overlap). Higher values must mean more alignment.
 
-    1. ``below-control``: a control is given and ``model_high < control_low``;
-    2. ``matched-by-control``: a control is given and the model does not lie above it
-       (``model_low <= control_high``);
+    ``model`` is the model's best site, ``control`` the control at that same site and
+    ``control_best`` the control at *its* best site (like with like); ``below_everywhere``
+    says whether the model lies below the control at every site compared. Checks, in order:
+
+    1. ``below-control`` ("training lowers it"): ``below_everywhere``; when it is None (one
+       site only, as the origin study's point values), ``model_high < control_low``;
+    2. ``matched-by-control``: a control is given and the model does not lie above it at that
+       site (``model_low <= control_high``) or does not lie above the control's best;
     3. ``matched-by-lexical``: a lexical baseline is given and the model does not lie above it
        (it overlaps it or lies below it);
     4. ``no-control``: no control is given (the model lies above the lexical baseline, if any);
-    5. ``beyond-control``: the model's interval lies above the control's and the lexical's.
+    5. ``beyond-control``: the model's best lies above the control at that site, above the
+       control's own best, and above the lexical baseline.
 
     Raises:
         ValueError: the model's value is None.
@@ -103,16 +112,66 @@ def verdict(
     if m is None:
         raise ValueError("verdict needs the model's value; got None")
     c = _interval(control)
+    cb = _interval(control_best)
     lx = _interval(lexical)
-    if c is not None and m[1] < c[0]:
+    if below_everywhere is None:
+        if c is not None and m[1] < c[0]:
+            return "below-control"
+    elif below_everywhere and c is not None:
         return "below-control"
-    if c is not None and m[0] <= c[1]:
+    if c is not None and (m[0] <= c[1] or (cb is not None and m[0] <= cb[1])):
         return "matched-by-control"
     if lx is not None and m[0] <= lx[1]:
         return "matched-by-lexical"
     if c is None:
         return "no-control"
     return "beyond-control"
+
+
+def compare_sites(
+    model_idx: Mapping[tuple[Any, ...], Mapping[str, Any]],
+    control_idx: Mapping[tuple[Any, ...], Mapping[str, Any]],
+    key: tuple[str, str, str, str],
+    sites: Sequence[str],
+) -> dict[str, Any] | None:
+    """Site by site, where the model's interval lies above / below the control's at the same
+    site: ``{"above", "below", "compared", "above_sites", "below_sites"}`` (sites as ranges),
+    or None when no site has both values. ``key`` is ``(x, y, pool, metric)``."""
+    x, y, pool, metric = key
+    above, below, compared = [], [], []
+    for site in sites:
+        m = _interval(model_idx.get((x, y, pool, site, metric)))
+        c = _interval(control_idx.get((x, y, pool, site, metric)))
+        if m is None or c is None:
+            continue
+        compared.append(site)
+        if m[0] > c[1]:
+            above.append(site)
+        elif m[1] < c[0]:
+            below.append(site)
+    if not compared:
+        return None
+    return {
+        "above": len(above),
+        "below": len(below),
+        "compared": len(compared),
+        "above_sites": site_ranges(above, sites),
+        "below_sites": site_ranges(below, sites),
+    }
+
+
+def _best(
+    recs: Sequence[Mapping[str, Any] | None],
+    flagged: set[tuple[str, str, str]],
+    pool: str,
+    pair: tuple[str, str],
+) -> Mapping[str, Any] | None:
+    """The record of highest value (first wins ties), passing over the sites flagged for
+    identical vectors in either language of ``pair`` unless every site is one; None without a
+    defined value."""
+    defined = [r for r in recs if r is not None and r.get("value") is not None]
+    clean = [r for r in defined if not _is_flagged(flagged, r["site"], pool, *pair)]
+    return max(clean or defined, key=lambda r: float(r["value"])) if defined else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +263,8 @@ def build_findings(
     sites = list(alignment.get("sites") or [])
     identical = identical_vectors(alignment.get("dominance") or [])
     flagged = {(e["site"], e["pool"], lang) for e in identical for lang in e["distinct"]}
+    c_identical = identical_vectors((control_alignment or {}).get("dominance") or [])
+    c_flagged = {(e["site"], e["pool"], lang) for e in c_identical for lang in e["distinct"]}
     n_pairs = next((r.get("n") for r in alignment.get("records") or [] if r.get("n")), None)
     findings: list[dict[str, Any]] = []
     warnings: list[str] = []
@@ -220,12 +281,19 @@ def build_findings(
                         )
                     continue
                 # sites of identical vectors measure shared tokens: chosen only if all are
-                clean = [r for r in defined if not _is_flagged(flagged, r["site"], pool, x, y)]
-                best = max(clean or defined, key=lambda r: float(r["value"]))  # first wins ties
+                best = _best(recs, flagged, pool, (x, y))
+                assert best is not None
                 site = best["site"]
                 model = _value(best)
                 assert model is not None
                 control = _value(control_idx.get((x, y, pool, site, metric)))
+                c_recs = [control_idx.get((x, y, pool, s, metric)) for s in sites]
+                c_best = _best(c_recs, c_flagged, pool, (x, y))
+                control_best = None
+                if c_best is not None:
+                    control_best = {"site": c_best["site"], **(_value(c_best) or {})}
+                counts = compare_sites(model_idx, control_idx, (x, y, pool, metric), sites)
+                below_all = None if counts is None else counts["below"] == counts["compared"]
                 lex_rec = model_idx.get((x, y, pool, LEXICAL_SITE, metric))
                 lexical = _value(lex_rec)
                 if lex_rec is not None and (lex_rec.get("detail") or {}).get("shared_tokens") == 0:
@@ -253,7 +321,15 @@ def build_findings(
                         "control": control,
                         "lexical": lexical,
                         "stratified": strat,
-                        "verdict": verdict(model, control, lexical),
+                        "verdict": verdict(
+                            model,
+                            control,
+                            lexical,
+                            control_best=control_best,
+                            below_everywhere=below_all,
+                        ),
+                        "control_best": control_best,
+                        "sites_vs_control": counts,
                         "largest_gain": _largest_gain(
                             model_idx,
                             control_idx,
@@ -305,8 +381,10 @@ def build_findings(
         "identical_vectors": identical,
         "corpus_quality": alignment.get("corpus_quality"),
         "verdict_rule": (
-            "beyond-control: the model's interval lies above the control's and the lexical "
-            "baseline's at the model's best site; see docs/report.md"
+            "beyond-control: the model's interval at its best site lies above the control's "
+            "at that site, above the control's at the control's own best site, and above the "
+            "lexical baseline's; below-control: the model lies below the control at every "
+            "site; see docs/report.md"
         ),
     }
 
@@ -574,6 +652,21 @@ def _fmt(v: Any) -> str:
     return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}" if abs(v) >= 1 else f"{v:.3f}"
 
 
+def _control_brief(f: Mapping[str, Any]) -> str:
+    """`` (best 38.6 at L1; above at 15/26 sites)`` for a summary line."""
+    parts = []
+    cb = f.get("control_best")
+    if cb and cb.get("value") is not None and cb.get("site") != f.get("site"):
+        parts.append(f"best {_fmt_ci(cb)} at {cb['site']}")
+    counts = f.get("sites_vs_control")
+    if counts:
+        parts.append(
+            f"model above at {counts['above']}/{counts['compared']}, below at "
+            f"{counts['below']}/{counts['compared']} sites"
+        )
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def _flags(f: Mapping[str, Any]) -> str:
     """The summary line's artifact marks of a finding."""
     notes = finding_notes(f)
@@ -596,7 +689,7 @@ _PHRASES = {
     "matched-by-control": "matched by the random-weights control: alignment that needs no training",
     "matched-by-lexical": "matched by the lexical baseline: the bag of token ids alone gives "
     "as much",
-    "below-control": "below the random-weights control",
+    "below-control": "below the random-weights control: training lowers it",
     "no-control": "no random-weights control to compare with",
 }
 
@@ -607,9 +700,39 @@ def _lexical_text(lex: Mapping[str, Any] | None) -> str:
     return f"lexical {_fmt(None if lex is None else lex['value'])}"
 
 
+def control_context(f: Mapping[str, Any]) -> str:
+    """``, control's best 38.6 at L1, model above it at 15 of 26 sites``: the control's own
+    best site and the site-by-site count of a finding, where it has them."""
+    out = ""
+    cb = f.get("control_best")
+    if cb and cb.get("value") is not None and cb.get("site") != f.get("site"):
+        out += f", control's best {_fmt(cb['value'])} at {cb['site']}"
+    counts = f.get("sites_vs_control")
+    if counts:
+        out += (
+            f", model above it at {counts['above']} and below at {counts['below']} of "
+            f"{counts['compared']} sites"
+        )
+    return out
+
+
 def phrase(f: Mapping[str, Any]) -> str:
     """What a finding's verdict means, in words that match its lexical baseline."""
     lex = f.get("lexical")
+    counts = f.get("sites_vs_control")
+    if f["verdict"] == "below-control" and counts:
+        return "below the random-weights control at every site: training lowers it"
+    cb = f.get("control_best")
+    if f["verdict"] == "matched-by-control" and cb and cb.get("site") != f.get("site"):
+        m_lo = f["model"].get("ci_low", f["model"]["value"])
+        if m_lo is None:
+            m_lo = f["model"]["value"]
+        c_hi = cb["value"] if cb.get("ci_high") is None else cb["ci_high"]
+        if cb.get("value") is not None and m_lo <= c_hi:
+            return (
+                "not above the random-weights control's best site: random weights reach as "
+                "much without training"
+            )
     none_shared = lex is not None and lex.get("no_shared_tokens") and lex.get("value") is None
     if f["verdict"] == "beyond-control":
         if none_shared:
@@ -664,6 +787,7 @@ def headline(findings: Sequence[Mapping[str, Any]], has_control: bool = True) ->
             "no control run"
             if not has_control
             else f"control {_fmt(None if ctl is None else ctl['value'])} at {f['site']}"
+            + control_context(f)
         )
         artifact = " (identical vectors: shared tokens)" if f.get("artifact") else ""
         rests = ""
@@ -705,8 +829,9 @@ def summary_lines(
             src = " (origin study)" if f.get("source") == "origin" else ""
             lines.append(
                 f"  {pair[0]}/{pair[1]} {f['pool']:<6} {_LABELS.get(f['metric'], f['metric']):<9}"
-                f" {_fmt_ci(f['model'])} at {f['site']}; control {_fmt_ci(f['control'])}; "
-                f"lexical {_fmt_ci(f['lexical'])} -> {f['verdict']}{src}{_flags(f)}"
+                f" {_fmt_ci(f['model'])} at {f['site']}; control {_fmt_ci(f['control'])}"
+                f"{_control_brief(f)}; lexical {_fmt_ci(f['lexical'])} -> {f['verdict']}{src}"
+                f"{_flags(f)}"
             )
     if per_finding and len(pairs) > max_pairs:
         lines.append(f"  ... and {len(pairs) - max_pairs} more pairs in findings.json")
@@ -955,6 +1080,7 @@ def findings_for_origin(
             rec = _index(alignment).get((lx, ly, pool, LEXICAL_SITE, "z"))
             if rec is not None and _same(rec.get("value"), lex_here["value"]):
                 lex_here = _value(rec)
+        control_best, counts = _origin_control(origin, key, ctl_rows, flagged)
         gains = [
             (float(r[key]) - float(ctl_rows[r["site"]][key]), r)
             for r in rows
@@ -971,7 +1097,17 @@ def findings_for_origin(
                 "control": ctl_value,
                 "lexical": lex_here,
                 "stratified": strat,
-                "verdict": verdict(model, ctl_value, lex_here),
+                "verdict": verdict(
+                    model,
+                    ctl_value,
+                    lex_here,
+                    control_best=control_best,
+                    below_everywhere=None
+                    if counts is None
+                    else counts["below"] == counts["compared"],
+                ),
+                "control_best": control_best,
+                "sites_vs_control": counts,
                 "largest_gain": None
                 if gain is None
                 else {
@@ -1012,6 +1148,47 @@ def findings_for_origin(
         "dominance": [],
         "identical_vectors": [],
     }
+
+
+def _origin_control(
+    origin: Mapping[str, Any],
+    key: str,
+    ctl_rows: Mapping[str, Mapping[str, Any]],
+    flagged: set[str],
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The control's best site of one origin z (passing over ``flagged`` sites unless all
+    are) and the site-by-site count of model against control (point values)."""
+    order = [r["site"] for r in origin.get("decomposition") or []]
+    c_rows = [r for r in ctl_rows.values() if r.get(key) is not None]
+    pick = [r for r in c_rows if r["site"] not in flagged] or c_rows
+    best = max(pick, key=lambda r: float(r[key]), default=None)
+    control_best = (
+        None
+        if best is None
+        else {"site": best["site"], "value": best[key], "ci_low": None, "ci_high": None}
+    )
+    above, below, compared = [], [], []
+    for r in origin.get("decomposition") or []:
+        c = ctl_rows.get(r["site"], {}).get(key)
+        if r.get(key) is None or c is None:
+            continue
+        compared.append(r["site"])
+        if r[key] > c:
+            above.append(r["site"])
+        elif r[key] < c:
+            below.append(r["site"])
+    counts = (
+        None
+        if not compared
+        else {
+            "above": len(above),
+            "below": len(below),
+            "compared": len(compared),
+            "above_sites": site_ranges(above, order),
+            "below_sites": site_ranges(below, order),
+        }
+    )
+    return control_best, counts
 
 
 def _same(a: Any, b: Any) -> bool:
