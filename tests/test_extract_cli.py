@@ -61,13 +61,42 @@ def test_extract_options_reach_the_manifest(tiny_models, data, tmp_path):
     argv = _extract(
         tiny_models["gpt2"], data, out, "--sites", "embed,L1-L2", "--pool", "weighted,first",
         "--batch-size", "5", "--padding-side", "left", "--dtype", "float32", "--device", "cpu",
-        "--control", "random-init", "--control-seed", "3",
+        "--random-init-seed", "3",
     )  # fmt: skip
     assert main(argv) == 0
     m = xlalign.load_run(out).manifest
     assert m["sites"] == ["embed", "L1", "L2"] and m["pools"] == ["weighted", "first"]
     assert m["padding_side"] == "left" and m["batch_size"] == 5
     assert m["random_init_seed"] == 3 and m["dtype"] == "float32" and m["device"] == "cpu"
+    assert m["weights"].startswith("random-init (seed 3)")
+
+
+def test_extract_control_adds_the_control_beside_the_trained_run_as_run_does(
+    tiny_models, data, tmp_path, capsys
+):
+    """--control random-init means what it means in run: the trained model's run in OUT and a
+    random-weights control in OUT/control-random-init; every line about random weights says
+    so. --random-init-seed extracts random weights alone, and says so too."""
+    out = tmp_path / "run"
+    argv = _extract(tiny_models["gpt2"], data, out, "--sites", "embed,L0", "--control",
+                    "random-init", "--control-seed", "3")  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    run, ctl = xlalign.load_run(out), xlalign.load_run(out / "control-random-init")
+    assert run.manifest["random_init_seed"] is None and run.manifest["weights"] == "trained"
+    assert ctl.manifest["random_init_seed"] == 3 and ctl.manifest["control_of"]["model"]
+    assert f"wrote {out}: " in printed
+    assert f"wrote {out / 'control-random-init'} (random weights, seed 3): " in printed
+    assert main(["align", str(out), "--n-boot", "0", "--no-progress"]) == 0
+    findings = json.loads((out / "findings.json").read_text())
+    assert findings["study"]["control"] == "random-init"
+    capsys.readouterr()
+    assert main(["align", str(out / "control-random-init"), "--n-boot", "0", "--no-progress"]) == 0
+    assert "(random weights, seed 3)" in capsys.readouterr().out
+    conflict = _extract(tiny_models["gpt2"], data, tmp_path / "x", "--control", "random-init",
+                        "--random-init-seed", "1")  # fmt: skip
+    assert main(conflict) == 2
+    assert "choose one" in capsys.readouterr().err
 
 
 def test_resume_and_overwrite_flags(tiny_models, data, tmp_path, capsys):
@@ -177,3 +206,13 @@ def test_origin_control_after_extract_needs_no_data(tiny_models, data, tmp_path,
     capsys.readouterr()
     assert main(["origin", str(out), "-o", str(tmp_path / "elsewhere")]) == 2
     assert "-o goes with --model" in capsys.readouterr().err
+
+
+def test_the_lens_summary_of_random_weights_says_so():
+    from xlalign.studies.lens import summarize
+
+    doc = {"model": "m", "pool": "last", "sites": ["L0"], "n_rows": 5, "summaries": []}
+    assert summarize({**doc, "random_init_seed": 3})[0].startswith(
+        "logit lens of m (random weights, seed 3) (last pool"
+    )
+    assert summarize({**doc, "random_init_seed": None})[0].startswith("logit lens of m (last pool")

@@ -149,10 +149,22 @@ def extract_cmd(
     ] = False,
     control: Annotated[
         str | None,
-        typer.Option("--control", help="random-init: same architecture, fresh random weights."),
+        typer.Option(
+            "--control",
+            help="random-init: also extract a random-weights control (same architecture, fresh "
+            "weights) into OUT/control-random-init, as run does.",
+        ),
     ] = None,
     control_seed: Annotated[
-        int | None, typer.Option("--control-seed", help="Seed of the random-init control.")
+        int | None, typer.Option("--control-seed", help="Seed of the random-init control (0).")
+    ] = None,
+    random_init_seed: Annotated[
+        int | None,
+        typer.Option(
+            "--random-init-seed",
+            help="Extract random weights of the model's architecture (this seed) instead of "
+            "the trained weights; every output says so.",
+        ),
     ] = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
@@ -172,17 +184,23 @@ def extract_cmd(
     from xlalign.capture.engine import extract
     from xlalign.models.loading import ModelOptions
     from xlalign.pipeline.config import study_corpus
+    from xlalign.store.run import weights_label
     from xlalign.store.sites import describe_sites
 
     if control not in (None, "random-init"):
         raise XlalignError(f"--control must be random-init, got '{control}'")
     if control_seed is not None and control is None:
         raise XlalignError("--control-seed needs --control random-init")
-    seed = (0 if control_seed is None else control_seed) if control == "random-init" else None
+    if control is not None and random_init_seed is not None:
+        raise XlalignError(
+            "--control random-init adds a control beside the trained model's run; "
+            "--random-init-seed extracts random weights instead: choose one"
+        )
     options = ModelOptions(
         dtype=dtype, device=device, device_map=device_map,
         max_memory=parse_max_memory(max_memory), offload_folder=offload_folder,
-        revision=revision, trust_remote_code=trust_remote_code, random_init_seed=seed,
+        revision=revision, trust_remote_code=trust_remote_code,
+        random_init_seed=random_init_seed,
     )  # fmt: skip
     corpus = study_corpus(str(data), None, 0, _csv_list(langs) if langs else None)
     run = extract(
@@ -192,12 +210,23 @@ def extract_cmd(
     )  # fmt: skip
     if not launch_env().is_main:
         return  # one summary line per launch, from rank 0
-    t = run.manifest.get("timings", {})
-    print(
-        f"wrote {output}: {len(run.languages)} languages x {run.n_rows} prompts, sites "
-        f"{describe_sites(run.sites)}, pools {', '.join(run.pools)} "
-        f"({t.get('capture_s', 0):.1f} s capture, {t.get('prompts_per_s') or 0:.0f} prompts/s)"
-    )
+    runs = [run]
+    if control == "random-init":  # as in run: the control beside the trained model's run
+        from xlalign.pipeline.reuse import ensure_control
+
+        ctl, _state = ensure_control(
+            run, corpus, 0 if control_seed is None else control_seed, options=options,
+            batch_size=batch_size, progress=progress,
+        )  # fmt: skip
+        runs.append(ctl)
+    for r in runs:
+        t = r.manifest.get("timings", {})
+        print(
+            f"wrote {r.path}{weights_label(r.manifest)}: {len(r.languages)} languages x "
+            f"{r.n_rows} prompts, sites {describe_sites(r.sites)}, pools {', '.join(r.pools)} "
+            f"({t.get('capture_s', 0):.1f} s capture, {t.get('prompts_per_s') or 0:.0f} "
+            "prompts/s)"
+        )
 
 
 @app.command("export-npz")

@@ -135,6 +135,10 @@ def build_manifest(
         "device_map": loaded.device_map,
         "hf_device_map": device_map_summary(loaded.model),
         "random_init_seed": loaded.random_init_seed,
+        "weights": "trained"
+        if loaded.random_init_seed is None
+        else f"random-init (seed {loaded.random_init_seed}): the architecture with fresh "
+        "random weights, not the trained model",
         "has_additive_positions": loaded.adapter.has_additive_positions,
         "modules": dict(loaded.adapter.paths),
         # the name the user gave, not the folder it resolved to (the tokenizer comes with it)

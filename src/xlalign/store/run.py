@@ -216,6 +216,13 @@ class Run:
         )
 
 
+def weights_label(manifest: Mapping[str, Any]) -> str:
+    """`` (random weights, seed 3)`` for a run of random-init weights, ``""`` for trained ones:
+    every summary and title of such a run carries it."""
+    seed = manifest.get("random_init_seed")
+    return "" if seed is None else f" (random weights, seed {seed})"
+
+
 def load_run(path: str | Path, *, allow_incomplete: bool = False) -> Run:
     """Open the run folder at ``path``.
 

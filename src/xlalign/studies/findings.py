@@ -33,7 +33,7 @@ import numpy as np
 from xlalign.errors import XlalignError
 from xlalign.report.render import finding_notes
 from xlalign.store.files import atomic_write_json
-from xlalign.store.run import Run, check_control, load_run
+from xlalign.store.run import Run, check_control, load_run, weights_label
 from xlalign.studies.layers import (
     CI_MAX_N,
     LEXICAL_SITE,
@@ -371,6 +371,7 @@ def build_findings(
         "null": alignment.get("null"),
         "standardize": bool(alignment.get("standardize")),
         "control": None if control_alignment is None else "random-init",
+        "random_init_seed": alignment.get("random_init_seed"),
     }
     return {
         "headline": headline(findings, control_alignment is not None),
@@ -815,7 +816,8 @@ def summary_lines(
     lines = []
     if study:
         lines.append(
-            f"model {study.get('model')}, {'/'.join(langs)}, {study.get('n_pairs')} pairs, "
+            f"model {study.get('model')}{weights_label(study)}, {'/'.join(langs)}, "
+            f"{study.get('n_pairs')} pairs, "
             f"null {study.get('null')}"
             + (", standardized dimensions" if study.get("standardize") else "")
         )

@@ -551,6 +551,7 @@ def layer_sweep(
     return {
         "run": str(run.path),
         "model": run.manifest.get("model"),
+        "random_init_seed": run.manifest.get("random_init_seed"),
         "languages": langs,
         "pairs": [list(p) for p in pairs],
         "sites": sites,

@@ -44,7 +44,7 @@ from xlalign.errors import RunError, XlalignError
 from xlalign.models.loading import LensModules, lens_modules, load_model
 from xlalign.store.files import CONTROL_DIR, MANIFEST, atomic_write_json
 from xlalign.store.lock import folder_lock
-from xlalign.store.run import Run, load_control, load_run
+from xlalign.store.run import Run, load_control, load_run, weights_label
 from xlalign.store.sites import FINAL
 
 LENS_FILE = "lens.json"
@@ -515,7 +515,8 @@ def _bar(total: int, enabled: bool) -> Callable[..., None]:
 def summarize(doc: Mapping[str, Any]) -> list[str]:
     """A few lines a person reads first: where latin and cjk mass peak, per prompt language."""
     lines = [
-        f"logit lens of {doc.get('model')} ({doc.get('pool')} pool, {len(doc['sites'])} sites, "
+        f"logit lens of {doc.get('model')}{weights_label(doc)} ({doc.get('pool')} pool, "
+        f"{len(doc['sites'])} sites, "
         f"{doc.get('n_rows')} prompts per language)"
     ]
     by_lang: dict[str, list[Mapping[str, Any]]] = {}
