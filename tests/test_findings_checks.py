@@ -261,3 +261,65 @@ def test_like_with_like_the_controls_best_site_and_training_that_lowers_alignmen
     )  # fmt: skip
     (f,) = doc["findings"]
     assert (f["site"], f["verdict"]) == ("L0", "beyond-control")  # 45 > 37.5 and > 38.6
+
+
+def test_p1_does_not_depend_on_the_batch_size(tiny_models, problems, tmp_path):
+    """The study's problems repeat 6 prompts. Batched differently, two copies of one prompt
+    can come out a few 1e-6 apart, and whether a copy 'wins' retrieval would follow the batch
+    size. The sweep gives repeated prompts one vector: P@1 is the same at batch 1, 7 and 32,
+    and equals a brute-force P@1 (float64, ties are misses) on the batch-32 vectors with the
+    copies made equal."""
+    from xlalign.capture.engine import extract
+    from xlalign.studies.layers import SweepConfig, layer_sweep
+
+    cfg = SweepConfig(metrics=("p1",), n_boot=0, lexical=False)
+    p1 = {}
+    for batch in (1, 7, 32):
+        run = extract(
+            str(tiny_models["qwen2"]), problems, sites="embed,L0,L1", pools="last,mean",
+            batch_size=batch, output=tmp_path / f"b{batch}", progress=False,
+        )  # fmt: skip
+        doc = layer_sweep(run, cfg, progress=False)
+        p1[batch] = {(r["site"], r["pool"], r["metric"]): r["value"] for r in doc["records"]}
+    assert p1[1] == p1[7] == p1[32]
+    groups = doc["duplicate_prompts"]["zh"]
+    assert sorted(g for g in groups) == sorted(
+        [["0", "144"], ["49", "65"], ["84", "105"], ["107", "110"], ["116", "129"], ["94", "191"]]
+    )
+    # now plant the batch artifact: problem 49 and its copy 65 translate each other better than
+    # anything else, and the copy's English vector sits 1e-4 nearer than the original's
+    ids = list(run.ids)
+    r49, r65 = ids.index("49"), ids.index("65")
+    x_path = run.path / "arrays" / "zh" / "L0" / "mean.npy"
+    y_path = run.path / "arrays" / "en" / "L0" / "mean.npy"
+    x32, y32 = np.load(x_path), np.load(y_path)
+    rng = np.random.default_rng(0)
+    x32[r65] = x32[r49]
+    y32[r49] = x32[r49] + 0.05 * np.linalg.norm(x32[r49]) * rng.normal(size=x32.shape[1]) / 10
+    y32[r65] = y32[r49] + 1e-4 * (x32[r49] - y32[r49])
+    np.save(x_path, x32)
+    np.save(y_path, y32)
+    x, y64 = x32.astype(np.float64), y32.astype(np.float64)
+
+    def brute_p1(xa, ya):
+        xn = xa / np.linalg.norm(xa, axis=1, keepdims=True)
+        yn = ya / np.linalg.norm(ya, axis=1, keepdims=True)
+        s = xn @ yn.T
+        d = np.diag(s)[:, None]
+        return float(np.mean(((s >= d - 1e-10).sum(1) - 1) == 0))
+
+    raw = brute_p1(x, y64)
+    snapped = y64.copy()
+    for g in groups:
+        rows = [ids.index(i) for i in g]
+        snapped[rows] = snapped[rows[0]]
+    xs = x.copy()
+    for g in doc["duplicate_prompts"]["zh"]:
+        rows = [ids.index(i) for i in g]
+        xs[rows] = xs[rows[0]]
+    tied = brute_p1(xs, snapped)
+    assert raw != tied  # the copy's 1e-6 decides a hit when it is not treated as a tie
+    again = layer_sweep(run, cfg, progress=False)
+    (rec,) = [r for r in again["records"]
+              if (r["site"], r["pool"], r["metric"]) == ("L0", "mean", "p1_xy")]  # fmt: skip
+    assert rec["value"] == pytest.approx(tied, abs=1e-12)

@@ -38,8 +38,10 @@ from xlalign.studies.layers import (
     CI_MAX_N,
     LEXICAL_SITE,
     STUDY_PRODUCTS,
+    DedupedRun,
     StandardizedRun,
     SweepConfig,
+    duplicate_prompts,
     layer_sweep,
 )
 
@@ -963,7 +965,8 @@ def check_influence(
     if config.compat != "exact":
         return [f"influential-pairs check skipped: --compat {config.compat}"]
     langs = list(langs or run.languages)  # --standardize: over the languages swept
-    views: list[Any] = [run, control]
+    # the sweep's own view: a repeated prompt holds one vector (ties, whatever the batch)
+    views: list[Any] = [DedupedRun(r, duplicate_prompts(r, langs)) for r in (run, control)]
     if config.standardize:
         views = [StandardizedRun(r, langs) for r in views]
     labels = np.asarray(run.meta[config.stratify]) if config.stratify else None

@@ -447,6 +447,9 @@ def layer_sweep(
     langs, sites, pools = _selected(run, cfg)
     dominance = dominance_records(run, langs, sites, pools)  # on the raw vectors, always
     quality = corpus_quality(run, langs)
+    duplicates = duplicate_prompts(run, langs)
+    if duplicates:  # the same prompt, the same vector: ties, whatever the batch's float noise
+        run = DedupedRun(run, duplicates)  # type: ignore[assignment]
     if cfg.standardize:
         run = StandardizedRun(run, langs)  # type: ignore[assignment]
     pairs = language_pairs(langs, cfg.pivot)
@@ -574,6 +577,9 @@ def layer_sweep(
         "records": record_dicts,
         "dominance": dominance,
         "corpus_quality": quality,
+        "duplicate_prompts": {
+            lang: [[run.ids[i] for i in g] for g in groups] for lang, groups in duplicates.items()
+        },
         "matrices": language_matrices(record_dicts, langs, pools, sites),
         "matrix_orientation": (
             "matrices[metric][pool][site][i][j]: languages[i] as x against languages[j] as y; "
@@ -826,6 +832,51 @@ class StandardizedRun:
         """``(n_rows, d_model)`` float64: the stored vectors, each dimension z-scored."""
         mu, scale = self._stats(site, pool)
         return (np.asarray(self._run.array(lang, site, pool), dtype=np.float64) - mu) / scale
+
+
+def duplicate_prompts(run: Run, langs: Sequence[str]) -> dict[str, list[list[int]]]:
+    """Per language, the groups of rows (two or more, in row order) whose prompts are the same
+    token ids: the same input to the model. A run without token files gives none."""
+    out: dict[str, list[list[int]]] = {}
+    for lang in langs:
+        try:
+            ids = run.token_ids(lang)
+        except (OSError, XlalignError):
+            continue
+        first: dict[bytes, int] = {}
+        groups: dict[int, list[int]] = {}
+        for i, t in enumerate(ids):
+            key = np.asarray(t).tobytes()
+            if key in first:
+                groups.setdefault(first[key], [first[key]]).append(i)
+            else:
+                first[key] = i
+        if groups:
+            out[lang] = list(groups.values())
+    return out
+
+
+class DedupedRun:
+    """A read-only view of a run in which rows with the same prompt (:func:`duplicate_prompts`)
+    hold exactly the same vector: the first row's. Batching can leave two copies of one prompt
+    a few 1e-6 apart (different padding, different kernels); retrieval counts ties as misses,
+    and without this view whether the copy "wins" would depend on the batch size."""
+
+    def __init__(self, run: Run, groups: Mapping[str, Sequence[Sequence[int]]]) -> None:
+        self._run, self._groups = run, groups
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._run, name)
+
+    def array(self, lang: str, site: str, pool: str, *, mmap: bool = True) -> np.ndarray:
+        a = self._run.array(lang, site, pool)
+        groups = self._groups.get(lang)
+        if not groups:
+            return a
+        a = np.array(a, copy=True)
+        for g in groups:
+            a[list(g[1:])] = a[g[0]]
+        return a
 
 
 # ---------------------------------------------------------------------------------------------
