@@ -431,3 +431,29 @@ def test_sites_with_few_distinct_vectors_are_marked_and_left_out_of_the_caption(
             == (lang, "last", "cka", found[1], found[2])
         ]  # fmt: skip
         assert best["artifact"] is None
+
+
+def test_each_cell_carries_the_token_label_baseline_of_both_models(result, runs):
+    """The token-label baseline (issue 29): CKA of a site's vectors with the one-hot of each
+    prompt's last non-special token, recomputed here in float64 from the token files."""
+    _root, a, b = runs
+
+    def onehot_of_last(run, lang):
+        ids, special = run.token_ids(lang), run.special_tokens_mask(lang)
+        last = [
+            int(np.asarray(t)[~np.asarray(s, bool)][-1]) for t, s in zip(ids, special, strict=True)
+        ]
+        values = sorted(set(last))
+        return np.array([[1.0 if v == w else 0.0 for w in values] for v in last])
+
+    checked = 0
+    for r in result.similarity:
+        if r["metric"] != "cka" or r["value"] is None or r["lang"] != "zh":
+            continue
+        ta = _cka64(np.asarray(a.array("zh", r["site_a"], r["pool"])), onehot_of_last(a, "zh"))
+        tb = _cka64(np.asarray(b.array("zh", r["site_b"], r["pool"])), onehot_of_last(b, "zh"))
+        assert r["token_label_a"] == pytest.approx(ta, rel=1e-6, abs=1e-9)
+        assert r["token_label_b"] == pytest.approx(tb, rel=1e-6, abs=1e-9)
+        assert r["above_token_label"] == (r["value"] > max(ta, tb))
+        checked += 1
+    assert checked > 0

@@ -348,6 +348,21 @@ def _similarity_caption(
         if left_out
         else ""
     )
+    below = [r for r in clean if r.get("above_token_label") is False]
+    genuine = [r for r in clean if r.get("above_token_label") is not False]
+    if below and genuine:
+        clean = genuine
+        note += (
+            f" {len(below)} cells whose CKA does not exceed both models' token-label baselines "
+            "(CKA of each site with the one-hot of the prompt's last token) are left out too: "
+            "there the two models agree on which token ends the prompt, and little more."
+        )
+    elif below:
+        note += (
+            " No cell exceeds both models' token-label baselines (CKA of each site with the "
+            "one-hot of the prompt's last token): the two models agree on which token ends "
+            "the prompt, and the CKA says little more."
+        )
     if not clean:
         return f"{a} vs {b} on {lang} prompts, {pool} pool.{note}"
     best = max(clean, key=lambda r: float(r["value"]))
@@ -357,6 +372,11 @@ def _similarity_caption(
     )
     if best.get("null_mean") is not None:
         text += f" (null mean {fmt_value(best['null_mean'], 3)}, p = {fmt_value(best.get('p_value'), 3)})"
+    if best.get("token_label_a") is not None and best.get("token_label_b") is not None:
+        text += (
+            f"; token-label baselines {fmt_value(best['token_label_a'], 3)} ({a}) and "
+            f"{fmt_value(best['token_label_b'], 3)} ({b})"
+        )
     return text + "." + note
 
 
