@@ -261,4 +261,58 @@ def test_problems_cli_translate_words_needs_a_model(capsys):
     assert main(["problems", "--task", "translate-words"]) == 2
     assert "needs --model" in capsys.readouterr().err
     assert main(["problems", "--task", "poems"]) == 2
-    assert "--task must be arithmetic or translate-words" in capsys.readouterr().err
+    assert "--task must be arithmetic or one of translate-words, cloze-words, copy-words" in (
+        capsys.readouterr().err
+    )
+
+
+#: Sentence pairs in the package's shape for the cloze task, written here.
+CLOZE_RECORDS = [
+    {"hsk_level": 1, "chinese": "我爱我的狗。", "translation": {"en": "I love my dog."},
+     "tokens": [{"word": "狗", "gloss_en": "dog"}, {"word": "爱", "gloss_en": "to love"}]},
+    {"hsk_level": 1, "chinese": "猫喝水。", "translation": {"en": "The cat drinks water."},
+     "tokens": [{"word": "猫", "gloss_en": "cat"}, {"word": "水", "gloss_en": "water"}]},
+    {"hsk_level": 2, "chinese": "这本书很好。", "translation": {"en": "This book is good."},
+     "tokens": [{"word": "书", "gloss_en": "book; letter"}]},
+    {"hsk_level": 2, "chinese": "老师老师。", "translation": {"en": "placeholder"},
+     "tokens": [{"word": "老师", "gloss_en": "teacher"}]},  # untranslated, and twice: no item
+]  # fmt: skip
+
+
+def test_cloze_words_keep_each_prompt_in_one_language():
+    """Wendler et al.'s cloze: the other language's word is never in the prompt (so its
+    probability is latent, not a copy); demonstrations are other words' sentences."""
+    from xlalign.data.corpora import BLANK, cloze_items, cloze_words
+
+    items = cloze_items(CLOZE_RECORDS)
+    assert [(i.word.zh, i.word.en) for i in items] == [
+        ("狗", "dog"), ("爱", "love"), ("猫", "cat"), ("水", "water"), ("书", "book")
+    ]  # fmt: skip
+    tok = WordTokenizer({"dog", "love", "cat", "water", "book"})
+    corpus = cloze_words(tok, seed=1, shots=2, records=CLOZE_RECORDS)
+    assert len(corpus) == 5 and "kept 5 of 5 words" in corpus.source
+    for i in range(len(corpus)):
+        zh, en = corpus.texts["zh"][i], corpus.texts["en"][i]
+        a_zh, a_en = corpus.meta["answer_zh"][i], corpus.meta["answer_en"][i]
+        assert not any(c.isascii() and c.isalpha() for c in zh)  # no English in the zh prompt
+        assert a_en not in zh and a_zh not in en
+        assert zh.endswith('答案: "') and en.endswith('Answer: "')
+        assert zh.count(BLANK) == en.count(BLANK) == 3  # 2 demonstrations and the query
+        query_zh = zh.splitlines()[-1]
+        assert a_zh not in query_zh  # blanked out
+    (row,) = [i for i in range(5) if corpus.meta["answer_en"][i] == "love"]
+    assert corpus.texts["en"][row].splitlines()[-1] == 'Sentence: "I ___ my dog." Answer: "'
+
+
+def test_copy_words_repeat_the_word_in_its_own_language():
+    from xlalign.data.corpora import copy_words
+
+    tok = WordTokenizer({"teacher", "dog", "cat", "water", "book", "thank"})
+    corpus = copy_words(tok, seed=3, shots=2, records=RECORDS)
+    for i in range(len(corpus)):
+        zh, en = corpus.texts["zh"][i], corpus.texts["en"][i]
+        assert zh.splitlines()[-1] == f'中文: "{corpus.meta["answer_zh"][i]}" - 中文: "'
+        assert en.splitlines()[-1] == f'English: "{corpus.meta["answer_en"][i]}" - English: "'
+        for line in zh.splitlines()[:-1]:
+            left, right = line.split(" - ")
+            assert left.split(": ")[1] == right.split(": ")[1]

@@ -297,10 +297,40 @@ def test_report_section_shows_the_lens_with_answers(lens_runs, tmp_path) -> None
     assert paths["lens"] == tmp_path / "fig_lens.png" and paths["lens"].stat().st_size > 0
     md = (tmp_path / "report.md").read_text()
     assert "Latent language (logit lens)" in md and "No random-weights control" in md
-    assert "P(zh answer)" in md and "P(en answer)" in md
+    roles = doc["answers"]["roles"]
+    assert roles["zh"]["zh"] == roles["en"]["en"] == "target"
+    assert "P(zh answer (the prompt's answer))" in md and "P(en answer (the prompt's answer))" in md
+    other = {"in the prompt": "in the prompt: copying it scores too",
+             "not in the prompt": "not in the prompt: latent"}[roles["zh"]["en"]]  # fmt: skip
+    assert f"P(en answer ({other}))" in md
     # one table row per site and language, in the site order of the run
     table = [line for line in md.splitlines() if line.startswith(("| embed", "| L", "| final"))]
     assert len(table) == len(run.sites) * len(run.languages)
     without = build_report(tmp_path / "none", ReportInputs(title="t"))
     assert "lens" not in without
     assert "logit lens" not in (tmp_path / "none" / "report.md").read_text()
+
+
+def test_answer_roles_say_whether_the_other_language_is_in_the_prompt(lens_runs) -> None:
+    """A prompt holding the other language's answer token (translate-words: the source word)
+    scores it by copying too; one that does not (cloze-words) measures the latent language.
+    The shares are recomputed here from the token files."""
+    from xlalign.studies.lens import answer_columns, answer_roles, answer_token_ids
+
+    run = load_run(lens_runs[("qwen2", True)])
+    answers = answer_columns(run)
+    ids = answer_token_ids(run.tokenizer(), answers)
+    langs = list(answers)
+    got = answer_roles(run, list(run.languages), langs, ids)
+    for lang in run.languages:
+        prompts = run.token_ids(lang)
+        for k, a in enumerate(langs):
+            rows = [i for i in range(run.n_rows) if ids[i, k] >= 0]
+            share = sum(int(ids[i, k]) in prompts[i].tolist() for i in rows) / len(rows)
+            assert got["in_prompt"][lang][a] == pytest.approx(share)
+            want = (
+                "target"
+                if a == lang
+                else ("in the prompt" if share >= 0.5 else "not in the prompt")
+            )
+            assert got["roles"][lang][a] == want

@@ -46,33 +46,41 @@ def problems_cmd(
         str,
         typer.Option(
             "--task",
-            help="arithmetic (the study's problems) or translate-words (HSK word translation, "
-            "zh/en with answer_zh/answer_en, for xlalign lens; needs --model and xlalign[hsk]).",
+            help="arithmetic (the study's problems); for xlalign lens (zh/en with "
+            "answer_zh/answer_en; need --model and xlalign[hsk]): translate-words (HSK word "
+            "translation: the source word is in the prompt), cloze-words (a sentence with the "
+            "word blanked, one language per prompt: the other language's word is latent) or "
+            "copy-words (repeat a word: the source-copy control).",
         ),
     ] = "arithmetic",
     model: Annotated[
         str | None,
-        typer.Option("--model", help="translate-words: the model whose tokenizer decides."),
+        typer.Option("--model", help="Word tasks: the model whose tokenizer decides."),
     ] = None,
 ) -> None:
     """Write a built-in parallel zh/en corpus as JSONL (the study's problems by default)."""
-    if task == "translate-words":
-        from xlalign.data.corpora import translate_words
+    from xlalign.data.corpora import WORD_TASKS
+
+    if task in WORD_TASKS:
+        from xlalign.data import corpora
         from xlalign.models.loading import load_tokenizer
 
         if model is None:
             raise XlalignError(
-                "--task translate-words needs --model: only words whose answers are single "
-                "tokens of that model's tokenizer are kept"
+                f"--task {task} needs --model: only words whose answers are single tokens of "
+                "that model's tokenizer are kept"
             )
-        words = translate_words(load_tokenizer(model), n, seed=seed)
+        build = getattr(corpora, task.replace("-", "_"))
+        words = build(load_tokenizer(model), n, seed=seed)
         words.to_jsonl(output)
-        print(f"wrote {len(words)} word-translation rows (zh, en) to {output}: {words.source}")
+        print(f"wrote {len(words)} {task} rows (zh, en) to {output}: {words.source}")
         return
     if task != "arithmetic":
-        raise XlalignError(f"--task must be arithmetic or translate-words, got '{task}'")
+        raise XlalignError(
+            f"--task must be arithmetic or one of {', '.join(WORD_TASKS)}, got '{task}'"
+        )
     if model is not None:
-        raise XlalignError("--model goes with --task translate-words")
+        raise XlalignError(f"--model goes with a word task ({', '.join(WORD_TASKS)})")
     from xlalign.data.problems import generate_problems
 
     n = 200 if n is None else n

@@ -14,7 +14,15 @@ the run's provenance and the report.
 - ``translate_words``: word-translation prompts for the logit lens, in the few-shot format of
   Wendler et al. 2024 ("Do Llamas Work in English?", github.com/epfl-dlab/llm-latent-language),
   built from the HSK word glosses, both directions, single-token answers only
-  (``xlalign problems --task translate-words``).
+  (``xlalign problems --task translate-words``). The source word is in the prompt, so its
+  probability mixes translation with copying.
+- ``cloze_words``: Wendler et al.'s cloze design: an HSK sentence with the word blanked out,
+  after demonstrations of other sentences with their answers, all in one language; the other
+  language's word for the answer is never in the prompt, so its probability is the latent
+  language, not a copy (``--task cloze-words``).
+- ``copy_words``: the source-copy control: demonstrations that repeat a word, then a word to
+  repeat; the answer is in the prompt, so its probability through depth is what copying alone
+  looks like (``--task copy-words``).
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ __all__ = [
     "BUILTIN",
     "LICENCES",
     "clean_gloss",
+    "cloze_words",
+    "copy_words",
     "generate_problems",
     "hsk",
     "hsk_records",
@@ -68,6 +78,12 @@ BUILTIN = tuple(LICENCES)
 DEFAULT_SHOTS = 4
 #: How each language is named in the prompts.
 LANGUAGE_NAMES = {"zh": "中文", "en": "English"}
+#: The cloze prompts' labels, in each prompt's own language (nothing of the other language).
+CLOZE_LABELS = {"zh": ("句子", "答案"), "en": ("Sentence", "Answer")}
+#: The gap of a cloze sentence.
+BLANK = "___"
+#: The word-level lens tasks of ``xlalign problems --task``.
+WORD_TASKS = ("translate-words", "cloze-words", "copy-words")
 
 
 def hsk_records() -> list[dict[str, Any]]:
@@ -253,6 +269,174 @@ def translation_prompt(demos: Sequence[WordPair], query: WordPair, source: str, 
     lines = [_line(source, getattr(d, source), target, getattr(d, target)) for d in demos]
     lines.append(_line(source, getattr(query, source), target, None))
     return "\n".join(lines)
+
+
+def _single_token_pairs(tokenizer: Any, pairs: Sequence[WordPair], need: int) -> list[WordPair]:
+    """The pairs whose Chinese and English words are each one token of ``tokenizer``."""
+    kept = [
+        p for p in pairs if is_single_token(tokenizer, p.zh) and is_single_token(tokenizer, p.en)
+    ]
+    if len(kept) < need:
+        raise XlalignError(
+            f"only {len(kept)} of {len(pairs)} HSK words are single tokens in both languages "
+            f"for this tokenizer; {need} are needed"
+        )
+    return kept
+
+
+def _word_corpus(
+    items: Sequence[Any],
+    word_of: Any,
+    prompts: Any,
+    n: int | None,
+    seed: int,
+    shots: int,
+    prefix: str,
+    source: str,
+) -> ParallelCorpus:
+    """Rows of a word task: ``n`` random items (``random.Random(seed)``), each with ``shots``
+    demonstrations drawn from the others; ``prompts(demos, query) -> (zh, en)`` writes the two
+    prompts and ``word_of(item)`` gives its :class:`WordPair` (the answers)."""
+    rng = random.Random(seed)
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    chosen = order if n is None else order[:n]
+    ids, zh, en, words = [], [], [], []
+    for k in chosen:
+        demos = [items[j] for j in rng.sample([j for j in range(len(items)) if j != k], shots)]
+        pz, pe = prompts(demos, items[k])
+        ids.append(f"{prefix}{k:04d}")
+        zh.append(pz)
+        en.append(pe)
+        words.append(word_of(items[k]))
+    return ParallelCorpus(
+        ids=tuple(ids),
+        texts={"zh": tuple(zh), "en": tuple(en)},
+        meta={
+            "answer_zh": tuple(w.zh for w in words),
+            "answer_en": tuple(w.en for w in words),
+            "hsk_level": tuple(w.hsk_level for w in words),
+        },
+        source=f"{source}; {len(chosen)} rows, {shots} shots, seed {seed})",
+    )
+
+
+def _check_word_args(n: int | None, shots: int) -> None:
+    if shots < 0:
+        raise XlalignError(f"shots must be at least 0, got {shots}")
+    if n is not None and n < 1:
+        raise XlalignError(f"--n must be at least 1, got {n}")
+
+
+@dataclass(frozen=True)
+class ClozeItem:
+    """A word, its gloss, and one HSK sentence pair in which each occurs exactly once."""
+
+    word: WordPair
+    zh_sentence: str
+    en_sentence: str
+
+
+def cloze_items(records: Sequence[dict[str, Any]] | None = None) -> list[ClozeItem]:
+    """For each HSK word with a one-word gloss (:func:`hsk_word_pairs`), the first sentence
+    pair in which the Chinese word occurs once in the Chinese sentence and the gloss once, as
+    a whole word (any case), in the English translation; words without one are left out."""
+    from xlalign.data.quality import is_placeholder
+
+    recs = list(records if records is not None else hsk_records())
+    items: list[ClozeItem] = []
+    for word in hsk_word_pairs(recs):
+        pattern = re.compile(rf"\b{re.escape(word.en)}\b", re.IGNORECASE)
+        for r in recs:
+            zh, en = str(r.get("chinese") or ""), str((r.get("translation") or {}).get("en") or "")
+            if not en or is_placeholder(en) or zh.count(word.zh) != 1:
+                continue
+            if len(pattern.findall(en)) == 1:
+                items.append(ClozeItem(word, zh, en))
+                break
+    return items
+
+
+def _blank(sentence: str, word: str) -> str:
+    return (
+        re.sub(rf"\b{re.escape(word)}\b", BLANK, sentence, count=1, flags=re.IGNORECASE)
+        if (word.isascii())
+        else sentence.replace(word, BLANK, 1)
+    )
+
+
+def cloze_prompt(demos: Sequence[ClozeItem], query: ClozeItem, lang: str) -> str:
+    """A cloze prompt in ``lang`` only: ``Sentence: "... ___ ..." Answer: "w"`` lines for the
+    demonstrations, then the query's sentence and ``Answer: "``, so the next token is the
+    answer's first token."""
+    label, answer = CLOZE_LABELS[lang]
+
+    def line(item: ClozeItem, with_answer: bool) -> str:
+        sentence = item.zh_sentence if lang == "zh" else item.en_sentence
+        word = getattr(item.word, lang)
+        tail = f'{word}"' if with_answer else ""
+        return f'{label}: "{_blank(sentence, word)}" {answer}: "{tail}'
+
+    return "\n".join([*(line(d, True) for d in demos), line(query, False)])
+
+
+def cloze_words(
+    tokenizer: Any,
+    n: int | None = None,
+    *,
+    seed: int = 0,
+    shots: int = DEFAULT_SHOTS,
+    records: Sequence[dict[str, Any]] | None = None,
+) -> ParallelCorpus:
+    """Cloze prompts from the HSK sentences, one row per word, after Wendler et al.'s cloze task.
+
+    Column ``zh`` holds the Chinese sentence with the word blanked out (answer: the Chinese
+    word), column ``en`` the English translation with the gloss blanked out (answer: the
+    English word); each after ``shots`` demonstrations of other words' sentences with their
+    answers, in the same language. Neither prompt holds the other language: in the ``zh``
+    column the English word's probability is the latent language, never a copy. Metadata:
+    ``answer_zh``, ``answer_en``, ``hsk_level``. Only words whose two forms are single tokens
+    of ``tokenizer`` and that occur once in a sentence pair (:func:`cloze_items`) are kept.
+    """
+    _check_word_args(n, shots)
+    items = cloze_items(records)
+    single = {
+        (p.zh, p.en) for p in _single_token_pairs(tokenizer, [i.word for i in items], shots + 1)
+    }
+    kept = [i for i in items if (i.word.zh, i.word.en) in single]
+    return _word_corpus(
+        kept, lambda item: item.word,
+        lambda demos, q: (cloze_prompt(demos, q, "zh"), cloze_prompt(demos, q, "en")),
+        n, seed, shots, "c",
+        f"hsk-sentences-audio 1.0.0 cloze-words (kept {len(kept)} of {len(items)} words with a "
+        "sentence pair: single tokens in both languages",
+    )  # fmt: skip
+
+
+def copy_words(
+    tokenizer: Any,
+    n: int | None = None,
+    *,
+    seed: int = 0,
+    shots: int = DEFAULT_SHOTS,
+    records: Sequence[dict[str, Any]] | None = None,
+) -> ParallelCorpus:
+    """The source-copy control of the word tasks: ``中文: "w" - 中文: "w"`` demonstrations,
+    then a word to repeat, in each language (column ``zh`` repeats the Chinese word, ``en``
+    the English one), over the same words as :func:`translate_words`. The answer is in the
+    prompt and copying is the task: the answer's probability through depth is the profile of
+    a copy, to hold beside a translation prompt's source-word probability."""
+    _check_word_args(n, shots)
+    pairs = hsk_word_pairs(records)
+    kept = _single_token_pairs(tokenizer, pairs, shots + 1)
+    return _word_corpus(
+        kept, lambda item: item,
+        lambda demos, q: (translation_prompt(demos, q, "zh", "zh"),
+                          translation_prompt(demos, q, "en", "en")),
+        n, seed, shots, "k",
+        f"hsk-sentences-audio 1.0.0 copy-words (kept {len(kept)} of {len(pairs)} words: "
+        "single tokens in both languages",
+    )  # fmt: skip
 
 
 def translate_words(

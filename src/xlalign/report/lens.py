@@ -61,6 +61,17 @@ def drawn_classes(doc: Mapping[str, Any], control: Mapping[str, Any] | None) -> 
     return [c for c in classes if c in ALWAYS_DRAWN or peak.get(c, 0.0) >= MIN_DRAWN_MASS]
 
 
+def answer_label(doc: Mapping[str, Any], lang: str, answer: str) -> str:
+    """``en answer (in the prompt: a copy scores too)`` for the figure, tables and summary."""
+    role = (((doc.get("answers") or {}).get("roles") or {}).get(lang) or {}).get(answer)
+    words = {
+        "target": "the prompt's answer",
+        "in the prompt": "in the prompt: copying it scores too",
+        "not in the prompt": "not in the prompt: latent",
+    }
+    return f"{answer} answer" + (f" ({words[role]})" if role in words else "")
+
+
 def lens_figure(doc: Mapping[str, Any], control: Mapping[str, Any] | None = None) -> Figure:
     """Latent language against depth: one panel per prompt language (see the module doc)."""
     sites = [str(s) for s in doc.get("sites") or []]
@@ -85,6 +96,8 @@ def lens_figure(doc: Mapping[str, Any], control: Mapping[str, Any] | None = None
         for col, lang in enumerate(langs):
             ax = axes[row][col]
             for label, keys, colour in series:
+                if keys[0] == "answer_prob":  # its role differs from one prompt language to another
+                    label = answer_label(doc, lang, keys[1])
                 mean, low, high = _series(main_rows, lang, sites, *keys)
                 band = np.isfinite(low) & np.isfinite(high)
                 if band.any():
@@ -103,7 +116,7 @@ def lens_figure(doc: Mapping[str, Any], control: Mapping[str, Any] | None = None
             ax.set_title(mpl_text(title), fontsize=10)
             if col == 0:
                 ax.set_ylabel("mean probability mass" if row == 0 else "P(first answer token)")
-            if col == ncols - 1:
+            if col == ncols - 1 or row == 1:
                 ax.legend(fontsize=7, loc="upper left", frameon=False)
     note = " Dashed: random-weights control." if ctrl_rows else " No random-weights control."
     fig.suptitle(mpl_text("Latent language against depth (logit lens)." + note), fontsize=10)
@@ -179,7 +192,7 @@ def lens_section(
                 ]
             rows.append(row)
         columns = ["site", "latin", "cjk", "entropy (nats)", "commonest top-1 (share)"]
-        columns += [f"P({a} answer)" for a in answers]
+        columns += [f"P({answer_label(doc, lang, a)})" for a in answers]
         if control:
             columns += ["control latin", "control cjk"]
         tables.append(Table(columns, rows, caption=f"{lang} prompts, mean over prompts"))

@@ -42,6 +42,7 @@ import torch
 from xlalign.data.tokens import TOKEN_CLASSES, decode_token, vocabulary_classes
 from xlalign.errors import RunError, XlalignError
 from xlalign.models.loading import LensModules, lens_modules, load_model
+from xlalign.report.lens import answer_label
 from xlalign.store.files import CONTROL_DIR, MANIFEST, atomic_write_json
 from xlalign.store.lock import folder_lock
 from xlalign.store.run import Run, load_control, load_run, weights_label
@@ -261,6 +262,46 @@ def answer_columns(run: Run) -> dict[str, list[Any]]:
     }
 
 
+#: What an answer's probability measures in a prompt: the prompt's own answer, or another
+#: language's word that the prompt holds (copying it is one way to score), or one it does not
+#: hold (only the model's own representation can raise it: the latent language).
+ROLES = ("target", "in the prompt", "not in the prompt")
+
+
+def answer_roles(
+    run: Run, langs: Sequence[str], answer_langs: Sequence[str], ans_ids: np.ndarray
+) -> dict[str, Any]:
+    """``{"in_prompt": {lang: {a: share}}, "roles": {lang: {a: role}}}``: for the prompts of
+    each language, the share whose token ids hold answer ``a``'s first token, and its role
+    (:data:`ROLES`): ``target`` when ``a`` is the prompt's language, else ``in the prompt``
+    when most prompts hold it (translate-words: the source word, so its probability mixes in
+    copying), else ``not in the prompt`` (cloze-words: the latent language)."""
+    in_prompt: dict[str, dict[str, float | None]] = {}
+    roles: dict[str, dict[str, str]] = {}
+    for lang in langs:
+        try:
+            prompts = run.token_ids(lang)
+        except (OSError, RunError):
+            continue
+        in_prompt[lang], roles[lang] = {}, {}
+        for k, a in enumerate(answer_langs):
+            rows = [i for i in range(len(prompts)) if ans_ids[i, k] >= 0]
+            share = (
+                float(np.mean([int(ans_ids[i, k]) in set(prompts[i].tolist()) for i in rows]))
+                if rows
+                else None
+            )
+            in_prompt[lang][a] = share
+            roles[lang][a] = (
+                "target"
+                if a == lang
+                else "in the prompt"
+                if share is not None and share >= 0.5
+                else "not in the prompt"
+            )
+    return {"in_prompt": in_prompt, "roles": roles}
+
+
 def answer_token_ids(tokenizer: Any, answers: Mapping[str, Sequence[Any]]) -> np.ndarray:
     """``(n_rows, n_answer_langs)`` int64: first token id of each answer, -1 where none.
 
@@ -393,6 +434,7 @@ def lens_study(
             },
             "token_ids": {a: ans_ids[:, k].tolist() for k, a in enumerate(answer_langs)},
             "note": "first token of each answer, tokenised alone without special tokens",
+            **answer_roles(run, langs, answer_langs, ans_ids),
         },
         "entropy_unit": "nats",
         "bootstrap": {"n_boot": cfg.n_boot, "seed": cfg.seed, "level": cfg.level},
@@ -540,7 +582,7 @@ def summarize(doc: Mapping[str, Any]) -> list[str]:
             vals: list[tuple[str, float]] = [(s, float(v["mean"])) for s, v in found if v]
             if vals:
                 site, v = max(vals, key=lambda t: t[1])
-                lines.append(f"  P({a} answer) peaks at {v:.3f} at {site}")
+                lines.append(f"  P({answer_label(doc, lang, a)}) peaks at {v:.3f} at {site}")
     ctl = doc.get("control")
     if isinstance(ctl, Mapping) and ctl.get("summaries"):
         top = max(
