@@ -457,3 +457,14 @@ def test_each_cell_carries_the_token_label_baseline_of_both_models(result, runs)
         assert r["above_token_label"] == (r["value"] > max(ta, tb))
         checked += 1
     assert checked > 0
+
+
+def test_label_cka_equals_cka_with_the_explicit_one_hot():
+    from xlalign.studies.compare import label_cka
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 7)) + 3.0
+    codes = rng.integers(0, 5, size=60)
+    onehot = np.eye(5)[codes]
+    assert label_cka(x, codes) == pytest.approx(_cka64(x, onehot), rel=1e-10)
+    assert label_cka(x, np.zeros(60, dtype=np.int64)) is None  # one class: undefined

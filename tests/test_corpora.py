@@ -276,6 +276,12 @@ CLOZE_RECORDS = [
      "tokens": [{"word": "书", "gloss_en": "book; letter"}]},
     {"hsk_level": 2, "chinese": "老师老师。", "translation": {"en": "placeholder"},
      "tokens": [{"word": "老师", "gloss_en": "teacher"}]},  # untranslated, and twice: no item
+    {"hsk_level": 2, "chinese": "今天很好。", "translation": {"en": "Today is a good day."},
+     "tokens": [{"word": "今天", "gloss_en": "today"}]},
+    {"hsk_level": 3, "chinese": "今天天气很好。", "translation": {"en": "The day is fine."},
+     "tokens": [{"word": "今天", "gloss_en": "today"}, {"word": "天气", "gloss_en": "weather"},
+                {"word": "天", "gloss_en": "day"}]},
+    # 天 twice in that sentence (inside 今天 and 天气): no item, never blanked inside a word
 ]  # fmt: skip
 
 
@@ -286,11 +292,12 @@ def test_cloze_words_keep_each_prompt_in_one_language():
 
     items = cloze_items(CLOZE_RECORDS)
     assert [(i.word.zh, i.word.en) for i in items] == [
-        ("狗", "dog"), ("爱", "love"), ("猫", "cat"), ("水", "water"), ("书", "book")
+        ("狗", "dog"), ("爱", "love"), ("猫", "cat"), ("水", "water"), ("书", "book"),
+        ("今天", "today"),
     ]  # fmt: skip
     tok = WordTokenizer({"dog", "love", "cat", "water", "book"})
     corpus = cloze_words(tok, seed=1, shots=2, records=CLOZE_RECORDS)
-    assert len(corpus) == 5 and "kept 5 of 5 words" in corpus.source
+    assert len(corpus) == 5 and "kept 5 of 6 words" in corpus.source
     for i in range(len(corpus)):
         zh, en = corpus.texts["zh"][i], corpus.texts["en"][i]
         a_zh, a_en = corpus.meta["answer_zh"][i], corpus.meta["answer_en"][i]

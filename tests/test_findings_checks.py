@@ -19,6 +19,7 @@ from xlalign.studies.findings import (
     findings_for_origin,
     merge_findings,
     site_ranges,
+    verdict,
 )
 
 
@@ -323,3 +324,17 @@ def test_p1_does_not_depend_on_the_batch_size(tiny_models, problems, tmp_path):
     (rec,) = [r for r in again["records"]
               if (r["site"], r["pool"], r["metric"]) == ("L0", "mean", "p1_xy")]  # fmt: skip
     assert rec["value"] == pytest.approx(tied, abs=1e-12)
+
+
+def test_a_control_known_only_at_its_best_site_still_decides():
+    """No control record at the model's site, but one at the control's best: never
+    'no-control' (the headline would contradict the finding)."""
+    model = {"value": 10.0, "ci_low": 9.0, "ci_high": 11.0}
+    best = {"value": 20.0, "ci_low": 19.0, "ci_high": 21.0}
+    assert verdict(model, None, None, control_best=best) == "matched-by-control"
+    assert verdict(model, None, None, control_best=best, below_everywhere=True) == "below-control"
+    low = {"value": 2.0, "ci_low": 1.0, "ci_high": 3.0}
+    assert verdict(model, None, None, control_best=low) == "beyond-control"
+    # below at every site by points, but the intervals overlap at the model's site: matched
+    near = {"value": 10.2, "ci_low": 9.5, "ci_high": 10.9}
+    assert verdict(model, near, None, below_everywhere=True) == "matched-by-control"

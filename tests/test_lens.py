@@ -312,21 +312,20 @@ def test_report_section_shows_the_lens_with_answers(lens_runs, tmp_path) -> None
 
 
 def test_answer_roles_say_whether_the_other_language_is_in_the_prompt(lens_runs) -> None:
-    """A prompt holding the other language's answer token (translate-words: the source word)
-    scores it by copying too; one that does not (cloze-words) measures the latent language.
-    The shares are recomputed here from the token files."""
-    from xlalign.studies.lens import answer_columns, answer_roles, answer_token_ids
+    """A prompt holding the other language's answer (translate-words: the source word) scores
+    it by copying too; one that does not (cloze-words) measures the latent language. The
+    shares are recomputed here from the prompts' texts."""
+    from xlalign.studies.lens import answer_columns, answer_roles
 
     run = load_run(lens_runs[("qwen2", True)])
     answers = answer_columns(run)
-    ids = answer_token_ids(run.tokenizer(), answers)
-    langs = list(answers)
-    got = answer_roles(run, list(run.languages), langs, ids)
+    tok = run.tokenizer()
+    got = answer_roles(run, list(run.languages), answers, tok)
     for lang in run.languages:
-        prompts = run.token_ids(lang)
-        for k, a in enumerate(langs):
-            rows = [i for i in range(run.n_rows) if ids[i, k] >= 0]
-            share = sum(int(ids[i, k]) in prompts[i].tolist() for i in rows) / len(rows)
+        texts = [tok.decode(t, skip_special_tokens=True) for t in run.token_ids(lang)]
+        for a, words in answers.items():
+            rows = [(p, str(w)) for p, w in zip(texts, words, strict=True) if w]
+            share = sum(w in p for p, w in rows) / len(rows)
             assert got["in_prompt"][lang][a] == pytest.approx(share)
             want = (
                 "target"

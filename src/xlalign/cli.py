@@ -199,6 +199,11 @@ def extract_cmd(
         raise XlalignError(f"--control must be random-init, got '{control}'")
     if control_seed is not None and control is None:
         raise XlalignError("--control-seed needs --control random-init")
+    if control is not None and launch_env().distributed:
+        raise XlalignError(
+            "--control random-init in a torchrun launch: extract the control in its own launch "
+            "with --random-init-seed SEED -o OUT/control-random-init"
+        )
     if control is not None and random_init_seed is not None:
         raise XlalignError(
             "--control random-init adds a control beside the trained model's run; "
@@ -222,11 +227,13 @@ def extract_cmd(
     if control == "random-init":  # as in run: the control beside the trained model's run
         from xlalign.pipeline.reuse import ensure_control
 
-        ctl, _state = ensure_control(
+        ctl, state = ensure_control(
             run, corpus, 0 if control_seed is None else control_seed, options=options,
-            batch_size=batch_size, progress=progress,
+            batch_size=batch_size, progress=progress, pools=tuple(run.pools),
         )  # fmt: skip
         runs.append(ctl)
+        if state != "captured":
+            print(f"the control in {ctl.path}: {state}")
     for r in runs:
         t = r.manifest.get("timings", {})
         print(

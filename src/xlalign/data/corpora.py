@@ -339,22 +339,25 @@ class ClozeItem:
 
 def cloze_items(records: Sequence[dict[str, Any]] | None = None) -> list[ClozeItem]:
     """For each HSK word with a one-word gloss (:func:`hsk_word_pairs`), the first sentence
-    pair in which the Chinese word occurs once in the Chinese sentence and the gloss once, as
-    a whole word (any case), in the English translation; words without one are left out."""
+    pair that lists the word among its segmented tokens, holds it once in the Chinese sentence
+    (so 天 is never blanked inside 今天) and the gloss once, as a whole word (any case), in the
+    English translation; words without one are left out. In the order of first appearance."""
     from xlalign.data.quality import is_placeholder
 
     recs = list(records if records is not None else hsk_records())
-    items: list[ClozeItem] = []
-    for word in hsk_word_pairs(recs):
-        pattern = re.compile(rf"\b{re.escape(word.en)}\b", re.IGNORECASE)
-        for r in recs:
-            zh, en = str(r.get("chinese") or ""), str((r.get("translation") or {}).get("en") or "")
-            if not en or is_placeholder(en) or zh.count(word.zh) != 1:
+    pairs = {p.zh: p for p in hsk_word_pairs(recs)}
+    items: dict[str, ClozeItem] = {}
+    for r in recs:
+        zh, en = str(r.get("chinese") or ""), str((r.get("translation") or {}).get("en") or "")
+        if not en or is_placeholder(en):
+            continue
+        for tok in r.get("tokens") or []:
+            word = pairs.get(str(tok.get("word") or "").strip())
+            if word is None or word.zh in items or zh.count(word.zh) != 1:
                 continue
-            if len(pattern.findall(en)) == 1:
-                items.append(ClozeItem(word, zh, en))
-                break
-    return items
+            if len(re.findall(rf"\b{re.escape(word.en)}\b", en, re.IGNORECASE)) == 1:
+                items[word.zh] = ClozeItem(word, zh, en)
+    return list(items.values())
 
 
 def _blank(sentence: str, word: str) -> str:

@@ -82,6 +82,7 @@ def ensure_control(
     sites: str | None = None,
     batch_size: int = 32,
     progress: bool = True,
+    pools: tuple[str, ...] | None = None,
 ) -> tuple[Run, str]:
     """The random-weights control of ``run``, in ``run/control-random-init``.
 
@@ -109,6 +110,7 @@ def ensure_control(
             str(m["model"]), corpus, folder, langs=list(run.languages),
             sites=sites or ",".join(run.sites), batch_size=batch_size, options=opts,
             progress=progress, compat=str(m.get("compat") or "exact"),
+            **({} if pools is None else {"pools": pools}),
         )  # fmt: skip
     check_control(run, control)
     if "control_of" not in control.manifest:

@@ -114,12 +114,13 @@ def _write_metadata(
     categories: int,
 ) -> None:
     ids = [str(i) for i in range(n)]
-    # One token per prompt keeps the token files valid and tiny.
+    # One token per prompt keeps the token files valid and tiny; each prompt's token is its own
+    # (no two prompts are the same input, and no language shares a token with another)
     offsets = np.arange(n + 1, dtype=np.int64)
-    for lang in langs:
+    for k, lang in enumerate(langs):
         ids_p, off_p, spec_p = token_paths(path, lang)
         ids_p.parent.mkdir(parents=True, exist_ok=True)
-        np.save(ids_p, np.zeros(n, dtype=np.int32))
+        np.save(ids_p, (np.arange(n, dtype=np.int64) + k * n).astype(np.int32))
         np.save(off_p, offsets)
         np.save(spec_p, np.zeros(n, dtype=bool))
     atomic_write_json(

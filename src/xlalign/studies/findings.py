@@ -97,13 +97,14 @@ def verdict(
     ``control_best`` the control at *its* best site (like with like); ``below_everywhere``
     says whether the model lies below the control at every site compared. Checks, in order:
 
-    1. ``below-control`` ("training lowers it"): ``below_everywhere``; when it is None (one
-       site only, as the origin study's point values), ``model_high < control_low``;
+    1. ``below-control`` ("training lowers it"): ``below_everywhere``, with the intervals apart
+       at the model's site too; when it is None (one site only), ``model_high < control_low``;
     2. ``matched-by-control``: a control is given and the model does not lie above it at that
        site (``model_low <= control_high``) or does not lie above the control's best;
     3. ``matched-by-lexical``: a lexical baseline is given and the model does not lie above it
        (it overlaps it or lies below it);
-    4. ``no-control``: no control is given (the model lies above the lexical baseline, if any);
+    4. ``no-control``: no control is given, at that site or at its best (the model lies above
+       the lexical baseline, if any);
     5. ``beyond-control``: the model's best lies above the control at that site, above the
        control's own best, and above the lexical baseline.
 
@@ -116,16 +117,14 @@ def verdict(
     c = _interval(control)
     cb = _interval(control_best)
     lx = _interval(lexical)
-    if below_everywhere is None:
-        if c is not None and m[1] < c[0]:
-            return "below-control"
-    elif below_everywhere and c is not None:
+    below_here = c is not None and m[1] < c[0]
+    if below_here if below_everywhere is None else (below_everywhere and (c is None or below_here)):
         return "below-control"
-    if c is not None and (m[0] <= c[1] or (cb is not None and m[0] <= cb[1])):
+    if (c is not None and m[0] <= c[1]) or (cb is not None and m[0] <= cb[1]):
         return "matched-by-control"
     if lx is not None and m[0] <= lx[1]:
         return "matched-by-lexical"
-    if c is None:
+    if c is None and cb is None:
         return "no-control"
     return "beyond-control"
 

@@ -269,28 +269,31 @@ ROLES = ("target", "in the prompt", "not in the prompt")
 
 
 def answer_roles(
-    run: Run, langs: Sequence[str], answer_langs: Sequence[str], ans_ids: np.ndarray
+    run: Run,
+    langs: Sequence[str],
+    answers: Mapping[str, Sequence[Any]],
+    tokenizer: Any,
 ) -> dict[str, Any]:
     """``{"in_prompt": {lang: {a: share}}, "roles": {lang: {a: role}}}``: for the prompts of
-    each language, the share whose token ids hold answer ``a``'s first token, and its role
-    (:data:`ROLES`): ``target`` when ``a`` is the prompt's language, else ``in the prompt``
-    when most prompts hold it (translate-words: the source word, so its probability mixes in
-    copying), else ``not in the prompt`` (cloze-words: the latent language)."""
+    each language, the share whose text (decoded from the run's token ids, special tokens
+    left out) holds answer ``a``'s text, and its role (:data:`ROLES`): ``target`` when ``a``
+    is the prompt's language, else ``in the prompt`` when most prompts hold it
+    (translate-words: the source word, so its probability mixes in copying), else ``not in
+    the prompt`` (cloze-words: the latent language). Texts, not token ids, are compared: a
+    SentencePiece tokenizer gives a word alone another token than after a quote."""
     in_prompt: dict[str, dict[str, float | None]] = {}
     roles: dict[str, dict[str, str]] = {}
     for lang in langs:
         try:
-            prompts = run.token_ids(lang)
+            prompts = [
+                str(tokenizer.decode(t, skip_special_tokens=True)) for t in run.token_ids(lang)
+            ]
         except (OSError, RunError):
             continue
         in_prompt[lang], roles[lang] = {}, {}
-        for k, a in enumerate(answer_langs):
-            rows = [i for i in range(len(prompts)) if ans_ids[i, k] >= 0]
-            share = (
-                float(np.mean([int(ans_ids[i, k]) in set(prompts[i].tolist()) for i in rows]))
-                if rows
-                else None
-            )
+        for a, texts in answers.items():
+            rows = [(p, str(t)) for p, t in zip(prompts, texts, strict=True) if t]
+            share = float(np.mean([t in p for p, t in rows])) if rows else None
             in_prompt[lang][a] = share
             roles[lang][a] = (
                 "target"
@@ -434,7 +437,7 @@ def lens_study(
             },
             "token_ids": {a: ans_ids[:, k].tolist() for k, a in enumerate(answer_langs)},
             "note": "first token of each answer, tokenised alone without special tokens",
-            **answer_roles(run, langs, answer_langs, ans_ids),
+            **answer_roles(run, langs, answers, tokenizer),
         },
         "entropy_unit": "nats",
         "bootstrap": {"n_boot": cfg.n_boot, "seed": cfg.seed, "level": cfg.level},
