@@ -338,3 +338,13 @@ def test_a_control_known_only_at_its_best_site_still_decides():
     # below at every site by points, but the intervals overlap at the model's site: matched
     near = {"value": 10.2, "ci_low": 9.5, "ci_high": 10.9}
     assert verdict(model, near, None, below_everywhere=True) == "matched-by-control"
+
+
+def test_float_rounding_is_not_outside_an_interval():
+    from xlalign.studies.findings import _outside_interval
+
+    f = {"pair": ["zh", "en"], "pool": "mean", "site": "L1", "metric": "cka",
+         "model": {"value": 1.0 - 1e-13, "ci_low": 1.0, "ci_high": 1.0}}  # fmt: skip
+    assert _outside_interval([f]) == []
+    f["model"] = {"value": 0.999, "ci_low": 1.0, "ci_high": 1.0}
+    assert len(_outside_interval([f])) == 1

@@ -208,7 +208,8 @@ def _outside_interval(findings: Sequence[Mapping[str, Any]]) -> list[str]:
                             ("lexical", "the lexical baseline's")):  # fmt: skip
             m = f.get(role) or {}
             lo, hi, v = m.get("ci_low"), m.get("ci_high"), m.get("value")
-            if v is None or lo is None or hi is None or lo <= v <= hi:
+            tol = 1e-9 * max(1.0, abs(v)) if v is not None else 0.0  # float rounding is inside
+            if v is None or lo is None or hi is None or lo - tol <= v <= hi + tol:
                 continue
             x, y = f["pair"]
             side = "below" if hi < v else "above"
