@@ -82,3 +82,73 @@ def test_resume_refuses_other_in_memory_weights(bpe_tokenizer, problems, tmp_pat
     with pytest.raises(RunError, match=r"model_key differs \(the weights' fingerprint; run: "):
         xlalign.extract(mem_b, corpus, "zh,en", sites="embed", batch_size=3, output=out,
                         resume=True, progress=False)  # fmt: skip
+
+
+def _flip_middle_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_middle_byte_of_a_large_weight_file_changes_the_fingerprint(tmp_path, monkeypatch):
+    """Issue 27, item 1: one middle layer of a >2 MiB safetensors file edited in place. The
+    sampled fingerprint runs recorded before could not see it; the full one does, and a
+    changed config.json too. Hashes are cached by path, size, mtime and inode."""
+    from xlalign.models.fingerprints import (
+        cached_file_sha256,
+        sampled_weights_fingerprint,
+        weights_fingerprint,
+    )
+    from xlalign.models.gguf import file_sha256
+
+    monkeypatch.setenv("XLALIGN_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "m"
+    folder.mkdir()
+    weights = folder / "model.safetensors"
+    weights.write_bytes(bytes(range(256)) * (4 << 12))  # 4 MiB
+    (folder / "config.json").write_text('{"rms_norm_eps": 1e-06}')
+    full, sampled = weights_fingerprint(folder), sampled_weights_fingerprint(folder)
+    _flip_middle_byte(weights)
+    assert sampled_weights_fingerprint(folder) == sampled  # the original failure
+    assert weights_fingerprint(folder) != full
+    edited = weights_fingerprint(folder)
+    (folder / "config.json").write_text('{"rms_norm_eps": 1e-05}')
+    assert weights_fingerprint(folder) != edited
+    # the cache: the same stat gives the cached hash; a new mtime is hashed again
+    assert cached_file_sha256(weights) == file_sha256(weights)
+    st = weights.stat()
+    _flip_middle_byte(weights)  # same size; same inode; mtime put back below
+    import os
+
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    if weights.stat().st_ino == st.st_ino:
+        assert cached_file_sha256(weights) != file_sha256(weights)  # stale: the stat matched
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert cached_file_sha256(weights) == file_sha256(weights)
+
+
+def test_an_edited_config_is_not_reused_and_old_sampled_runs_still_are(
+    bpe_tokenizer, problems, tmp_path, monkeypatch
+):
+    import json
+
+    from xlalign.models.fingerprints import sampled_weights_fingerprint
+
+    monkeypatch.setenv("XLALIGN_CACHE", str(tmp_path / "cache"))
+    model = build_tiny_model("qwen2", bpe_tokenizer, tmp_path / "m")
+    corpus = problems.head(6)
+    out = tmp_path / "run"
+    kw = dict(ENSURE)
+    ensure_run(str(model), corpus, out, **kw)
+    # a run made before full hashing recorded the sampled fingerprint: still reused
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["weights_fingerprint"] = sampled_weights_fingerprint(model)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert ensure_run(str(model), corpus, out, **kw)[1] == "reused"
+    manifest["weights_fingerprint"] = xlalign.load_run(out).manifest["model_key"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    config = json.loads((model / "config.json").read_text())
+    config["rms_norm_eps"] = config.get("rms_norm_eps", 1e-6) * 10
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunError, match=r"the weights at .* differ"):
+        ensure_run(str(model), corpus, out, **kw)

@@ -4,15 +4,86 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+#: The files besides the weights whose every byte decides an activation (or the next token).
+CONFIG_FILES = ("config.json", "generation_config.json")
+#: Where the hashes of files already read are kept, under the cache folder.
+HASH_CACHE = "file-hashes.json"
 
-def weights_fingerprint(folder: Path, sample_bytes: int = 1 << 20) -> str | None:
-    """A sampled SHA-256 of a local folder's weight files, or None when it holds none.
+
+def weights_fingerprint(folder: Path) -> str | None:
+    """SHA-256 over every byte of a local folder's weight files and its ``config.json`` /
+    ``generation_config.json`` (names, sizes and each file's SHA-256), or None when it holds
+    no weights.
+
+    An edit anywhere in a multi-GB file, or a changed ``rms_norm_eps`` or ``hidden_act``,
+    changes it. Each file is read once at disk speed; its hash is then cached by absolute path,
+    size, mtime and inode (:func:`cached_file_sha256`), so later calls cost a ``stat``.
+    """
+    files = sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")])
+    if not files:
+        return None
+    files += [folder / name for name in CONFIG_FILES if (folder / name).is_file()]
+    h = hashlib.sha256()
+    for path in files:
+        h.update(f"{path.name}\0{path.stat().st_size}\0{cached_file_sha256(path)}\0".encode())
+    return "sha256:" + h.hexdigest()
+
+
+def same_weights(recorded: str | None, folder: Path) -> tuple[bool, str | None]:
+    """``(equal, fingerprint now)`` of a folder against a run's recorded fingerprint. A run
+    made before full hashing recorded a sampled one (``sha256-sampled:``); it is compared with
+    the sampled fingerprint of the folder now, so such runs stay reusable."""
+    if recorded is not None and recorded.startswith("sha256-sampled:"):
+        now = sampled_weights_fingerprint(folder)
+    else:
+        now = weights_fingerprint(folder)
+    return now == recorded, now
+
+
+def cached_file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, from the cache when the file's absolute path, size, mtime
+    and inode are those it was hashed with (else hashed again and the cache updated). The
+    cache is ``file-hashes.json`` in the xlalign cache folder; an unreadable or unwritable
+    cache only costs the hashing."""
+    from xlalign.models.gguf import cache_dir, file_sha256
+
+    st = path.stat()
+    key = str(path.resolve())
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    cache_path = cache_dir() / HASH_CACHE
+    try:
+        cache = json.loads(cache_path.read_text(encoding="utf-8"))
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    entry = cache.get(key)
+    if isinstance(entry, dict) and entry.get("stat") == stamp and entry.get("sha256"):
+        return str(entry["sha256"])
+    digest = file_sha256(path)
+    # entries of files that are gone (test folders, deleted models) are dropped
+    cache = {k: v for k, v in cache.items() if Path(k).exists()}
+    cache[key] = {"stat": stamp, "sha256": digest}
+    try:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache), encoding="utf-8")
+        tmp.replace(cache_path)
+    except OSError:
+        pass
+    return digest
+
+
+def sampled_weights_fingerprint(folder: Path, sample_bytes: int = 1 << 20) -> str | None:
+    """The fingerprint runs recorded before full hashing: a sampled SHA-256 of a local
+    folder's weight files, or None when it holds none.
 
     Hashes each ``*.safetensors`` / ``*.bin`` file's name and size, its first ``sample_bytes``
     (for safetensors that includes the header with every tensor's name, shape and offset) and

@@ -197,7 +197,7 @@ def _content_diffs(
     from transformers import AutoTokenizer
 
     from xlalign.models.device import dtype_name, resolve_device, resolve_dtype
-    from xlalign.models.fingerprints import tokenizer_fingerprint, weights_fingerprint
+    from xlalign.models.fingerprints import same_weights, tokenizer_fingerprint
 
     device, dtype = options.device, options.dtype
     revision, trust_remote_code = options.revision, options.trust_remote_code
@@ -206,8 +206,8 @@ def _content_diffs(
     # there, never asked of the Hub (only a Hub id is)
     local = resolve_source(model)[0]
     if local.is_dir():
-        now = weights_fingerprint(local)
-        if now != old.get("weights_fingerprint"):
+        equal, now = same_weights(old.get("weights_fingerprint"), local)
+        if not equal:
             diffs.append(
                 f"the weights at {model} differ (fingerprint run: "
                 f"{old.get('weights_fingerprint')}, now: {now})"

@@ -41,7 +41,8 @@ import torch
 
 from xlalign.data.tokens import TOKEN_CLASSES, decode_token, vocabulary_classes
 from xlalign.errors import RunError, XlalignError
-from xlalign.models.loading import LensModules, lens_modules, load_model
+from xlalign.models.fingerprints import same_weights
+from xlalign.models.loading import LensModules, lens_modules, load_model, resolve_source
 from xlalign.report.lens import answer_label
 from xlalign.store.files import CONTROL_DIR, MANIFEST, atomic_write_json
 from xlalign.store.lock import folder_lock
@@ -231,7 +232,13 @@ def load_decoder(run: Run, device: str = "cpu", *, tokenizer: Any = None) -> Len
         random_init_seed=m.get("random_init_seed"),
     )
     fp = m.get("weights_fingerprint")
-    if fp and loaded.weights_fingerprint and fp != loaded.weights_fingerprint:
+    local = resolve_source(str(m["model"]))[0]  # a named model or GGUF file: its folder
+    changed = (
+        not same_weights(fp, local)[0]
+        if fp and fp.startswith("sha256-sampled:") and local.is_dir()
+        else bool(fp and loaded.weights_fingerprint and fp != loaded.weights_fingerprint)
+    )
+    if changed:
         raise RunError(
             f"the weights at '{m['model']}' changed since run '{run.path}' was made "
             "(weights fingerprint differs); extract the run again"
