@@ -223,3 +223,32 @@ def test_wrong_hash_named_model_is_refused(monkeypatch, gguf_files, tmp_path):
     monkeypatch.setitem(named_models.NAMED_MODELS, "fake", entry.__class__(**{**entry.__dict__, "sha256": good}))  # fmt: skip
     loaded = load_model("fake", device="cpu")
     assert loaded.checkpoint["named_model"] == "fake" and loaded.checkpoint["sha256"] == good
+
+
+def test_a_corrupted_dequantized_cache_is_seen_and_rebuilt(gguf_files, tmp_path, capsys):
+    """Issue 27, item 3: flipped bytes in the cached safetensors were loaded silently while the
+    manifest named the original GGUF's SHA-256. The cache records each file's SHA-256 and
+    checks them whenever it is used; a mismatch is said and the folder made again."""
+    from xlalign.models.gguf import INFO_FILE, dequantized_folder, file_sha256
+
+    folder, info = dequantized_folder(gguf_files["F32"])
+    weights = folder / "model.safetensors"
+    assert info.files["model.safetensors"] == file_sha256(weights)
+    recorded = json.loads((folder / INFO_FILE).read_text())["files"]
+    assert set(recorded) == {p.name for p in folder.iterdir() if p.name != INFO_FILE}
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    capsys.readouterr()
+    again, _ = dequantized_folder(gguf_files["F32"])
+    assert "no longer matches what was written (model.safetensors differ" in capsys.readouterr().err
+    assert (
+        again == folder
+        and file_sha256(again / "model.safetensors") == recorded["model.safetensors"]
+    )
+    # a cache made before the hashes were recorded gets them on first use
+    old = json.loads((folder / INFO_FILE).read_text())
+    old.pop("files")
+    (folder / INFO_FILE).write_text(json.dumps(old))
+    _, info3 = dequantized_folder(gguf_files["F32"])
+    assert info3.files == recorded

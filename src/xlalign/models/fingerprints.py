@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from xlalign.models.gguf import cached_file_sha256
+
+__all__ = [
+    "cached_file_sha256",
+    "same_weights",
+    "sampled_weights_fingerprint",
+    "state_dict_fingerprint",
+    "tokenizer_fingerprint",
+    "weights_fingerprint",
+]
+
 #: The files besides the weights whose every byte decides an activation (or the next token).
 CONFIG_FILES = ("config.json", "generation_config.json")
-#: Where the hashes of files already read are kept, under the cache folder.
-HASH_CACHE = "file-hashes.json"
 
 
 def weights_fingerprint(folder: Path) -> str | None:
@@ -45,40 +53,6 @@ def same_weights(recorded: str | None, folder: Path) -> tuple[bool, str | None]:
     else:
         now = weights_fingerprint(folder)
     return now == recorded, now
-
-
-def cached_file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, from the cache when the file's absolute path, size, mtime
-    and inode are those it was hashed with (else hashed again and the cache updated). The
-    cache is ``file-hashes.json`` in the xlalign cache folder; an unreadable or unwritable
-    cache only costs the hashing."""
-    from xlalign.models.gguf import cache_dir, file_sha256
-
-    st = path.stat()
-    key = str(path.resolve())
-    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
-    cache_path = cache_dir() / HASH_CACHE
-    try:
-        cache = json.loads(cache_path.read_text(encoding="utf-8"))
-        if not isinstance(cache, dict):
-            cache = {}
-    except (OSError, ValueError):
-        cache = {}
-    entry = cache.get(key)
-    if isinstance(entry, dict) and entry.get("stat") == stamp and entry.get("sha256"):
-        return str(entry["sha256"])
-    digest = file_sha256(path)
-    # entries of files that are gone (test folders, deleted models) are dropped
-    cache = {k: v for k, v in cache.items() if Path(k).exists()}
-    cache[key] = {"stat": stamp, "sha256": digest}
-    try:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache), encoding="utf-8")
-        tmp.replace(cache_path)
-    except OSError:
-        pass
-    return digest
 
 
 def sampled_weights_fingerprint(folder: Path, sample_bytes: int = 1 << 20) -> str | None:

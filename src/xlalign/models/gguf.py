@@ -20,7 +20,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,42 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+#: Where the hashes of files already read are kept, under the cache folder.
+HASH_CACHE = "file-hashes.json"
+
+
+def cached_file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, from the cache when the file's absolute path, size, mtime
+    and inode are those it was hashed with (else hashed again and the cache updated). The
+    cache is ``file-hashes.json`` in the xlalign cache folder; an unreadable or unwritable
+    cache only costs the hashing."""
+    st = path.stat()
+    key = str(path.resolve())
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    cache_path = cache_dir() / HASH_CACHE
+    try:
+        cache = json.loads(cache_path.read_text(encoding="utf-8"))
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    entry = cache.get(key)
+    if isinstance(entry, dict) and entry.get("stat") == stamp and entry.get("sha256"):
+        return str(entry["sha256"])
+    digest = file_sha256(path)
+    # entries of files that are gone (test folders, deleted models) are dropped
+    cache = {k: v for k, v in cache.items() if Path(k).exists()}
+    cache[key] = {"stat": stamp, "sha256": digest}
+    try:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache), encoding="utf-8")
+        tmp.replace(cache_path)
+    except OSError:
+        pass
+    return digest
+
+
 @dataclass(frozen=True)
 class GgufInfo:
     """What a run records about a model that came from a GGUF file."""
@@ -67,6 +103,8 @@ class GgufInfo:
     """Seconds the one-time dequantization took."""
     note: str = ""
     """What the weights are, for the report."""
+    files: dict[str, str] = field(default_factory=dict)
+    """SHA-256 of each file of the dequantized folder, checked whenever the cache is used."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,13 +175,52 @@ def _import_gguf() -> Any:
     return gguf
 
 
-def cached(sha256: str) -> tuple[Path, GgufInfo] | None:
-    """The cached dequantized folder of the GGUF file with this SHA-256, if there is one."""
+def folder_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file of a dequantized folder but its info file (stat-cached)."""
+    return {
+        p.name: cached_file_sha256(p)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != INFO_FILE
+    }
+
+
+def cached(sha256: str, say: Any = None) -> tuple[Path, GgufInfo] | None:
+    """The cached dequantized folder of the GGUF file with this SHA-256, if there is one whose
+    files still have the SHA-256 recorded when it was made.
+
+    A folder whose files differ (flipped bytes, a file missing or added) is moved aside and
+    None returned, so the caller dequantizes again, with a message saying why. A folder made
+    before the hashes were recorded gets them now (trust on first use). Hashes are cached by
+    path, size, mtime and inode, so only the first check reads the files.
+    """
+    say = say or (lambda msg: print(msg, file=sys.stderr))
     folder = cache_dir() / "gguf" / sha256
     info_path = folder / INFO_FILE
     if not info_path.exists():
         return None
-    return folder, GgufInfo(**json.loads(info_path.read_text(encoding="utf-8")))
+    info = GgufInfo(**json.loads(info_path.read_text(encoding="utf-8")))
+    now = folder_hashes(folder)
+    if not info.files:
+        info = GgufInfo(**{**info.to_json(), "files": now})
+        atomic_write_text(info_path, json.dumps(info.to_json(), indent=2))
+        return folder, info
+    if now != info.files:
+        bad = sorted(k for k in {*now, *info.files} if now.get(k) != info.files.get(k))
+        aside = folder.with_name(f"{folder.name}.corrupt{os.getpid()}")
+        folder.replace(aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        say(
+            f"xlalign: the dequantized cache {folder} no longer matches what was written "
+            f"({', '.join(bad)} differ from their recorded SHA-256): dequantizing again"
+        )
+        return None
+    return folder, info
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def dequantized_folder(
@@ -156,7 +233,7 @@ def dequantized_folder(
     """
     say = say or (lambda msg: print(msg, file=sys.stderr))
     digest = sha256 or file_sha256(path)
-    hit = cached(digest)
+    hit = cached(digest, say)
     if hit is not None:
         return hit
     folder = cache_dir() / "gguf" / digest
@@ -186,6 +263,9 @@ def dequantized_folder(
         else:
             folder.parent.mkdir(parents=True, exist_ok=True)
             tmp.replace(folder)
+            # the hashes every later use checks (read once, here, and stat-cached)
+            info = GgufInfo(**{**info.to_json(), "files": folder_hashes(folder)})
+            atomic_write_text(folder / INFO_FILE, json.dumps(info.to_json(), indent=2))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     say(f"xlalign: dequantized in {info.dequantize_s:.0f} s")

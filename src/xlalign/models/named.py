@@ -145,7 +145,7 @@ def resolve_named(name: str, say: Callable[[str], None] | None = None) -> Resolv
         return Resolved(model_folder(name), entry)
     assert entry.sha256 is not None
     say = say or (lambda msg: print(msg, file=sys.stderr))
-    hit = cached(entry.sha256)
+    hit = cached(entry.sha256, say)
     if hit is not None:  # made from chunks that were verified when it was made
         return Resolved(hit[0], entry, hit[1])
     label = f"{entry.name} (chunks of {entry.packages[0]} .. {entry.packages[-1]})"
