@@ -152,3 +152,40 @@ def test_an_edited_config_is_not_reused_and_old_sampled_runs_still_are(
     (model / "config.json").write_text(json.dumps(config))
     with pytest.raises(RunError, match=r"the weights at .* differ"):
         ensure_run(str(model), corpus, out, **kw)
+
+
+def test_a_relative_model_path_means_the_run_s_model_from_anywhere(
+    bpe_tokenizer, problems, tmp_path, monkeypatch, capsys
+):
+    """Issue 27, item 6: from another working directory, 'origin RUN --control random-init'
+    built its control from whatever model sat at the run's relative path there. The manifest
+    records the model's absolute path; a moved model is said, and lens --model points at it
+    (checked by fingerprint)."""
+    import json
+
+    from xlalign.cli import main
+
+    here, there = tmp_path / "here", tmp_path / "there"
+    build_tiny_model("qwen2", bpe_tokenizer, here / "m")  # hidden size 32
+    build_tiny_model("qwen2", bpe_tokenizer, there / "m", hidden_size=64, seed=1)
+    data = tmp_path / "c.jsonl"
+    problems.head(12).to_jsonl(data)
+    monkeypatch.chdir(here)
+    run = tmp_path / "run"
+    argv = ["extract", "--model", "m", "--data", str(data), "-o", str(run), "--sites", "embed,L0",
+            "--pool", "last,mean", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["model"] == "m" and manifest["model_path"] == str((here / "m").resolve())
+    monkeypatch.chdir(there)  # another model sits at the relative path 'm' here
+    assert main(["origin", str(run), "--control", "random-init", "--no-progress"]) == 0
+    control = xlalign.load_run(run / "control-random-init")
+    assert control.d_model == 32  # the run's model, not the one at ./m
+    # the model moves: the lens says so, and --model points at the new place
+    (here / "m").rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["lens", str(run), "--no-control", "--n-boot", "5", "--no-progress"]) == 2
+    assert "is not there any more (moved or deleted); pass --model" in capsys.readouterr().err
+    argv = ["lens", str(run), "--no-control", "--n-boot", "5", "--no-progress"]
+    assert main([*argv, "--model", str(tmp_path / "moved")]) == 0
+    assert main([*argv, "--model", str(there / "m")]) == 2  # another model: refused

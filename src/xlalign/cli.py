@@ -441,6 +441,13 @@ def lens_cmd(
         bool,
         typer.Option("--control/--no-control", help="Also decode RUN/control-random-init."),
     ] = True,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="The run's model at a new place (it moved); its weights must match the run's.",
+        ),
+    ] = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Progress bars.")
     ] = True,
@@ -456,7 +463,7 @@ def lens_cmd(
         chosen = tuple(parse_sites(sites, loaded.n_layers, "final" in loaded.sites, where="run"))
     cfg = LensConfig(
         sites=chosen, langs=tuple(_csv_list(langs)) if langs else None, top_k=top_k,
-        n_boot=n_boot, seed=seed, device=device,
+        n_boot=n_boot, seed=seed, device=device, model=model,
     )  # fmt: skip
     _doc, lines, path = run_lens(run, cfg, control=control, progress=progress)
     print("\n".join(lines))

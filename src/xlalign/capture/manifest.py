@@ -120,6 +120,7 @@ def build_manifest(
         "complete": False,
         "created": utc_now(),
         "model": loaded.model_id,
+        "model_path": loaded.model_path,
         "revision": loaded.revision,
         "commit_hash": loaded.commit_hash,
         "weights_fingerprint": weights,

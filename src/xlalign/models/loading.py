@@ -51,6 +51,9 @@ class LoadedModel:
     #: where the weights came from when not a plain folder: a named model's packages, a GGUF
     #: file's path, sha256 and quantization type (see :mod:`xlalign.models.gguf`).
     checkpoint: dict[str, Any] | None = None
+    #: the absolute path of a local model folder or file as given (None: a named model, a Hub
+    #: id or a model in memory), so a later command finds it from any working directory.
+    model_path: str | None = None
 
     @property
     def family(self) -> str:
@@ -239,6 +242,9 @@ def load_model(
         random_init_seed=random_init_seed,
         is_causal_lm=causal,
         checkpoint=checkpoint,
+        model_path=str(Path(model).expanduser().resolve())
+        if Path(model).expanduser().exists()
+        else None,
     )
 
 

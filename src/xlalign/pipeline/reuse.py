@@ -14,7 +14,7 @@ from xlalign.models.hub import hub_commit
 from xlalign.models.loading import ModelOptions, resolve_source
 from xlalign.store.files import CONTROL_DIR, CORPUS_FILE, MANIFEST, atomic_write_json, read_manifest
 from xlalign.store.lock import folder_lock
-from xlalign.store.run import Run, check_control, load_run
+from xlalign.store.run import Run, check_control, load_run, model_source
 
 STUDY_POOLS = ("last", "mean", "tokens")
 
@@ -107,7 +107,7 @@ def ensure_control(
     with warnings.catch_warnings():  # the run's own extraction named the corpus's problems
         warnings.simplefilter("ignore", CorpusQualityWarning)
         control, state = ensure_run(
-            str(m["model"]), corpus, folder, langs=list(run.languages),
+            model_source(m), corpus, folder, langs=list(run.languages),
             sites=sites or ",".join(run.sites), batch_size=batch_size, options=opts,
             progress=progress, compat=str(m.get("compat") or "exact"),
             **({} if pools is None else {"pools": pools}),

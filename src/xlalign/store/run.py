@@ -216,6 +216,28 @@ class Run:
         )
 
 
+def model_source(manifest: Mapping[str, Any], override: str | None = None) -> str:
+    """What to load a run's model from again: ``override`` (a command's ``--model``, for a
+    moved copy), else the absolute path recorded at extraction when the model was a local
+    folder or file, else the name it was given (a named model or a Hub id).
+
+    Raises:
+        RunError: the recorded local model is not there any more (never falls back to the
+            relative name, which from another working directory names another model).
+    """
+    if override is not None:
+        return override
+    path = manifest.get("model_path")
+    if path is None:
+        return str(manifest.get("model"))
+    if not Path(str(path)).exists():
+        raise RunError(
+            f"the run's model {path} is not there any more (moved or deleted); pass --model "
+            "with its new place (its weights are checked against the run's fingerprint)"
+        )
+    return str(path)
+
+
 def weights_label(manifest: Mapping[str, Any]) -> str:
     """`` (random weights, seed 3)`` for a run of random-init weights, ``""`` for trained ones:
     every summary and title of such a run carries it."""
@@ -395,8 +417,13 @@ def control_mismatches(run: Mapping[str, Any], control: Mapping[str, Any]) -> li
     """
     defaults = {"compat": "exact"}  # runs written before a key existed hold its default
     out = []
+    same_place = run.get("model_path") is not None and run.get("model_path") == control.get(
+        "model_path"
+    )  # one local model, named relatively in one and by its absolute path in the other
     for key in CONTROL_KEYS:
         mine, theirs = run.get(key, defaults.get(key)), control.get(key, defaults.get(key))
+        if key == "model" and same_place:
+            continue
         if mine != theirs:
             what = "the corpus" if key == "corpus_fingerprint" else key
             out.append(f"{what} differs (run: {mine!r}, control: {theirs!r})")

@@ -46,7 +46,7 @@ from xlalign.models.loading import LensModules, lens_modules, load_model, resolv
 from xlalign.report.lens import answer_label
 from xlalign.store.files import CONTROL_DIR, MANIFEST, atomic_write_json
 from xlalign.store.lock import folder_lock
-from xlalign.store.run import Run, load_control, load_run, weights_label
+from xlalign.store.run import Run, load_control, load_run, model_source, weights_label
 from xlalign.store.sites import FINAL
 
 LENS_FILE = "lens.json"
@@ -76,6 +76,8 @@ class LensConfig:
     """Confidence level of the intervals."""
     device: str = "cpu"
     """Where the norm and head run: cpu, cuda or auto."""
+    model: str | None = None
+    """The model to decode through, when it moved since the run (checked by fingerprint)."""
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -210,7 +212,9 @@ class LensDecoder:
         )
 
 
-def load_decoder(run: Run, device: str = "cpu", *, tokenizer: Any = None) -> LensDecoder:
+def load_decoder(
+    run: Run, device: str = "cpu", *, tokenizer: Any = None, model: str | None = None
+) -> LensDecoder:
     """The :class:`LensDecoder` of the model a run was made from (its control: same seed).
 
     Loads the run's model (``manifest["model"]``, same revision, dtype and random-init seed),
@@ -225,14 +229,14 @@ def load_decoder(run: Run, device: str = "cpu", *, tokenizer: Any = None) -> Len
             "lens to decode through"
         )
     loaded = load_model(
-        str(m["model"]),
+        model_source(m, model),
         dtype=m.get("dtype"),
         device=device,
         revision=m.get("revision"),
         random_init_seed=m.get("random_init_seed"),
     )
     fp = m.get("weights_fingerprint")
-    local = resolve_source(str(m["model"]))[0]  # a named model or GGUF file: its folder
+    local = resolve_source(model_source(m, model))[0]  # a named model or GGUF file: its folder
     changed = (
         not same_weights(fp, local)[0]
         if fp and fp.startswith("sha256-sampled:") and local.is_dir()
@@ -386,7 +390,11 @@ def lens_study(
     for lang in langs:
         run._check(lang, sites[0], cfg.pool)
     tokenizer = run.tokenizer()
-    dec = decoder if decoder is not None else load_decoder(run, cfg.device, tokenizer=tokenizer)
+    dec = (
+        decoder
+        if decoder is not None
+        else load_decoder(run, cfg.device, tokenizer=tokenizer, model=cfg.model)
+    )
     answers = answer_columns(run)
     answer_langs = list(answers)
     ans_ids = answer_token_ids(tokenizer, answers) if answers else None
