@@ -216,3 +216,19 @@ def test_the_lens_summary_of_random_weights_says_so():
         "logit lens of m (random weights, seed 3) (last pool"
     )
     assert summarize({**doc, "random_init_seed": None})[0].startswith("logit lens of m (last pool")
+
+
+@pytest.mark.parametrize("command", ["align", "lens", "compare"])
+def test_a_negative_seed_is_a_clear_error(command, tmp_path, capsys):
+    """Issue 27, item 7: --seed -1 raised a traceback from numpy in align, lens and compare."""
+    from xlalign.studies.compare import CompareConfig
+    from xlalign.studies.layers import SweepConfig
+    from xlalign.studies.lens import LensConfig
+
+    config = {"align": SweepConfig, "lens": LensConfig, "compare": CompareConfig}[command]
+    with pytest.raises(xlalign.XlalignError, match="--seed must be 0 or more, got -1"):
+        config(seed=-1)
+    argv = {"align": ["align", str(tmp_path)], "lens": ["lens", str(tmp_path)],
+            "compare": ["compare", str(tmp_path), str(tmp_path)]}[command]  # fmt: skip
+    assert main([*argv, "--seed", "-1"]) == 2
+    assert "traceback" not in capsys.readouterr().err.lower()

@@ -76,6 +76,8 @@ class CompareConfig:
             raise XlalignError(f"--k must be at least 1, got {self.k}")
         if self.n_perms < 0:
             raise XlalignError(f"--n-perms must be >= 0, got {self.n_perms}")
+        if self.seed < 0:
+            raise XlalignError(f"--seed must be 0 or more, got {self.seed}")
 
 
 @dataclass

@@ -168,6 +168,8 @@ class SweepConfig:
             raise XlalignError(f"--n-boot must be >= 0, got {self.n_boot}")
         if self.n_perms < 2:
             raise XlalignError(f"--n-perms must be at least 2, got {self.n_perms}")
+        if self.seed < 0:
+            raise XlalignError(f"--seed must be 0 or more, got {self.seed}")
         if self.compat not in COMPAT_MODES:
             raise XlalignError(
                 f"--compat must be one of {', '.join(COMPAT_MODES)} for align, got {self.compat!r}"

@@ -84,6 +84,8 @@ class LensConfig:
             raise XlalignError(f"--top-k must be at least 1, got {self.top_k}")
         if self.n_boot < 1:
             raise XlalignError(f"--n-boot must be at least 1, got {self.n_boot}")
+        if self.seed < 0:
+            raise XlalignError(f"--seed must be 0 or more, got {self.seed}")
         if not 0 < self.level < 1:
             raise XlalignError(f"the confidence level must be in (0, 1), got {self.level}")
 
