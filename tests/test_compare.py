@@ -347,6 +347,13 @@ def test_cli_refuses_bad_labels_and_a_single_run(runs, tmp_path, capsys):
     assert "write RUN=NAME" in capsys.readouterr().err
     assert main(["compare", str(a.path), "-o", str(out)]) == 2
     assert "at least two runs" in capsys.readouterr().err
+    # one run labelled twice (issue 27): said, not the last one kept silently
+    twice = ["--label", "A=x", "--label", "A=y"]
+    assert main(["compare", str(a.path), str(b.path), *twice, "-o", str(out)]) == 2
+    assert "given twice ('x' and 'y')" in capsys.readouterr().err
+    both = ["--label", "A=x", "--label", f"{a.path}=y"]
+    assert main(["compare", str(a.path), str(b.path), *both, "-o", str(out)]) == 2
+    assert "labelled twice ('x' and 'y')" in capsys.readouterr().err
     assert not out.exists()
 
 

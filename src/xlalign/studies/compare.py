@@ -170,7 +170,13 @@ def _labels(
     out: list[str | None] = [None] * len(given)
     if isinstance(labels, Mapping):
         for key, name in labels.items():
-            out[_label_index(str(key), given)] = str(name)
+            i = _label_index(str(key), given)
+            if out[i] is not None:  # the run's letter and its path, both labelled
+                raise XlalignError(
+                    f"--label: run {given[i]} labelled twice ('{out[i]}' and '{name}'): give "
+                    "one per run"
+                )
+            out[i] = str(name)
     elif labels is not None:
         if len(labels) != len(given):
             raise XlalignError(
@@ -209,6 +215,11 @@ def parse_labels(items: Sequence[str]) -> dict[str, str]:
         if not sep or not key.strip() or not name.strip():
             raise XlalignError(
                 f"--label '{item}': write RUN=NAME, with RUN a run as given or its letter (A, B...)"
+            )
+        if key.strip() in out:
+            raise XlalignError(
+                f"--label for '{key.strip()}' given twice ('{out[key.strip()]}' and "
+                f"'{name.strip()}'): give one per run"
             )
         out[key.strip()] = name.strip()
     return out
