@@ -166,3 +166,21 @@ def test_extract_names_the_rows_and_findings_keep_them(tiny_models, problems, tm
     findings = json.loads((out / "findings.json").read_text())
     assert any("placeholder" in w and ids in w for w in findings["warnings"])
     assert findings["corpus_quality"]["untranslated_ids"] == [r["id"] for r in rows[5:8]]
+
+
+def test_a_column_named_like_a_code_is_said_or_kept_as_metadata(tmp_path):
+    """Issue 27, item 8: a metadata column named like a language code became a third language
+    silently. One holding numbers is metadata; one holding text is taken, and said."""
+    from xlalign.data.corpus import load_corpus
+    from xlalign.data.quality import CorpusQualityWarning
+
+    path = tmp_path / "c.jsonl"
+    rows = [{"id": str(i), "zh": f"句子{i}", "en": f"sentence {i}", "lvl": i % 3, "pos": "NOUN"}
+            for i in range(4)]  # fmt: skip
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    with pytest.warns(
+        CorpusQualityWarning, match=r"taking 3 columns as languages .*\(zh, en, pos\)"
+    ):
+        corpus = load_corpus(path)
+    assert corpus.languages == ("zh", "en", "pos") and corpus.meta["lvl"] == (0, 1, 2, 0)
+    assert load_corpus(path, ["zh", "en"]).languages == ("zh", "en")

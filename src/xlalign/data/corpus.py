@@ -266,7 +266,26 @@ class _Builder:
     def build(self) -> ParallelCorpus:
         columns = [c for c in self.columns if c != self.id_column]
         if self.langs is None:
-            langs = [c for c in columns if LANG_CODE.match(c)]
+            # a column named like a code but not holding text (numbers, lists) is metadata
+            langs = [
+                c
+                for c in columns
+                if LANG_CODE.match(c)
+                and all(isinstance(rec.get(c), str) for _, rec in self.rows if c in rec)
+            ]
+            if len(langs) > 2:
+                import warnings
+
+                from xlalign.data.quality import CorpusQualityWarning
+
+                warnings.warn(
+                    CorpusQualityWarning(
+                        f"{self.path}: taking {len(langs)} columns as languages because their "
+                        f"names look like language codes ({', '.join(langs)}); pass --langs to "
+                        "choose them (the other columns are metadata)"
+                    ),
+                    stacklevel=3,
+                )
             if len(langs) < 2:
                 raise CorpusError(
                     f"{self.path}: found {len(langs)} language column(s) among "
