@@ -569,8 +569,9 @@ def test_identical_groups_against_numpy_unique():
 
 
 def test_identical_rule_over_every_group_structure_up_to_12_rows():
-    """The flag's rule written out (more than one row, and the largest group of equal rows at
-    least a fifth of them or at most half as many distinct rows as rows), checked on arrays
+    """The flag's rule written out (more than one row, two rows equal at least, and the largest
+    group of equal rows at least a fifth of them or at most half as many distinct rows as
+    rows), checked on arrays
     built with every feasible (distinct, largest group) for up to 12 rows."""
     from xlalign.metrics import identical_groups
 
@@ -586,7 +587,8 @@ def test_identical_rule_over_every_group_structure_up_to_12_rows():
                 a = np.repeat(base, sizes, axis=0)
                 g = identical_groups(a)
                 assert (g.n, g.distinct, g.largest_group) == (n, distinct, largest)
-                want = n > 1 and (5 * largest >= n or 2 * distinct <= n)
+                # issue 27: all rows distinct is never flagged, whatever n (n <= 5 was)
+                want = n > 1 and largest >= 2 and (5 * largest >= n or 2 * distinct <= n)
                 assert g.identical is want, (n, distinct, largest)
 
 

@@ -46,7 +46,7 @@ _CHUNK = 4096  # rows read at a time: a memory-mapped array stays mapped
 class IdenticalGroups(Result):
     """``distinct`` vectors among ``n`` rows; ``largest_group`` rows share the commonest one;
     ``identical`` when ``largest_group >= IDENTICAL_SHARE * n`` or
-    ``distinct <= DISTINCT_SHARE * n`` (and ``n > 1``)."""
+    ``distinct <= DISTINCT_SHARE * n``, and some two rows are equal (``largest_group >= 2``)."""
 
     n: int
     distinct: int
@@ -74,7 +74,10 @@ def identical_groups(x: Any) -> IdenticalGroups:
         n=n,
         distinct=len(counts),
         largest_group=largest,
-        identical=n > 1 and (largest >= IDENTICAL_SHARE * n or len(counts) <= DISTINCT_SHARE * n),
+        # a group is two rows at least: with 5 rows or fewer, one row is 20% of them
+        identical=n > 1
+        and largest >= 2
+        and (largest >= IDENTICAL_SHARE * n or len(counts) <= DISTINCT_SHARE * n),
     )
 
 
