@@ -22,3 +22,8 @@ class RunError(XlalignError):
 class XlalignWarning(UserWarning):
     """Something in the user's data or run that a result depends on; the CLI prints it as one
     ``xlalign: warning:`` line."""
+
+
+class CorpusQualityWarning(XlalignWarning):
+    """A corpus has rows that are not translations of each other, or columns taken as
+    languages by their names (see :mod:`xlalign.data.quality`)."""

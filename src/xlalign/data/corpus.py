@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from xlalign.errors import CorpusError
+from xlalign.errors import CorpusError, CorpusQualityWarning
 
 #: Column names taken as language codes when the user does not say which columns are languages:
 #: ISO 639 codes with an optional script and/or region (``zh``, ``eng``, ``fra_Latn``, ``zh-CN``).
@@ -275,8 +275,6 @@ class _Builder:
             ]
             if len(langs) > 2:
                 import warnings
-
-                from xlalign.data.quality import CorpusQualityWarning
 
                 warnings.warn(
                     CorpusQualityWarning(

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from math import log
 from typing import TYPE_CHECKING, Any
 
-from xlalign.errors import XlalignWarning
+from xlalign.errors import CorpusQualityWarning
 
 if TYPE_CHECKING:
     from xlalign.data.corpus import ParallelCorpus
@@ -193,10 +193,6 @@ _LANG_SCRIPTS = {
         "LATIN",
     ),
 }
-
-
-class CorpusQualityWarning(XlalignWarning):
-    """A corpus has rows that are not translations of each other (one warning per issue)."""
 
 
 @dataclass(frozen=True)
