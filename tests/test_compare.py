@@ -475,3 +475,32 @@ def test_label_cka_equals_cka_with_the_explicit_one_hot():
     onehot = np.eye(5)[codes]
     assert label_cka(x, codes) == pytest.approx(_cka64(x, onehot), rel=1e-10)
     assert label_cka(x, np.zeros(60, dtype=np.int64)) is None  # one class: undefined
+
+
+def test_a_control_swept_with_other_settings_is_swept_again(runs, tmp_path):
+    """Issue 27, item 4: a control's alignment.json swept with --center beside the model's
+    uncentred one turned a verdict around. compare sweeps such a control again with the
+    model's settings, says so, and its findings read the same as with a consistent control."""
+    import shutil
+
+    _root, a, b = runs
+    copy = tmp_path / "a"
+    shutil.copytree(a.path, copy)
+    ctl = copy / CONTROL_DIR
+    write_alignment(layer_sweep(_load(ctl), SweepConfig(metrics=SWEEP.metrics, n_boot=20,
+                                                        center=True), progress=False), ctl)  # fmt: skip
+    said: list[str] = []
+    mixed = compare([copy, b.path], config=CompareConfig(k=5, n_perms=0), progress=False,
+                    say=said.append)  # fmt: skip
+    assert any("control-random-init/alignment.json was swept with other settings (center: True, "
+               "not False)" in m for m in said)  # fmt: skip
+    write_alignment(layer_sweep(_load(ctl), SWEEP, progress=False), ctl)  # consistent again
+    clean = compare([copy, b.path], config=CompareConfig(k=5, n_perms=0), progress=False,
+                    say=lambda _m: None)  # fmt: skip
+
+    def key(f):
+        return (f["label"], tuple(f["pair"]), f["pool"], f["metric"])
+
+    assert {key(f): (f["verdict"], f["control"]) for f in mixed.findings} == {
+        key(f): (f["verdict"], f["control"]) for f in clean.findings
+    }

@@ -363,7 +363,29 @@ def _sweep_config(stored: Sequence[dict[str, Any] | None], cfg: CompareConfig) -
         metrics=tuple(get("metrics")), null=str(get("null")), n_perms=int(get("n_perms")),
         seed=int(get("seed")), stratify=doc.get("stratify"), center=bool(get("center")),
         n_boot=int(get("n_boot")), ci_level=float(get("ci_level")),
+        standardize=bool(get("standardize")), compat=str(get("compat")),
     )  # fmt: skip
+
+
+#: The settings of a sweep that change its values: stored sweeps are used side by side only
+#: when these agree (a centred control beside an uncentred model would read as a verdict).
+VALUE_SETTINGS = ("null", "seed", "stratify", "center", "standardize", "compat", "n_boot",
+                  "ci_level")  # fmt: skip
+
+
+def settings_differ(doc: Mapping[str, Any], cfg: SweepConfig) -> list[str]:
+    """How a stored sweep's value settings differ from ``cfg``'s (``center: True, not False``);
+    a setting the document predates is taken at its default."""
+    base = SweepConfig()
+    out = []
+    for key in VALUE_SETTINGS:
+        stored = doc.get(key)
+        stored = getattr(base, key) if stored is None and key != "stratify" else stored
+        if stored != getattr(cfg, key):
+            out.append(f"{key}: {stored!r}, not {getattr(cfg, key)!r}")
+    if cfg.null == "monte-carlo" and doc.get("n_perms") not in (None, cfg.n_perms):
+        out.append(f"n_perms: {doc.get('n_perms')!r}, not {cfg.n_perms!r}")
+    return out
 
 
 def _load_sweeps(
@@ -383,6 +405,22 @@ def _load_sweeps(
         if partial:  # stored sweeps cover other rows: keep their settings, not their values
             m.alignment = m.control_alignment = None
     sweep_cfg = _sweep_config(stored, cfg)
+    resweep: set[str] = set()
+    for m in models:  # a stored sweep of other settings is swept again, and said
+        for which in ("model", "control"):
+            doc = m.alignment if which == "model" else m.control_alignment
+            differ = [] if doc is None else settings_differ(doc, sweep_cfg)
+            if differ:
+                path = (m.run if which == "model" else m.control).path / ALIGNMENT_FILE  # type: ignore[union-attr]
+                say(
+                    f"{path} was swept with other settings ({'; '.join(differ)}): sweeping "
+                    f"{m.label} ({which}) again, so every sweep compared has the same settings"
+                )
+                if which == "model":
+                    m.alignment = None
+                    resweep.add(m.label)
+                else:
+                    m.control_alignment = None
     for m in models:
         assert m.rows is not None
         for which, run in (("model", m.run), ("control", m.control)):
@@ -401,6 +439,7 @@ def _load_sweeps(
                 m.control_alignment = doc
         m.sweep_source = (
             "computed on the shared rows" if partial else
+            "computed again (its alignment.json has other settings)" if m.label in resweep else
             f"{ALIGNMENT_FILE} of the run" if (m.run.path / ALIGNMENT_FILE).exists() else
             "computed (the run has no alignment.json)"
         )  # fmt: skip
