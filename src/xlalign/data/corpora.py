@@ -279,7 +279,7 @@ def _single_token_pairs(tokenizer: Any, pairs: Sequence[WordPair], need: int) ->
     if len(kept) < need:
         raise XlalignError(
             f"only {len(kept)} of {len(pairs)} HSK words are single tokens in both languages "
-            f"for this tokenizer; {need} are needed"
+            f"for this tokenizer; {need} are needed ({need - 1} demonstrations + a query)"
         )
     return kept
 
@@ -460,44 +460,14 @@ def translate_words(
     tracks the whole answer; the counts are in the corpus ``source``
     (``kept K of N words``). ``n`` caps the rows (a random subset, ``random.Random(seed)``).
     """
-    if shots < 0:
-        raise XlalignError(f"shots must be at least 0, got {shots}")
-    if n is not None and n < 1:
-        raise XlalignError(f"--n must be at least 1, got {n}")
+    _check_word_args(n, shots)
     pairs = hsk_word_pairs(records)
-    kept = [
-        p for p in pairs if is_single_token(tokenizer, p.zh) and is_single_token(tokenizer, p.en)
-    ]
-    if len(kept) < shots + 1:
-        raise XlalignError(
-            f"only {len(kept)} of {len(pairs)} HSK words are single tokens in both languages "
-            f"for this tokenizer; {shots + 1} are needed ({shots} demonstrations + a query)"
-        )
-    rng = random.Random(seed)
-    order = list(range(len(kept)))
-    rng.shuffle(order)
-    chosen = order if n is None else order[:n]
-    ids, zh, en, ans_zh, ans_en, levels = [], [], [], [], [], []
-    for k in chosen:
-        query = kept[k]
-        others = [j for j in range(len(kept)) if j != k]
-        demos = [kept[j] for j in rng.sample(others, shots)]
-        ids.append(f"w{k:04d}")
-        zh.append(translation_prompt(demos, query, "en", "zh"))
-        en.append(translation_prompt(demos, query, "zh", "en"))
-        ans_zh.append(query.zh)
-        ans_en.append(query.en)
-        levels.append(query.hsk_level)
-    return ParallelCorpus(
-        ids=tuple(ids),
-        texts={"zh": tuple(zh), "en": tuple(en)},
-        meta={
-            "answer_zh": tuple(ans_zh),
-            "answer_en": tuple(ans_en),
-            "hsk_level": tuple(levels),
-        },
-        source=(
-            f"hsk-sentences-audio 1.0.0 translate-words (kept {len(kept)} of {len(pairs)} words: "
-            f"single tokens in both languages; {len(chosen)} rows, {shots} shots, seed {seed})"
-        ),
-    )
+    kept = _single_token_pairs(tokenizer, pairs, shots + 1)
+    return _word_corpus(
+        kept, lambda item: item,
+        lambda demos, q: (translation_prompt(demos, q, "en", "zh"),
+                          translation_prompt(demos, q, "zh", "en")),
+        n, seed, shots, "w",
+        f"hsk-sentences-audio 1.0.0 translate-words (kept {len(kept)} of {len(pairs)} words: "
+        "single tokens in both languages",
+    )  # fmt: skip
