@@ -278,6 +278,10 @@ def export_npz_cmd(
     print(f"wrote {path}: pool {pool}, {len(loaded.languages)} languages")
 
 
+NULL_PERMS_HELP = (
+    "Scrambled pairings for every similarity's permutation null (p_value, null_q95, "
+    "p_best_site), shared by all sites; 0: none."
+)
 NULL_HELP = "exact (closed form over all permutations) or monte-carlo (the study's 1000 draws)."
 BACKEND_HELP = (
     "Array library of the metrics: numpy, torch (CUDA when present, else CPU), or auto "
@@ -313,8 +317,9 @@ def align_cmd(
         str | None, typer.Option("--pivot", help="Compare each language with this one only.")
     ] = None,
     n_boot: Annotated[
-        int, typer.Option("--n-boot", help="Bootstrap resamples for CIs (0: none).")
+        int, typer.Option("--n-boot", help="Confidence intervals (jackknife, Wilson); 0: none.")
     ] = 200,
+    null_perms: Annotated[int, typer.Option("--null-perms", help=NULL_PERMS_HELP)] = 1000,
     backend: Annotated[str, typer.Option("--backend", help=BACKEND_HELP)] = "auto",
     sites: Annotated[str | None, typer.Option("--sites", help="Sites (default: all).")] = None,
     pools: Annotated[
@@ -343,7 +348,7 @@ def align_cmd(
     cfg = SweepConfig(
         metrics=tuple(_csv_list(metrics)), null=null, n_perms=n_perms, seed=seed,
         stratify=stratify, center=center, pivot=pivot, n_boot=n_boot, standardize=standardize,
-        backend=backend,
+        backend=backend, null_perms=null_perms,
         sites=tuple(_csv_list(sites)) if sites else None,
         pools=tuple(_csv_list(pools)) if pools else None,
         langs=tuple(_csv_list(langs)) if langs else None, compat=compat,
@@ -620,7 +625,10 @@ def run_cmd(
         str | None, typer.Option("--pivot", help="Compare each language with it.")
     ] = None,
     n_boot: Annotated[
-        int | None, typer.Option("--n-boot", help="Bootstrap resamples (200).")
+        int | None, typer.Option("--n-boot", help="Confidence intervals (0: none).")
+    ] = None,
+    null_perms: Annotated[
+        int | None, typer.Option("--null-perms", help=NULL_PERMS_HELP + " (1000)")
     ] = None,
     backend: Annotated[str | None, typer.Option("--backend", help=BACKEND_HELP)] = None,
     control: Annotated[
@@ -650,7 +658,7 @@ def run_cmd(
         "batch_size": batch_size, "device": device, "dtype": dtype, "revision": revision,
         "trust_remote_code": trust_remote_code, "null": null, "n_perms": n_perms, "seed": seed,
         "stratify": stratify, "center": center, "pivot": pivot, "n_boot": n_boot,
-        "standardize": standardize, "backend": backend, "lens": lens, "neurons": neurons,
+        "null_perms": null_perms, "standardize": standardize, "backend": backend, "lens": lens, "neurons": neurons,
         "neurons_top_rate": neurons_top_rate, "neurons_max_eval": neurons_max_eval,
         "control": control, "control_seed": control_seed, "heatmap_site": heatmap_site,
         "label": label,

@@ -7,6 +7,7 @@ Definitions, formulas and when to use which: ``docs/metrics.md``.
 
 from xlalign.metrics.bootstrap import CI, bootstrap_ci, cka_ci, p1_ci, z_ci
 from xlalign.metrics.duplicates import distinct_rows, identical_groups
+from xlalign.metrics.nulls import NULL_METRICS, CalibratedResult, calibrated
 from xlalign.metrics.permutation import (
     DEGENERATE_STD,
     ZResult,
@@ -50,6 +51,8 @@ __all__ = [
     "CI",
     "COMPAT_MODES",
     "DEGENERATE_STD",
+    "NULL_METRICS",
+    "CalibratedResult",
     "CkaResult",
     "CknnaResult",
     "CohenResult",
@@ -61,6 +64,7 @@ __all__ = [
     "XsimResult",
     "ZResult",
     "bootstrap_ci",
+    "calibrated",
     "cka_ci",
     "cknna",
     "cohen_d_pc1",

@@ -31,6 +31,16 @@ from xlalign.metrics._checks import (
     safe_scale,
 )
 from xlalign.metrics.bootstrap import CI, cka_ci_grams, gram_boot_stats, mean_ci, z_ci_cosines
+from xlalign.metrics.jackknife import (
+    CORRECTION_MAX_N,
+    jackknife_ci,
+    loo2_cka_unbiased,
+    loo_cka,
+    loo_cka_unbiased,
+    loo_hub,
+    loo_z,
+    wilson_ci,
+)
 from xlalign.metrics.permutation import ZResult, z_from_cosines
 from xlalign.metrics.retrieval import (
     RetrievalResult,
@@ -50,7 +60,20 @@ from xlalign.metrics.similarity import (
     hub_result,
 )
 
-__all__ = ["Pair", "Side"]
+__all__ = ["Pair", "Side", "unbiased_hsic_centred"]
+
+
+def unbiased_hsic_centred(inner: Any, diag_dot: Any, tr_k: float, tr_l: float, n: int) -> Any:
+    """Song et al.'s unbiased HSIC from centred Gram matrices ``K``, ``L`` (rows sum to 0).
+
+    ``inner = <K, L>``, ``diag_dot = sum_i K_ii L_ii``, ``tr_k``, ``tr_l`` the traces. With
+    ``K~`` the kernel with its diagonal zeroed, ``K~ 1 = -diag K``, so every term of
+    ``[tr(K~L~) + 1'K~1 1'L~1 / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3))`` is one of these
+    (arrays broadcast: the permutation null passes one ``inner`` per permutation).
+    """
+    return (inner - diag_dot + tr_k * tr_l / ((n - 1) * (n - 2)) - 2 * diag_dot / (n - 2)) / (
+        n * (n - 3)
+    )
 
 
 class Side:
@@ -222,6 +245,21 @@ class Pair:
         hxy = float(np.einsum("ij,ij->", kx, ky))
         return cka_result(hxy, hxx, hyy, x_var=True, y_var=True, n=self.n, unbiased=False)
 
+    def cka_unbiased(self) -> CkaResult:
+        """Debiased linear CKA (Song et al.'s unbiased HSIC), as ``linear_cka(unbiased=True)``."""
+        self._need(4, same_dim=False)
+        kx, hxx, x_var = self.x.gram()
+        ky, hyy, y_var = self.y.gram()
+        n = self.n
+        if not (x_var and y_var):
+            return cka_result(0.0, 0.0, 0.0, x_var=x_var, y_var=y_var, n=n, unbiased=True)
+        dx, dy = np.diag(kx), np.diag(ky)
+        tx, ty = float(dx.sum()), float(dy.sum())
+        hxy = unbiased_hsic_centred(float(np.einsum("ij,ij->", kx, ky)), float(dx @ dy), tx, ty, n)
+        hxx_u = unbiased_hsic_centred(hxx, float(dx @ dx), tx, tx, n)
+        hyy_u = unbiased_hsic_centred(hyy, float(dy @ dy), ty, ty, n)
+        return cka_result(hxy, hxx_u, hyy_u, x_var=True, y_var=True, n=n, unbiased=True)
+
     def cka_ci(self, n_boot: int, seed: int, level: float) -> CI:
         """As :func:`~xlalign.metrics.bootstrap.cka_ci`."""
         self._need(3, same_dim=False)
@@ -234,6 +272,33 @@ class Pair:
             x_stats=self.x.gram_boot(n_boot, seed),
             y_stats=self.y.gram_boot(n_boot, seed),
         )
+
+    # ------------------------------------------------------------------ intervals
+
+    def interval(self, metric: str, point: float | None, level: float, center: bool = False) -> CI:
+        """The interval of a record (:mod:`xlalign.metrics.jackknife`): Wilson for the shares
+        ``p1_xy``, ``p1_yx``, ``mexa``; the exact leave-one-out jackknife around ``point``
+        for ``z`` (cosines of centred rows with ``center``; the width ignores strata),
+        ``cka``, ``cka_unbiased`` and ``semantic_hub``."""
+        if metric in ("p1_xy", "p1_yx", "mexa"):
+            return wilson_ci(
+                self._hit_vector({"p1_xy": "xy", "p1_yx": "yx"}.get(metric, metric)), level
+            )
+        if metric == "z":
+            self._need(4)
+            c = self.cosines(center)
+            c = c - c.mean(axis=1, keepdims=True) - c.mean(axis=0, keepdims=True) + c.mean()
+            return jackknife_ci(loo_z(c), point, level)
+        if metric == "semantic_hub":
+            return jackknife_ci(loo_hub(self.cosines()), point, level)
+        if metric in ("cka", "cka_unbiased"):
+            self._need(4, same_dim=False)
+            kx, ky = self.x.gram()[0], self.y.gram()[0]
+            if metric == "cka":
+                return jackknife_ci(loo_cka(kx, ky), point, level)
+            loo2 = loo2_cka_unbiased(kx, ky) if self.n <= CORRECTION_MAX_N else None
+            return jackknife_ci(loo_cka_unbiased(kx, ky), point, level, loo2)
+        raise XlalignError(f"no interval for metric '{metric}'")
 
     def mutual_knn(self, k: int = 10) -> KnnResult:
         """As :func:`~xlalign.metrics.similarity.mutual_knn` (``prepare=True``)."""

@@ -61,7 +61,9 @@ class StudyConfig:
     pivot: str | None = None
     """Compare each language with this one only."""
     n_boot: int = 200
-    """Bootstrap resamples for confidence intervals."""
+    """Confidence intervals (0: none); the lens and neurons resample this many times."""
+    null_perms: int = 1000
+    """Scrambled pairings of every similarity's permutation null in the sweep (0: none)."""
     backend: str = "auto"
     """Array library of the sweep's metrics: numpy, torch, or auto (torch where CUDA is present)."""
     control: str | None = "random-init"
@@ -120,7 +122,7 @@ class StudyConfig:
         return SweepConfig(
             metrics=self.metrics, null=self.null, n_perms=self.n_perms, seed=self.seed,
             stratify=self.stratify, center=self.center, pivot=self.pivot, n_boot=self.n_boot,
-            standardize=self.standardize, backend=self.backend,
+            standardize=self.standardize, backend=self.backend, null_perms=self.null_perms,
         )  # fmt: skip
 
 

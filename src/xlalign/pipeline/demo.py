@@ -195,6 +195,7 @@ _FIRST_BLOCK = {
     "matched-by-control": "random weights of the same shape give as much: the first block's "
     "alignment needs no training (token identity and the text's structure carry it)",
     "matched-by-lexical": "the lexical baseline (shared tokens alone) gives as much",
+    "matched-by-null": "scrambled pairings reach as much: the pairs carry no alignment there",
     "beyond-control": "the trained model lies above random weights and the lexical baseline: "
     "training adds alignment at the first block",
     "no-control": "no random-weights control was run",
@@ -217,9 +218,11 @@ def answer(studies: Mapping[str, StudyDocs], label: str) -> str:
         "Matched zh/en pairs against the scrambled null (matched-vs-scrambled z, exact "
         "permutation moments), beside a random-weights control (same architecture, fresh "
         "weights) and a model-free lexical baseline (bag of token ids). L0 = output of the "
-        "first block; embed = its input. Intervals: 95% pair bootstrap. Verdicts as in the "
-        "reports: beyond-control only when the model's interval lies above the control's and "
-        "the lexical baseline's.",
+        "first block; embed = its input. Intervals: 95%, exact jackknife for z and CKA, Wilson "
+        "for P@1. p: permutation p-value of the site (1,000 scrambled pairings); p best site: "
+        "the same for the best of all sites, corrected for picking it. Verdicts as in the "
+        "reports: beyond-control only when the model's best site beats the scrambled "
+        "pairings' best and its interval lies above the control's and the lexical baseline's.",
         "",
     ]
     for name, docs in studies.items():
@@ -254,14 +257,14 @@ def _study_section(name: str, docs: StudyDocs) -> list[str]:
             "|---|---|---|---|---|",
         ]
         for site, m, c, lex in rows:
-            v = verdict(m, c, lex if lex and lex.get("value") is not None else None)
+            v = verdict(_fixed(m), c, lex if lex and lex.get("value") is not None else None)
             out.append(f"| {site} | {_ci(m)} | {_ci(c)} | {_lex(lex)} | {v} |")
         out.append("")
     l0 = next((r for r in rows if r[0] == "L0"), None)
     said: list[str] = []
     if l0 is not None:
         _site, m, c, lex = l0
-        v = verdict(m, c, lex if lex and lex.get("value") is not None else None)
+        v = verdict(_fixed(m), c, lex if lex and lex.get("value") is not None else None)
         said.append(f"After the first block the trained model's z is {_ci(m)}; {_FIRST_BLOCK[v]}.")
         if c is not None and c.get("value") is not None and m["value"] < c["value"]:
             said.append(
@@ -288,7 +291,11 @@ def _study_section(name: str, docs: StudyDocs) -> list[str]:
         for f in findings:
             notes = finding_notes(f)
             cb, counts = f.get("control_best"), f.get("sites_vs_control")
-            best = f"{_ci(cb)} at {cb['site']}" if cb and cb.get("value") is not None else "none"
+            best = (
+                f"{_ci(cb)}{_p_best(cb)} at {cb['site']}"
+                if cb and cb.get("value") is not None
+                else "none"
+            )
             vs = (
                 f"above at {counts['above']}, below at {counts['below']} of {counts['compared']}"
                 if counts
@@ -296,7 +303,8 @@ def _study_section(name: str, docs: StudyDocs) -> list[str]:
             )
             out.append(
                 f"| {f['pool']} | {_LABELS.get(f['metric'], f['metric'])} | "
-                f"{_ci(f['model'])} at {f['site']} | {_ci(f['control'])} | {best} | {vs} | "
+                f"{_ci(f['model'])}{_p_best(f['model'])} at {f['site']} | {_ci(f['control'])} | "
+                f"{best} | {vs} | "
                 f"{_lex(f.get('lexical'))} | {f['verdict']}: {phrase(f)} | "
                 f"{'; '.join(notes)} |"
             )
@@ -309,7 +317,25 @@ def _study_section(name: str, docs: StudyDocs) -> list[str]:
     return out
 
 
-_LABELS = {"z": "z", "p1_xy": "P@1 zh->en", "p1_yx": "P@1 en->zh", "cka": "CKA"}
+_LABELS = {
+    "z": "z",
+    "p1_xy": "P@1 zh->en",
+    "p1_yx": "P@1 en->zh",
+    "cka_unbiased": "CKA (debiased)",
+    "cka": "CKA (biased)",
+}
+
+
+def _p_best(rec: Mapping[str, Any] | None) -> str:
+    """`` (p best site 0.001)`` where the sweep made a permutation null."""
+    p = (rec or {}).get("p_best_site")
+    return "" if p is None else f" (p best site {p:.3f})"
+
+
+def _fixed(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """A record of a site named in advance (embed, L0): tested by its own permutation
+    p-value, not by the best-of-all-sites one (it was not picked for being the best)."""
+    return {**rec, "p_best_site": rec.get("p_value")}
 
 
 def _lex(rec: Mapping[str, Any] | None) -> str:

@@ -370,7 +370,7 @@ def _sweep_config(stored: Sequence[dict[str, Any] | None], cfg: CompareConfig) -
 #: The settings of a sweep that change its values: stored sweeps are used side by side only
 #: when these agree (a centred control beside an uncentred model would read as a verdict).
 VALUE_SETTINGS = ("null", "seed", "stratify", "center", "standardize", "compat", "n_boot",
-                  "ci_level")  # fmt: skip
+                  "ci_level", "null_perms", "ci_method")  # fmt: skip
 
 
 def settings_differ(doc: Mapping[str, Any], cfg: SweepConfig) -> list[str]:
@@ -380,6 +380,12 @@ def settings_differ(doc: Mapping[str, Any], cfg: SweepConfig) -> list[str]:
     out = []
     for key in VALUE_SETTINGS:
         stored = doc.get(key)
+        if key == "ci_method":  # intervals made before the jackknife: made again
+            if cfg.n_boot and stored is None and doc.get("n_boot"):
+                out.append("ci_method: pair bootstrap, not jackknife/Wilson")
+            continue
+        if key == "null_perms" and stored is None:
+            stored = 0  # sweeps made before the permutation nulls had none
         stored = getattr(base, key) if stored is None and key != "stratify" else stored
         if stored != getattr(cfg, key):
             out.append(f"{key}: {stored!r}, not {getattr(cfg, key)!r}")

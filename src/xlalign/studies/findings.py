@@ -51,17 +51,28 @@ VERDICTS = (
     "matched-by-control",
     "matched-by-lexical",
     "below-control",
+    "matched-by-null",
     "no-control",
 )
+#: A best site whose ``p_best_site`` exceeds this is no higher than the best of all sites with
+#: the pairing scrambled: it cannot be ``beyond-control``.
+BEST_SITE_ALPHA = 0.05
 #: The metrics a finding is made for (all: higher is more aligned).
-FINDING_METRICS = ("z", "p1_xy", "p1_yx", "cka")
+#: CKA is the debiased one; the biased ``cka`` gets findings too when the sweep computed it.
+FINDING_METRICS = ("z", "p1_xy", "p1_yx", "cka_unbiased", "cka")
 #: Above this many pairs the influential-pairs check is skipped (it holds n x n matrices).
 INFLUENCE_MAX_N = 4096
 #: Under this many pairs the summary and report say the numbers are not reliable.
 SMALL_SAMPLE = 30
 FINDINGS_FILE = "findings.json"
 
-_LABELS = {"z": "z", "p1_xy": "P@1 x->y", "p1_yx": "P@1 y->x", "cka": "CKA"}
+_LABELS = {
+    "z": "z",
+    "p1_xy": "P@1 x->y",
+    "p1_yx": "P@1 y->x",
+    "cka_unbiased": "CKA",
+    "cka": "CKA (biased)",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,17 +106,21 @@ def verdict(
 
     ``model`` is the model's best site, ``control`` the control at that same site and
     ``control_best`` the control at *its* best site (like with like); ``below_everywhere``
-    says whether the model lies below the control at every site compared. Checks, in order:
+    says whether the model lies below the control at every site compared. ``model`` may carry
+    ``p_best_site`` (the share of scrambled pairings whose best site reaches the model's
+    best). Checks, in order:
 
     1. ``below-control`` ("training lowers it"): ``below_everywhere``, with the intervals apart
        at the model's site too; when it is None (one site only), ``model_high < control_low``;
-    2. ``matched-by-control``: a control is given and the model does not lie above it at that
+    2. ``matched-by-null``: the model's ``p_best_site`` exceeds :data:`BEST_SITE_ALPHA`: its
+       best site is no higher than the best of all sites reaches with the pairing scrambled;
+    3. ``matched-by-control``: a control is given and the model does not lie above it at that
        site (``model_low <= control_high``) or does not lie above the control's best;
-    3. ``matched-by-lexical``: a lexical baseline is given and the model does not lie above it
+    4. ``matched-by-lexical``: a lexical baseline is given and the model does not lie above it
        (it overlaps it or lies below it);
-    4. ``no-control``: no control is given, at that site or at its best (the model lies above
+    5. ``no-control``: no control is given, at that site or at its best (the model lies above
        the lexical baseline, if any);
-    5. ``beyond-control``: the model's best lies above the control at that site, above the
+    6. ``beyond-control``: the model's best lies above the control at that site, above the
        control's own best, and above the lexical baseline.
 
     Raises:
@@ -120,6 +135,9 @@ def verdict(
     below_here = c is not None and m[1] < c[0]
     if below_here if below_everywhere is None else (below_everywhere and (c is None or below_here)):
         return "below-control"
+    p_best = model.get("p_best_site")
+    if p_best is not None and float(p_best) > BEST_SITE_ALPHA:
+        return "matched-by-null"
     if (c is not None and m[0] <= c[1]) or (cb is not None and m[0] <= cb[1]):
         return "matched-by-control"
     if lx is not None and m[0] <= lx[1]:
@@ -230,9 +248,14 @@ def _outside_interval(findings: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _value(rec: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A record's value and interval, with its permutation null where the sweep made one."""
     if rec is None or rec.get("value") is None:
         return None
-    return {"value": rec["value"], "ci_low": rec.get("ci_low"), "ci_high": rec.get("ci_high")}
+    out = {"value": rec["value"], "ci_low": rec.get("ci_low"), "ci_high": rec.get("ci_high")}
+    for key in ("p_value", "null_q95", "p_best_site"):
+        if rec.get(key) is not None:
+            out[key] = rec[key]
+    return out
 
 
 def _index(doc: Mapping[str, Any] | None) -> dict[tuple[Any, ...], Mapping[str, Any]]:
@@ -345,6 +368,8 @@ def build_findings(
                         "artifact": (
                             "identical-vectors" if _is_flagged(flagged, site, pool, x, y) else None
                         ),
+                        "p_best_site": model.get("p_best_site"),
+                        "n_sites": len(defined),
                         "n": best.get("n"),
                         "source": "alignment",
                     }
@@ -371,6 +396,7 @@ def build_findings(
         "languages": alignment.get("languages"),
         "n_pairs": n_pairs,
         "null": alignment.get("null"),
+        "null_perms": alignment.get("null_perms"),
         "standardize": bool(alignment.get("standardize")),
         "control": None if control_alignment is None else "random-init",
         "random_init_seed": alignment.get("random_init_seed"),
@@ -384,9 +410,11 @@ def build_findings(
         "identical_vectors": identical,
         "corpus_quality": alignment.get("corpus_quality"),
         "verdict_rule": (
-            "beyond-control: the model's interval at its best site lies above the control's "
-            "at that site, above the control's at the control's own best site, and above the "
-            "lexical baseline's; below-control: the model lies below the control at every "
+            "beyond-control: the model's best site beats the best site of scrambled pairings "
+            f"(p_best_site <= {BEST_SITE_ALPHA}), and its interval there lies above the "
+            "control's at that site, above the control's at the control's own best site, and "
+            "above the lexical baseline's; matched-by-null: p_best_site above "
+            f"{BEST_SITE_ALPHA}; below-control: the model lies below the control at every "
             "site; see docs/report.md"
         ),
     }
@@ -445,8 +473,10 @@ def _dominance(
         entry: dict[str, Any] = {"site": site, "pool": pool, "languages": list(recs)}
         values: list[str] = []
         for pair in [tuple(p) for p in alignment.get("pairs") or []]:
-            for metric in ("z", "cka"):
+            for metric in ("z", "cka_unbiased", "cka"):
                 key = (pair[0], pair[1], pool, site, metric)
+                if key not in main_idx:
+                    continue
                 main = main_idx.get(key, {}).get("value")
                 other = var_idx.get(key, {}).get("value")
                 raw, std = (other, main) if standardized else (main, other)
@@ -684,7 +714,14 @@ def _fmt_ci(d: Mapping[str, Any] | None) -> str:
     text = _fmt(d["value"])
     if d.get("ci_low") is not None and d.get("ci_high") is not None:
         text += f" [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]"
+    if d.get("p_best_site") is not None:
+        text += f" (p best site {_fmt_p(d['p_best_site'])})"
     return text
+
+
+def _fmt_p(p: float) -> str:
+    """A permutation p-value: ``0.001``, ``0.04``, ``0.37``."""
+    return f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
 
 
 _PHRASES = {
@@ -692,6 +729,8 @@ _PHRASES = {
     "matched-by-control": "matched by the random-weights control: alignment that needs no training",
     "matched-by-lexical": "matched by the lexical baseline: the bag of token ids alone gives "
     "as much",
+    "matched-by-null": "no higher than the best site reaches with the pairing scrambled: "
+    "picking the best of all sites explains it",
     "below-control": "below the random-weights control: training lowers it",
     "no-control": "no random-weights control to compare with",
 }
@@ -797,8 +836,14 @@ def headline(findings: Sequence[Mapping[str, Any]], has_control: bool = True) ->
         if f.get("influential"):
             inf = f["influential"]
             rests = f" [the verdict rests on {inf['k']} of {inf['of']} pairs: see warnings]"
+        p_best = f["model"].get("p_best_site")
+        best_of = (
+            f" (best of {f.get('n_sites') or '?'} sites, p {_fmt_p(p_best)})"
+            if p_best is not None
+            else ""
+        )
         parts.append(
-            f"{f['pool']}-pool z {_fmt(f['model']['value'])} at {f['site']}{artifact} is "
+            f"{f['pool']}-pool z {_fmt(f['model']['value'])} at {f['site']}{best_of}{artifact} is "
             f"{f['verdict']} ({ctl_text}, {_lexical_text(lex)}): {phrase(f)}"
             f"{_dominated_text(f)}{rests}"
         )
@@ -903,11 +948,12 @@ def findings_for_sweep(
     )
     variant = None
     if flagged:
-        metrics = tuple(m for m in ("z", "cka") if m in config.metrics) or ("z",)
+        metrics = tuple(m for m in ("z", "cka_unbiased", "cka") if m in config.metrics) or ("z",)
         variant = layer_sweep(
             run,
             dataclasses.replace(
                 config,
+                null_perms=0,
                 standardize=not config.standardize,
                 sites=tuple(flagged),
                 metrics=metrics,
@@ -981,8 +1027,8 @@ def check_influence(
                         strata=None if labels is None else labels[keep], center=config.center,
                         products=STUDY_PRODUCTS,
                     ).z  # fmt: skip
-                if metric == "cka":
-                    return linear_cka(xs, ys).cka
+                if metric in ("cka", "cka_unbiased"):
+                    return linear_cka(xs, ys, unbiased=metric == "cka_unbiased").cka
                 return float(getattr(retrieval_scores(xs, ys), metric))
             except XlalignError:
                 return None

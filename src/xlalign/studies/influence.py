@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from xlalign.errors import XlalignError
-from xlalign.metrics._checks import TIE_TOL
+from xlalign.metrics.jackknife import competitors, loo_cka, loo_cka_unbiased, loo_p1, loo_z
+from xlalign.metrics.similarity import linear_cka
 
 __all__ = [
     "INFLUENCE_METRICS",
@@ -51,7 +52,7 @@ __all__ = [
 #: At most this share of the pairs may be removed (2%: 4 of 200, 10 of 500).
 MAX_SHARE = 0.02
 #: Metrics the check knows.
-INFLUENCE_METRICS = ("z", "p1_xy", "p1_yx", "cka")
+INFLUENCE_METRICS = ("z", "p1_xy", "p1_yx", "cka", "cka_unbiased")
 
 Metric = Callable[[np.ndarray, np.ndarray, np.ndarray], float | None]
 
@@ -67,7 +68,7 @@ def loo_values(metric: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
     ``z``: matched-vs-scrambled z with the exact null over all permutations of ``n - 1``
     pairs (no centring, no strata); ``p1_xy``/``p1_yx``: P@1 by cosine, ties (within
-    ``TIE_TOL``, as the sweep) are misses; ``cka``: biased linear CKA.
+    ``TIE_TOL``, as the sweep) are misses; ``cka``: biased linear CKA; ``cka_unbiased``: debiased.
     """
     return _loo(metric, x, y)[0]
 
@@ -79,17 +80,21 @@ def _loo(metric: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     and y, and z by adding a constant to a row or a column of the cosine matrix; centring
     first keeps a large shared offset (a massive activation) from swamping float64.
     """
-    if metric == "cka":
+    if metric in ("cka", "cka_unbiased"):
         xa, ya = np.asarray(x, np.float64), np.asarray(y, np.float64)
         xa, ya = xa - xa.mean(axis=0), ya - ya.mean(axis=0)
-        return _loo_cka(xa, ya), _full_cka(xa, ya)
+        if metric == "cka_unbiased":
+            full = linear_cka(xa, ya, unbiased=True).cka
+            loo = loo_cka_unbiased(xa @ xa.T, ya @ ya.T)
+            return loo, float("nan") if full is None else float(full)
+        return loo_cka(xa @ xa.T, ya @ ya.T), _full_cka(xa, ya)
     c = _unit(x) @ _unit(y).T
     if metric == "z":
         c = c - c.mean(axis=1, keepdims=True) - c.mean(axis=0, keepdims=True) + c.mean()
-        return _loo_z(c), _full_z(c)
+        return loo_z(c), _full_z(c)
     if metric in ("p1_xy", "p1_yx"):
         s = c if metric == "p1_xy" else c.T
-        return _loo_p1(s), float((_competitors(s).sum(1) == 0).mean())
+        return loo_p1(s), float((competitors(s).sum(1) == 0).mean())
     raise XlalignError(f"no leave-one-out for metric '{metric}': known {INFLUENCE_METRICS}")
 
 
@@ -103,69 +108,6 @@ def _full_z(c: np.ndarray) -> float:
 def _full_cka(x: np.ndarray, y: np.ndarray) -> float:
     kk, ll = np.linalg.norm(x.T @ x), np.linalg.norm(y.T @ y)
     return float(np.linalg.norm(x.T @ y) ** 2 / (kk * ll)) if kk > 0 and ll > 0 else float("nan")
-
-
-def _competitors(s: np.ndarray) -> np.ndarray:
-    """``a[i, j]``: candidate ``j`` is at least as near to row ``i`` as its partner (a miss)."""
-    a = s >= np.diag(s)[:, None] - TIE_TOL
-    np.fill_diagonal(a, False)
-    return a
-
-
-def _loo_z(c: np.ndarray) -> np.ndarray:
-    """z of ``c[-i, -i]`` for every ``i``: ``(trace - total/m) / sqrt(sum d^2 / (m - 1))``,
-    ``d`` the doubly centred matrix (Hoeffding's permutation moments), ``m = n - 1``."""
-    n = c.shape[0]
-    m = n - 1
-    diag = np.diag(c)
-    r, col = c.sum(1), c.sum(0)
-    total = r.sum()
-    sq = (c * c).sum()
-    row_sq, col_sq = (c * c).sum(1), (c * c).sum(0)
-    trace = diag.sum() - diag
-    total_i = total - r - col + diag
-    sq_i = sq - row_sq - col_sq + diag**2
-    # sum over j != i of (r_j - c_ji)^2 and of (col_k - c_ik)^2
-    rr = (r @ r) - 2 * (c.T @ r) + col_sq - (r - diag) ** 2
-    cc = (col @ col) - 2 * (c @ col) + row_sq - (col - diag) ** 2
-    dd = sq_i - rr / m - cc / m + total_i**2 / m**2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = (trace - total_i / m) / np.sqrt(dd / (m - 1))
-    return np.where(dd > 0, z, np.nan)
-
-
-def _loo_p1(s: np.ndarray) -> np.ndarray:
-    """P@1 (rows retrieve columns, ties are misses) without pair ``i``, for every ``i``."""
-    n = s.shape[0]
-    a = _competitors(s)
-    count = a.sum(1)
-    hits = (count == 0).sum()
-    # without pair i: row i is gone, and a row j whose only competitor was column i now hits
-    rescued = ((count == 1)[:, None] & a).sum(0)
-    return (hits - (count == 0) + rescued) / (n - 1)
-
-
-def _hsic_loo(k: np.ndarray, ell: np.ndarray) -> np.ndarray:
-    """``tr(K' H L' H)`` of the kernels without row/column ``i``, for every ``i``."""
-    n = k.shape[0]
-    m = n - 1
-    kd, ld = np.diag(k), np.diag(ell)
-    r, s = k.sum(1), ell.sum(1)
-    kl = k * ell
-    kl_rows = kl.sum(1)
-    s_kl = kl.sum() - 2 * kl_rows + kd * ld
-    dot = (r @ s) - ell @ r - k @ s + kl_rows - (r - kd) * (s - ld)
-    tot_k = r.sum() - 2 * r + kd
-    tot_l = s.sum() - 2 * s + ld
-    return s_kl - 2 * dot / m + tot_k * tot_l / m**2
-
-
-def _loo_cka(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    k, ell = x @ x.T, y @ y.T
-    kl, kk, ll = _hsic_loo(k, ell), _hsic_loo(k, k), _hsic_loo(ell, ell)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = kl / np.sqrt(kk * ll)
-    return np.where((kk > 0) & (ll > 0), out, np.nan)
 
 
 #: Rows whose centred vectors have at least this cosine are tried together (near-duplicates).

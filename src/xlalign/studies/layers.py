@@ -48,8 +48,9 @@ from xlalign.metrics import (
     xsim_error,
 )
 from xlalign.metrics._checks import strata_codes
-from xlalign.metrics.bootstrap import cka_ci, p1_ci, z_ci
+from xlalign.metrics.nulls import NULL_METRICS, null_distributions, null_summary
 from xlalign.metrics.pairwise import Pair, Side
+from xlalign.metrics.permutation import draw_permutations
 from xlalign.store.files import CORPUS_FILE, TOKEN_POOL, atomic_write_json
 from xlalign.store.pools import POOL_DESCRIPTIONS
 from xlalign.store.run import Run
@@ -76,9 +77,25 @@ METRICS: dict[str, tuple[str, ...]] = {
 PLATONIC_METRICS = frozenset(
     {"cka", "cka_unbiased", "knn", "cknna", "svcca", "cycle_knn", "lcs_knn", "edit_distance_knn"}
 )
-DEFAULT_METRICS = ("z", "p1", "mexa", "xsim", "cka", "knn", "hub")
-#: Metrics with bootstrap confidence intervals.
-CI_METRICS = ("z", "p1_xy", "p1_yx", "cka")
+#: The default metrics. CKA is the debiased one (Song et al.'s unbiased HSIC): the biased ``cka``
+#: of unrelated vectors is far from 0 when pairs are few for the width (about 0.5 at n = 30,
+#: d = 25); ask for ``cka`` to see it beside.
+DEFAULT_METRICS = ("z", "p1", "mexa", "xsim", "cka_unbiased", "knn", "hub")
+#: Metrics with confidence intervals (:meth:`xlalign.metrics.pairwise.Pair.interval`).
+CI_METRICS = ("z", "p1_xy", "p1_yx", "mexa", "cka", "cka_unbiased", "semantic_hub")
+#: How each interval is made (``alignment.json``'s ``ci_method``).
+CI_METHODS = {
+    "z": "jackknife (exact leave-one-out; width ignores --stratify)",
+    "p1_xy": "wilson",
+    "p1_yx": "wilson",
+    "mexa": "wilson",
+    "cka": "jackknife (exact leave-one-out)",
+    "cka_unbiased": "jackknife (exact leave-one-out)",
+    "semantic_hub": "jackknife (exact leave-one-out)",
+}
+#: Metrics whose permutation null ``--compat platonic`` would change (computed on clamped
+#: features by the public functions): no null is recorded for them under it.
+_PLATONIC_NULL = frozenset({"cka", "cka_unbiased", "mutual_knn", "cknna"})
 #: Above this many pairs the bootstrap intervals are skipped: the interval helpers hold
 #: ``N x N`` float64 matrices (10,000 pairs: 800 MB) and re-read them ``n_boot`` times.
 CI_MAX_N = 10_000
@@ -134,7 +151,11 @@ class SweepConfig:
     pivot: str | None = None
     """Compare every language with this one only, instead of every pair."""
     n_boot: int = 200
-    """Bootstrap resamples for confidence intervals (0: none)."""
+    """Confidence intervals: 0 turns them off. The intervals are exact (jackknife, Wilson) and
+    use no resamples; the count is kept for the commands that still resample (origin)."""
+    null_perms: int = 1000
+    """Permutations of the pairing for every similarity's null (``p_value``, ``null_q95``,
+    ``p_best_site``), shared by all sites and pools (0: none)."""
     ci_level: float = 0.95
     """Confidence level of the intervals."""
     sites: tuple[str, ...] | None = None
@@ -166,6 +187,8 @@ class SweepConfig:
             raise XlalignError(f"--null must be 'exact' or 'monte-carlo', got {self.null!r}")
         if self.n_boot < 0:
             raise XlalignError(f"--n-boot must be >= 0, got {self.n_boot}")
+        if self.null_perms < 0:
+            raise XlalignError(f"--null-perms must be 0 (none) or more, got {self.null_perms}")
         if self.n_perms < 2:
             raise XlalignError(f"--n-perms must be at least 2, got {self.n_perms}")
         if self.seed < 0:
@@ -196,6 +219,9 @@ class _Rec:
     ci_low: float | None = None
     ci_high: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    p_value: float | None = None
+    null_q95: float | None = None
+    p_best_site: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -208,6 +234,9 @@ class _Rec:
             "value": self.value,
             "ci_low": self.ci_low,
             "ci_high": self.ci_high,
+            "p_value": self.p_value,
+            "null_q95": self.null_q95,
+            "p_best_site": self.p_best_site,
             "n": self.n,
             "undefined_reason": self.undefined_reason,
             "detail": self.detail,
@@ -328,7 +357,12 @@ def _site_metrics(
     if pair is not None:
         shared: dict[str, Callable[[], Any]] = {"xsim": pair.xsim, "hub": pair.hub}
         if not sim:  # --compat platonic changes CKA and the k-NN metrics: public functions
-            shared |= {"cka": pair.cka, "knn": pair.mutual_knn, "cknna": pair.cknna}
+            shared |= {
+                "cka": pair.cka,
+                "cka_unbiased": pair.cka_unbiased,
+                "knn": pair.mutual_knn,
+                "cknna": pair.cknna,
+            }
         for sel, fn in shared.items():
             simple[sel] = (simple[sel][0], fn, simple[sel][2])
     for sel in cfg.metrics:
@@ -340,35 +374,29 @@ def _site_metrics(
         if res is not None and value is None:
             why = getattr(res, "undefined_reason", None) or "undefined"
         detail = res.to_dict() if res is not None and hasattr(res, "to_dict") else {}
+        if sel in ("cka", "cka_unbiased"):  # how far from n >> d: the bias of the biased one
+            detail = {**detail, "n": int(x.shape[0]), "d": int(x.shape[1])}
+            if y.shape[1] != x.shape[1]:
+                detail["d_y"] = int(y.shape[1])
         yield name, value, why, detail
 
 
 def _ci(
     metric: str,
+    value: float,
     x: np.ndarray,
     y: np.ndarray,
     cfg: SweepConfig,
-    strata: Sequence[Any] | None,
     pair: Pair | None = None,
 ) -> tuple[float | None, float | None]:
+    """The record's interval (:meth:`Pair.interval`); a pair built here when none is shared."""
     if cfg.n_boot == 0 or metric not in CI_METRICS:
         return None, None
-    kw = dict(n_boot=cfg.n_boot, seed=cfg.seed, level=cfg.ci_level)
-    fns: dict[str, Callable[[], Any]] = {
-        "z": lambda: z_ci(x, y, strata=strata, center=cfg.center, **kw),  # type: ignore[arg-type]
-        "p1_xy": lambda: p1_ci(x, y, direction="xy", **kw),  # type: ignore[arg-type]
-        "p1_yx": lambda: p1_ci(x, y, direction="yx", **kw),  # type: ignore[arg-type]
-        "cka": lambda: cka_ci(x, y, **kw),  # type: ignore[arg-type]
-    }
-    if pair is not None:
-        nb, seed, level = cfg.n_boot, cfg.seed, cfg.ci_level
-        fns = {
-            "z": lambda: pair.z_ci(nb, seed, level, strata_codes(strata, pair.n), cfg.center),
-            "p1_xy": lambda: pair.p1_ci("xy", nb, seed, level),
-            "p1_yx": lambda: pair.p1_ci("yx", nb, seed, level),
-            "cka": lambda: pair.cka_ci(nb, seed, level),
-        }
-    ci, _why = _guard(fns[metric])
+    if pair is None:
+        pair, _ = _guard(lambda: Side(x, "x").pair_with(Side(y, "y")))
+        if pair is None:
+            return None, None
+    ci, _why = _guard(lambda: pair.interval(metric, value, cfg.ci_level, cfg.center))  # type: ignore[union-attr]
     if ci is None:
         return None, None
     return _finite(ci.low), _finite(ci.high)
@@ -477,6 +505,15 @@ def layer_sweep(
         return thresholds[lang, pool]
 
     shared = run.n_rows <= SHARED_MAX_N
+    null_k = cfg.null_perms if shared else 0
+    null_skipped = None
+    if cfg.null_perms and not shared:
+        null_skipped = (
+            f"permutation nulls skipped: {run.n_rows} pairs > {SHARED_MAX_N} (each permutation "
+            "re-reads n x n matrices); use a subsample for p-values"
+        )
+    perms: np.ndarray | None = None  # one set for every site, pool and pair, drawn once
+    site_nulls: dict[tuple[int, int, str], dict[str, np.ndarray]] = {}
     make_side, backend = _side_factory(cfg.backend)
     exact_shared = shared and cfg.null == "exact"
     codes, codes_err = (
@@ -544,12 +581,31 @@ def layer_sweep(
                 )
             for rec in site_recs:
                 if rec.value is not None and ci_skipped is None:
-                    rec.ci_low, rec.ci_high = _ci(rec.metric, x, y, cfg, strata, pair)
+                    rec.ci_low, rec.ci_high = _ci(rec.metric, rec.value, x, y, cfg, pair)
+            names = {r.metric for r in site_recs if r.value is not None} & set(NULL_METRICS)
+            if cfg.compat == "platonic":
+                names -= _PLATONIC_NULL
+            if cfg.null != "exact" or site not in zs:
+                names.discard("z")  # the Monte Carlo z has its own null and p-value
+            if null_k and pair is not None and names:
+                if perms is None:
+                    perms = draw_permutations(run.n_rows, null_k, cfg.seed, strata)
+                nulls, _why = _guard(
+                    lambda p=pair, pm=perms, nm=names, z=zs.get(site): null_distributions(  # type: ignore[misc]
+                        p, pm, nm, z=z, center=cfg.center
+                    )
+                )
+                for rec in site_recs:
+                    if nulls and rec.metric in nulls:
+                        summary = null_summary(rec.value, nulls[rec.metric])
+                        rec.p_value, rec.null_q95 = summary["p_value"], summary["null_q95"]
+                        site_nulls.setdefault((pi, qi, rec.metric), {})[site] = nulls[rec.metric]
             cells[pi, qi, si] = site_recs
             bar.update(1)
     for pi, qi, si in itertools.product(range(len(pairs)), range(len(pools)), range(len(sites))):
         records.extend(cells[pi, qi, si])
     bar.close()
+    _best_site_p(cells, site_nulls, sites)
     if cfg.lexical:
         records.extend(lexical_records(run, pairs, pools, cfg, strata, skip_ci=ci_skipped))
     record_dicts = [r.to_dict() for r in records]
@@ -573,6 +629,9 @@ def layer_sweep(
         "n_boot": cfg.n_boot,
         "ci_level": cfg.ci_level,
         "ci_skipped": ci_skipped,
+        "ci_method": {m: CI_METHODS[m] for m in CI_METRICS} if cfg.n_boot else None,
+        "null_perms": cfg.null_perms,
+        "null_skipped": null_skipped,
         "pivot": cfg.pivot,
         "standardize": cfg.standardize,
         "backend": backend,
@@ -590,6 +649,26 @@ def layer_sweep(
             "(see pivot) are null"
         ),
     }
+
+
+def _best_site_p(
+    cells: Mapping[tuple[int, int, int], Sequence[_Rec]],
+    site_nulls: Mapping[tuple[int, int, str], Mapping[str, np.ndarray]],
+    sites: Sequence[str],
+) -> None:
+    """Set ``p_best_site`` on every record with a null: the share (add-one) of permutations in
+    which the metric's maximum over all sites (the same permutation at every site) reaches
+    the record's value. At the best site it corrects for having picked the best of many."""
+    for (pi, qi, metric), by_site in site_nulls.items():
+        stack = np.vstack([by_site[s] for s in sites if s in by_site])
+        top = np.where(np.isnan(stack), -np.inf, stack).max(axis=0)
+        top = top[np.isfinite(top)]
+        for si, site in enumerate(sites):
+            for rec in cells.get((pi, qi, si), ()):
+                if rec.metric == metric and site in by_site and rec.value is not None:
+                    rec.p_best_site = float(
+                        (1 + np.count_nonzero(top >= rec.value)) / (top.size + 1)
+                    )
 
 
 def corpus_quality(run: Run, langs: Sequence[str]) -> dict[str, Any] | None:
@@ -741,7 +820,7 @@ def lexical_records(
                 )
             for rec in recs:
                 if rec.value is not None and skip_ci is None:
-                    rec.ci_low, rec.ci_high = _ci(rec.metric, x, y, cfg, strata)
+                    rec.ci_low, rec.ci_high = _ci(rec.metric, rec.value, x, y, cfg)
         for pool in pools:
             for rec in recs:
                 d = dict(rec.__dict__)
