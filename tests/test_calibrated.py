@@ -13,8 +13,8 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
-from test_layers_values import reference
 
+from test_layers_values import reference
 from xlalign.metrics import linear_cka, matched_vs_scrambled_z
 from xlalign.metrics.jackknife import (
     jackknife_ci,

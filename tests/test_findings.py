@@ -13,6 +13,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from references import cka as ref_cka
 from xlalign.cli import main
 from xlalign.errors import XlalignError
 from xlalign.pipeline.config import StudyConfig
@@ -62,7 +63,8 @@ def test_verdict_rule(model, control, lexical, expected):
 
 def test_every_verdict_is_listed_and_model_value_required():
     assert set(VERDICTS) == {
-        "beyond-control", "matched-by-control", "matched-by-lexical", "below-control", "no-control"
+        "beyond-control", "matched-by-control", "matched-by-lexical", "below-control",
+        "matched-by-null", "no-control",
     }  # fmt: skip
     with pytest.raises(ValueError, match=r"^verdict needs the model's value; got None$"):
         verdict(v(None), v(1, 0, 2), None)
@@ -84,6 +86,8 @@ def reference_verdict(model, control, lexical, control_best=None, below_everywhe
     below = below_everywhere if below_everywhere is not None else (c is not None and m[1] < c[0])
     if c is not None and below:
         return "below-control"
+    if (model.get("p_best_site") or 0) > 0.05:  # the best of all sites of scrambled pairs
+        return "matched-by-null"
     if c is not None and not above_c:
         return "matched-by-control"
     if not above_l:
@@ -135,7 +139,11 @@ def test_findings_agree_with_the_records(study):
             f["model"]["value"], f["model"]["ci_low"], f["model"]["ci_high"]
         )  # fmt: skip
         (c,) = recs(control, x=x, y=y, pool=f["pool"], metric=f["metric"], site=f["site"])
-        assert f["control"] == {"value": c["value"], "ci_low": c["ci_low"], "ci_high": c["ci_high"]}
+        nulls = {k: c[k] for k in ("p_value", "null_q95", "p_best_site") if c.get(k) is not None}
+        assert f["control"] == {
+            "value": c["value"], "ci_low": c["ci_low"], "ci_high": c["ci_high"], **nulls
+        }  # fmt: skip
+        assert f["model"]["p_best_site"] == at["p_best_site"] == f["p_best_site"]
         (lx,) = recs(model, x=x, y=y, pool=f["pool"], metric=f["metric"], site="lexical")
         assert lx["depth"] is None
         assert f["lexical"]["value"] == lx["value"]
@@ -147,8 +155,11 @@ def test_findings_agree_with_the_records(study):
         c_clean = [r for r in theirs if not {(r["site"], f["pool"], x), (r["site"], f["pool"], y)}
                    & c_identical] or theirs  # fmt: skip
         c_best = max(c_clean, key=lambda r: r["value"])
+        c_nulls = {k: c_best[k] for k in ("p_value", "null_q95", "p_best_site")
+                   if c_best.get(k) is not None}  # fmt: skip
         assert f["control_best"] == {"site": c_best["site"], "value": c_best["value"],
-                                     "ci_low": c_best["ci_low"], "ci_high": c_best["ci_high"]}  # fmt: skip
+                                     "ci_low": c_best["ci_low"], "ci_high": c_best["ci_high"],
+                                     **c_nulls}  # fmt: skip
         by_site = {r["site"]: r for r in theirs}
         lo = lambda r: r["value"] if r["ci_low"] is None else r["ci_low"]  # noqa: E731
         hi = lambda r: r["value"] if r["ci_high"] is None else r["ci_high"]  # noqa: E731
@@ -161,7 +172,9 @@ def test_findings_agree_with_the_records(study):
             f["model"], f["control"], f["lexical"], f["control_best"], below == len(pairs)
         )
         seen.add((f["pool"], f["metric"]))
-    assert seen == {(p, m) for p in model["pools"] for m in FINDING_METRICS}
+    swept = {r["metric"] for r in model["records"]}  # the biased cka only when asked for
+    assert seen == {(p, m) for p in model["pools"] for m in FINDING_METRICS if m in swept}
+    assert "cka_unbiased" in swept and "cka" not in swept
     # the summary is made from findings.json: every z line carries the control beside it
     assert result["summary"] == summary_lines(doc)
     assert doc["headline"] in result["summary"]
@@ -213,12 +226,8 @@ def test_lexical_baseline_equals_plain_numpy(study, tiny_models):
     assert len(lex) == len(model["pools"])  # one reference per pool, all equal
     for rec in lex:
         assert rec["value"] == pytest.approx(z, rel=1e-9)
-    cka = [r for r in model["records"] if r["site"] == "lexical" and r["metric"] == "cka"]
-    xc, yc = x - x.mean(0), y - y.mean(0)
-    ref_cka = np.linalg.norm(xc.T @ yc) ** 2 / (
-        np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc)
-    )
-    assert cka[0]["value"] == pytest.approx(ref_cka, rel=1e-9)
+    cka = [r for r in model["records"] if r["site"] == "lexical" and r["metric"] == "cka_unbiased"]
+    assert cka[0]["value"] == pytest.approx(ref_cka(x, y, unbiased=True), rel=1e-9)
 
 
 def test_dominance_shares_equal_numpy(study):
@@ -248,7 +257,9 @@ def test_small_sample_is_named(tiny_models, tmp_path):
     assert any("20 pairs" in w and "not reliable" in w for w in doc["warnings"])
     assert any("not reliable" in line for line in result["summary"])
     assert "not reliable" in (out / "report.md").read_text()
-    assert {f["verdict"] for f in doc["findings"]} <= {"no-control", "matched-by-lexical"}
+    assert {f["verdict"] for f in doc["findings"]} <= {
+        "no-control", "matched-by-lexical", "matched-by-null"
+    }  # fmt: skip
 
 
 def test_problems_n7_says_why_it_wrote_5(tmp_path, capsys):
@@ -495,7 +506,7 @@ def test_a_cka_interval_above_its_value_is_named_with_its_own_reason() -> None:
         "records": [{**rec, "metric": "cka", "value": 0.981, "ci_low": 0.986, "ci_high": 0.990}],
     }
     (named,) = [w for w in build_findings(alignment)["warnings"] if "lies above its value" in w]
-    assert "CKA at L1" in named and "raise the resampled CKA" in named
+    assert "CKA (biased) at L1" in named and "raise the resampled CKA" in named
 
 
 def test_identical_vectors_are_counted_named_and_marked(study):
@@ -686,7 +697,7 @@ def test_outside_interval_warns_for_each_value_outside_its_closed_interval():
     assert _outside_interval(quiet + loud) == [
         "zh/en, mean pool, z at L2: the model's bootstrap interval [1, 3] lies below its value "
         "5 (pairs drawn twice join the null and lower the resampled z)" + tail,
-        "zh/en, last pool, CKA at L3: the model's bootstrap interval [0.75, 0.875] lies above "
+        "zh/en, last pool, CKA (biased) at L3: the model's bootstrap interval [0.75, 0.875] lies above "
         "its value 0.5 (rows drawn twice weigh twice in both Gram matrices and raise the "
         "resampled CKA)" + tail,
         "de/fr, mean pool, P@1 x->y at embed: the model's bootstrap interval [0.5, 0.75] lies "
@@ -703,7 +714,7 @@ def test_outside_interval_warns_for_each_value_outside_its_closed_interval():
         for pool in ("mean", "last")
     ]  # fmt: skip
     assert _outside_interval([ctl, *lex]) == [
-        "zh/en, mean pool, CKA at L0: the control's bootstrap interval [0.409, 0.481] lies "
+        "zh/en, mean pool, CKA (biased) at L0: the control's bootstrap interval [0.409, 0.481] lies "
         "above its value 0.318 (rows drawn twice weigh twice in both Gram matrices and raise "
         "the resampled CKA)" + tail,
         "zh/en, z of the lexical baseline: the lexical baseline's bootstrap interval [16.98, "

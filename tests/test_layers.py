@@ -67,8 +67,9 @@ def test_values_equal_direct_metric_calls(sweep, qwen_study_run):
         r = retrieval_scores(x, y)
         (p1,) = records(sweep, site=site, pool="mean", metric="p1_xy")
         assert p1["value"] == r.p1_xy
-        (cka,) = records(sweep, site=site, pool="mean", metric="cka")
-        assert cka["value"] == pytest.approx(linear_cka(x, y).cka, rel=1e-12)
+        (cka,) = records(sweep, site=site, pool="mean", metric="cka_unbiased")
+        assert cka["value"] == pytest.approx(linear_cka(x, y, unbiased=True).cka, rel=1e-9)
+        assert cka["ci_low"] <= cka["value"] <= cka["ci_high"]
 
 
 def test_monte_carlo_uses_one_null_for_every_site(qwen_study_run):

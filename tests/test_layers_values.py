@@ -222,30 +222,59 @@ def reference(metric: str, x: np.ndarray, y: np.ndarray) -> float | None:
     }[metric]()
 
 
-def percentile_ci(stat, n: int, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """The percentile bootstrap from its definition: default_rng(seed), n_boot x n draws."""
-    draws = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    values = [v for v in (stat(idx) for idx in draws) if v is not None and np.isfinite(v)]
-    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
+def _jackknife(point: float, loo: np.ndarray, surplus: float = 0.0) -> tuple[float, float]:
+    """``point +- 1.96 se`` from the leave-one-out values (the jackknife's definition), the
+    variance lowered by ``surplus`` (the debiased CKA's delete-2 correction)."""
+    n = len(loo)
+    var = (n - 1) / n * float(np.sum((loo - loo.mean()) ** 2))
+    if var - surplus > 0:
+        var -= surplus
+    q = 1.959963984540054
+    return point - q * np.sqrt(var), point + q * np.sqrt(var)
+
+
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    """The Wilson score interval: the shares p with |k/n - p| <= q sqrt(p(1-p)/n), solved."""
+    q = 1.959963984540054
+    phat = k / n
+    centre = (phat + q * q / (2 * n)) / (1 + q * q / n)
+    half = q * np.sqrt(phat * (1 - phat) / n + q * q / (4 * n * n)) / (1 + q * q / n)
+    return min(phat, centre - half), max(phat, centre + half)
+
+
+def _without(a: np.ndarray, *rows: int) -> np.ndarray:
+    keep = np.ones(len(a), dtype=bool)
+    keep[list(rows)] = False
+    return a[keep]
 
 
 def reference_ci(
-    metric: str, x: np.ndarray, y: np.ndarray, strata: np.ndarray | None = None
+    metric: str, x: np.ndarray, y: np.ndarray, point: float, center: bool = False
 ) -> tuple[float, float]:
-    s = cosines(x, y)
-    row, col = hits(s)
-    xa, ya = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    stats = {
-        "z": lambda idx: exact_z_of_block(
-            s[np.ix_(idx, idx)], None if strata is None else strata[idx]
-        ),
-        "p1_xy": lambda idx: float(row[idx].mean()),
-        "p1_yx": lambda idx: float(col[idx].mean()),
-        # CKA of the resampled rows (a row drawn twice counts twice)
-        "cka": lambda idx: cka(xa[idx], ya[idx]),
-    }
-    return percentile_ci(stats[metric], len(s), N_BOOT, SEED)
+    """The sweep's interval of ``metric`` from its definition (docs/metrics.md): Wilson for the
+    shares, the delete-one jackknife (rows deleted and everything recomputed) for the rest;
+    z's width is that of the unstratified z of the cosine matrix (centred rows with
+    ``center``), the debiased CKA's variance lowers by half the delete-2 surplus."""
+    n = len(x)
+    if metric in ("p1_xy", "p1_yx", "mexa"):
+        row, col = hits(cosines(x, y))
+        share = {"p1_xy": row, "p1_yx": col, "mexa": row & col}[metric]
+        return _wilson(int(share.sum()), n)
+    if metric == "z":
+        s = cosines(x, y, center=center)
+        loo = [exact_z_of_block(_without(_without(s, i).T, i).T) for i in range(n)]
+        return _jackknife(point, np.array(loo, dtype=float))
+    if metric == "semantic_hub":
+        s = cosines(x, y)
+        return _jackknife(point, np.array([hub(_without(_without(s, i).T, i).T) for i in range(n)]))
+    unbiased = metric == "cka_unbiased"
+    loo = np.array([cka(_without(x, i), _without(y, i), unbiased) for i in range(n)])
+    surplus = 0.0
+    if unbiased:
+        for i, j in itertools.combinations(range(n), 2):
+            both = cka(_without(x, i, j), _without(y, i, j), True)
+            surplus += (point - loo[i] - loo[j] + both) ** 2
+    return _jackknife(point, loo, 0.5 * surplus)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,21 +378,26 @@ def test_metric_values_differ_between_metrics(sweep: dict) -> None:
     assert len(set(np.round(values, 9))) == len(values)
 
 
-def test_confidence_intervals_are_the_percentile_bootstrap_of_each_metric(
+def test_confidence_intervals_are_jackknife_and_wilson_from_their_definitions(
     sweep: dict, run_dir: Path
 ) -> None:
+    with_ci = ("z", "p1_xy", "p1_yx", "mexa", "cka", "cka_unbiased", "semantic_hub")
+    checked = set()
     for rec in sweep["records"]:
-        if rec["metric"] not in ("z", "p1_xy", "p1_yx", "cka"):
+        if rec["metric"] not in with_ci:
             assert rec["ci_low"] is None and rec["ci_high"] is None, rec["metric"]
             continue
-        if (rec["x"], rec["y"]) != ("zh", "en") or rec["site"] == "embed":
+        assert rec["ci_low"] <= rec["value"] <= rec["ci_high"], rec["metric"]
+        if (rec["x"], rec["y"], rec["pool"]) != ("zh", "en", "mean") or rec["site"] != "L0":
             continue
         x = arrays(run_dir, rec["x"], rec["site"], rec["pool"])
         y = arrays(run_dir, rec["y"], rec["site"], rec["pool"])
-        low, high = reference_ci(rec["metric"], x, y)
+        low, high = reference_ci(rec["metric"], x, y, rec["value"])
         assert rec["ci_low"] == pytest.approx(low, rel=1e-7, abs=1e-9), rec["metric"]
         assert rec["ci_high"] == pytest.approx(high, rel=1e-7, abs=1e-9), rec["metric"]
         assert rec["ci_low"] < rec["ci_high"]
+        checked.add(rec["metric"])
+    assert checked == set(with_ci)
 
 
 def test_stratified_centered_z_and_its_interval(run_dir: Path) -> None:
@@ -380,9 +414,7 @@ def test_stratified_centered_z_and_its_interval(run_dir: Path) -> None:
     # not the unstratified or uncentred value
     assert rec["value"] != pytest.approx(exact_z_of_block(s), rel=1e-3)
     assert rec["value"] != pytest.approx(exact_z_of_block(cosines(x, y), strata), rel=1e-3)
-    low, high = percentile_ci(
-        lambda idx: exact_z_of_block(s[np.ix_(idx, idx)], strata[idx]), N, N_BOOT, SEED
-    )
+    low, high = reference_ci("z", x, y, rec["value"], center=True)
     assert (rec["ci_low"], rec["ci_high"]) == (
         pytest.approx(low, rel=1e-7),
         pytest.approx(high, rel=1e-7),

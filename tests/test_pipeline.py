@@ -300,7 +300,7 @@ def test_demo_answer_states_verdicts_and_when_training_lowers_alignment():
     assert "training lowers it" in text and "23.4 below them" in text
     assert "at 1 of them (L1)" in text  # L1: 38.0 > 21.0; embed and L0 below
     assert "zh/en: the headline" in text and "- one grouped warning" in text
-    assert "%" not in text.replace("95% pair bootstrap", "")  # no share of one z in another
+    assert "%" not in text.replace("Intervals: 95%,", "")  # no share of one z in another
     # beyond the control at L0, and a control that matches
     control["records"][1] = _z("L0", 5.0, 4.0, 6.0)
     model["records"][3] = _z("lexical", 3.0, 2.0, 4.0)

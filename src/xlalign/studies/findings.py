@@ -1259,9 +1259,11 @@ def _with_interval(
     seed: int,
     level: float,
 ) -> dict[str, Any]:
-    """``rec`` with the sweep's bootstrap interval of z on the run's ``pool`` vectors at
-    ``site``, if those give ``rec``'s value; else ``rec`` unchanged."""
-    from xlalign.metrics import matched_vs_scrambled_z, z_ci
+    """``rec`` with the sweep's interval of z (:meth:`Pair.interval`: the exact jackknife) on
+    the run's ``pool`` vectors at ``site``, if those give ``rec``'s value; else ``rec``
+    unchanged. ``seed`` is unused: the interval has no resamples."""
+    from xlalign.metrics import matched_vs_scrambled_z
+    from xlalign.metrics.pairwise import Side
 
     if n_boot < 1 or pool not in run.pools or site not in run.sites or run.n_rows > CI_MAX_N:
         return rec  # above CI_MAX_N the sweep has no intervals either
@@ -1270,7 +1272,7 @@ def _with_interval(
         y = np.asarray(run.array(pair[1], site, pool))
         if not _same(matched_vs_scrambled_z(x, y, products=STUDY_PRODUCTS).z, rec["value"]):
             return rec
-        ci = z_ci(x, y, n_boot=n_boot, seed=seed, level=level)
+        ci = Side(x, "x").pair_with(Side(y, "y")).interval("z", float(rec["value"]), level)
     except XlalignError:
         return rec
     return {**rec, "ci_low": ci.low, "ci_high": ci.high}
