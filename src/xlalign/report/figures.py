@@ -39,7 +39,7 @@ METRIC_LABELS = {
 }
 
 #: Metrics whose chance level is zero, drawn as a thin reference line.
-_ZERO_BASELINE = frozenset({"z", "cohen_d_pc1"})
+_ZERO_BASELINE = frozenset({"z", "cohen_d_pc1", "cka_unbiased", "semantic_hub"})
 
 #: At most this many language pairs get an alignment figure (one figure per pair).
 MAX_PAIRS = 6

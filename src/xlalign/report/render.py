@@ -236,7 +236,15 @@ def finding_notes(f: Mapping[str, Any]) -> list[str]:
 def _best_cell(d: Any) -> Cell:
     cell = _ci_cell(d)
     if isinstance(d, Mapping) and d.get("value") is not None and d.get("site"):
-        return Cell(f"{cell.text} at {d['site']}")
+        p = d.get("p_best_site")
+        p_text = (
+            ""
+            if p is None
+            else f" (p best site {p:.3f})"
+            if p < 0.01
+            else f" (p best site {p:.2f})"
+        )
+        return Cell(f"{cell.text} at {d['site']}{p_text}")
     return cell
 
 
@@ -259,6 +267,14 @@ def _ci_cell(d: Any) -> Cell:
     return Cell(text)
 
 
+def _p_cell(p: Any, n_sites: Any) -> str | Cell:
+    """``0.001 (of 26)``: the best site's p against the best of all sites of scrambled pairs."""
+    if p is None:
+        return Cell("none", title="no permutation null (--null-perms 0)", undefined=True)
+    text = f"{float(p):.3f}" if float(p) < 0.01 else f"{float(p):.2f}"
+    return f"{text} (of {n_sites} sites)" if n_sites else text
+
+
 def _findings_section(findings: Mapping[str, Any] | None) -> list[Block]:
     """The first section: made from ``findings.json`` alone (headline, verdicts, warnings)."""
     if not findings:
@@ -276,6 +292,7 @@ def _findings_section(findings: Mapping[str, Any] | None) -> list[Block]:
                 METRIC_LABELS.get(str(f.get("metric")), str(f.get("metric"))),
                 str(f.get("site")),
                 _ci_cell(f.get("model")),
+                _p_cell((f.get("model") or {}).get("p_best_site"), f.get("n_sites")),
                 _ci_cell(f.get("control")),
                 _best_cell(f.get("control_best")),
                 _counts_cell(f.get("sites_vs_control")),
@@ -297,6 +314,7 @@ def _findings_section(findings: Mapping[str, Any] | None) -> list[Block]:
                     "metric",
                     "best site",
                     "model [CI]",
+                    "p best site",
                     "control at that site",
                     "control's best site",
                     "model vs control, site by site",
@@ -312,11 +330,14 @@ def _findings_section(findings: Mapping[str, Any] | None) -> list[Block]:
         )
     blocks.append(
         Para(
-            "Verdicts: beyond-control when the model's interval lies above both the "
+            "Verdicts: beyond-control when the model's best site beats the best site of "
+            "scrambled pairings (p best site at most 0.05: the share of 1,000 scrambled "
+            "pairings whose best site reaches the model's) and its interval lies above both the "
             "random-weights control's and the lexical baseline's (bag of token ids); "
-            "matched-by-control or matched-by-lexical when it overlaps (or lies below) one of "
-            "them; below-control when it lies wholly under the control; no-control when none "
-            "was run. How to read them: docs/report.md.",
+            "matched-by-null when scrambled pairings reach it; matched-by-control or "
+            "matched-by-lexical when it overlaps (or lies below) one of them; below-control "
+            "when it lies wholly under the control; no-control when none was run. Intervals: "
+            "95%, exact jackknife (z, CKA) and Wilson (P@1). How to read them: docs/report.md.",
             note=True,
         )
     )
