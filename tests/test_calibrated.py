@@ -314,3 +314,41 @@ def test_a_best_site_within_the_null_cannot_be_beyond_control() -> None:
     assert verdict({**high, "p_best_site": 0.001}, low, low) == "beyond-control"
     assert verdict({**high, "p_best_site": 0.2}, low, low) == "matched-by-null"
     assert verdict({**high, "p_best_site": 0.05}, low, low) == "beyond-control"
+
+
+def test_gram_nulls_are_skipped_and_said_above_their_size_limit(tmp_path) -> None:
+    from xlalign.studies.layers import GRAM_NULL_MAX_N
+
+    n = GRAM_NULL_MAX_N + 20
+    rng = np.random.default_rng(3)
+    zh = [rng.standard_normal((n, 8))]
+    en = [zh[0] + rng.standard_normal((n, 8))]
+    run = _run_with(tmp_path, "big", {"zh": zh, "en": en})
+    cfg = SweepConfig(metrics=("p1", "cka_unbiased", "knn"), null_perms=20, lexical=False, n_boot=0)
+    res = layer_sweep(run, cfg, progress=False)
+    by = {r["metric"]: r for r in res["records"]}
+    assert by["cka_unbiased"]["p_value"] is None and by["cka_unbiased"]["p_best_site"] is None
+    assert by["p1_xy"]["p_value"] is not None and by["mutual_knn"]["p_value"] is not None
+    assert "CKA and CKNNA permutation nulls skipped" in res["null_skipped"]
+    doc = build_findings(res)
+    assert any("not corrected for having been picked" in w for w in doc["warnings"])
+
+
+def test_null_perms_flag_reaches_the_sweep_and_a_bad_value_is_one_line(tmp_path, capsys) -> None:
+    import json
+
+    from xlalign.cli import main
+
+    rng = np.random.default_rng(5)
+    zh = [rng.standard_normal((20, 6)) for _ in range(2)]
+    en = [a + rng.standard_normal((20, 6)) for a in zh]
+    run = _run_with(tmp_path, "r", {"zh": zh, "en": en})
+    assert main(["align", str(run.path), "--null-perms", "-1", "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert "--null-perms must be 0 (none) or more, got -1" in err and "Traceback" not in err
+    args = ["align", str(run.path), "--null-perms", "30", "--no-progress", "--metrics", "z,cka"]
+    assert main(args) == 0
+    doc = json.loads((run.path / "alignment.json").read_text())
+    assert doc["null_perms"] == 30
+    rec = next(r for r in doc["records"] if r["metric"] == "cka" and r["site"] != "lexical")
+    assert rec["p_value"] >= 1 / 31 and rec["p_best_site"] >= rec["p_value"]

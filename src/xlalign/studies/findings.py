@@ -382,6 +382,16 @@ def build_findings(
         warnings.append(str(alignment["ci_skipped"]) + "; verdicts compare point values")
     elif not alignment.get("n_boot"):
         warnings.append("no confidence intervals (--n-boot 0): verdicts compare point values")
+    if alignment.get("null_skipped"):
+        warnings.append(
+            f"{alignment['null_skipped']}: a best site without p_best_site is not corrected for "
+            "having been picked among all sites"
+        )
+    elif not alignment.get("null_perms"):
+        warnings.append(
+            "no permutation null (--null-perms 0, or a sweep made before it): the best sites "
+            "are not corrected for having been picked among all sites"
+        )
     quality = alignment.get("corpus_quality") or {}
     warnings += [_quality_warning(issue, quality) for issue in quality.get("issues") or []]
     dominance = _dominance(alignment, variant)
