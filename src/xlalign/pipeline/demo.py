@@ -219,8 +219,9 @@ def answer(studies: Mapping[str, StudyDocs], label: str) -> str:
         "permutation moments), beside a random-weights control (same architecture, fresh "
         "weights) and a model-free lexical baseline (bag of token ids). L0 = output of the "
         "first block; embed = its input. Intervals: 95%, exact jackknife for z and CKA, Wilson "
-        "for P@1. p: permutation p-value of the site (1,000 scrambled pairings); p best site: "
-        "the same for the best of all sites, corrected for picking it. Verdicts as in the "
+        "for P@1. p best site: the share of scrambled pairings (the sweep's permutation null) whose "
+        "best site reaches the model's best, which corrects it for having been picked among "
+        "all sites. Verdicts as in the "
         "reports: beyond-control only when the model's best site beats the scrambled "
         "pairings' best and its interval lies above the control's and the lexical baseline's.",
         "",

@@ -270,7 +270,11 @@ def _ci_cell(d: Any) -> Cell:
 def _p_cell(p: Any, n_sites: Any) -> str | Cell:
     """``0.001 (of 26)``: the best site's p against the best of all sites of scrambled pairs."""
     if p is None:
-        return Cell("none", title="no permutation null (--null-perms 0)", undefined=True)
+        return Cell(
+            "none",
+            title="no permutation null for this metric (see the warnings)",
+            undefined=True,
+        )
     text = f"{float(p):.3f}" if float(p) < 0.01 else f"{float(p):.2f}"
     return f"{text} (of {n_sites} sites)" if n_sites else text
 
@@ -331,8 +335,8 @@ def _findings_section(findings: Mapping[str, Any] | None) -> list[Block]:
     blocks.append(
         Para(
             "Verdicts: beyond-control when the model's best site beats the best site of "
-            "scrambled pairings (p best site at most 0.05: the share of 1,000 scrambled "
-            "pairings whose best site reaches the model's) and its interval lies above both the "
+            "scrambled pairings (p best site at most 0.05: the share of the scrambled "
+            "pairings of the sweep's permutation null whose best site reaches the model's) and its interval lies above both the "
             "random-weights control's and the lexical baseline's (bag of token ids); "
             "matched-by-null when scrambled pairings reach it; matched-by-control or "
             "matched-by-lexical when it overlaps (or lies below) one of them; below-control "

@@ -17,8 +17,8 @@
   same prompts (:func:`xlalign.metrics.linear_cka_matrix`, :func:`~xlalign.metrics.mutual_knn_matrix`).
 - ``findings``: per run, language pair, pool and metric, the site where the model gains most
   over its control, with the verdict rules of ``findings.json`` (beyond-control,
-  matched-by-control, matched-by-lexical, below-control, no-control); ``ranking`` orders the
-  runs by that gain.
+  matched-by-control, matched-by-lexical, matched-by-null, below-control, no-control; the
+  site's ``p_best_site`` from the run's sweep); ``ranking`` orders the runs by that gain.
 """
 
 from __future__ import annotations
@@ -364,6 +364,7 @@ def _sweep_config(stored: Sequence[dict[str, Any] | None], cfg: CompareConfig) -
         seed=int(get("seed")), stratify=doc.get("stratify"), center=bool(get("center")),
         n_boot=int(get("n_boot")), ci_level=float(get("ci_level")),
         standardize=bool(get("standardize")), compat=str(get("compat")),
+        null_perms=int(doc.get("null_perms") or 0),
     )  # fmt: skip
 
 
@@ -621,10 +622,15 @@ def _above(value: float | None, *baselines: float | None) -> bool | None:
 # findings
 
 
-def _point(r: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def _point(r: Mapping[str, Any] | None, *, p_best: bool = False) -> dict[str, Any] | None:
+    """A record's value and interval; with ``p_best`` also its ``p_best_site`` (the share of
+    scrambled pairings whose best site reaches it: valid whichever rule picked the site)."""
     if r is None or r.get("value") is None:
         return None
-    return {"value": r["value"], "ci_low": r.get("ci_low"), "ci_high": r.get("ci_high")}
+    out = {"value": r["value"], "ci_low": r.get("ci_low"), "ci_high": r.get("ci_high")}
+    if p_best and r.get("p_best_site") is not None:
+        out["p_best_site"] = r["p_best_site"]
+    return out
 
 
 def _findings(models: Sequence[_Model]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -654,7 +660,7 @@ def _findings(models: Sequence[_Model]) -> tuple[list[dict[str, Any]], list[dict
             gains = [(g, r) for r in clean if (g := _gain(r, ctrl, key)) is not None]
             at = max(gains, key=lambda gr: gr[0])[1] if gains else best
             c = ctrl.get((pair, pool, metric, at["site"]))
-            model_pt, control_pt = _point(at), _point(c)
+            model_pt, control_pt = _point(at, p_best=True), _point(c)
             lexical_pt = _point(lexical.get(key))
             assert model_pt is not None
             findings.append(

@@ -208,9 +208,10 @@ def small_sample_warning(n: int | None, what: str = "pairs") -> str | None:
 
 
 def _outside_interval(findings: Sequence[Mapping[str, Any]]) -> list[str]:
-    """A warning for every model value that lies outside its own bootstrap interval.
+    """A warning for every model value that lies outside its own interval.
 
-    The pair bootstrap draws some pairs twice. For z, a scrambled pairing can then join a
+    The sweep's intervals (jackknife, Wilson) contain their value; one that does not comes
+    from an older sweep's pair bootstrap, which draws some pairs twice. For z, a scrambled pairing can then join a
     sentence to a copy of its own translation: the null's mean rises and the resampled z falls,
     so near perfect alignment the whole interval can lie below the value. For CKA a row drawn
     twice weighs twice in both Gram matrices, which tends to raise the resampled CKA, so the
@@ -242,17 +243,25 @@ def _outside_interval(findings: Sequence[Mapping[str, Any]]) -> list[str]:
                 f"its value {v:.4g} ({reason}); it is not a band around the value, and the "
                 "verdict compares intervals biased alike"
             )
+            if f["metric"] not in why:  # the sweep's own intervals contain their value
+                line = (
+                    f"{x}/{y}, {where}: {whose} interval [{lo:.4g}, {hi:.4g}] lies {side} its "
+                    f"value {v:.4g}: the two come from different computations (a sweep of "
+                    "other settings or another version?); align again"
+                )
             if line not in out:
                 out.append(line)
     return out
 
 
-def _value(rec: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """A record's value and interval, with its permutation null where the sweep made one."""
+def _value(rec: Mapping[str, Any] | None, *, best: bool = True) -> dict[str, Any] | None:
+    """A record's value and interval, with its permutation null where the sweep made one;
+    ``p_best_site`` only for a best site (``best``): at a site picked for another reason (the
+    control at the model's best site) it would answer a question nobody asked."""
     if rec is None or rec.get("value") is None:
         return None
     out = {"value": rec["value"], "ci_low": rec.get("ci_low"), "ci_high": rec.get("ci_high")}
-    for key in ("p_value", "null_q95", "p_best_site"):
+    for key in ("p_value", "null_q95", "p_best_site") if best else ("p_value", "null_q95"):
         if rec.get(key) is not None:
             out[key] = rec[key]
     return out
@@ -311,7 +320,7 @@ def build_findings(
                 site = best["site"]
                 model = _value(best)
                 assert model is not None
-                control = _value(control_idx.get((x, y, pool, site, metric)))
+                control = _value(control_idx.get((x, y, pool, site, metric)), best=False)
                 c_recs = [control_idx.get((x, y, pool, s, metric)) for s in sites]
                 c_best = _best(c_recs, c_flagged, pool, (x, y))
                 control_best = None
@@ -320,7 +329,7 @@ def build_findings(
                 counts = compare_sites(model_idx, control_idx, (x, y, pool, metric), sites)
                 below_all = None if counts is None else counts["below"] == counts["compared"]
                 lex_rec = model_idx.get((x, y, pool, LEXICAL_SITE, metric))
-                lexical = _value(lex_rec)
+                lexical = _value(lex_rec, best=False)
                 if lex_rec is not None and (lex_rec.get("detail") or {}).get("shared_tokens") == 0:
                     lexical = {**(lexical or _NO_VALUE), "no_shared_tokens": True}
                     msg = (
@@ -386,6 +395,22 @@ def build_findings(
         warnings.append(
             f"{alignment['null_skipped']}: a best site without p_best_site is not corrected for "
             "having been picked among all sites"
+        )
+    elif alignment.get("null_perms") and (
+        uncorrected := sorted(
+            {
+                f"{_LABELS[f['metric']]} ({f['pool']})"
+                for f in findings
+                if f["model"].get("p_best_site") is None
+            }
+        )
+    ):
+        why = "--null monte-carlo" if alignment.get("null") == "monte-carlo" else "no null made"
+        if alignment.get("compat") == "platonic":
+            why = "--compat platonic"
+        warnings.append(
+            f"no permutation null for {', '.join(uncorrected)} ({why}): those best sites are not "
+            "corrected for having been picked among all sites"
         )
     elif not alignment.get("null_perms"):
         warnings.append(
@@ -1087,11 +1112,12 @@ def findings_for_origin(
     control's z there, the lexical baseline's z and the within-category z.
 
     The verdict rule is the sweep's (:func:`verdict`, on intervals): given the ``run`` (and
-    its ``control``), the model's and the control's z get the sweep's pair-bootstrap interval
-    (``n_boot`` resamples, ``seed``, ``level``: the sweep's defaults) computed on the run's
-    vectors of that pool and site, when those give the origin study's z (else it stays a
-    point); the lexical baseline's z takes its interval from the sweep's ``alignment`` when
-    that holds the same value. A warning names every value left without an interval.
+    its ``control``), the model's and the control's z get the sweep's interval (the exact
+    jackknife, at ``level``) computed on the run's vectors of that pool and site, when those
+    give the origin study's z (else it stays a point); the lexical baseline's z takes its
+    interval from the sweep's ``alignment`` when that holds the same value, and the model's
+    best site takes the sweep's ``p_best_site`` there. A warning names every value left
+    without an interval.
     """
     lx, ly = (str(v) for v in origin["languages"])
     ctl = origin.get("control") or None
@@ -1140,7 +1166,15 @@ def findings_for_origin(
         if lex_here is not None and alignment is not None:
             rec = _index(alignment).get((lx, ly, pool, LEXICAL_SITE, "z"))
             if rec is not None and _same(rec.get("value"), lex_here["value"]):
-                lex_here = _value(rec)
+                lex_here = _value(rec, best=False)
+        if alignment is not None:  # the sweep's best-site correction, where it holds this z
+            rec = _index(alignment).get((lx, ly, pool, best["site"], "z"))
+            if (
+                rec is not None
+                and rec.get("p_best_site") is not None
+                and _same(rec.get("value"), model["value"])
+            ):
+                model = {**model, "p_best_site": rec["p_best_site"]}
         control_best, counts = _origin_control(origin, key, ctl_rows, flagged)
         gains = [
             (float(r[key]) - float(ctl_rows[r["site"]][key]), r)
@@ -1178,6 +1212,8 @@ def findings_for_origin(
                     "control": ctl_rows[gain[1]["site"]][key],
                 },
                 "artifact": "identical-vectors" if best["site"] in flagged else None,
+                "p_best_site": model.get("p_best_site"),
+                "n_sites": len(rows),
                 "n": n,
                 "source": "origin",
             }

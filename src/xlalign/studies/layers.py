@@ -101,8 +101,8 @@ _GRAM_NULLS = frozenset({"cka", "cka_unbiased", "cknna"})
 #: Metrics whose permutation null ``--compat platonic`` would change (computed on clamped
 #: features by the public functions): no null is recorded for them under it.
 _PLATONIC_NULL = frozenset({"cka", "cka_unbiased", "mutual_knn", "cknna"})
-#: Above this many pairs the bootstrap intervals are skipped: the interval helpers hold
-#: ``N x N`` float64 matrices (10,000 pairs: 800 MB) and re-read them ``n_boot`` times.
+#: Above this many pairs the intervals are skipped: the interval helpers hold ``N x N``
+#: float64 matrices (10,000 pairs: 800 MB).
 CI_MAX_N = 10_000
 #: Up to this many pairs a site's metrics come from matrices built once and shared
 #: (:mod:`xlalign.metrics.pairwise`: one cosine matrix, per-language Gram matrices reused
@@ -397,6 +397,8 @@ def _ci(
     """The record's interval (:meth:`Pair.interval`); a pair built here when none is shared."""
     if cfg.n_boot == 0 or metric not in CI_METRICS:
         return None, None
+    if cfg.compat == "platonic" and metric in ("cka", "cka_unbiased"):
+        return None, None  # the value is of clamped features; the shared Grams are not
     if pair is None:
         pair, _ = _guard(lambda: Side(x, "x").pair_with(Side(y, "y")))
         if pair is None:
@@ -496,7 +498,7 @@ def layer_sweep(
     ci_skipped = None
     if cfg.n_boot > 0 and run.n_rows > CI_MAX_N:
         ci_skipped = (
-            f"bootstrap intervals skipped: {run.n_rows} pairs > {CI_MAX_N} (the interval helpers "
+            f"intervals skipped: {run.n_rows} pairs > {CI_MAX_N} (the interval helpers "
             "hold N x N matrices); use --n-boot 0 or a subsample"
         )
     thresholds: dict[tuple[str, str], float] = {}
