@@ -794,8 +794,10 @@ def _plain_warnings() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 a user error, 1 anything else)."""
-    try:
-        with _plain_warnings():
+    from xlalign.store.lock import reading
+
+    try:  # every run a command opens stays read-locked until it ends (xlalign.store.lock)
+        with _plain_warnings(), reading():
             app(args=argv, prog_name="xlalign")
     except SystemExit as e:  # typer exits on --help and on usage errors (already printed)
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

@@ -28,7 +28,7 @@ from xlalign.store.files import (
     read_manifest,
     token_paths,
 )
-from xlalign.store.lock import busy_message, holder
+from xlalign.store.lock import hold_for_reading
 from xlalign.store.pools import POOL_SEMANTICS
 from xlalign.store.sites import describe_sites
 from xlalign.store.writer import read_progress
@@ -256,7 +256,11 @@ def load_run(path: str | Path, *, allow_incomplete: bool = False) -> Run:
     if not manifest_path.exists():
         what = "does not exist" if not path.exists() else f"has no {MANIFEST}"
         raise RunError(f"run folder '{path}' {what}")
-    manifest = read_manifest(manifest_path)
+    manifest = read_manifest(manifest_path)  # another tool's folder gets no lock file
+    if not allow_incomplete:  # the shared lock (inside a reading scope, until it ends: see
+        # xlalign.store.lock), then the manifest again: no writer can change it from here on
+        hold_for_reading(path, "it reads as complete only once that writer is done")
+        manifest = read_manifest(manifest_path)
     for key in ("format_version", "pool_semantics"):
         if not isinstance(manifest.get(key, 0), int) or isinstance(manifest.get(key), bool):
             raise RunError(f"{manifest_path}: {key} must be an integer, got {manifest[key]!r}")
@@ -266,11 +270,6 @@ def load_run(path: str | Path, *, allow_incomplete: bool = False) -> Run:
             f"xlalign reads ({FORMAT_VERSION}); upgrade xlalign"
         )
     run = Run(path, manifest)
-    writer = holder(path)
-    if writer is not None and not allow_incomplete:
-        raise RunError(
-            busy_message(path, writer) + "; it reads as complete only once that writer is done"
-        )
     if "pool_semantics" not in manifest:
         run.legacy = legacy_pools(run)
     elif int(manifest["pool_semantics"]) > POOL_SEMANTICS:
