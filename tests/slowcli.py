@@ -6,9 +6,9 @@ pause after each batch (seconds); with ``XLALIGN_TEST_PIDS`` set, each process l
 in that folder as ``rank<RANK>`` so a test knows which process is which rank.
 
 :data:`GATED_CLI` is the real CLI paused at a chosen function until the test lets it go: with
-``XLALIGN_TEST_GATE=<folder>`` and ``XLALIGN_TEST_GATE_AT=<module>:<function or Class.method>``, the first call of it
-writes ``<folder>/reached`` (the pid) and waits for ``<folder>/go`` before it runs (with
-``XLALIGN_TEST_GATE_CALL=n`` > 1: after the n-th call has run). No
+``XLALIGN_TEST_GATE=<folder>`` and ``XLALIGN_TEST_GATE_AT=<module>:<function or Class.method>``, its first call (its n-th with
+``XLALIGN_TEST_GATE_CALL=n``) writes ``<folder>/reached`` (the pid) and waits for
+``<folder>/go`` before it runs. No
 sleeps decide the outcome: the test acts while the process is known to be paused, holding
 whatever locks it took before the call.
 """
@@ -34,14 +34,13 @@ real = getattr(target, name)
 calls = []
 
 def gated(*args, **kwargs):
-    result = real(*args, **kwargs) if after > 1 else None
     calls.append(1)
-    if len(calls) == max(after, 1) and not (gate / "reached").exists():
+    if len(calls) == after and not (gate / "reached").exists():
         (gate / "reached").write_text(str(os.getpid()))
         deadline = time.monotonic() + 600
         while not (gate / "go").exists() and time.monotonic() < deadline:
             time.sleep(0.01)
-    return result if after > 1 else real(*args, **kwargs)
+    return real(*args, **kwargs)
 
 setattr(target, name, gated)
 from xlalign.cli import main
@@ -52,8 +51,8 @@ sys.exit(main(sys.argv[1:]))
 def start_gated(
     tmp: Path, at: str, args: list[str], call: int = 1
 ) -> tuple[subprocess.Popen, Path]:
-    """Start ``xlalign ARGS`` paused at ``at`` (after its ``call``-th call when > 1); returns
-    once it is paused there (or raises)."""
+    """Start ``xlalign ARGS`` paused before the ``call``-th call of ``at``; returns once it is
+    paused there (or raises)."""
     gate = tmp / f"gate-{time.monotonic_ns()}"
     gate.mkdir()
     script = gate / "gated_cli.py"

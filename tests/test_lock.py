@@ -65,7 +65,7 @@ def test_concurrent_overwrite_is_refused_and_run_is_not_read_while_written(
 ):
     """The issue's reproduction: extract A running, extract A --overwrite on the same folder.
 
-    The first writer is paused after its second batch until the checks are done (it used to
+    The first writer is paused after its second batch (before its third is recorded) until the checks are done (it used to
     run on with a 0.3 s pause per batch and could finish, on a loaded machine, before the
     reader was tried: "DID NOT RAISE"; the lock itself had no window).
     """
@@ -75,7 +75,7 @@ def test_concurrent_overwrite_is_refused_and_run_is_not_read_while_written(
         "extract", "--model", str(tiny_models["qwen2"]), "--data", str(data), "-o", str(out),
         "--pool", "last,mean,tokens", "--batch-size", "2", "--no-progress",
     ]  # fmt: skip
-    first, gate = start_gated(tmp_path, "xlalign.store.writer:RunWriter.mark_done", args, call=2)
+    first, gate = start_gated(tmp_path, "xlalign.store.writer:RunWriter.mark_done", args, call=3)
     try:
         second = subprocess.run(
             [sys.executable, "-m", "xlalign", *args, "--overwrite"],

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xlalign.errors import XlalignError
+from xlalign.errors import RunError, XlalignError
+from xlalign.studies.provenance import study_problems
 
 #: Default model of the demo, and HSK pairs per model when not given.
 DEFAULT_MODEL = "qwen2.5-0.5b"
@@ -177,6 +178,16 @@ class StudyDocs:
 
     @classmethod
     def read(cls, folder: Path) -> StudyDocs:
+        """The documents of ``folder``; :class:`RunError` naming each disagreement between them
+        (:func:`~xlalign.studies.provenance.study_problems`): a study left half-rewritten is
+        never answered from."""
+        problems = study_problems(folder)
+        if problems:
+            raise RunError(
+                f"the outputs in {folder} do not belong together: {'; '.join(problems)}; run "
+                "`xlalign run` (or `xlalign align`) on it again"
+            )
+
         def load(path: Path) -> Any:
             return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 

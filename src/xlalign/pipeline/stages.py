@@ -18,6 +18,7 @@ from xlalign.store.run import Run, check_control, load_run
 from xlalign.studies.findings import summary_lines, write_findings
 from xlalign.studies.layers import SweepConfig
 from xlalign.studies.neurons import NeuronsConfig
+from xlalign.studies.provenance import ALIGNMENT, stale_sweep, sweep_inputs
 
 # ---------------------------------------------------------------------------------------------
 # align with its controls
@@ -87,6 +88,9 @@ def _run_align(
     )
     if note:
         findings["warnings"].append(note)
+    findings["inputs"] = sweep_inputs(
+        paths["json"], ctl_out / ALIGNMENT if control_alignment is not None else None
+    )
     paths["findings"] = write_findings(findings, out)
     return result, summary_lines(read_json(paths["findings"])), paths
 
@@ -162,6 +166,8 @@ def _run_origin(
     # the lexical baseline is always there, so findings.json is always written
     sweep_path = loaded.path / "alignment.json"
     sweep = read_json(sweep_path) if sweep_path.is_file() else None
+    if sweep is not None and stale_sweep(sweep, loaded) is not None:
+        sweep = None  # a sweep of arrays extracted since: not read beside this origin study
     if control is None and (loaded.path / CONTROL_DIR / MANIFEST).is_file():
         try:  # a control made before: its z gets an interval too
             control = load_run(loaded.path / CONTROL_DIR)
@@ -169,6 +175,7 @@ def _run_origin(
         except XlalignError:
             control = None
     doc = findings_for_origin(result, run=loaded, control=control, alignment=sweep)
+    doc["inputs"] = sweep_inputs(sweep_path if sweep is not None else None, None)
     findings = read_json(write_findings(doc, loaded.path))
     return result, [*summarize(result), *summary_lines(findings)], path
 

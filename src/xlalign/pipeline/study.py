@@ -27,6 +27,7 @@ from xlalign.store.files import atomic_write_json, read_json
 from xlalign.store.lock import folder_lock
 from xlalign.store.run import Run
 from xlalign.studies.findings import summary_lines, write_findings
+from xlalign.studies.provenance import ALIGNMENT, sweep_inputs
 
 
 def run_study(
@@ -126,6 +127,9 @@ def _run_study(
             paths["neurons"] = out / "neurons.json"
     findings = study_findings(
         run, alignment, control_alignment, origin, sweep_cfg, cfg.label, control
+    )
+    findings["inputs"] = sweep_inputs(
+        out / ALIGNMENT, control.path / ALIGNMENT if control is not None else None
     )
     paths["findings"] = write_findings(findings, out)
     findings = read_json(paths["findings"])  # the summary and report read the file alone

@@ -6,6 +6,8 @@ writes the study's npz layout.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,6 +39,12 @@ from xlalign.store.writer import read_progress
 # reading
 
 
+#: The manifest keys :attr:`Run.fingerprint` digests.
+FINGERPRINT_KEYS = ("created", "model", "model_key", "weights_fingerprint", "random_init_seed",
+                    "tokenizer_fingerprint", "corpus_fingerprint", "dtype", "device", "languages",
+                    "sites", "pools", "ids", "pool_semantics", "compat")  # fmt: skip
+
+
 @dataclass
 class Run:
     """A run folder opened for reading: arrays by ``(lang, site, pool)``.
@@ -52,6 +60,16 @@ class Run:
     legacy: LegacyPools | None = field(default=None, repr=False)
 
     # -- what is in the run
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of what identifies the run's arrays, from its manifest alone (no array is
+        read): when it was created, the weights, tokenizer and corpus fingerprints, dtype,
+        device, languages, sites, pools and row ids. Every output derived from the run records
+        it, so an output of an earlier extraction (``--overwrite``) is told from one of this."""
+        doc = {k: self.manifest.get(k) for k in FINGERPRINT_KEYS}
+        text = json.dumps(doc, sort_keys=True, default=str, ensure_ascii=True)
+        return "run-sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
     @property
     def complete(self) -> bool:

@@ -410,6 +410,11 @@ def _load_sweeps(
         for which in ("model", "control"):
             doc = m.alignment if which == "model" else m.control_alignment
             differ = [] if doc is None else settings_differ(doc, sweep_cfg)
+            owner = m.run if which == "model" else m.control
+            recorded = None if doc is None else doc.get("run_fingerprint")
+            if owner is not None and recorded not in (None, owner.fingerprint):
+                # a sweep of arrays extracted since (or of another run): never beside these
+                differ.append(f"run fingerprint: {recorded}, not {owner.fingerprint}")
             if differ:
                 path = (m.run if which == "model" else m.control).path / ALIGNMENT_FILE  # type: ignore[union-attr]
                 say(

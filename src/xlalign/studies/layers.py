@@ -555,6 +555,7 @@ def layer_sweep(
     record_dicts = [r.to_dict() for r in records]
     return {
         "run": str(run.path),
+        "run_fingerprint": run.fingerprint,  # the arrays read (xlalign.store.Run.fingerprint)
         "model": run.manifest.get("model"),
         "random_init_seed": run.manifest.get("random_init_seed"),
         "languages": langs,

@@ -436,6 +436,7 @@ def lens_study(
         "model": m.get("model"),
         "random_init_seed": m.get("random_init_seed"),
         "run": str(run.path),
+        "run_fingerprint": run.fingerprint,
         "pool": cfg.pool,
         "sites": sites,
         "languages": langs,
