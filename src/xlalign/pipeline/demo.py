@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from xlalign.errors import RunError, XlalignError
+from xlalign.store.files import atomic_write_text
 from xlalign.studies.provenance import study_problems
 
 #: Default model of the demo, and HSK pairs per model when not given.
@@ -108,7 +109,7 @@ def run_demo(
         ) from None
     text = answer({name: StudyDocs.read(out / name) for name in studies}, label)
     path = out / "answer.md"
-    path.write_text(text, encoding="utf-8")
+    atomic_write_text(path, text)
     return {"studies": studies, "answer": path, "text": text}
 
 

@@ -23,7 +23,7 @@ from xlalign.pipeline.config import StudyConfig, config_to_toml, study_corpus
 from xlalign.pipeline.provenance import StageClock, build_provenance, source_lines
 from xlalign.pipeline.reuse import ensure_control, ensure_run
 from xlalign.pipeline.stages import lens_stage, neurons_stage, study_findings
-from xlalign.store.files import atomic_write_json, read_json
+from xlalign.store.files import atomic_write_json, atomic_write_text, read_json
 from xlalign.store.lock import folder_lock
 from xlalign.store.run import Run
 from xlalign.studies.findings import summary_lines, write_findings
@@ -135,7 +135,7 @@ def _run_study(
     findings = read_json(paths["findings"])  # the summary and report read the file alone
     summary = summary_lines(findings)
     summary += source_lines(run, cfg)
-    (out / "config.toml").write_text(config_to_toml(cfg), encoding="utf-8")
+    atomic_write_text(out / "config.toml", config_to_toml(cfg))
     paths["config"] = out / "config.toml"
     with clock.stage("report", n_stages, k + 4):
         provenance = build_provenance(run, control, corpus, cfg, command, clock, started)

@@ -58,6 +58,9 @@ _mutex = threading.RLock()
 _warned_unsupported = False
 #: The open :func:`reading` scopes, innermost last: the folders each one shares.
 _scopes: list[list[Path]] = []
+#: Every folder this process took the write lock on, in order (the CLI names the last one when
+#: a write fails without naming its file).
+written: list[Path] = []
 #: Test hook: called with (path, "exclusive" | "shared") right after a lock is taken.
 on_locked: Callable[[Path, str], None] | None = None
 
@@ -273,7 +276,12 @@ def acquire(path: str | Path, what: str | None = None) -> None:
             fd = _lock_fd(path, lock_path)
             held = _held[key] = _Held(fd, 0, created)
         held.count = 1
-        _write_info(held.fd, what)
+        written.append(path)
+        try:
+            _write_info(held.fd, what)
+        except OSError as e:  # a full disk: said now, before any work
+            release(path)
+            raise _writable_error(path, e) from None
     if on_locked is not None:
         on_locked(path, "exclusive")
 

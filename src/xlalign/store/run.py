@@ -6,6 +6,7 @@ writes the study's npz layout.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -398,14 +399,20 @@ def export_npz(
         for lang in chosen_langs
         for site in chosen_sites
     }
+    made = [p for p in (output.parent, *output.parent.parents) if not p.exists()]
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     try:
         with os.fdopen(fd, "wb") as f:  # a file object keeps numpy from appending ".npz"
             np.savez(f, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, output)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        for folder in made:  # the folders made for it go again: a failure leaves nothing
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(e, OSError) and e.filename in (None, tmp):
+            e.filename = str(output)  # a full disk names the file being written
         raise
     return output
 

@@ -50,7 +50,7 @@ from xlalign.metrics import (
 from xlalign.metrics._checks import strata_codes
 from xlalign.metrics.bootstrap import cka_ci, p1_ci, z_ci
 from xlalign.metrics.pairwise import Pair, Side
-from xlalign.store.files import CORPUS_FILE, TOKEN_POOL, atomic_write_json
+from xlalign.store.files import CORPUS_FILE, TOKEN_POOL, atomic_file, atomic_write_json
 from xlalign.store.pools import POOL_DESCRIPTIONS
 from xlalign.store.run import Run
 
@@ -909,18 +909,17 @@ def write_alignment(result: dict[str, Any], out_dir: str | Path) -> dict[str, Pa
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "alignment.json", "csv": out / "alignment.csv"}
     atomic_write_json(paths["json"], result)
-    tmp = paths["csv"].with_name(".alignment.csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_file(paths["csv"]) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         for rec in result["records"]:
             w.writerow({k: "" if rec.get(k) is None else rec[k] for k in CSV_FIELDS})
-    tmp.replace(paths["csv"])
     pairs = [tuple(p) for p in result["pairs"]]
     if pairs:
         fig = alignment_figure(result, None, pairs[0])  # type: ignore[arg-type]
         paths["png"] = out / "alignment.png"
-        fig.savefig(paths["png"], format="png", dpi=110, metadata={"Software": None})
+        with atomic_file(paths["png"]) as tmp:  # a full disk leaves no half file behind
+            fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
     return paths
 
 
