@@ -417,6 +417,26 @@ def export_npz(
     return output
 
 
+def check_finite(run: Run, lang: str, site: str, pool: str, x: np.ndarray | None = None) -> None:
+    """:class:`RunError` naming the run, the file and the first rows (with their ids) where
+    ``run[lang, site, pool]`` (or ``x``, already read from it) holds NaN or inf.
+
+    Extraction refuses such vectors, so one here was written into the file after (or by a
+    tool other than) xlalign; no study averages it away silently."""
+    x = np.asarray(run.array(lang, site, pool) if x is None else x)
+    finite = np.isfinite(x).all(axis=tuple(range(1, x.ndim))) if x.ndim > 1 else np.isfinite(x)
+    if bool(finite.all()):
+        return
+    bad = np.flatnonzero(~finite)
+    shown = ", ".join(f"{int(i)} (id {run.ids[int(i)]!r})" for i in bad[:3])
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    raise RunError(
+        f"run '{run.path}': {lang}, site {site}, pool {pool} holds NaN or inf in row {shown}"
+        f"{more}; extraction never writes such vectors, so the file was changed since: extract "
+        "the run again"
+    )
+
+
 #: Manifest entries on which a random-weights control must agree with the run it controls:
 #: the corpus (its digest and languages), the model's name and shape, and the settings that
 #: change the vectors (dtype, the weighted pool's compat). Sites and pools may differ: a site the

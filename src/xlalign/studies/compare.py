@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -45,7 +46,7 @@ from xlalign.store.files import (
     read_json,
 )
 from xlalign.store.lock import LOCK_FILE, folder_lock
-from xlalign.store.run import Run, load_control, load_run
+from xlalign.store.run import Run, check_finite, load_control, load_run
 from xlalign.store.sites import EMBED, FINAL
 from xlalign.studies.findings import FINDING_METRICS, small_sample_warning, verdict
 from xlalign.studies.layers import SweepConfig, layer_sweep
@@ -840,6 +841,13 @@ def _compare(
             "the runs share no pooled vectors (pools); extract them with one pool in common"
         )
     corpus = shared_rows(models, langs)
+    for m in models:  # a non-finite row is named with its run and site, before any sweep
+        for run in (m.run, m.control):
+            for lang, site, pool in itertools.product(
+                langs, () if run is None else run.sites, pools
+            ):
+                if run is not None:
+                    check_finite(run, lang, site, pool)
     partial = corpus["shared"] == "intersection"
     if partial:
         say(f"note: {corpus['note']}")

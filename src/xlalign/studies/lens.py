@@ -46,7 +46,14 @@ from xlalign.models.loading import LensModules, lens_modules, load_model, resolv
 from xlalign.report.lens import answer_label
 from xlalign.store.files import CONTROL_DIR, MANIFEST, atomic_write_json
 from xlalign.store.lock import folder_lock
-from xlalign.store.run import Run, load_control, load_run, model_source, weights_label
+from xlalign.store.run import (
+    Run,
+    check_finite,
+    load_control,
+    load_run,
+    model_source,
+    weights_label,
+)
 from xlalign.store.sites import FINAL
 
 LENS_FILE = "lens.json"
@@ -418,7 +425,10 @@ def lens_study(
     bar = _bar(len(sites), progress)
     for site in sites:
         normed = site == FINAL
-        stacked = np.concatenate([np.asarray(run.array(lang, site, cfg.pool)) for lang in langs])
+        arrays = [np.asarray(run.array(lang, site, cfg.pool)) for lang in langs]
+        for lang, arr in zip(langs, arrays, strict=True):  # a NaN row is named, never averaged
+            check_finite(run, lang, site, cfg.pool, arr)
+        stacked = np.concatenate(arrays)
         tiled = None if ans_ids is None else np.tile(ans_ids, (len(langs), 1))
         d = dec.decode(stacked, normed=normed, top_k=cfg.top_k, answer_ids=tiled)
         for j, lang in enumerate(langs):
