@@ -227,6 +227,15 @@ def test_shared_and_exclusive_holds_in_one_process(tmp_path):
         )  # fmt: skip
         assert probe.stdout.strip() == "refused", probe.stderr  # still shared: no writer
     assert not lock.holds_shared(folder)
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    with lock.reading():  # nested scopes: each gives back what it took, the outer one after
+        lock.hold_for_reading(folder)
+        with lock.reading():
+            lock.hold_for_reading(inner)
+        assert not lock.holds_shared(inner) and lock.holds_shared(folder)
+        lock.hold_for_reading(inner)
+    assert not lock.holds_shared(folder) and not lock.holds_shared(inner)
     proc, gate = _reader_process(tmp_path, folder)
     try:
         with lock.reading():

@@ -13,7 +13,7 @@ from xlalign.models.loading import LoadedModel, ModelOptions
 from xlalign.pipeline.config import StudyConfig
 from xlalign.pipeline.reuse import corpus_for, ensure_control, ensure_run
 from xlalign.store.files import CONTROL_DIR, MANIFEST, atomic_write_json, json_safe, read_json
-from xlalign.store.lock import busy_message, folder_lock, holder
+from xlalign.store.lock import busy_message, folder_lock, holder, reading
 from xlalign.store.run import Run, check_control, load_run
 from xlalign.studies.findings import summary_lines, write_findings
 from xlalign.studies.layers import SweepConfig
@@ -31,7 +31,7 @@ def run_align(
 
     Taking the lock first also refuses a read-only output folder before any computation.
     """
-    with folder_lock(Path(output or run), "xlalign align"):
+    with reading(), folder_lock(Path(output or run), "xlalign align"):
         return _run_align(run, config, output, progress=progress)
 
 
@@ -113,7 +113,7 @@ def run_origin(
     """
     folder = run if run is not None else output
     assert folder is not None
-    with folder_lock(folder, "xlalign origin"):
+    with reading(), folder_lock(folder, "xlalign origin"):
         return _run_origin(run=run, model=model, data=data, output=output, **kwargs)
 
 

@@ -24,7 +24,7 @@ from xlalign.pipeline.provenance import StageClock, build_provenance, source_lin
 from xlalign.pipeline.reuse import ensure_control, ensure_run
 from xlalign.pipeline.stages import lens_stage, neurons_stage, study_findings
 from xlalign.store.files import atomic_write_json, atomic_write_text, read_json
-from xlalign.store.lock import folder_lock
+from xlalign.store.lock import folder_lock, reading
 from xlalign.store.run import Run
 from xlalign.studies.findings import summary_lines, write_findings
 from xlalign.studies.provenance import ALIGNMENT, sweep_inputs
@@ -41,7 +41,7 @@ def run_study(
 
     The control's run inside it is locked by its own extraction, like any run.
     """
-    with folder_lock(Path(cfg.output), "xlalign run"):
+    with reading(), folder_lock(Path(cfg.output), "xlalign run"):
         return _run_study(cfg, command=command, progress=progress, say=say)
 
 

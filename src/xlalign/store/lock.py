@@ -484,7 +484,7 @@ def reading() -> Iterator[None]:
         yield
     finally:
         with _mutex:
-            _scopes.remove(scope)
+            del _scopes[next(i for i, s in enumerate(_scopes) if s is scope)]  # by identity
             for path in reversed(scope):
                 unshare(path)
 

@@ -45,7 +45,7 @@ from xlalign.store.files import (
     atomic_write_json,
     read_json,
 )
-from xlalign.store.lock import LOCK_FILE, folder_lock
+from xlalign.store.lock import LOCK_FILE, folder_lock, reading
 from xlalign.store.run import Run, check_finite, load_control, load_run
 from xlalign.store.sites import EMBED, FINAL
 from xlalign.studies.findings import FINDING_METRICS, small_sample_warning, verdict
@@ -798,9 +798,13 @@ def compare(
     if len(given) < 2:
         raise XlalignError(f"compare needs at least two runs, got {len(given)}")
     if output is None:
-        return _compare(given, labels, None, cfg, progress, say)
+        with reading():  # every run compared stays read-locked until the end
+            return _compare(given, labels, None, cfg, progress, say)
     _check_output(Path(output))
-    with folder_lock(Path(output), "xlalign compare"):  # one comparison writes a folder at once
+    with (
+        reading(),
+        folder_lock(Path(output), "xlalign compare"),
+    ):  # one comparison writes a folder at once
         return _compare(given, labels, Path(output), cfg, progress, say)
 
 

@@ -45,7 +45,7 @@ from xlalign.models.fingerprints import same_weights
 from xlalign.models.loading import LensModules, lens_modules, load_model, resolve_source
 from xlalign.report.lens import answer_label
 from xlalign.store.files import CONTROL_DIR, MANIFEST, atomic_write_json
-from xlalign.store.lock import folder_lock
+from xlalign.store.lock import folder_lock, reading
 from xlalign.store.run import (
     Run,
     check_finite,
@@ -651,7 +651,7 @@ def run_lens(
     the summary lines and the path written. Holds each folder's write lock while it reads and
     writes there (another process's ``extract --overwrite`` is refused meanwhile, and vice versa).
     """
-    with folder_lock(Path(path), "xlalign lens"):
+    with reading(), folder_lock(Path(path), "xlalign lens"):
         run = load_run(path)
         doc = lens_study(run, config, progress=progress)
         control_path = run.path / CONTROL_DIR
