@@ -452,7 +452,7 @@ def _open_for_sharing(lock_path: Path) -> int:
         return os.open(lock_path, os.O_RDWR)
     except FileNotFoundError:
         return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except PermissionError:
+    except OSError:  # not ours to write, or a read-only file system: a shared lock still holds
         return os.open(lock_path, os.O_RDONLY)
 
 
