@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -800,10 +801,30 @@ def _plain_warnings() -> Iterator[None]:
         yield
 
 
+def _disk_full_line(e: OSError) -> str | None:
+    """One line for a full disk (or quota) met while writing an output, else None.
+
+    Names the file where the error does, else the folder the command was writing; every output
+    is written through a temporary file that the failed write removed (the previous file, or
+    none, stays), and a folder the command created and left empty is removed with its lock.
+    """
+    from xlalign.store import lock
+    from xlalign.store.space import DISK_FULL_ERRNOS
+
+    if e.errno not in DISK_FULL_ERRNOS:
+        return None
+    reason = "no space left on the device" if e.errno == errno.ENOSPC else "disk quota exceeded"
+    where = e.filename or (lock.written[-1] if lock.written else None)
+    place = f" while writing {where}" if where else ""
+    return f"{reason}{place}; free some space, then run the same command again"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 a user error, 1 anything else)."""
-    try:
-        with _plain_warnings():
+    from xlalign.store.lock import reading
+
+    try:  # every run a command opens stays read-locked until it ends (xlalign.store.lock)
+        with _plain_warnings(), reading():
             app(args=argv, prog_name="xlalign")
     except SystemExit as e:  # typer exits on --help and on usage errors (already printed)
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -812,6 +833,12 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except XlalignError as e:
         print(f"xlalign: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        line = _disk_full_line(e)
+        if line is None:
+            raise
+        print(f"xlalign: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("xlalign: interrupted", file=sys.stderr)

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xlalign.errors import XlalignError
+from xlalign.errors import RunError, XlalignError
+from xlalign.store.files import atomic_write_text
+from xlalign.studies.provenance import study_problems
 
 #: Default model of the demo, and HSK pairs per model when not given.
 DEFAULT_MODEL = "qwen2.5-0.5b"
@@ -107,7 +109,7 @@ def run_demo(
         ) from None
     text = answer({name: StudyDocs.read(out / name) for name in studies}, label)
     path = out / "answer.md"
-    path.write_text(text, encoding="utf-8")
+    atomic_write_text(path, text)
     return {"studies": studies, "answer": path, "text": text}
 
 
@@ -177,6 +179,16 @@ class StudyDocs:
 
     @classmethod
     def read(cls, folder: Path) -> StudyDocs:
+        """The documents of ``folder``; :class:`RunError` naming each disagreement between them
+        (:func:`~xlalign.studies.provenance.study_problems`): a study left half-rewritten is
+        never answered from."""
+        problems = study_problems(folder)
+        if problems:
+            raise RunError(
+                f"the outputs in {folder} do not belong together: {'; '.join(problems)}; run "
+                "`xlalign run` (or `xlalign align`) on it again"
+            )
+
         def load(path: Path) -> Any:
             return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 

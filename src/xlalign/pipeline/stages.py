@@ -13,11 +13,12 @@ from xlalign.models.loading import LoadedModel, ModelOptions
 from xlalign.pipeline.config import StudyConfig
 from xlalign.pipeline.reuse import corpus_for, ensure_control, ensure_run
 from xlalign.store.files import CONTROL_DIR, MANIFEST, atomic_write_json, json_safe, read_json
-from xlalign.store.lock import busy_message, folder_lock, holder
+from xlalign.store.lock import busy_message, folder_lock, holder, reading
 from xlalign.store.run import Run, check_control, load_run
 from xlalign.studies.findings import summary_lines, write_findings
 from xlalign.studies.layers import SweepConfig
 from xlalign.studies.neurons import NeuronsConfig
+from xlalign.studies.provenance import ALIGNMENT, stale_sweep, sweep_inputs
 
 # ---------------------------------------------------------------------------------------------
 # align with its controls
@@ -30,7 +31,7 @@ def run_align(
 
     Taking the lock first also refuses a read-only output folder before any computation.
     """
-    with folder_lock(Path(output or run), "xlalign align"):
+    with reading(), folder_lock(Path(output or run), "xlalign align"):
         return _run_align(run, config, output, progress=progress)
 
 
@@ -87,6 +88,9 @@ def _run_align(
     )
     if note:
         findings["warnings"].append(note)
+    findings["inputs"] = sweep_inputs(
+        paths["json"], ctl_out / ALIGNMENT if control_alignment is not None else None
+    )
     paths["findings"] = write_findings(findings, out)
     return result, summary_lines(read_json(paths["findings"])), paths
 
@@ -109,7 +113,7 @@ def run_origin(
     """
     folder = run if run is not None else output
     assert folder is not None
-    with folder_lock(folder, "xlalign origin"):
+    with reading(), folder_lock(folder, "xlalign origin"):
         return _run_origin(run=run, model=model, data=data, output=output, **kwargs)
 
 
@@ -162,6 +166,8 @@ def _run_origin(
     # the lexical baseline is always there, so findings.json is always written
     sweep_path = loaded.path / "alignment.json"
     sweep = read_json(sweep_path) if sweep_path.is_file() else None
+    if sweep is not None and stale_sweep(sweep, loaded) is not None:
+        sweep = None  # a sweep of arrays extracted since: not read beside this origin study
     if control is None and (loaded.path / CONTROL_DIR / MANIFEST).is_file():
         try:  # a control made before: its z gets an interval too
             control = load_run(loaded.path / CONTROL_DIR)
@@ -169,6 +175,7 @@ def _run_origin(
         except XlalignError:
             control = None
     doc = findings_for_origin(result, run=loaded, control=control, alignment=sweep)
+    doc["inputs"] = sweep_inputs(sweep_path if sweep is not None else None, None)
     findings = read_json(write_findings(doc, loaded.path))
     return result, [*summarize(result), *summary_lines(findings)], path
 

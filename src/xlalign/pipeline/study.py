@@ -23,10 +23,11 @@ from xlalign.pipeline.config import StudyConfig, config_to_toml, study_corpus
 from xlalign.pipeline.provenance import StageClock, build_provenance, source_lines
 from xlalign.pipeline.reuse import ensure_control, ensure_run
 from xlalign.pipeline.stages import lens_stage, neurons_stage, study_findings
-from xlalign.store.files import atomic_write_json, read_json
-from xlalign.store.lock import folder_lock
+from xlalign.store.files import atomic_write_json, atomic_write_text, read_json
+from xlalign.store.lock import folder_lock, reading
 from xlalign.store.run import Run
 from xlalign.studies.findings import summary_lines, write_findings
+from xlalign.studies.provenance import ALIGNMENT, sweep_inputs
 
 
 def run_study(
@@ -40,7 +41,7 @@ def run_study(
 
     The control's run inside it is locked by its own extraction, like any run.
     """
-    with folder_lock(Path(cfg.output), "xlalign run"):
+    with reading(), folder_lock(Path(cfg.output), "xlalign run"):
         return _run_study(cfg, command=command, progress=progress, say=say)
 
 
@@ -127,11 +128,14 @@ def _run_study(
     findings = study_findings(
         run, alignment, control_alignment, origin, sweep_cfg, cfg.label, control
     )
+    findings["inputs"] = sweep_inputs(
+        out / ALIGNMENT, control.path / ALIGNMENT if control is not None else None
+    )
     paths["findings"] = write_findings(findings, out)
     findings = read_json(paths["findings"])  # the summary and report read the file alone
     summary = summary_lines(findings)
     summary += source_lines(run, cfg)
-    (out / "config.toml").write_text(config_to_toml(cfg), encoding="utf-8")
+    atomic_write_text(out / "config.toml", config_to_toml(cfg))
     paths["config"] = out / "config.toml"
     with clock.stage("report", n_stages, k + 4):
         provenance = build_provenance(run, control, corpus, cfg, command, clock, started)

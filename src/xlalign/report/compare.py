@@ -30,6 +30,7 @@ from xlalign.report.template import (
     to_html,
     to_markdown,
 )
+from xlalign.store.files import atomic_write_text
 
 #: At most this many (pair, pool) curve figures and (a, b, lang, pool) heatmap figures.
 MAX_FIGURES = 12
@@ -205,8 +206,8 @@ def build_compare_report(out_dir: Path, doc: Mapping[str, Any]) -> dict[str, Pat
         blocks.append(Heading(2, label, anchor))
         blocks += section
     html_path, md_path = out_dir / "report.html", out_dir / "report.md"
-    html_path.write_text(to_html(title, blocks, summary, nav), encoding="utf-8")
-    md_path.write_text(to_markdown(title, blocks, summary), encoding="utf-8")
+    atomic_write_text(html_path, to_html(title, blocks, summary, nav))
+    atomic_write_text(md_path, to_markdown(title, blocks, summary))
     return {"html": html_path, "md": md_path, **figures}
 
 

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from xlalign.data.lexical import LEXICAL_SITE
+from xlalign.store.files import atomic_file
 
 #: Readable panel titles for the layer sweep's metrics; unknown metrics keep their own name.
 METRIC_LABELS = {
@@ -600,6 +601,8 @@ def save_figure(fig: Figure, out_dir: Path, name: str) -> tuple[Path, Path]:
     png = out_dir / f"fig_{name}.png"
     svg = out_dir / f"fig_{name}.svg"
     # No software or date stamps, so a re-run gives the same PNG bytes.
-    fig.savefig(png, format="png", dpi=_PNG_DPI, metadata={"Software": None})
-    fig.savefig(svg, format="svg", metadata={"Date": None})
+    with atomic_file(png) as tmp:  # a full disk leaves no half figure, no temporary file
+        fig.savefig(tmp, format="png", dpi=_PNG_DPI, metadata={"Software": None})
+    with atomic_file(svg) as tmp:
+        fig.savefig(tmp, format="svg", metadata={"Date": None})
     return png, svg

@@ -55,6 +55,7 @@ from xlalign.report.template import (
     to_html,
     to_markdown,
 )
+from xlalign.store.files import atomic_write_text
 
 #: The keys the original study's script computed, with what each measures.
 SEED_KEYS: dict[str, str] = {
@@ -153,8 +154,8 @@ def build_report(out_dir: Path, inputs: ReportInputs) -> dict[str, Path]:
 
     html_path = out_dir / "report.html"
     md_path = out_dir / "report.md"
-    html_path.write_text(to_html(inputs.title, blocks, inputs.summary_lines, nav), encoding="utf-8")
-    md_path.write_text(to_markdown(inputs.title, blocks, inputs.summary_lines), encoding="utf-8")
+    atomic_write_text(html_path, to_html(inputs.title, blocks, inputs.summary_lines, nav))
+    atomic_write_text(md_path, to_markdown(inputs.title, blocks, inputs.summary_lines))
     return {"html": html_path, "md": md_path, **figures}
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +81,39 @@ def atomic_write_json(path: Path, obj: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        _name_the_file(e, path, tmp)
         raise
+
+
+def _name_the_file(e: BaseException, path: Path, tmp: str) -> None:
+    """A write that failed naming no file (``write`` on a full disk) or the removed temporary
+    one: name ``path``, the file it was writing."""
+    if isinstance(e, OSError) and e.filename in (None, tmp):
+        e.filename = str(path)
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write; swapped in when the block succeeds, removed
+    when it fails (a full disk leaves the old file, or none, and no temporary file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        _name_the_file(e, path, tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_file`."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _json_default(obj: Any) -> Any:

@@ -1,15 +1,24 @@
-"""One writer per folder: an OS file lock on ``.xlalign.lock`` inside every folder xlalign writes.
+"""One writer per folder, and no writer while a command reads: OS file locks on ``.xlalign.lock``.
 
 Every command that writes into a run or study folder (``extract`` and its ``--resume`` and
-``--overwrite``, ``align``, ``origin``, ``run``, rank 0 of a data-parallel launch) holds
-:func:`folder_lock` on it for as long as it writes. The lock is ``fcntl.flock`` on a file in the
-folder, so the kernel releases it when the holder exits, however it exits (``kill -9``
-included): a killed writer never leaves a stale lock. A second writer is refused with the
-holder's PID, host and command, which the holder writes into the lock file.
+``--overwrite``, ``align``, ``origin``, ``lens``, ``run``, ``compare``, rank 0 of a data-parallel
+launch) holds the **exclusive** lock (:func:`folder_lock`) on it for as long as it writes. Every
+command that reads a run holds a **shared** lock on it for as long as the command runs: the CLI
+opens a :func:`reading` scope around each command, and :func:`xlalign.store.load_run` inside
+such a scope takes the shared lock of the folder it opens (:func:`share`), released when the
+scope ends. So a writer is refused while any command reads the folder, and a reader is refused
+while a writer holds it: ``lens RUN`` beside ``extract --overwrite RUN`` cannot mix two models'
+outputs, whichever starts first.
 
-Readers (:func:`xlalign.store.load_run`) ask :func:`holder` whether another process is writing
-the folder and then refuse to present it as complete. A process that holds a folder may take it
-again (the lock counts), and reads its own folders freely.
+The lock is ``fcntl.flock`` on a file in the folder, so the kernel releases it when the holder
+exits, however it exits (``kill -9`` included): a killed writer or reader never leaves a stale
+lock. A refused writer is told the holder's PID, host and command (the writer writes them into
+the lock file; readers, which may not be able to write, are named from ``/proc/locks``).
+
+One process shares one descriptor per folder: it may take a folder again (the locks count),
+reads the folders it writes freely, and a folder it reads is converted to the exclusive lock when
+it starts writing there (refused while another process reads it). :func:`load_run` outside a
+:func:`reading` scope only checks that no other process is writing the folder.
 
 ``flock`` is advisory and per open file: it works on local file systems and on NFSv4 (where the
 kernel maps it to a byte-range lock); on file systems without locking the lock is a no-op and
@@ -25,8 +34,8 @@ import platform
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,15 +54,23 @@ LOCK_FILE = ".xlalign.lock"
 PROBE_PREFIX = ".xlalign-write-test."
 
 _held: dict[Path, _Held] = {}
-_mutex = threading.Lock()
+_mutex = threading.RLock()
 _warned_unsupported = False
+#: The open :func:`reading` scopes, innermost last: the folders each one shares.
+_scopes: list[list[Path]] = []
+#: Every folder this process took the write lock on, in order (the CLI names the last one when
+#: a write fails without naming its file).
+written: list[Path] = []
+#: Test hook: called with (path, "exclusive" | "shared") right after a lock is taken.
+on_locked: Callable[[Path, str], None] | None = None
 
 
 @dataclass
 class _Held:
     fd: int
-    count: int
+    count: int  # exclusive holds
     created_folder: bool
+    shared: int = 0  # shared holds (the descriptor holds LOCK_SH while count is 0)
 
 
 def _key(path: Path) -> Path:
@@ -61,7 +78,13 @@ def _key(path: Path) -> Path:
 
 
 def holds(path: str | Path) -> bool:
-    """Whether this process holds the lock on ``path``."""
+    """Whether this process holds the exclusive (write) lock on ``path``."""
+    held = _held.get(_key(Path(path)))
+    return held is not None and held.count > 0
+
+
+def holds_shared(path: str | Path) -> bool:
+    """Whether this process holds ``path`` at all, for reading or writing."""
     return _key(Path(path)) in _held
 
 
@@ -96,7 +119,8 @@ def _read_info(lock_path: Path) -> dict[str, Any] | None:
 def holder(path: str | Path) -> dict[str, Any] | None:
     """``{"pid", "host", "command", "since"}`` of another process writing ``path``, else None.
 
-    None also when this process is the writer, or when the folder has no lock file.
+    None also when this process is the writer, when the folder has no lock file, and when other
+    processes only read it (see :func:`readers`).
     """
     path = Path(path)
     if holds(path) or fcntl is None:
@@ -119,9 +143,75 @@ def holder(path: str | Path) -> dict[str, Any] | None:
         os.close(fd)
 
 
+def readers(path: str | Path) -> list[dict[str, Any]]:
+    """``{"pid", "command"}`` of each other process of this host holding ``path`` for reading.
+
+    Read from ``/proc/locks`` (Linux); empty where it is not there. The command is the
+    process's command line, shortened.
+    """
+    try:
+        st = os.stat(Path(path) / LOCK_FILE)
+        text = Path("/proc/locks").read_text(encoding="ascii")
+    except OSError:
+        return []
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    found: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        parts = line.split()
+        if "->" in parts or len(parts) < 6 or parts[1] != "FLOCK" or parts[5] != dev:
+            continue
+        pid = int(parts[4]) if parts[4].isdigit() else None
+        if parts[3] != "READ" or pid is None or pid == os.getpid():
+            continue
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            command = " ".join(a.decode("utf-8", "replace") for a in argv if a)
+        except OSError:
+            command = ""
+        if len(command) > 120:
+            command = command[:117] + "..."
+        found.append({"pid": pid, "command": command})
+    return found
+
+
 def busy_message(path: Path, info: dict[str, Any] | None) -> str:
     """The sentence that says ``path`` is being written by ``info``'s process."""
     return f"'{path}' is being written by {_describe(info)}"
+
+
+def read_message(path: Path, found: list[dict[str, Any]]) -> str:
+    """The sentence that says ``path`` is being read by the processes ``found``."""
+    if not found:
+        return f"'{path}' is being read by another process"
+    who = "; ".join(
+        f"PID {r['pid']} on host {platform.node()}" + (f" ({r['command']})" if r["command"] else "")
+        for r in found[:3]
+    )
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return f"'{path}' is being read by {who}{more}"
+
+
+def _refused(path: Path, lock_path: Path) -> RunError:
+    """The error of a writer refused on ``path``: the writer that holds it, or its readers."""
+    readers_only = False
+    try:  # a shared lock granted now means only readers hold the folder
+        fd = os.open(lock_path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            readers_only = True
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    if readers_only:
+        return RunError(
+            read_message(path, readers(path)) + "; it cannot be written while a command reads "
+            "it: wait for that command to finish, stop it, or choose another output folder"
+        )
+    return RunError(
+        busy_message(path, _read_info(lock_path)) + "; one writer per folder: wait for it to "
+        "finish, stop it, or choose another output folder"
+    )
 
 
 def _writable_error(path: Path, e: OSError) -> RunError:
@@ -146,17 +236,30 @@ def _probe_writable(path: Path) -> None:
         raise _writable_error(path, e) from None
 
 
+def _write_info(fd: int, what: str | None) -> None:
+    info = {
+        "pid": os.getpid(),
+        "host": platform.node(),
+        "command": what or " ".join(["xlalign", *sys.argv[1:3]]),
+        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+
+
 def acquire(path: str | Path, what: str | None = None) -> None:
     """Take the write lock on folder ``path`` (created if absent); :class:`RunError` if taken.
 
-    The error names the holder's PID, host and command. A read-only folder is an error here too,
-    before any computation. Pair every call with :func:`release`.
+    The error names the holder's PID, host and command, or the processes reading the folder.
+    A read-only folder is an error here too, before any computation. A folder this process
+    reads (:func:`share`) is converted to the write lock. Pair every call with :func:`release`.
     """
     path = Path(path)
     key = _key(path)
     with _mutex:
-        if key in _held:
-            _held[key].count += 1
+        held = _held.get(key)
+        if held is not None and held.count > 0:
+            held.count += 1
             return
         created = not path.exists()
         try:
@@ -167,16 +270,39 @@ def acquire(path: str | Path, what: str | None = None) -> None:
             raise RunError(f"output '{path}' exists and is not a folder")
         _probe_writable(path)
         lock_path = path / LOCK_FILE
-        fd = _lock_fd(path, lock_path)
-        info = {
-            "pid": os.getpid(),
-            "host": platform.node(),
-            "command": what or " ".join(["xlalign", *sys.argv[1:3]]),
-            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
-        _held[key] = _Held(fd, 1, created)
+        if held is not None:  # read by this process so far: convert its descriptor
+            _upgrade(path, lock_path, held)
+        else:
+            fd = _lock_fd(path, lock_path)
+            held = _held[key] = _Held(fd, 0, created)
+        held.count = 1
+        written.append(path)
+        try:
+            _write_info(held.fd, what)
+        except OSError as e:  # a full disk: said now, before any work
+            release(path)
+            raise _writable_error(path, e) from None
+    if on_locked is not None:
+        on_locked(path, "exclusive")
+
+
+def _upgrade(path: Path, lock_path: Path, held: _Held) -> None:
+    """Convert ``held``'s shared lock to the exclusive one, or raise (keeping the shared one).
+
+    Linux drops the shared lock before it tries the exclusive one, so a refused conversion takes
+    the shared lock again (granted: the processes that refused it only read).
+    """
+    if fcntl is None or held.fd < 0:
+        return
+    try:
+        fcntl.flock(held.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        error = _refused(path, lock_path)
+        with suppress(OSError):
+            fcntl.flock(held.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        raise error from None
 
 
 def _lock_fd(path: Path, lock_path: Path) -> int:
@@ -193,11 +319,7 @@ def _lock_fd(path: Path, lock_path: Path) -> int:
             except OSError as e:
                 os.close(fd)
                 if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    info = _read_info(lock_path)
-                    raise RunError(
-                        busy_message(path, info) + "; one writer per folder: wait for it to "
-                        "finish, stop it, or choose another output folder"
-                    ) from None
+                    raise _refused(path, lock_path) from None
                 if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                     if not _warned_unsupported:
                         print(
@@ -210,34 +332,44 @@ def _lock_fd(path: Path, lock_path: Path) -> int:
                 raise
         # A holder that gave up an empty folder unlinks the file before unlocking: if the name
         # no longer leads to the inode locked here, lock the file that is there now.
-        try:
-            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
+        if _same_file(lock_path, fd):
             return fd
         os.close(fd)
         path.mkdir(parents=True, exist_ok=True)
 
 
+def _same_file(lock_path: Path, fd: int) -> bool:
+    try:
+        return os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
 def release(path: str | Path) -> None:
-    """Give back one hold of the lock on ``path`` (the last one unlocks it).
+    """Give back one hold of the write lock on ``path`` (the last one unlocks it).
 
     A folder this hold created and left empty (the work failed before writing anything) is
-    removed again, so a failed command leaves nothing behind.
+    removed again, so a failed command leaves nothing behind. A folder this process also reads
+    keeps its shared lock.
     """
     path = Path(path)
     key = _key(path)
     with _mutex:
         held = _held.get(key)
-        if held is None:
+        if held is None or held.count == 0:
             return
         held.count -= 1
         if held.count > 0:
             return
+        with suppress(OSError):
+            os.ftruncate(held.fd, 0)
+        if held.shared > 0:  # still read by this process
+            if fcntl is not None:
+                with suppress(OSError):
+                    fcntl.flock(held.fd, fcntl.LOCK_SH)  # a downgrade never waits
+            return
         del _held[key]
         try:
-            os.ftruncate(held.fd, 0)
             if held.created_folder:
                 try:
                     entries = [p.name for p in path.iterdir()]
@@ -264,3 +396,109 @@ def folder_lock(path: str | Path, what: str | None = None) -> Iterator[Path]:
         yield path
     finally:
         release(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# readers
+
+
+def share(path: str | Path, why: str = "") -> bool:
+    """Take the shared (read) lock on the existing folder ``path``; False where there is none.
+
+    :class:`RunError` while another process writes the folder, naming it (then ``why``). A
+    folder without a lock file gets one; where none can be made (a read-only folder, where no
+    one can write either) or where the file system has no locks, nothing is held and False is
+    returned. Pair a True with :func:`unshare`.
+    """
+    path = Path(path)
+    key = _key(path)
+    with _mutex:
+        held = _held.get(key)
+        if held is not None:
+            held.shared += 1
+            return True
+        if fcntl is None or not path.is_dir():
+            return False
+        lock_path = path / LOCK_FILE
+        while True:
+            try:
+                fd = _open_for_sharing(lock_path)
+            except OSError:
+                return False
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise RunError(
+                        busy_message(path, _read_info(lock_path)) + (f"; {why}" if why else "")
+                    ) from None
+                return False  # no locks on this file system
+            if _same_file(lock_path, fd):
+                break
+            os.close(fd)  # the folder's writer gave it up and removed it
+            if not path.is_dir():
+                return False
+        _held[key] = _Held(fd, 0, False, shared=1)
+    if on_locked is not None:
+        on_locked(path, "shared")
+    return True
+
+
+def _open_for_sharing(lock_path: Path) -> int:
+    """The lock file opened for writing where it may be (a reader of its folder may start
+    writing there), else for reading; created where absent and possible."""
+    try:
+        return os.open(lock_path, os.O_RDWR)
+    except FileNotFoundError:
+        return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # not ours to write, or a read-only file system: a shared lock still holds
+        return os.open(lock_path, os.O_RDONLY)
+
+
+def unshare(path: str | Path) -> None:
+    """Give back one shared hold of ``path`` (the last one, with no write hold, unlocks it)."""
+    key = _key(Path(path))
+    with _mutex:
+        held = _held.get(key)
+        if held is None or held.shared == 0:
+            return
+        held.shared -= 1
+        if held.shared == 0 and held.count == 0:
+            del _held[key]
+            os.close(held.fd)
+
+
+@contextmanager
+def reading() -> Iterator[None]:
+    """A scope in which every run :func:`xlalign.store.load_run` opens stays read-locked.
+
+    The CLI runs each command in one; a library user reading runs that other processes may
+    overwrite opens one too (``with xlalign.store.lock.reading(): ...``). The shared locks
+    taken inside are given back when the scope ends.
+    """
+    scope: list[Path] = []
+    with _mutex:
+        _scopes.append(scope)
+    try:
+        yield
+    finally:
+        with _mutex:
+            del _scopes[next(i for i, s in enumerate(_scopes) if s is scope)]  # by identity
+            for path in reversed(scope):
+                unshare(path)
+
+
+def hold_for_reading(path: str | Path, why: str = "") -> None:
+    """Inside a :func:`reading` scope, share ``path`` until the scope ends; outside one, only
+    refuse a folder another process is writing. Raises :class:`RunError` naming the writer."""
+    path = Path(path)
+    with _mutex:
+        scope = _scopes[-1] if _scopes else None
+        if scope is not None:
+            if share(path, why):
+                scope.append(path)
+            return
+    info = holder(path)
+    if info is not None:
+        raise RunError(busy_message(path, info) + (f"; {why}" if why else ""))

@@ -6,6 +6,9 @@ writes the study's npz layout.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,13 +31,19 @@ from xlalign.store.files import (
     read_manifest,
     token_paths,
 )
-from xlalign.store.lock import busy_message, holder
+from xlalign.store.lock import hold_for_reading
 from xlalign.store.pools import POOL_SEMANTICS
 from xlalign.store.sites import describe_sites
 from xlalign.store.writer import read_progress
 
 # ---------------------------------------------------------------------------------------------
 # reading
+
+
+#: The manifest keys :attr:`Run.fingerprint` digests.
+FINGERPRINT_KEYS = ("created", "model", "model_key", "weights_fingerprint", "random_init_seed",
+                    "tokenizer_fingerprint", "corpus_fingerprint", "dtype", "device", "languages",
+                    "sites", "pools", "ids", "pool_semantics", "compat")  # fmt: skip
 
 
 @dataclass
@@ -52,6 +61,16 @@ class Run:
     legacy: LegacyPools | None = field(default=None, repr=False)
 
     # -- what is in the run
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of what identifies the run's arrays, from its manifest alone (no array is
+        read): when it was created, the weights, tokenizer and corpus fingerprints, dtype,
+        device, languages, sites, pools and row ids. Every output derived from the run records
+        it, so an output of an earlier extraction (``--overwrite``) is told from one of this."""
+        doc = {k: self.manifest.get(k) for k in FINGERPRINT_KEYS}
+        text = json.dumps(doc, sort_keys=True, default=str, ensure_ascii=True)
+        return "run-sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
     @property
     def complete(self) -> bool:
@@ -256,7 +275,11 @@ def load_run(path: str | Path, *, allow_incomplete: bool = False) -> Run:
     if not manifest_path.exists():
         what = "does not exist" if not path.exists() else f"has no {MANIFEST}"
         raise RunError(f"run folder '{path}' {what}")
-    manifest = read_manifest(manifest_path)
+    manifest = read_manifest(manifest_path)  # another tool's folder gets no lock file
+    if not allow_incomplete:  # the shared lock (inside a reading scope, until it ends: see
+        # xlalign.store.lock), then the manifest again: no writer can change it from here on
+        hold_for_reading(path, "it reads as complete only once that writer is done")
+        manifest = read_manifest(manifest_path)
     for key in ("format_version", "pool_semantics"):
         if not isinstance(manifest.get(key, 0), int) or isinstance(manifest.get(key), bool):
             raise RunError(f"{manifest_path}: {key} must be an integer, got {manifest[key]!r}")
@@ -266,11 +289,6 @@ def load_run(path: str | Path, *, allow_incomplete: bool = False) -> Run:
             f"xlalign reads ({FORMAT_VERSION}); upgrade xlalign"
         )
     run = Run(path, manifest)
-    writer = holder(path)
-    if writer is not None and not allow_incomplete:
-        raise RunError(
-            busy_message(path, writer) + "; it reads as complete only once that writer is done"
-        )
     if "pool_semantics" not in manifest:
         run.legacy = legacy_pools(run)
     elif int(manifest["pool_semantics"]) > POOL_SEMANTICS:
@@ -381,16 +399,42 @@ def export_npz(
         for lang in chosen_langs
         for site in chosen_sites
     }
+    made = [p for p in (output.parent, *output.parent.parents) if not p.exists()]
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     try:
         with os.fdopen(fd, "wb") as f:  # a file object keeps numpy from appending ".npz"
             np.savez(f, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, output)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        for folder in made:  # the folders made for it go again: a failure leaves nothing
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(e, OSError) and e.filename in (None, tmp):
+            e.filename = str(output)  # a full disk names the file being written
         raise
     return output
+
+
+def check_finite(run: Run, lang: str, site: str, pool: str, x: np.ndarray | None = None) -> None:
+    """:class:`RunError` naming the run, the file and the first rows (with their ids) where
+    ``run[lang, site, pool]`` (or ``x``, already read from it) holds NaN or inf.
+
+    Extraction refuses such vectors, so one here was written into the file after (or by a
+    tool other than) xlalign; no study averages it away silently."""
+    x = np.asarray(run.array(lang, site, pool) if x is None else x)
+    finite = np.isfinite(x).all(axis=tuple(range(1, x.ndim))) if x.ndim > 1 else np.isfinite(x)
+    if bool(finite.all()):
+        return
+    bad = np.flatnonzero(~finite)
+    shown = ", ".join(f"{int(i)} (id {run.ids[int(i)]!r})" for i in bad[:3])
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    raise RunError(
+        f"run '{run.path}': {lang}, site {site}, pool {pool} holds NaN or inf in row {shown}"
+        f"{more}; extraction never writes such vectors, so the file was changed since: extract "
+        "the run again"
+    )
 
 
 #: Manifest entries on which a random-weights control must agree with the run it controls:

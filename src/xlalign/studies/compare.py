@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -44,8 +45,8 @@ from xlalign.store.files import (
     atomic_write_json,
     read_json,
 )
-from xlalign.store.lock import LOCK_FILE, folder_lock
-from xlalign.store.run import Run, load_control, load_run
+from xlalign.store.lock import LOCK_FILE, folder_lock, reading
+from xlalign.store.run import Run, check_finite, load_control, load_run
 from xlalign.store.sites import EMBED, FINAL
 from xlalign.studies.findings import FINDING_METRICS, small_sample_warning, verdict
 from xlalign.studies.layers import SweepConfig, layer_sweep
@@ -417,6 +418,11 @@ def _load_sweeps(
         for which in ("model", "control"):
             doc = m.alignment if which == "model" else m.control_alignment
             differ = [] if doc is None else settings_differ(doc, sweep_cfg)
+            owner = m.run if which == "model" else m.control
+            recorded = None if doc is None else doc.get("run_fingerprint")
+            if owner is not None and recorded not in (None, owner.fingerprint):
+                # a sweep of arrays extracted since (or of another run): never beside these
+                differ.append(f"run fingerprint: {recorded}, not {owner.fingerprint}")
             if differ:
                 path = (m.run if which == "model" else m.control).path / ALIGNMENT_FILE  # type: ignore[union-attr]
                 say(
@@ -804,9 +810,13 @@ def compare(
     if len(given) < 2:
         raise XlalignError(f"compare needs at least two runs, got {len(given)}")
     if output is None:
-        return _compare(given, labels, None, cfg, progress, say)
+        with reading():  # every run compared stays read-locked until the end
+            return _compare(given, labels, None, cfg, progress, say)
     _check_output(Path(output))
-    with folder_lock(Path(output), "xlalign compare"):  # one comparison writes a folder at once
+    with (
+        reading(),
+        folder_lock(Path(output), "xlalign compare"),
+    ):  # one comparison writes a folder at once
         return _compare(given, labels, Path(output), cfg, progress, say)
 
 
@@ -847,6 +857,13 @@ def _compare(
             "the runs share no pooled vectors (pools); extract them with one pool in common"
         )
     corpus = shared_rows(models, langs)
+    for m in models:  # a non-finite row is named with its run and site, before any sweep
+        for run in (m.run, m.control):
+            for lang, site, pool in itertools.product(
+                langs, () if run is None else run.sites, pools
+            ):
+                if run is not None:
+                    check_finite(run, lang, site, pool)
     partial = corpus["shared"] == "intersection"
     if partial:
         say(f"note: {corpus['note']}")

@@ -1336,7 +1336,7 @@ def merge_findings(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dic
     for src in sources or {"alignment"}:
         parts[str(src)] = {
             k: new.get(k)
-            for k in ("headline", "warnings", "study", "dominance", "identical_vectors")
+            for k in ("headline", "warnings", "study", "dominance", "identical_vectors", "inputs")
         }
     # a finding without a source predates the field: it came from the sweep
     kept = [

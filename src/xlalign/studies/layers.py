@@ -51,7 +51,7 @@ from xlalign.metrics._checks import strata_codes
 from xlalign.metrics.nulls import NULL_METRICS, null_distributions, null_summary
 from xlalign.metrics.pairwise import Pair, Side
 from xlalign.metrics.permutation import draw_permutations
-from xlalign.store.files import CORPUS_FILE, TOKEN_POOL, atomic_write_json
+from xlalign.store.files import CORPUS_FILE, TOKEN_POOL, atomic_file, atomic_write_json
 from xlalign.store.pools import POOL_DESCRIPTIONS
 from xlalign.store.run import Run
 
@@ -634,6 +634,7 @@ def layer_sweep(
     record_dicts = [r.to_dict() for r in records]
     return {
         "run": str(run.path),
+        "run_fingerprint": run.fingerprint,  # the arrays read (xlalign.store.Run.fingerprint)
         "model": run.manifest.get("model"),
         "random_init_seed": run.manifest.get("random_init_seed"),
         "languages": langs,
@@ -1010,18 +1011,17 @@ def write_alignment(result: dict[str, Any], out_dir: str | Path) -> dict[str, Pa
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "alignment.json", "csv": out / "alignment.csv"}
     atomic_write_json(paths["json"], result)
-    tmp = paths["csv"].with_name(".alignment.csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_file(paths["csv"]) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         for rec in result["records"]:
             w.writerow({k: "" if rec.get(k) is None else rec[k] for k in CSV_FIELDS})
-    tmp.replace(paths["csv"])
     pairs = [tuple(p) for p in result["pairs"]]
     if pairs:
         fig = alignment_figure(result, None, pairs[0])  # type: ignore[arg-type]
         paths["png"] = out / "alignment.png"
-        fig.savefig(paths["png"], format="png", dpi=110, metadata={"Software": None})
+        with atomic_file(paths["png"]) as tmp:  # a full disk leaves no half file behind
+            fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
     return paths
 
 

@@ -45,8 +45,15 @@ from xlalign.models.fingerprints import same_weights
 from xlalign.models.loading import LensModules, lens_modules, load_model, resolve_source
 from xlalign.report.lens import answer_label
 from xlalign.store.files import CONTROL_DIR, MANIFEST, atomic_write_json
-from xlalign.store.lock import folder_lock
-from xlalign.store.run import Run, load_control, load_run, model_source, weights_label
+from xlalign.store.lock import folder_lock, reading
+from xlalign.store.run import (
+    Run,
+    check_finite,
+    load_control,
+    load_run,
+    model_source,
+    weights_label,
+)
 from xlalign.store.sites import FINAL
 
 LENS_FILE = "lens.json"
@@ -418,7 +425,10 @@ def lens_study(
     bar = _bar(len(sites), progress)
     for site in sites:
         normed = site == FINAL
-        stacked = np.concatenate([np.asarray(run.array(lang, site, cfg.pool)) for lang in langs])
+        arrays = [np.asarray(run.array(lang, site, cfg.pool)) for lang in langs]
+        for lang, arr in zip(langs, arrays, strict=True):  # a NaN row is named, never averaged
+            check_finite(run, lang, site, cfg.pool, arr)
+        stacked = np.concatenate(arrays)
         tiled = None if ans_ids is None else np.tile(ans_ids, (len(langs), 1))
         d = dec.decode(stacked, normed=normed, top_k=cfg.top_k, answer_ids=tiled)
         for j, lang in enumerate(langs):
@@ -436,6 +446,7 @@ def lens_study(
         "model": m.get("model"),
         "random_init_seed": m.get("random_init_seed"),
         "run": str(run.path),
+        "run_fingerprint": run.fingerprint,
         "pool": cfg.pool,
         "sites": sites,
         "languages": langs,
@@ -640,7 +651,7 @@ def run_lens(
     the summary lines and the path written. Holds each folder's write lock while it reads and
     writes there (another process's ``extract --overwrite`` is refused meanwhile, and vice versa).
     """
-    with folder_lock(Path(path), "xlalign lens"):
+    with reading(), folder_lock(Path(path), "xlalign lens"):
         run = load_run(path)
         doc = lens_study(run, config, progress=progress)
         control_path = run.path / CONTROL_DIR

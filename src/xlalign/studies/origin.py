@@ -313,6 +313,8 @@ def origin_study(
     out: dict[str, Any] = {
         "model": run.manifest.get("model"),
         "run": str(run.path),
+        "run_fingerprint": run.fingerprint,
+        "control_fingerprint": None if control is None else control.fingerprint,
         "languages": [lx, ly],
         "n_pairs": run.n_rows,
         "null": {
