@@ -9,7 +9,7 @@ failed) is *killed*, 0 *survived*; a mutant that runs past ``--timeout`` seconds
 ``SIGALRM`` and counted *timeout*. Run from the folder holding ``mutants/``:
 
     cd <repo> && PYTHONPATH=mutants/src python tests/mutation_inprocess.py \\
-        'xlalign.data.lexical.*' -- tests/test_lexical.py
+        'xlalign.data.lexical.*' --timeout 120 -- tests/test_lexical.py -k bag
 
 Results are appended to ``mutants/inprocess.jsonl`` (name, status, seconds); ``--summary``
 prints the counts per function from that file, net of ``tests/mutation_equivalent.txt``.
@@ -105,16 +105,18 @@ def summary() -> None:
 
 
 def main() -> int:
+    argv = sys.argv[1:]
+    tests = argv[argv.index("--") + 1 :] if "--" in argv else []  # pytest's own arguments
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser()
     p.add_argument("pattern", nargs="?")
-    p.add_argument("tests", nargs="*")
     p.add_argument("--timeout", type=int, default=120)
     p.add_argument("--summary", action="store_true")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if a.summary:
         summary()
         return 0
-    run(a.pattern, a.tests, a.timeout)
+    run(a.pattern, tests, a.timeout)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -74,3 +75,27 @@ def test_a_prompt_of_special_tokens_only_is_a_zero_row_and_the_others_unit():
     np.testing.assert_allclose(y, [[0, 0, 1 / np.sqrt(2), 1 / np.sqrt(2)], [1, 0, 0, 0]])
     assert n_entries([[], []]) == 0
     assert LEXICAL_SITE == "lexical" and MAX_ENTRIES > 10**6
+
+
+def test_masks_given_as_0_1_integers_mean_the_same_as_booleans():
+    """A mask read as integers (0/1, e.g. from a uint8 file) must not be bit-flipped (``~1``
+    is -2, a fancy index): it is read as booleans."""
+    ids = [[np.array([3, 4, 5]), np.array([6])], [np.array([4, 6]), np.array([3, 3])]]
+    as_bool = [[np.array([1, 0, 0], bool), np.array([0], bool)],
+               [np.array([0, 1], bool), np.array([0, 0], bool)]]  # fmt: skip
+    as_int = [[m.astype(np.uint8) for m in rows] for rows in as_bool]
+    want, _ = _brute(
+        [[r.tolist() for r in rows] for rows in ids],
+        [[m.tolist() for m in rows] for rows in as_bool],
+    )
+    for got in (bag_of_ids(ids, as_bool), bag_of_ids(ids, as_int)):
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-12)
+
+
+def test_no_rows_and_mismatched_masks():
+    got = bag_of_ids([[], []])
+    assert [g.shape for g in got] == [(0, 0), (0, 0)]
+    ids = [[np.array([1, 2]), np.array([3])]]
+    with pytest.raises(ValueError):  # one mask for two prompts
+        bag_of_ids(ids, [[np.array([False, False])]])
