@@ -59,7 +59,10 @@ def _equivalent() -> set[str]:
 def run(pattern: str, tests: list[str], timeout: int) -> None:
     import pytest
 
+    fired: list[bool] = []
+
     def alarm(_sig: int, _frame: object) -> None:
+        fired.append(True)  # pytest may catch the exception as a test failure: say so anyway
         raise _Timeout
 
     signal.signal(signal.SIGALRM, alarm)
@@ -69,6 +72,7 @@ def run(pattern: str, tests: list[str], timeout: int) -> None:
     log = Path("inprocess.jsonl")
     for name in names:
         os.environ["MUTANT_UNDER_TEST"] = name
+        fired.clear()
         start = time.monotonic()
         signal.alarm(timeout)
         try:
@@ -78,6 +82,8 @@ def run(pattern: str, tests: list[str], timeout: int) -> None:
             status = "timeout"
         finally:
             signal.alarm(0)
+        if fired:
+            status = "timeout"
         took = round(time.monotonic() - start, 1)
         with log.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"name": name, "status": status, "seconds": took}) + "\n")

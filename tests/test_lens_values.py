@@ -103,12 +103,14 @@ def test_answer_token_ids_take_the_first_token():
     class Tok:
         """A tokenizer whose ids are the characters' code points."""
 
-        def __call__(self, text, add_special_tokens=False):
-            assert add_special_tokens is False
+        def __call__(self, text, add_special_tokens=True):  # transformers' default: True
+            assert isinstance(text, str) and add_special_tokens is False
             return {"input_ids": [ord(c) for c in text]}
 
-    got = answer_token_ids(Tok(), {"en": ["cat", "", None, "x"], "zh": ["猫咪", "b", "c", None]})
-    assert got.tolist() == [[ord("c"), ord("猫")], [-1, ord("b")], [-1, ord("c")], [ord("x"), -1]]
+    got = answer_token_ids(Tok(), {"en": ["cat", "", None, "x"], "zh": ["猫咪", "b", 7, None]})
+    assert got.dtype == np.int64
+    assert got.tolist() == [[ord("c"), ord("猫")], [-1, ord("b")], [-1, -1], [ord("x"), -1]]
+    assert answer_token_ids(Tok(), {}).shape == (0, 0)
 
 
 @pytest.mark.parametrize("level", [0.95, 0.8])
