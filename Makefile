@@ -35,7 +35,11 @@ bench:
 
 # Mutation testing of the study layer (opt-in, slow: see docs/testing.md). Narrow it with e.g.
 # `make mutate MUTANTS='xlalign.metrics.bootstrap*'`. Results stay in mutants/ (git-ignored).
-MUTANTS ?= xlalign.metrics.bootstrap* xlalign.studies.layers* xlalign.studies.origin* xlalign.studies.findings*
+# MUTMUT_CHILDREN: mutants run at once (1 on a shared 2-core machine)
+MUTMUT_CHILDREN ?= 2
+MUTANTS ?= xlalign.metrics.bootstrap* xlalign.studies.layers* xlalign.studies.origin* \
+           xlalign.studies.findings* xlalign.studies.lens* xlalign.studies.compare* \
+           xlalign.data.corpora* xlalign.data.lexical*
 mutate:
-	$(PY) -m mutmut run --max-children 2 $(foreach m,$(MUTANTS),'$(m)')
+	$(PY) -m mutmut run --max-children $(MUTMUT_CHILDREN) $(foreach m,$(MUTANTS),'$(m)')
 	$(PY) tests/mutation_report.py

@@ -1,11 +1,12 @@
-"""Apply each of issue 17's seven hand-made mutations to a scratch copy of src/ and run the tests.
+"""Apply each hand-made mutation (issue 17's seven, issue 25's) to a scratch copy of src/ and test.
 
 Every mutation must make at least one test fail. The source is copied to a temporary folder,
 one textual replacement is applied, and pytest runs the named test files with that copy first
 on ``PYTHONPATH``; the working tree is never touched. A replacement whose text is no longer in
 the source (after a rewrite) is reported as "not applicable", so the list can be updated.
 
-    .venv/bin/python tests/known_mutations.py
+    .venv/bin/python tests/known_mutations.py                # all of them
+    .venv/bin/python tests/known_mutations.py compare: lens:  # those whose text holds one
 """
 
 from __future__ import annotations
@@ -73,6 +74,115 @@ MUTATIONS = [
         "[~m for m in mx],",
         ["tests/test_origin_values.py"],
     ),
+    # issue 25: bugs a reviewer planted that the suite let through; each has a test now
+    (
+        "compare: B's vectors read at A's row positions",
+        "studies/compare.py",
+        "ys = [np.asarray(b.run.array(lang, s, pool))[b.rows] for s in sb]",
+        "ys = [np.asarray(b.run.array(lang, s, pool))[a.rows] for s in sb]",
+        ["tests/test_compare_values.py::test_cross_model_cells_pair_rows_by_id_not_by_position"],
+    ),
+    (
+        "compare: B's sweep on A's row positions",
+        "studies/compare.py",
+        "view = _RowView(run, m.rows) if partial else run",
+        "view = _RowView(run, models[0].rows) if partial else run",
+        ["tests/test_compare_values.py::test_each_sweep_is_computed_on_its_own_rows_matched_by_id"],
+    ),
+    (
+        "compare: B's relative depth with A's layer count",
+        "studies/compare.py",
+        '"relative_depth_b": relative_depth(site_b, b.run.n_layers),',
+        '"relative_depth_b": relative_depth(site_b, a.run.n_layers),',
+        ["tests/test_compare_values.py::test_each_side_gets_its_own_models_relative_depth"],
+    ),
+    (
+        "compare: ranking sorted the wrong way",
+        "studies/compare.py",
+        "ordered = sorted(fs, key=key, reverse=True)",
+        "ordered = sorted(fs, key=key)",
+        ["tests/test_compare_values.py::test_ranking_orders_runs_by_the_rule_pair_by_pair"],
+    ),
+    (
+        "compare: ranking by the smallest gain",
+        "studies/compare.py",
+        "return (int(beyond(f)), -math.inf if g is None else g)",
+        "return (int(beyond(f)), -math.inf if g is None else -g)",
+        ["tests/test_compare_values.py::test_headline_names_the_run_with_the_largest_gain"],
+    ),
+    (
+        "compare: gain over control with the sign flipped",
+        "studies/compare.py",
+        'return float(r["value"]) - float(c["value"])',
+        'return float(c["value"]) - float(r["value"])',
+        ["tests/test_compare_values.py::test_findings_gain_is_the_largest_model_minus_control"],
+    ),
+    (
+        "lens: 95% intervals that are 90% ones",
+        "studies/lens.py",
+        "[(1 - level) / 2, (1 + level) / 2]",
+        "[(1 - level), level]",
+        ["tests/test_lens_values.py::test_mean_ci_covers_the_mean_at_its_level"],
+    ),
+    (
+        "lens: answer rank counts the answer itself",
+        "studies/lens.py",
+        "greater = (logits[:, None, :] > ans_logit[:, :, None]).sum(dim=-1) + 1",
+        "greater = (logits[:, None, :] >= ans_logit[:, :, None]).sum(dim=-1) + 1",
+        ["tests/test_lens_values.py::test_answer_probability_and_rank_of_the_first_token"],
+    ),
+    (
+        "lens: the answer's last token",
+        "studies/lens.py",
+        "out[i, j] = int(ids[0])",
+        "out[i, j] = int(ids[-1])",
+        [
+            "tests/test_lens_values.py::test_answer_probability_and_rank_of_the_first_token",
+            "tests/test_lens_values.py::test_answer_token_ids_take_the_first_token",
+        ],
+    ),
+    (
+        "lens: a logit reported as the answer's probability",
+        "studies/lens.py",
+        "ans_p = torch.where(have, p.gather(1, safe), torch.nan)",
+        "ans_p = torch.where(have, logits.gather(1, safe), torch.nan)",
+        ["tests/test_lens_values.py::test_answer_probability_and_rank_of_the_first_token"],
+    ),
+    (
+        "findings: origin largest gain with the sign flipped",
+        "studies/findings.py",
+        '(float(r[key]) - float(ctl_rows[r["site"]][key]), r)',
+        '(float(ctl_rows[r["site"]][key]) - float(r[key]), r)',
+        ["tests/test_findings_values.py::test_origin_gain_sign_and_pool_decide_the_site"],
+    ),
+    (
+        "findings: identical-vectors rule on the mean pool",
+        "studies/findings.py",
+        'flagged = identical if pool == "last" else set()',
+        'flagged = identical if pool == "mean" else set()',
+        ["tests/test_findings_values.py::test_origin_gain_sign_and_pool_decide_the_site"],
+    ),
+    (
+        "findings: stratified z ignores --standardize",
+        "studies/findings.py",
+        'StandardizedRun(run, list(alignment["languages"])) if config.standardize else run',
+        "run",
+        ["tests/test_findings_values.py::test_stratified_z_follows_standardize_and_center"],
+    ),
+    (
+        "findings: stratified z ignores --center",
+        "studies/findings.py",
+        "strata=labels, center=config.center, products=STUDY_PRODUCTS",
+        "strata=labels, center=False, products=STUDY_PRODUCTS",
+        ["tests/test_findings_values.py::test_stratified_z_follows_standardize_and_center"],
+    ),
+    (
+        "corpora: HSK remainder rows to the smallest remainders",
+        "data/corpora.py",
+        "key=lambda k: quotas[k] - take[k], reverse=True)",
+        "key=lambda k: quotas[k] - take[k])",
+        ["tests/test_corpora.py::test_stratified_sample_remainders_go_to_the_largest_fractions"],
+    ),
 ]
 
 
@@ -95,10 +205,13 @@ def run_one(old: str, new: str, rel: str, tests: list[str], scratch: Path) -> st
     return f"{'KILLED' if proc.returncode == 1 else 'SURVIVED rc=' + str(proc.returncode)}: {last}"
 
 
-def main() -> int:
+def main(only: list[str]) -> int:
+    """Apply every mutation, or those whose description holds one of ``only``."""
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
         for what, rel, old, new, tests in MUTATIONS:
+            if only and not any(o in what for o in only):
+                continue
             result = run_one(old, new, rel, tests, Path(tmp))
             failures += not result.startswith("KILLED")
             print(f"{what:<52} {result}", flush=True)
@@ -106,4 +219,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

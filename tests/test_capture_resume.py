@@ -14,15 +14,17 @@ import numpy as np
 import pytest
 
 import xlalign
-from slowcli import SLOW_CLI
+from slowcli import GATED_CLI
 from xlalign.data.corpus import ParallelCorpus
 from xlalign.errors import XlalignError
 
 
-def _cli(script: Path, delay: float, args: list[str]) -> subprocess.Popen:
+def _cli(script: Path, stop_after: int, args: list[str]) -> subprocess.Popen:
+    """The CLI in a child process that waits after ``stop_after`` batches (0: runs through)."""
     env = dict(
-        os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", XLALIGN_TEST_DELAY=str(delay)
-    )
+        os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+        XLALIGN_TEST_STOP_AFTER=str(stop_after),
+    )  # fmt: skip
     return subprocess.Popen(
         [sys.executable, str(script), *args],
         env=env,
@@ -48,26 +50,27 @@ def test_killed_extraction_resumes_to_identical_arrays(tiny_models, problems, tm
         {k: v[:rows] for k, v in problems.meta.items()},
     ).to_jsonl(tmp_path / "data.jsonl")
     script = tmp_path / "slow_cli.py"
-    script.write_text(SLOW_CLI)
+    script.write_text(GATED_CLI)
     out = tmp_path / "killed"
     args = [
         "extract", "--model", str(tiny_models["qwen2"]), "--data", str(data), "--langs", "zh,en",
         "--sites", "all", "--pool", "last,mean,tokens", "--batch-size", "2", "--no-progress",
     ]  # fmt: skip
 
-    proc = _cli(script, 0.1, [*args, "-o", str(out)])
-    deadline = time.monotonic() + 60
+    # the child stops after its 8th batch of 24 (12 per language) and waits to be killed there:
+    # no race between its batches and this loop, however loaded the machine
+    proc = _cli(script, 8, [*args, "-o", str(out)])
+    deadline = time.monotonic() + 600  # a hang guard only: the child waits at batch 8
     try:
-        while _done_batches(out) < 8:  # 24 batches in all (12 per language)
+        while _done_batches(out) < 8:
             assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the child made no progress"
+            assert time.monotonic() < deadline, "the child made no progress in 10 minutes"
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    done_at_kill = _done_batches(out)
-    assert 8 <= done_at_kill < 24
+    assert _done_batches(out) == 8
 
     # a killed run never reads as complete
     manifest = json.loads((out / "manifest.json").read_text())
@@ -75,8 +78,8 @@ def test_killed_extraction_resumes_to_identical_arrays(tiny_models, problems, tm
     with pytest.raises(XlalignError, match=r"incomplete.*--resume"):
         xlalign.load_run(out)
 
-    resumed = _cli(script, 0.0, [*args, "-o", str(out), "--resume"])
-    _, stderr = resumed.communicate(timeout=120)
+    resumed = _cli(script, 0, [*args, "-o", str(out), "--resume"])
+    _, stderr = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, stderr
     # the uninterrupted run, in this process (same machine, same kernels, same thread count)
     b = xlalign.extract(

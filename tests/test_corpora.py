@@ -8,6 +8,8 @@ from collections import Counter
 from importlib.resources import files
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xlalign.cli import main
 from xlalign.data.corpora import clean_gloss, hsk_records, hsk_word_pairs, translate_words
@@ -323,3 +325,54 @@ def test_copy_words_repeat_the_word_in_its_own_language():
         for line in zh.splitlines()[:-1]:
             left, right = line.split(" - ")
             assert left.split(": ")[1] == right.split(": ")[1]
+
+
+def _largest_remainder(sizes: dict[int, int], n: int) -> list[dict[int, int]]:
+    """Every allocation of ``n`` rows to levels by the largest-remainder (Hamilton) rule: each
+    level gets the floor of its quota ``n * size / total``, and the rows left over go one
+    each to the levels of largest remainder (every choice among tied remainders listed)."""
+    from itertools import combinations
+
+    total = sum(sizes.values())
+    floor = {lv: n * s // total for lv, s in sizes.items()}
+    rem = {lv: n * s % total for lv, s in sizes.items()}  # exact: remainder times total
+    left = n - sum(floor.values())
+    out = []
+    for extra in combinations(sorted(sizes), left):
+        if left and min(rem[lv] for lv in extra) < max(
+            (rem[lv] for lv in sizes if lv not in extra), default=-1
+        ):
+            continue
+        out.append({lv: floor[lv] + (lv in extra) for lv in sizes})
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(1, 6), min_size=1, max_size=40),
+    st.integers(1, 40),
+    st.integers(0, 3),
+)
+def test_stratified_sample_gives_each_level_its_largest_remainder_share(levels, n, seed):
+    from xlalign.data.corpora import _stratified_sample
+
+    n = min(n, len(levels))
+    records = [{"id": i, "hsk_level": lv} for i, lv in enumerate(levels)]
+    got = _stratified_sample(records, n, seed)
+    ids = [r["id"] for r in got]
+    assert len(ids) == n and ids == sorted(set(ids))  # without replacement, in corpus order
+    counts = Counter(r["hsk_level"] for r in got)
+    allowed = _largest_remainder(Counter(levels), n)
+    assert allowed and {lv: counts[lv] for lv in set(levels)} in allowed
+    assert _stratified_sample(records, n, seed) == got  # seeded
+
+
+def test_stratified_sample_remainders_go_to_the_largest_fractions():
+    """Levels of 5, 3 and 2 records, 5 drawn: quotas 2.5, 1.5, 1.0; floors 2, 1, 1 leave one
+    row, which goes to level 1 or 2 (remainder 0.5), never to level 3 (remainder 0)."""
+    from xlalign.data.corpora import _stratified_sample
+
+    records = [{"id": i, "hsk_level": lv} for i, lv in enumerate([1] * 5 + [2] * 3 + [3] * 2)]
+    for seed in range(5):
+        counts = Counter(r["hsk_level"] for r in _stratified_sample(records, 5, seed))
+        assert (counts[1], counts[2], counts[3]) in ((3, 1, 1), (2, 2, 1)), counts

@@ -1,0 +1,130 @@
+"""Run mutmut's mutants one after another in this process, without forking (see docs/testing.md).
+
+``mutmut run`` forks each mutant's pytest from a process that has already run torch; on the
+shared VM such children hang in a futex (a lock copied mid-held). This runner uses the
+``mutants/`` tree that ``mutmut run`` generated (run it once, even if interrupted): for every
+mutant whose name matches a glob it sets ``MUTANT_UNDER_TEST`` (mutmut's trampolines read it
+on each call) and runs ``pytest.main`` on the given tests, in-process. Exit code 1 (a test
+failed) is *killed*, 0 *survived*; a mutant that runs past ``--timeout`` seconds is stopped by
+``SIGALRM`` and counted *timeout*. Run from the folder holding ``mutants/``:
+
+    cd <repo> && PYTHONPATH=mutants/src python tests/mutation_inprocess.py \\
+        'xlalign.data.lexical.*' --timeout 120 -- tests/test_lexical.py -k bag
+
+Results are appended to ``mutants/inprocess.jsonl`` (name, status, seconds); ``--summary``
+prints the counts per function from that file, net of ``tests/mutation_equivalent.txt``.
+Only pure functions suit it: module-scoped fixtures are rebuilt for every mutant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+EQUIVALENT = Path(__file__).with_name("mutation_equivalent.txt")
+LOG = Path("mutants") / "inprocess.jsonl"
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _names(pattern: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    names = [line.strip().rpartition(": ")[0] for line in out.splitlines() if ": " in line]
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+
+def _equivalent() -> set[str]:
+    if not EQUIVALENT.exists():
+        return set()
+    return {
+        line.partition("#")[0].strip()
+        for line in EQUIVALENT.read_text(encoding="utf-8").splitlines()
+        if line.partition("#")[0].strip()
+    }
+
+
+def run(pattern: str, tests: list[str], timeout: int) -> None:
+    import pytest
+
+    fired: list[bool] = []
+
+    def alarm(_sig: int, _frame: object) -> None:
+        fired.append(True)  # pytest may catch the exception as a test failure: say so anyway
+        raise _Timeout
+
+    signal.signal(signal.SIGALRM, alarm)
+    names = _names(pattern)
+    sys.path.insert(0, os.path.abspath("mutants/src"))  # the trampolined source, first
+    os.chdir("mutants")
+    log = Path("inprocess.jsonl")
+    for name in names:
+        os.environ["MUTANT_UNDER_TEST"] = name
+        fired.clear()
+        start = time.monotonic()
+        signal.alarm(timeout)
+        try:
+            rc = pytest.main(["-x", "-q", "-p", "no:cacheprovider", "--no-header", *tests])
+            status = {0: "survived", 1: "killed"}.get(int(rc), f"rc {int(rc)}")
+        except _Timeout:
+            status = "timeout"
+        finally:
+            signal.alarm(0)
+        if fired:
+            status = "timeout"
+        took = round(time.monotonic() - start, 1)
+        with log.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"name": name, "status": status, "seconds": took}) + "\n")
+        print(f"MUTANT {name}: {status} ({took} s)", flush=True)
+
+
+def summary() -> None:
+    last: dict[str, dict] = {}
+    for line in LOG.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        last[rec["name"]] = rec  # a later run of a mutant replaces an earlier one
+    equiv = _equivalent()
+    by_fn: dict[str, Counter[str]] = defaultdict(Counter)
+    seconds: Counter[str] = Counter()
+    for name, rec in last.items():
+        fn = name.rpartition("__mutmut_")[0]
+        status = "equivalent" if rec["status"] == "survived" and name in equiv else rec["status"]
+        by_fn[fn][status] += 1
+        seconds[fn] += rec["seconds"]
+    for fn, c in sorted(by_fn.items()):
+        print(f"{fn:<60} {sum(c.values()):>4} {dict(c)} {seconds[fn]:.0f} s")
+    for name, rec in sorted(last.items()):
+        if rec["status"] not in ("killed",) and name not in equiv:
+            print(f"  {rec['status']:<9} {name}")
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    tests = argv[argv.index("--") + 1 :] if "--" in argv else []  # pytest's own arguments
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser()
+    p.add_argument("pattern", nargs="?")
+    p.add_argument("--timeout", type=int, default=120)
+    p.add_argument("--summary", action="store_true")
+    a = p.parse_args(argv)
+    if a.summary:
+        summary()
+        return 0
+    run(a.pattern, tests, a.timeout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""compare's numbers against definitions, on inputs where a plausible bug would show (issue 25).
+
+- Two runs of one corpus whose rows are stored in different orders and whose models have
+  different depths: every cross-model cell is recomputed from the rows matched by id, every
+  relative depth from the model's own layer count (4 blocks vs 3).
+- The ranking and the findings' gain on hand-built sweep records (hypothesis): the order is
+  checked pair by pair against the rule, the gain against a brute-force argmax over sites.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xlalign.capture.engine import extract
+from xlalign.data.corpus import ParallelCorpus
+from xlalign.data.problems import generate_problems
+from xlalign.models.testing import build_tiny_model
+from xlalign.studies.compare import (
+    CompareConfig,
+    _findings,
+    _Model,
+    _ranking,
+    _summary,
+    compare,
+)
+from xlalign.studies.layers import SweepConfig
+
+N = 25  # generate_problems makes 5 * (n // 5) rows
+N_LAYERS_A, N_LAYERS_B = 4, 3  # the depths the test builds, not read back from the runs
+SWEEP = SweepConfig(metrics=("z", "cka"), n_boot=0, lexical=False)
+CFG = CompareConfig(k=3, n_perms=0, sweep=SWEEP)
+
+
+def _cka64(x, y):
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    k, lm = x @ x.T, y @ y.T
+    return np.sum(k * lm) / np.sqrt(np.sum(k * k) * np.sum(lm * lm))
+
+
+def _knn64(x, y, k):
+    """Mutual k-NN by brute force (platonic-rep's clamp at the 0.95 quantile, unit rows)."""
+
+    def prep(a):
+        a = np.asarray(a, np.float64).copy()
+        t = np.quantile(np.abs(a), 0.95, axis=1).mean()
+        a = np.clip(a, -t, t)
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    def sets(a):
+        s = prep(a) @ prep(a).T
+        np.fill_diagonal(s, -np.inf)
+        return [set(np.argsort(-s[i], kind="stable")[:k]) for i in range(len(s))]
+
+    return np.mean([len(p & q) / k for p, q in zip(sets(x), sets(y), strict=True)])
+
+
+def _depth(site: str, n_layers: int) -> float:
+    return {"embed": 0.0, "final": 1.0}.get(site, (int(site[1:]) + 1) / n_layers if site[1:].isdigit() else None)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reordered(bpe_tokenizer, tmp_path_factory):
+    """Run A (Qwen2, 4 blocks) on the corpus's first rows, two left out; run B (GPT-2, 3 blocks,
+    width 48) on every row, stored in a shuffled order. A's positions are valid positions in B,
+    so reading B at A's positions gives wrong rows, not an error."""
+    root = tmp_path_factory.mktemp("reorder")
+    corpus = generate_problems(N, seed=42)
+    perm = np.random.default_rng(7).permutation(len(corpus))
+    shuffled = ParallelCorpus(
+        tuple(corpus.ids[i] for i in perm),
+        {lang: tuple(t[i] for i in perm) for lang, t in corpus.texts.items()},
+        {k: tuple(v[i] for i in perm) for k, v in corpus.meta.items()},
+        source="shuffled",
+    )
+    first = corpus.head(len(corpus) - 2)
+    qa = build_tiny_model("qwen2", bpe_tokenizer, root / "qa", num_hidden_layers=N_LAYERS_A)
+    gb = build_tiny_model("gpt2", bpe_tokenizer, root / "gb", n_layer=N_LAYERS_B, n_embd=48)
+    runs = []
+    for model, data, name in ((qa, first, "a"), (gb, shuffled, "b")):
+        run = extract(
+            str(model), data, ["zh", "en"], sites="all", pools=("last", "mean"), batch_size=8,
+            output=root / name, progress=False,
+        )  # fmt: skip
+        data.to_jsonl(root / name / "corpus.jsonl")
+        runs.append(run)
+    a, b = runs
+    assert a.n_layers == N_LAYERS_A and b.n_layers == N_LAYERS_B
+    assert list(b.ids) != [i for i in a.ids if i in set(b.ids)]  # the orders really differ
+    res = compare([a.path, b.path], config=CFG, progress=False, say=lambda _m: None)
+    return a, b, res
+
+
+def _by_id(run, lang, site, pool, ids):
+    pos = {row_id: k for k, row_id in enumerate(run.ids)}
+    return np.asarray(run.array(lang, site, pool))[[pos[i] for i in ids]]
+
+
+def test_cross_model_cells_pair_rows_by_id_not_by_position(reordered):
+    a, b, res = reordered
+    ids = res.corpus["ids"]
+    assert res.corpus["shared"] == "intersection" and ids == list(a.ids)
+    cells = {
+        (r["lang"], r["pool"], r["metric"], r["site_a"], r["site_b"]): r for r in res.similarity
+    }
+    assert len(cells) == 2 * 2 * 2 * len(a.sites) * len(b.sites)
+    moved = 0
+    for lang in ("zh", "en"):
+        for pool in ("last", "mean"):
+            xs = {s: _by_id(a, lang, s, pool, ids) for s in a.sites}
+            ys = {s: _by_id(b, lang, s, pool, ids) for s in b.sites}
+            for sa, x in xs.items():
+                for sb, y in ys.items():
+                    want = _cka64(x, y)
+                    got = cells[(lang, pool, "cka", sa, sb)]["value"]
+                    assert got == pytest.approx(want, rel=1e-9, abs=1e-12), (lang, pool, sa, sb)
+                    knn = cells[(lang, pool, "mutual_knn", sa, sb)]["value"]
+                    assert knn == pytest.approx(_knn64(x, y, 3), abs=1e-12)
+                    # B's rows at A's positions give another number: the test can tell
+                    wrong = np.asarray(b.array(lang, sb, pool))[: len(ids)]
+                    moved += abs(_cka64(x, wrong) - want) > 1e-3
+    assert moved > 0
+
+
+def test_each_side_gets_its_own_models_relative_depth(reordered):
+    _, _, res = reordered
+    for r in res.similarity:
+        assert r["relative_depth_a"] == pytest.approx(_depth(r["site_a"], N_LAYERS_A))
+        assert r["relative_depth_b"] == pytest.approx(_depth(r["site_b"], N_LAYERS_B))
+    for entry, n in zip(res.runs, (N_LAYERS_A, N_LAYERS_B), strict=True):
+        for site, d in entry["relative_depths"].items():
+            assert d == pytest.approx(_depth(site, n))
+    labels = [r["label"] for r in res.runs]
+    for c in res.curves:
+        n = N_LAYERS_A if c["label"] == labels[0] else N_LAYERS_B
+        assert c["relative_depth"] == pytest.approx(_depth(c["site"], n))
+    for f in res.findings:
+        n = N_LAYERS_A if f["label"] == labels[0] else N_LAYERS_B
+        assert f["relative_depth"] == pytest.approx(_depth(f["site"], n))
+        assert f["best_relative_depth"] == pytest.approx(_depth(f["best_site"], n))
+    # the shared middle block really sits at different depths in the two models
+    assert _depth("L1", N_LAYERS_A) != _depth("L1", N_LAYERS_B)
+
+
+def test_each_sweep_is_computed_on_its_own_rows_matched_by_id(reordered):
+    """The z curve of B (swept on the shared rows) equals the exact z of B's rows taken by id."""
+    from references import z_from_cosines
+
+    a, b, res = reordered
+    ids = res.corpus["ids"]
+    labels = [r["label"] for r in res.runs]
+    for run, label in ((a, labels[0]), (b, labels[1])):
+        for c in res.curves:
+            if c["label"] != label or c["metric"] != "z" or c["pool"] != "mean":
+                continue
+            x = _by_id(run, "zh", c["site"], "mean", ids).astype(np.float64)
+            y = _by_id(run, "en", c["site"], "mean", ids).astype(np.float64)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            y /= np.linalg.norm(y, axis=1, keepdims=True)
+            assert c["value"] == pytest.approx(z_from_cosines(x @ y.T), rel=1e-6)
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def _rule_beyond(f):
+    return f["verdict"] == "beyond-control" and not f.get("artifact")
+
+
+def _beats(f, g):
+    """Whether finding ``f`` ranks above ``g``: beyond-control (not an artifact) first, then the
+    larger gain over the control, a missing gain last."""
+    if _rule_beyond(f) != _rule_beyond(g):
+        return _rule_beyond(f)
+    gf = -np.inf if f["gain_over_control"] is None else f["gain_over_control"]
+    gg = -np.inf if g["gain_over_control"] is None else g["gain_over_control"]
+    return gf > gg
+
+
+_VERDICTS = ("beyond-control", "matched-by-control", "below-control", "no-control")
+
+
+@st.composite
+def _finding_sets(draw):
+    n = draw(st.integers(2, 5))
+    gains = draw(st.lists(st.integers(-50, 50), min_size=n, max_size=n, unique=True))
+    out = []
+    for i, g in enumerate(gains):
+        out.append(
+            {
+                "label": f"run{i}",
+                "pair": ["zh", "en"],
+                "pool": "mean",
+                "metric": "z",
+                "site": "L0",
+                "relative_depth": 0.5,
+                "model": {"value": 1.0},
+                "control": {"value": 1.0 - g / 10},
+                "verdict": draw(st.sampled_from(_VERDICTS)),
+                "artifact": draw(st.sampled_from([None, None, "identical-vectors"])),
+                "gain_over_control": None if draw(st.integers(0, 5)) == 0 else g / 10,
+            }
+        )
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(_finding_sets())
+def test_ranking_orders_runs_by_the_rule_pair_by_pair(fs):
+    (r,) = _ranking(fs)
+    by_label = {f["label"]: f for f in fs}
+    order = [by_label[x] for x in r["order"]]
+    assert sorted(r["order"]) == sorted(by_label)
+    for i, f in enumerate(order):
+        for g in order[i + 1 :]:
+            assert not _beats(g, f), (f, g)
+    leaders = [f for f in fs if _rule_beyond(f)]
+    if leaders:  # the largest gain among the runs beyond their control (a missing gain: -inf)
+        top = max(leaders, key=lambda f: -np.inf if f["gain_over_control"] is None else f["gain_over_control"])  # fmt: skip
+        ties = [f for f in leaders if f["gain_over_control"] == top["gain_over_control"]]
+        assert r["leader"] in {f["label"] for f in ties}
+        assert r["statement"].startswith(f"{r['leader']} aligns zh/en most beyond its control")
+    else:
+        assert r["leader"] is None
+        assert r["statement"].startswith("no run aligns zh/en beyond its control")
+
+
+def test_headline_names_the_run_with_the_largest_gain():
+    """Two runs beyond their controls, gains 0.5 and 2.0: the second leads the headline."""
+    fs = [
+        {"label": "small", "pair": ["zh", "en"], "pool": "mean", "metric": "z", "site": "L1",
+         "relative_depth": 0.5, "model": {"value": 3.0}, "control": {"value": 2.5},
+         "verdict": "beyond-control", "artifact": None, "gain_over_control": 0.5},
+        {"label": "large", "pair": ["zh", "en"], "pool": "mean", "metric": "z", "site": "L2",
+         "relative_depth": 1.0, "model": {"value": 2.5}, "control": {"value": 0.5},
+         "verdict": "beyond-control", "artifact": None, "gain_over_control": 2.0},
+    ]  # fmt: skip
+    ranking = _ranking(fs)
+    assert ranking[0]["order"] == ["large", "small"] and ranking[0]["leader"] == "large"
+
+    class _R:
+        manifest: ClassVar[dict] = {"architecture": "x"}
+        n_layers = 2
+
+    models = [_Model(label=lab, given=lab, run=_R(), control=None) for lab in ("small", "large")]  # type: ignore[arg-type]
+    head, _ = _summary(models, {"n_rows": 10}, ranking)
+    assert head.startswith("large aligns zh/en most beyond its control")
+
+
+# --------------------------------------------------------------------------- findings' gain
+
+SITES = ("embed", "L0", "L1", "L2", "L3")
+
+
+class _FakeRun:
+    manifest: ClassVar[dict] = {}
+    n_layers = 4
+    sites = SITES
+
+
+def _recs(values, metric="z", half=0.01):
+    return [
+        {"x": "zh", "y": "en", "pool": "mean", "metric": metric, "site": s, "value": v,
+         "ci_low": v - half, "ci_high": v + half}
+        for s, v in zip(SITES, values, strict=True)
+    ]  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.integers(-40, 40), min_size=5, max_size=5, unique=True),
+    st.lists(st.integers(-40, 40), min_size=5, max_size=5),
+)
+def test_findings_gain_is_the_largest_model_minus_control(model, control):
+    m = _Model(label="A", given="a", run=_FakeRun(), control=None)  # type: ignore[arg-type]
+    m.alignment = {"records": _recs([v / 10 for v in model])}
+    m.control_alignment = {"records": _recs([v / 10 for v in control])}
+    (f,), _ = _findings([m])
+    gains = [(mv - cv) / 10 for mv, cv in zip(model, control, strict=True)]
+    best = int(np.argmax(gains))
+    if gains.count(gains[best]) == 1:
+        assert f["site"] == SITES[best]
+    assert f["gain_over_control"] == pytest.approx(max(gains))
+    assert f["model"]["value"] == pytest.approx(model[SITES.index(f["site"])] / 10)
+    assert f["control"]["value"] == pytest.approx(control[SITES.index(f["site"])] / 10)
+    assert f["best_value"] == pytest.approx(max(model) / 10)
+    assert f["best_site"] == SITES[int(np.argmax(model))]
+    assert f["relative_depth"] == pytest.approx(_depth(f["site"], 4))
