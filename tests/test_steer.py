@@ -223,6 +223,17 @@ def test_cli_writes_json_figure_and_escaped_report(steer_run, tmp_path, capsys):
     assert "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page
 
 
+def test_study_report_has_the_section(steer_run, qwen, tmp_path):
+    from xlalign.report import ReportInputs, build_report
+
+    cfg = SteerConfig(layers=(1,), alphas=(1.0,), max_prompts=3, max_new_tokens=2, n_boot=10)
+    doc = steer_study(load_run(steer_run), cfg, loaded=qwen)
+    paths = build_report(tmp_path, ReportInputs(title="t", steer=doc))
+    page = paths["html"].read_text()
+    assert "Steering the output language" in page and "steer" in paths
+    assert "L1" in page and doc["examples"][0]["prompt"].split()[0] in page
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
