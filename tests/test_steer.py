@@ -270,3 +270,43 @@ def test_config_errors_name_flags():
         SteerConfig(max_new_tokens=0)
     with pytest.raises(XlalignError, match="--heldout"):
         SteerConfig(heldout=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage of xlalign run
+
+
+def test_run_stage_when_asked_and_reused(tiny_models, tmp_path):
+    from xlalign.pipeline.config import StudyConfig
+    from xlalign.pipeline.study import run_study
+
+    out = tmp_path / "study"
+    cfg = StudyConfig(
+        model=str(tiny_models["qwen2"]), problems=15, langs=("zh", "en"), output=str(out),
+        n_boot=20, control="none", lens=False, neurons=False, steer="en:zh",
+    )  # fmt: skip
+    result = run_study(cfg, command=["test"], progress=False, say=lambda _m: None)
+    doc = json.loads((out / "steer.json").read_text())
+    assert doc["source"] == "en" and doc["target"] == "zh" and doc["layers"] == [0]
+    assert doc["rows"]["generated"] == 8  # round(15 * 0.5) held out, all under --max-prompts
+    assert any(line.startswith("steer: ") for line in result["neurons"])
+    assert "Steering the output language" in (out / "report.html").read_text()
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["stages"]["steer"] == "computed"
+    run_study(cfg, command=["test"], progress=False, say=lambda _m: None)
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["stages"]["steer"] == "reused"
+
+
+@pytest.mark.parametrize(
+    ("steer", "message"),
+    [("en", "--steer takes FROM:TO"), ("en:ja", "ja is not a language of the study")],
+)
+def test_run_stage_bad_flag_one_line(tiny_models, tmp_path, capsys, steer, message):
+    code = main([
+        "run", "--model", str(tiny_models["qwen2"]), "--problems", "15", "--langs", "zh,en",
+        "-o", str(tmp_path / "x"), "--steer", steer, "--no-progress",
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x" / "manifest.json").exists()  # refused before extraction

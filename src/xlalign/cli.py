@@ -683,6 +683,10 @@ def run_cmd(
         int | None,
         typer.Option("--neurons-max-eval", help="Held-out prompts per language ablated (100)."),
     ] = None,
+    steer: Annotated[
+        str | None,
+        typer.Option("--steer", help="Steering stage FROM:TO, e.g. en:zh (causal LMs; see steer)."),
+    ] = None,
     pivot: Annotated[
         str | None, typer.Option("--pivot", help="Compare each language with it.")
     ] = None,
@@ -706,8 +710,8 @@ def run_cmd(
         bool, typer.Option("--progress/--no-progress", help="Progress bars.")
     ] = True,
 ) -> None:
-    """The whole study: extract -> align -> origin -> lens -> neurons -> report, reusing what the
-    folder holds."""
+    """The whole study: extract -> align -> origin -> lens -> neurons (-> steer) -> report, reusing
+    what the folder holds."""
     from xlalign.pipeline.config import StudyConfig, load_config_file
     from xlalign.pipeline.study import run_study
 
@@ -719,7 +723,7 @@ def run_cmd(
         "stratify": stratify, "center": center, "pivot": pivot, "n_boot": n_boot,
         "standardize": standardize, "backend": backend, "lens": lens, "neurons": neurons,
         "neurons_top_rate": neurons_top_rate, "neurons_max_eval": neurons_max_eval,
-        "control": control, "control_seed": control_seed, "heatmap_site": heatmap_site,
+        "steer": steer, "control": control, "control_seed": control_seed, "heatmap_site": heatmap_site,
         "label": label,
         "langs": tuple(_csv_list(langs)) if langs else None,
         "metrics": tuple(_csv_list(metrics)) if metrics else None,
