@@ -59,12 +59,13 @@ def _ids(qwen, texts):
 # the hook
 
 
-@pytest.mark.parametrize("layer", [0, 1])
+@pytest.mark.parametrize("layer", [0, 1, -1])
 def test_hook_adds_exactly_the_vector(qwen, layer):
     """Steering block ``l`` gives the logits of a forward whose block ``l + 1`` (or final norm)
     receives the clean output of block ``l`` plus the vector; and block ``l``'s output seen by a
     later hook is the clean one plus the vector, exactly."""
     model, adapter = qwen.model, qwen.adapter
+    layer = layer % len(adapter.blocks)  # -1: the last block, whose output feeds the final norm
     ids = torch.tensor([_ids(qwen, ["Calculate 12 + 34."])[0]])
     v = torch.randn(qwen.d_model, generator=torch.Generator().manual_seed(1)) * 3.0
     seen = {}
@@ -113,6 +114,25 @@ def test_alpha_zero_reproduces_plain_generate(qwen):
         cut = ref.index(eos) if eos in ref else len(ref)
         assert got == ref[:cut]
         assert len(got) > 0
+
+
+def test_steered_generation_equals_full_forwards(qwen):
+    """With the KV cache the vector reaches every position: the same tokens as greedy decoding
+    by full forwards of the whole sequence, each with the vector added everywhere."""
+    p = _ids(qwen, ["Find the value of C(5, 1)."])[0]
+    v = np.random.default_rng(3).standard_normal(qwen.d_model) * 4
+    got = generate(qwen, [p], 6, layers=[1], vectors=v[None], batch_size=1)[0]
+    seq, ref = list(p), []
+    eos = qwen.tokenizer.eos_token_id
+    with torch.inference_mode(), steering(qwen.adapter, {1: v}):
+        for _ in range(6):
+            t = int(qwen.model(input_ids=torch.tensor([seq])).logits[0, -1].argmax())
+            if t == eos:
+                break
+            seq.append(t)
+            ref.append(t)
+    assert got == ref and len(ref) > 0
+    assert got != generate(qwen, [p], 6, batch_size=1)[0]
 
 
 def test_batched_equals_one_prompt_steered(qwen):
