@@ -46,7 +46,7 @@ def _records(doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 def steer_figure(doc: Mapping[str, Any]) -> Figure:
     """Success (share in the target language) against layer, one colour per alpha."""
-    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+    fig = Figure(figsize=(7.8, 3.6), layout="constrained")
     ax = fig.subplots()
     recs = _records(doc)
     alphas = sorted({float(r["alpha"]) for r in recs})
@@ -73,7 +73,7 @@ def steer_figure(doc: Mapping[str, Any]) -> Figure:
         ),
         fontsize=10,
     )
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig
 
 
