@@ -64,6 +64,9 @@ def steer_figure(doc: Mapping[str, Any]) -> Figure:
     base = next((r for r in doc.get("records") or [] if r.get("layer") is None), None)
     if base is not None and isinstance(base["success"].get("value"), (int, float)):
         ax.axhline(base["success"]["value"], color="grey", linewidth=1, label="unsteered")
+    layers = sorted({int(r["layer"]) for r in recs})
+    if 0 < len(layers) <= 40:
+        ax.set_xticks(layers)
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("steered block")
     ax.set_ylabel(mpl_text(f"share of generations in {doc.get('target')}"))
