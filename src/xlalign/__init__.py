@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from xlalign.pipeline.stages import neurons
     from xlalign.store.run import load_run
     from xlalign.studies.compare import compare
+    from xlalign.studies.steer import steer
 
 try:  # one source: pyproject.toml's version, as installed
     __version__ = importlib.metadata.version("xlalign")
@@ -38,6 +39,7 @@ __all__ = [
     "load_corpus",
     "load_run",
     "neurons",
+    "steer",
 ]
 
 
@@ -120,6 +122,10 @@ def __getattr__(name: str) -> Any:
         from xlalign.pipeline.stages import neurons
 
         return neurons
+    if name == "steer":
+        from xlalign.studies.steer import steer
+
+        return steer
     if name == "compare":
         from xlalign.studies.compare import compare
 

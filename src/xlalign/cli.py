@@ -552,6 +552,73 @@ def neurons_cmd(
     print(f"wrote {paths['json']}")
 
 
+def _numbers(flag: str, value: str, kind: type) -> tuple[Any, ...]:
+    try:
+        return tuple(kind(v) for v in _csv_list(value))
+    except ValueError:
+        what = "integers" if kind is int else "numbers"
+        raise XlalignError(f"{flag} takes {what} separated by commas, got '{value}'") from None
+
+
+@app.command("steer")
+def steer_cmd(
+    run: Annotated[Path, typer.Argument(help="Run folder of a causal LM.")],
+    source: Annotated[str, typer.Option("--from", help="Language of the prompts, e.g. en.")],
+    target: Annotated[str, typer.Option("--to", help="Language steered towards, e.g. zh.")],
+    layers: Annotated[
+        str | None,
+        typer.Option("--layers", help="Blocks steered, e.g. 4,8,12 (default: every fourth)."),
+    ] = None,
+    alphas: Annotated[
+        str,
+        typer.Option("--alphas", help="Strengths, in units of the layer's mean state norm."),
+    ] = "0.25,0.5",
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", help="Tokens generated per prompt (greedy).")
+    ] = 12,
+    pool: Annotated[
+        str, typer.Option("--pool", help="Vectors the direction comes from: mean or last.")
+    ] = "mean",
+    max_prompts: Annotated[
+        int, typer.Option("--max-prompts", help="Held-out prompts generated from, at most.")
+    ] = 24,
+    heldout: Annotated[
+        float, typer.Option("--heldout", help="Share of rows held out from the direction.")
+    ] = 0.5,
+    control_seeds: Annotated[
+        str, typer.Option("--control-seeds", help="Seeds of the random directions.")
+    ] = "0,1,2",
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split and bootstrap.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per generate call.")] = 32,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="The run's model at a new place (it moved); its weights must match the run's.",
+        ),
+    ] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bars.")
+    ] = True,
+) -> None:
+    """Steer the output language with DiffMean directions, against random ones (steer.json)."""
+    from xlalign.studies.steer import SteerConfig, run_steer
+
+    cfg = SteerConfig(
+        source=source, target=target,
+        layers=_numbers("--layers", layers, int) if layers is not None else None,
+        alphas=_numbers("--alphas", alphas, float), max_new_tokens=max_new_tokens, pool=pool,
+        heldout=heldout, max_prompts=max_prompts, seed=seed,
+        control_seeds=_numbers("--control-seeds", control_seeds, int), n_boot=n_boot,
+        batch_size=batch_size, device=device, model=model,
+    )  # fmt: skip
+    _doc, lines, paths = run_steer(run, cfg, progress=progress)
+    print("\n".join(lines))
+    print(f"wrote {paths['json']}")
+
+
 @app.command("run")
 def run_cmd(
     config: Annotated[
@@ -622,6 +689,10 @@ def run_cmd(
         int | None,
         typer.Option("--neurons-max-eval", help="Held-out prompts per language ablated (100)."),
     ] = None,
+    steer: Annotated[
+        str | None,
+        typer.Option("--steer", help="Steering stage FROM:TO, e.g. en:zh (causal LMs; see steer)."),
+    ] = None,
     pivot: Annotated[
         str | None, typer.Option("--pivot", help="Compare each language with it.")
     ] = None,
@@ -648,8 +719,8 @@ def run_cmd(
         bool, typer.Option("--progress/--no-progress", help="Progress bars.")
     ] = True,
 ) -> None:
-    """The whole study: extract -> align -> origin -> lens -> neurons -> report, reusing what the
-    folder holds."""
+    """The whole study: extract -> align -> origin -> lens -> neurons (-> steer) -> report, reusing
+    what the folder holds."""
     from xlalign.pipeline.config import StudyConfig, load_config_file
     from xlalign.pipeline.study import run_study
 
@@ -661,7 +732,7 @@ def run_cmd(
         "stratify": stratify, "center": center, "pivot": pivot, "n_boot": n_boot,
         "null_perms": null_perms, "standardize": standardize, "backend": backend, "lens": lens, "neurons": neurons,
         "neurons_top_rate": neurons_top_rate, "neurons_max_eval": neurons_max_eval,
-        "control": control, "control_seed": control_seed, "heatmap_site": heatmap_site,
+        "steer": steer, "control": control, "control_seed": control_seed, "heatmap_site": heatmap_site,
         "label": label,
         "langs": tuple(_csv_list(langs)) if langs else None,
         "metrics": tuple(_csv_list(metrics)) if metrics else None,

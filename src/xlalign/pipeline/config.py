@@ -12,6 +12,7 @@ from xlalign.errors import XlalignError
 from xlalign.models.loading import ModelOptions
 from xlalign.studies.layers import DEFAULT_METRICS, SweepConfig
 from xlalign.studies.neurons import NeuronsConfig
+from xlalign.studies.steer import SteerConfig
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class StudyConfig:
     """Share of all feed-forward neurons LAPE selects (the paper's 0.01)."""
     neurons_max_eval: int = 100
     """Held-out prompts per language in the neuron ablation."""
+    steer: str | None = None
+    """Steering stage, asked for as FROM:TO (e.g. en:zh; causal LMs; off unless given)."""
     label: str | None = None
     """Name of the model in the report and summary (default: the model id or path)."""
 
@@ -102,6 +105,7 @@ class StudyConfig:
             raise XlalignError(f"--batch-size must be at least 1, got {self.batch_size}")
         self.sweep_config()  # checks the sweep's options now, before any forward pass
         self.neurons_config()
+        self.steer_config()
 
     def model_options(self) -> ModelOptions:
         """How this study loads its model (the control adds its ``random_init_seed``)."""
@@ -115,6 +119,18 @@ class StudyConfig:
         return NeuronsConfig(
             top_rate=self.neurons_top_rate, max_eval=self.neurons_max_eval, seed=self.seed,
             n_boot=max(self.n_boot, 0), batch_size=min(self.batch_size, 16),
+        )  # fmt: skip
+
+    def steer_config(self) -> SteerConfig | None:
+        """The steering stage's part of this study (None: not asked for)."""
+        if self.steer is None:
+            return None
+        parts = [p.strip() for p in str(self.steer).split(":")]
+        if len(parts) != 2 or not all(parts):
+            raise XlalignError(f"--steer takes FROM:TO (e.g. en:zh), got '{self.steer}'")
+        return SteerConfig(
+            source=parts[0], target=parts[1], seed=self.seed, n_boot=max(self.n_boot, 1),
+            device=self.device,
         )  # fmt: skip
 
     def sweep_config(self) -> SweepConfig:

@@ -289,6 +289,43 @@ def neurons_stage(
     return read_json(stored), "computed"
 
 
+# ---------------------------------------------------------------------------------------------
+# steering the output language
+
+
+def steer_stage(run: Run, cfg: StudyConfig, progress: bool) -> tuple[dict[str, Any] | None, str]:
+    """The steering study of the run's model, into the run folder -> ``(steer.json doc, note)``.
+
+    Only when asked (``--steer FROM:TO``); an encoder's run is skipped with the reason. A
+    ``steer.json`` of the same run and settings is reused.
+    """
+    from xlalign.studies.steer import STEER_FILE, steer_study, write_steer
+
+    scfg = cfg.steer_config()
+    if scfg is None:
+        return None, "skipped: not asked for (--steer FROM:TO)"
+    if not run.manifest.get("is_causal_lm"):
+        arch = run.manifest.get("architecture") or "the model"
+        return None, f"skipped: {arch} is not a causal LM (steering generates text)"
+    key = {
+        "model_key": run.manifest.get("model_key"),
+        "corpus_fingerprint": run.manifest.get("corpus_fingerprint"),
+        "settings": scfg.to_json(),
+    }
+    stored = run.path / STEER_FILE
+    if stored.is_file():  # the same run and settings: no generation runs twice
+        try:
+            old = read_json(stored)
+        except ValueError:
+            old = None
+        if isinstance(old, dict) and old.get("reuse_key") == json_safe(key):
+            return old, "reused"
+    doc = steer_study(run, scfg, progress=progress)
+    doc["reuse_key"] = key
+    write_steer(doc, run.path)
+    return read_json(stored), "computed"
+
+
 def run_neurons(
     model: str | LoadedModel,
     corpus: ParallelCorpus,

@@ -22,7 +22,7 @@ from xlalign.errors import XlalignError
 from xlalign.pipeline.config import StudyConfig, config_to_toml, study_corpus
 from xlalign.pipeline.provenance import StageClock, build_provenance, source_lines
 from xlalign.pipeline.reuse import ensure_control, ensure_run
-from xlalign.pipeline.stages import lens_stage, neurons_stage, study_findings
+from xlalign.pipeline.stages import lens_stage, neurons_stage, steer_stage, study_findings
 from xlalign.store.files import atomic_write_json, atomic_write_text, read_json
 from xlalign.store.lock import folder_lock, reading
 from xlalign.store.run import Run
@@ -72,7 +72,15 @@ def _run_study(
         corpus = study_corpus(str(cfg.data), cfg.data_n, cfg.seed, langs)
     langs = list(corpus.languages)
     use_control = cfg.control == "random-init"
-    n_stages = 7 if use_control else 6
+    n_stages = (7 if use_control else 6) + (cfg.steer is not None)
+    steer_cfg = cfg.steer_config()
+    if steer_cfg is not None:  # refused before any forward pass
+        for lang in (steer_cfg.source, steer_cfg.target):
+            if lang not in langs:
+                raise XlalignError(
+                    f"--steer {cfg.steer}: {lang} is not a language of the study "
+                    f"({', '.join(langs)})"
+                )
     clock = StageClock(say)
     options = cfg.model_options()
     common: dict[str, Any] = dict(
@@ -125,6 +133,14 @@ def _run_study(
         clock.notes["neurons"] = neurons_note
         if neurons is not None:
             paths["neurons"] = out / "neurons.json"
+    steer = None
+    if steer_cfg is not None:
+        k += 1
+        with clock.stage("steer", n_stages, k + 3):
+            steer, steer_note = steer_stage(run, cfg, progress)
+            clock.notes["steer"] = steer_note
+            if steer is not None:
+                paths["steer"] = out / "steer.json"
     findings = study_findings(
         run, alignment, control_alignment, origin, sweep_cfg, cfg.label, control
     )
@@ -153,6 +169,7 @@ def _run_study(
                 findings,
                 lens,
                 neurons,
+                steer,
             )
             paths.update(report)
     provenance["wall_time_s"]["report"] = clock.times.get("report")
@@ -161,7 +178,8 @@ def _run_study(
     return {
         "paths": paths,
         "summary": summary,
-        "neurons": [f"neurons: {f['statement']}" for f in (neurons or {}).get("findings") or []],
+        "neurons": [f"neurons: {f['statement']}" for f in (neurons or {}).get("findings") or []]
+        + [f"steer: {f['statement']}" for f in (steer or {}).get("findings") or []],
         "stages": dict(clock.times),
         "run": run,
     }
@@ -190,6 +208,7 @@ def _write_report(
     findings: dict[str, Any],
     lens: dict[str, Any] | None = None,
     neurons: dict[str, Any] | None = None,
+    steer: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     from xlalign.report import HeatmapInput, PcaInput, ReportInputs, build_report
 
@@ -232,6 +251,7 @@ def _write_report(
         findings=findings,
         lens=lens,
         neurons=neurons,
+        steer=steer,
     )
     return {f"report_{k}": v for k, v in build_report(out, inputs).items()}
 

@@ -43,6 +43,7 @@ from xlalign.report.figures import (
 )
 from xlalign.report.lens import lens_section
 from xlalign.report.neurons import neurons_section
+from xlalign.report.steer import steer_section
 from xlalign.report.template import (
     Block,
     Bullets,
@@ -110,6 +111,8 @@ class ReportInputs:
     lens: Mapping[str, Any] | None = None
     #: parsed ``neurons.json`` (language-specific neurons and their ablation)
     neurons: Mapping[str, Any] | None = None
+    #: parsed ``steer.json`` (DiffMean steering of the output language and its control)
+    steer: Mapping[str, Any] | None = None
 
 
 def build_report(out_dir: Path, inputs: ReportInputs) -> dict[str, Path]:
@@ -143,6 +146,7 @@ def build_report(out_dir: Path, inputs: ReportInputs) -> dict[str, Path]:
             "Language-specific neurons",
             neurons_section(out_dir, inputs.neurons, figures),
         ),
+        ("steer", "Steering the output language", steer_section(out_dir, inputs.steer, figures)),
         ("provenance", "Provenance", _provenance_section(inputs.provenance)),
     ]
     for anchor, label, section in sections:

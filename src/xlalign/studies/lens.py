@@ -42,7 +42,13 @@ import torch
 from xlalign.data.tokens import TOKEN_CLASSES, decode_token, vocabulary_classes
 from xlalign.errors import RunError, XlalignError
 from xlalign.models.fingerprints import same_weights
-from xlalign.models.loading import LensModules, lens_modules, load_model, resolve_source
+from xlalign.models.loading import (
+    LensModules,
+    LoadedModel,
+    lens_modules,
+    load_model,
+    resolve_source,
+)
 from xlalign.report.lens import answer_label
 from xlalign.store.files import CONTROL_DIR, MANIFEST, atomic_write_json
 from xlalign.store.lock import folder_lock, reading
@@ -221,21 +227,25 @@ class LensDecoder:
         )
 
 
-def load_decoder(
-    run: Run, device: str = "cpu", *, tokenizer: Any = None, model: str | None = None
-) -> LensDecoder:
-    """The :class:`LensDecoder` of the model a run was made from (its control: same seed).
+def load_run_model(
+    run: Run, device: str = "cpu", *, model: str | None = None, purpose: str = "the logit lens"
+) -> LoadedModel:
+    """The causal LM a run was made from, checked to be the model the run saw.
 
-    Loads the run's model (``manifest["model"]``, same revision, dtype and random-init seed),
-    keeps its final norm and LM head, and checks it is the model the run saw (hidden size and,
-    for a local folder, the weights' fingerprint).
+    Loads ``manifest["model"]`` (or ``model``, a moved copy) with the run's revision, dtype and
+    random-init seed, and checks the weights' fingerprint and the hidden size. ``purpose``
+    names what needs the model in the error for a run of an encoder.
     """
     m = run.manifest
     if not m.get("is_causal_lm"):
+        need = (
+            "it has no LM head for the logit lens to decode through"
+            if purpose == "the logit lens"
+            else f"{purpose} needs one"
+        )
         raise RunError(
             f"run '{run.path}' is of {m.get('architecture') or 'a model'} "
-            f"({m.get('model')}), not a causal language model: it has no LM head for the logit "
-            "lens to decode through"
+            f"({m.get('model')}), not a causal language model: {need}"
         )
     loaded = load_model(
         model_source(m, model),
@@ -261,6 +271,18 @@ def load_decoder(
             f"model '{m['model']}' has hidden size {loaded.d_model}, run '{run.path}' holds "
             f"vectors of size {run.d_model}: not the run's model"
         )
+    return loaded
+
+
+def load_decoder(
+    run: Run, device: str = "cpu", *, tokenizer: Any = None, model: str | None = None
+) -> LensDecoder:
+    """The :class:`LensDecoder` of the model a run was made from (its control: same seed).
+
+    Loads the run's model (:func:`load_run_model`: same revision, dtype and random-init seed,
+    checked against the run's fingerprint and hidden size) and keeps its final norm and LM head.
+    """
+    loaded = load_run_model(run, device, model=model)
     modules = lens_modules(loaded)
     tok = tokenizer if tokenizer is not None else run.tokenizer()
     codes = vocabulary_classes(tok, modules.vocab_size)
