@@ -34,7 +34,7 @@ import platform
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +61,6 @@ _scopes: list[list[Path]] = []
 #: Every folder this process took the write lock on, in order (the CLI names the last one when
 #: a write fails without naming its file).
 written: list[Path] = []
-#: Test hook: called with (path, "exclusive" | "shared") right after a lock is taken.
-on_locked: Callable[[Path, str], None] | None = None
 
 
 @dataclass
@@ -282,8 +280,6 @@ def acquire(path: str | Path, what: str | None = None) -> None:
         except OSError as e:  # a full disk: said now, before any work
             release(path)
             raise _writable_error(path, e) from None
-    if on_locked is not None:
-        on_locked(path, "exclusive")
 
 
 def _upgrade(path: Path, lock_path: Path, held: _Held) -> None:
@@ -440,8 +436,6 @@ def share(path: str | Path, why: str = "") -> bool:
             if not path.is_dir():
                 return False
         _held[key] = _Held(fd, 0, False, shared=1)
-    if on_locked is not None:
-        on_locked(path, "shared")
     return True
 
 
