@@ -293,3 +293,15 @@ def test_findings_gain_is_the_largest_model_minus_control(model, control):
     assert f["best_value"] == pytest.approx(max(model) / 10)
     assert f["best_site"] == SITES[int(np.argmax(model))]
     assert f["relative_depth"] == pytest.approx(_depth(f["site"], 4))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 200), st.data())
+def test_relative_depth_of_every_block_of_any_depth(n_layers, data):
+    """Block ``i`` of ``n`` at ``(i + 1) / n``, a one-block model included; no blocks: None."""
+    from xlalign.studies.compare import relative_depth
+
+    i = data.draw(st.integers(0, n_layers - 1))
+    assert relative_depth(f"L{i}", n_layers) == pytest.approx((i + 1) / n_layers)
+    assert relative_depth("embed", n_layers) == 0.0 and relative_depth("final", n_layers) == 1.0
+    assert relative_depth(f"L{i}", 0) is None and relative_depth("lexical", n_layers) is None
