@@ -110,7 +110,7 @@ sys.exit(main(sys.argv[1:]))
 #: or 0: never) and waits there until it is killed or interrupted: a test that kills it "after
 #: k batches" then sees exactly k done, however loaded the machine is (no race between the
 #: child's batches and the parent's polling). ``XLALIGN_TEST_PIDS`` as in :data:`SLOW_CLI`.
-GATED_CLI = """
+STOP_AFTER_CLI = """
 import os, sys, time
 from pathlib import Path
 import xlalign.store as store

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import xlalign
-from slowcli import GATED_CLI
+from slowcli import STOP_AFTER_CLI
 from xlalign.data.corpus import ParallelCorpus
 from xlalign.errors import XlalignError
 
@@ -50,7 +50,7 @@ def test_killed_extraction_resumes_to_identical_arrays(tiny_models, problems, tm
         {k: v[:rows] for k, v in problems.meta.items()},
     ).to_jsonl(tmp_path / "data.jsonl")
     script = tmp_path / "slow_cli.py"
-    script.write_text(GATED_CLI)
+    script.write_text(STOP_AFTER_CLI)
     out = tmp_path / "killed"
     args = [
         "extract", "--model", str(tiny_models["qwen2"]), "--data", str(data), "--langs", "zh,en",

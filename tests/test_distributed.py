@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import xlalign
-from slowcli import GATED_CLI
+from slowcli import STOP_AFTER_CLI
 from xlalign.capture.batching import plan_batches
 from xlalign.capture.distributed import (
     LaunchEnv,
@@ -160,7 +160,7 @@ def test_killed_rank_resumes_to_the_single_process_store(
     tiny_models, corpus_file, reference, tmp_path
 ):
     script = tmp_path / "slow_cli.py"
-    script.write_text(GATED_CLI)  # each rank waits after its 3rd batch: no race with the kill
+    script.write_text(STOP_AFTER_CLI)  # each rank waits after its 3rd batch: no race with the kill
     pids = tmp_path / "pids"
     pids.mkdir()
     out = tmp_path / "killed"

@@ -21,7 +21,7 @@ from transformers import AutoModel, AutoTokenizer, T5Config, XLMRobertaConfig
 
 import xlalign
 from faults import Crash, crash_after
-from slowcli import GATED_CLI
+from slowcli import STOP_AFTER_CLI
 from xlalign.cli import main
 from xlalign.data.corpus import ParallelCorpus, load_hf_dataset
 from xlalign.errors import XlalignError
@@ -297,7 +297,7 @@ def test_an_incomplete_study_with_the_studys_pools_resumes(tiny_models, small, t
 def test_ctrl_c_exits_130_and_leaves_a_resumable_run(tiny_models, small, tmp_path):
     data = small.to_jsonl(tmp_path / "data.jsonl")
     script = tmp_path / "slow_cli.py"
-    script.write_text(GATED_CLI)  # waits after its 2nd batch until interrupted: no race
+    script.write_text(STOP_AFTER_CLI)  # waits after its 2nd batch until interrupted: no race
     out = tmp_path / "run"
     args = ["extract", "--model", str(tiny_models["qwen2"]), "--data", str(data), "--langs",
             "zh,en", "--sites", "embed,L0", "--batch-size", "2", "--no-progress"]  # fmt: skip

@@ -40,7 +40,11 @@ def sweep_settings(doc: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for key in VALUE_SETTINGS:
         value = doc.get(key)
-        out[key] = getattr(base, key) if value is None and key != "stratify" else value
+        if key == "null_perms" and value is None:
+            value = 0  # sweeps made before the permutation nulls had none
+        elif value is None and key not in ("stratify", "ci_method"):
+            value = getattr(base, key)  # ci_method: None for the old bootstrap's intervals
+        out[key] = value
     return out
 
 
