@@ -277,9 +277,12 @@ def test_findings_follow_the_verdict_rules_on_the_records(result):
         lo, hi = f["model"]["ci_low"], f["model"]["ci_high"]
         clo, chi = f["control"]["ci_low"], f["control"]["ci_high"]
         if lo is not None and clo is not None:
+            p_best = f["model"].get("p_best_site")
             expect = (
                 "below-control"
                 if hi < clo
+                else "matched-by-null"
+                if p_best is not None and p_best > 0.05
                 else "matched-by-control"
                 if lo <= chi
                 else "beyond-control"
