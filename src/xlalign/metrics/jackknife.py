@@ -178,7 +178,11 @@ def hsic_loo(k: np.ndarray, ell: np.ndarray) -> np.ndarray:
 def loo_cka(k: np.ndarray, ell: np.ndarray) -> np.ndarray:
     """Biased linear CKA without pair ``i``, for every ``i``, from the Gram matrices ``k``,
     ``ell`` (``(n, n)``; centred ones keep a large shared offset from swamping float64)."""
-    kl, kk, ll = hsic_loo(k, ell), hsic_loo(k, k), hsic_loo(ell, ell)
+    return _ratio(hsic_loo(k, ell), hsic_loo(k, k), hsic_loo(ell, ell))
+
+
+def _ratio(kl: np.ndarray, kk: np.ndarray, ll: np.ndarray) -> np.ndarray:
+    """CKA from its three HSICs, elementwise; NaN where a side's HSIC is not positive."""
     with np.errstate(divide="ignore", invalid="ignore"):
         out = kl / np.sqrt(kk * ll)
     return np.where((kk > 0) & (ll > 0), out, np.nan)
@@ -211,10 +215,7 @@ def loo_cka_unbiased(k: np.ndarray, ell: np.ndarray) -> np.ndarray:
     NaN where a side's HSIC with itself is not positive. Needs ``n >= 5``."""
     if k.shape[0] < 5:
         return np.full(k.shape[0], np.nan)
-    kl, kk, ll = (_hsic_u_loo(a, b)[0] for a, b in ((k, ell), (k, k), (ell, ell)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = kl / np.sqrt(kk * ll)
-    return np.where((kk > 0) & (ll > 0), out, np.nan)
+    return _ratio(*(_hsic_u_loo(a, b)[0] for a, b in ((k, ell), (k, k), (ell, ell))))
 
 
 def _hsic_u_loo2(k: np.ndarray, ell: np.ndarray) -> np.ndarray:
@@ -247,10 +248,7 @@ def loo2_cka_unbiased(k: np.ndarray, ell: np.ndarray) -> np.ndarray:
     n = k.shape[0]
     if n < 7:
         return np.full((n, n), np.nan)
-    kl, kk, ll = _hsic_u_loo2(k, ell), _hsic_u_loo2(k, k), _hsic_u_loo2(ell, ell)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = kl / np.sqrt(kk * ll)
-    return np.where((kk > 0) & (ll > 0), out, np.nan)
+    return _ratio(_hsic_u_loo2(k, ell), _hsic_u_loo2(k, k), _hsic_u_loo2(ell, ell))
 
 
 def loo_hub(s: np.ndarray) -> np.ndarray:
