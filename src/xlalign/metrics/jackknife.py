@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -188,26 +189,30 @@ def _ratio(kl: np.ndarray, kk: np.ndarray, ll: np.ndarray) -> np.ndarray:
     return np.where((kk > 0) & (ll > 0), out, np.nan)
 
 
-def _hsic_u_loo(k: np.ndarray, ell: np.ndarray) -> tuple[np.ndarray, float]:
-    """Song et al.'s unbiased HSIC of ``k``, ``ell`` without pair ``i`` ``(n,)``, and on all
-    ``n`` pairs. ``[tr(K~L~) + 1'K~1 1'L~1 / ((m-1)(m-2)) - 2/(m-2) 1'K~L~1] / (m(m-3))``,
-    ``K~`` the kernel with its diagonal zeroed."""
-    n = k.shape[0]
+def _song(t: Any, a: Any, b: Any, c: Any, m: int) -> Any:
+    """``[tr(K~L~) + 1'K~1 1'L~1 / ((m-1)(m-2)) - 2/(m-2) 1'K~L~1] / (m(m-3))`` from its
+    four sums (arrays broadcast), ``K~`` the kernel with its diagonal zeroed."""
+    return (t + a * b / ((m - 1) * (m - 2)) - 2 * c / (m - 2)) / (m * (m - 3))
+
+
+def _zero_diagonal(
+    k: np.ndarray, ell: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(K~, L~, K~ 1, L~ 1, K~ o L~)``: what every unbiased-HSIC deletion formula reads."""
     kt, lt = k.copy(), ell.copy()
     np.fill_diagonal(kt, 0.0)
     np.fill_diagonal(lt, 0.0)
-    k1, l1 = kt.sum(1), lt.sum(1)
-    prod = kt * lt
+    return kt, lt, kt.sum(1), lt.sum(1), kt * lt
+
+
+def _hsic_u_loo(k: np.ndarray, ell: np.ndarray) -> np.ndarray:
+    """Song et al.'s unbiased HSIC of ``k``, ``ell`` without pair ``i`` ``(n,)``."""
+    n = k.shape[0]
+    kt, lt, k1, l1, prod = _zero_diagonal(k, ell)
     t_all, sk, sl, kl = float(prod.sum()), float(k1.sum()), float(l1.sum()), float(k1 @ l1)
-
-    def hsic(t: np.ndarray | float, a: np.ndarray | float, b: np.ndarray | float,
-             c: np.ndarray | float, m: int) -> np.ndarray | float:  # fmt: skip
-        return (t + a * b / ((m - 1) * (m - 2)) - 2 * c / (m - 2)) / (m * (m - 3))
-
     t_i = t_all - 2 * prod.sum(1)
-    sk_i, sl_i = sk - 2 * k1, sl - 2 * l1
     kl_i = kl - kt @ l1 - lt @ k1 + prod.sum(1) - k1 * l1
-    return np.asarray(hsic(t_i, sk_i, sl_i, kl_i, n - 1)), float(hsic(t_all, sk, sl, kl, n))
+    return np.asarray(_song(t_i, sk - 2 * k1, sl - 2 * l1, kl_i, n - 1))
 
 
 def loo_cka_unbiased(k: np.ndarray, ell: np.ndarray) -> np.ndarray:
@@ -215,17 +220,13 @@ def loo_cka_unbiased(k: np.ndarray, ell: np.ndarray) -> np.ndarray:
     NaN where a side's HSIC with itself is not positive. Needs ``n >= 5``."""
     if k.shape[0] < 5:
         return np.full(k.shape[0], np.nan)
-    return _ratio(*(_hsic_u_loo(a, b)[0] for a, b in ((k, ell), (k, k), (ell, ell))))
+    return _ratio(*(_hsic_u_loo(a, b) for a, b in ((k, ell), (k, k), (ell, ell))))
 
 
 def _hsic_u_loo2(k: np.ndarray, ell: np.ndarray) -> np.ndarray:
     """Song et al.'s unbiased HSIC without pairs ``i`` and ``j`` ``(n, n)`` (diagonal: NaN)."""
     n = k.shape[0]
-    kt, lt = k.copy(), ell.copy()
-    np.fill_diagonal(kt, 0.0)
-    np.fill_diagonal(lt, 0.0)
-    k1, l1 = kt.sum(1), lt.sum(1)
-    prod = kt * lt
+    kt, lt, k1, l1, prod = _zero_diagonal(k, ell)
     p = prod.sum(1)
     t_all, sk, sl, kl = float(prod.sum()), float(k1.sum()), float(l1.sum()), float(k1 @ l1)
     m = n - 2
@@ -237,7 +238,7 @@ def _hsic_u_loo2(k: np.ndarray, ell: np.ndarray) -> np.ndarray:
     whole = kl - (u + v)[:, None] - (u + v)[None, :] + p[:, None] + p[None, :] + cross + cross.T
     at_i = (k1[:, None] - kt) * (l1[:, None] - lt)  # the a = i term, row i, column j
     c = whole - at_i - at_i.T
-    out = (t + s_k * s_l / ((m - 1) * (m - 2)) - 2 * c / (m - 2)) / (m * (m - 3))
+    out = _song(t, s_k, s_l, c, m)
     np.fill_diagonal(out, np.nan)
     return out  # type: ignore[no-any-return]
 
