@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import Phase
+from hypothesis import settings as hypothesis_settings
 
 from xlalign.data.corpus import ParallelCorpus
 from xlalign.data.problems import generate_problems
@@ -27,6 +29,18 @@ from xlalign.models.testing import (
 )
 
 MAX_TINY_PARAMS = 100_000
+
+# Mutation runs (MUTANT_UNDER_TEST set by mutmut or tests/mutation_inprocess.py) only need to
+# know whether a property fails, not its smallest counterexample: shrinking a failure can take
+# minutes per mutant.
+hypothesis_settings.register_profile(
+    "mutation",
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    report_multiple_bugs=False,
+    print_blob=False,
+)
+if os.environ.get("MUTANT_UNDER_TEST"):
+    hypothesis_settings.load_profile("mutation")
 
 
 @pytest.fixture(autouse=True)

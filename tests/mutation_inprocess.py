@@ -76,7 +76,9 @@ def run(pattern: str, tests: list[str], timeout: int) -> None:
         start = time.monotonic()
         signal.alarm(timeout)
         try:
-            rc = pytest.main(["-x", "-q", "-p", "no:cacheprovider", "--no-header", *tests])
+            rc = pytest.main(
+                ["-x", "-q", "-p", "no:cacheprovider", "--no-header", "--tb=no", *tests]
+            )
             status = {0: "survived", 1: "killed"}.get(int(rc), f"rc {int(rc)}")
         except _Timeout:
             status = "timeout"

@@ -215,6 +215,7 @@ def _finding_sets(draw):
 @given(_finding_sets())
 def test_ranking_orders_runs_by_the_rule_pair_by_pair(fs):
     (r,) = _ranking(fs)
+    assert (r["pair"], r["pool"], r["metric"]) == (["zh", "en"], "mean", "z")
     by_label = {f["label"]: f for f in fs}
     order = [by_label[x] for x in r["order"]]
     assert sorted(r["order"]) == sorted(by_label)
@@ -305,3 +306,168 @@ def test_relative_depth_of_every_block_of_any_depth(n_layers, data):
     assert relative_depth(f"L{i}", n_layers) == pytest.approx((i + 1) / n_layers)
     assert relative_depth("embed", n_layers) == 0.0 and relative_depth("final", n_layers) == 1.0
     assert relative_depth(f"L{i}", 0) is None and relative_depth("lexical", n_layers) is None
+
+
+# --------------------------------------------------------------------------- token-label CKA
+
+
+def test_label_cka_of_float32_vectors_is_computed_in_float64():
+    """Vectors far from the origin in float32: centring and the Gram in float32 would lose about
+    four digits; the reference is the explicit one-hot CKA in float64."""
+    from xlalign.studies.compare import label_cka
+
+    rng = np.random.default_rng(3)
+    x32 = (rng.normal(size=(80, 6)) + 1000.0).astype(np.float32)
+    codes = rng.integers(0, 4, size=80)
+    codes[:4] = np.arange(4)  # every class present
+    ref = _cka64(x32.astype(np.float64), np.eye(4)[codes])
+    assert label_cka(x32, codes) == pytest.approx(ref, rel=1e-9)
+    assert label_cka(np.ones((10, 3)), np.arange(10) % 2) is None  # constant rows: undefined
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def test_parse_labels_splits_at_the_first_equals_and_strips():
+    from xlalign.studies.compare import parse_labels
+
+    got = parse_labels([" A = Qwen 0.5B ", "runs/g=Gemma=3", "b=x"])
+    assert got == {"A": "Qwen 0.5B", "runs/g": "Gemma=3", "b": "x"}
+    assert parse_labels([]) == {}
+
+
+@pytest.mark.parametrize(
+    ("items", "named"),
+    [
+        (["A"], "'A'"),
+        (["=Qwen"], "'=Qwen'"),
+        (["A=  "], "'A=  '"),
+        ([" =x"], "' =x'"),
+        (["A=one", " A =two"], "'one' and 'two'"),
+    ],
+)
+def test_parse_labels_refuses_what_is_not_run_eq_name(items, named):
+    from xlalign.errors import XlalignError
+    from xlalign.studies.compare import parse_labels
+
+    with pytest.raises(XlalignError, match="--label") as e:
+        parse_labels(items)
+    assert named in str(e.value)
+
+
+def test_a_label_key_is_a_run_as_given_before_it_is_a_letter(tmp_path):
+    from xlalign.errors import XlalignError
+    from xlalign.studies.compare import _label_index
+
+    given = ["B", "A", str(tmp_path / "c")]
+    assert _label_index("A", given) == 1  # the run named A, not the first run
+    assert _label_index("B", given) == 0
+    assert _label_index("c", given) == 2  # the third run's letter
+    assert _label_index("C", given) == 2
+    assert _label_index(str(tmp_path / "." / "c"), given) == 2  # the same path, spelt otherwise
+    for bad in ("D", "d", "AB", "1", ""):
+        with pytest.raises(XlalignError, match=r"A\.\.C") as e:
+            _label_index(bad, given)
+        assert f"'{bad}'" in str(e.value)
+
+
+class _LabelRun:
+    def __init__(self, path, model=None, seed=None):
+        self.path = path
+        self.manifest = {"model": model, "random_init_seed": seed}
+
+
+def test_labels_default_to_the_model_name_marked_random_init_and_numbered():
+    from xlalign.studies.compare import _labels
+
+    runs = [
+        _LabelRun("r/1", "hub/Qwen2.5-0.5B"),
+        _LabelRun("r/2", "hub/Qwen2.5-0.5B", seed=0),
+        _LabelRun("r/3", "/models/Qwen2.5-0.5B"),
+        _LabelRun("r/4", "hub/Qwen2.5-0.5B"),
+        _LabelRun("r/runfolder"),
+    ]
+    given = [r.path for r in runs]
+    assert _labels(given, None, runs) == [  # type: ignore[arg-type]
+        "Qwen2.5-0.5B",
+        "Qwen2.5-0.5B (random-init)",
+        "Qwen2.5-0.5B #2",
+        "Qwen2.5-0.5B #3",
+        "runfolder",
+    ]
+    # a user's label is kept as given, even for a random-init run
+    named = _labels(given[:2], {"B": "ctrl", "r/1": "model"}, runs[:2])  # type: ignore[arg-type]
+    assert named == ["model", "ctrl"]
+    assert _labels(given[:2], ["x", "x"], runs[:2]) == ["x", "x #2"]  # type: ignore[arg-type]
+
+
+def test_labels_refuse_a_run_labelled_twice_or_a_list_of_the_wrong_length():
+    from xlalign.errors import XlalignError
+    from xlalign.studies.compare import _labels
+
+    runs = [_LabelRun("r/1", "m1"), _LabelRun("r/2", "m2")]
+    given = ["r/1", "r/2"]
+    with pytest.raises(XlalignError, match=r"run r/1 labelled twice \('one' and 'two'\)"):
+        _labels(given, {"A": "one", "r/1": "two"}, runs)  # type: ignore[arg-type]
+    with pytest.raises(XlalignError, match="labels: 1 given for 2 runs"):
+        _labels(given, ["only"], runs)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- stored settings
+
+
+def test_settings_differ_names_each_value_setting_that_differs():
+    from xlalign.studies.compare import VALUE_SETTINGS, settings_differ
+
+    cfg = SweepConfig()
+    same = {k: getattr(cfg, k) for k in VALUE_SETTINGS if k != "ci_method"}
+    same["ci_method"] = "jackknife"
+    assert settings_differ(same, cfg) == []
+    other = {"null": "monte-carlo", "seed": 7, "stratify": "template", "center": True,
+             "standardize": True, "compat": "platonic", "n_boot": 0, "ci_level": 0.9,
+             "null_perms": 10}  # fmt: skip
+    for key, value in other.items():
+        got = settings_differ({**same, key: value}, cfg)
+        assert got == [f"{key}: {value!r}, not {getattr(cfg, key)!r}"], key
+
+
+def test_settings_differ_reads_a_missing_setting_as_the_default_it_predates():
+    from xlalign.studies.compare import settings_differ
+
+    cfg = SweepConfig()
+    # before the nulls a sweep had none; before the jackknife its intervals were a bootstrap
+    assert settings_differ({}, cfg) == ["null_perms: 0, not 1000"]
+    assert settings_differ({"n_boot": 200, "null_perms": 1000}, cfg) == [
+        "ci_method: pair bootstrap, not jackknife/Wilson"
+    ]
+    no_ci = SweepConfig(n_boot=0)
+    assert settings_differ({"n_boot": 0, "null_perms": 1000}, no_ci) == []
+    assert settings_differ({"null_perms": 1000, "stratify": None}, SweepConfig(stratify="t")) == [
+        "stratify: None, not 't'"
+    ]
+    mc = SweepConfig(null="monte-carlo", n_perms=500)
+    doc = {"null": "monte-carlo", "null_perms": 1000, "n_perms": 1000}
+    assert settings_differ(doc, mc) == ["n_perms: 1000, not 500"]
+    assert settings_differ({**doc, "n_perms": 500}, mc) == []
+    assert settings_differ({**doc, "null": "exact", "n_perms": 3}, SweepConfig()) == []
+
+
+def test_sweep_config_is_the_users_else_the_stored_sweeps_else_the_default():
+    from xlalign.studies.compare import _sweep_config
+
+    mine = SweepConfig(seed=3)
+    assert _sweep_config([{"seed": 9}], CompareConfig(sweep=mine)) is mine
+    assert _sweep_config([None, None], CompareConfig()) == SweepConfig()
+    stored = {
+        "metrics": ["z", "cka"], "null": "monte-carlo", "n_perms": 77, "seed": 5,
+        "stratify": "template", "center": True, "n_boot": 0, "ci_level": 0.9,
+        "standardize": True, "compat": "platonic", "null_perms": 20,
+    }  # fmt: skip
+    got = _sweep_config([None, stored, {"seed": 1}], CompareConfig())
+    want = SweepConfig(
+        metrics=("z", "cka"), null="monte-carlo", n_perms=77, seed=5, stratify="template",
+        center=True, n_boot=0, ci_level=0.9, standardize=True, compat="platonic", null_perms=20,
+    )  # fmt: skip
+    assert got == want
+    # a sweep that predates a setting: the default, and no null (it had none)
+    assert _sweep_config([{"seed": 5}], CompareConfig()) == SweepConfig(seed=5, null_perms=0)

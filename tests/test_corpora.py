@@ -376,3 +376,293 @@ def test_stratified_sample_remainders_go_to_the_largest_fractions():
     for seed in range(5):
         counts = Counter(r["hsk_level"] for r in _stratified_sample(records, 5, seed))
         assert (counts[1], counts[2], counts[3]) in ((3, 1, 1), (2, 2, 1)), counts
+
+
+def test_clean_gloss_gives_none_for_a_sense_opening_with_a_bracketed_qualifier():
+    """A sense that opens with ``[...]`` is a qualified sense, like one opening with ``(...)``:
+    not a main sense, even though the rest would be one word."""
+    assert clean_gloss("[literary] to say") is None
+    assert clean_gloss("(classical) to say") is None
+    assert clean_gloss("to say [literary]") == "say"
+
+
+def test_word_pairs_keep_a_word_once_even_when_a_later_gloss_differs():
+    """A Chinese word seen again with another gloss is still its first pair only; tokens with
+    no gloss give no pair; a level that is not an integer is recorded as None."""
+    records = [
+        {"hsk_level": 1, "tokens": [{"word": "老师", "gloss_en": "teacher"}]},
+        {"hsk_level": 2, "tokens": [{"word": "老师", "gloss_en": "instructor"}]},
+        {
+            "tokens": [
+                {"word": "狗"},
+                {"word": "猫", "gloss_en": ""},
+                {"word": "水", "gloss_en": "water"},
+            ]
+        },
+        {"hsk_level": "3", "tokens": [{"word": "书", "gloss_en": "book"}]},
+    ]
+    assert [(p.zh, p.en, p.hsk_level) for p in hsk_word_pairs(records)] == [
+        ("老师", "teacher", 1),
+        ("水", "water", None),
+        ("书", "book", None),
+    ]
+
+
+@needs_hsk
+def test_word_pairs_default_to_the_packaged_records():
+    assert hsk_word_pairs() == hsk_word_pairs(_raw())
+
+
+def test_cloze_prompt_blanks_only_the_first_whole_word_occurrence_in_any_case():
+    """The query's word is blanked once: the first whole-word match, whatever its case, in the
+    English sentence (not inside 'concatenate'), and the first occurrence in the Chinese one."""
+    from xlalign.data.corpora import ClozeItem, WordPair, cloze_prompt
+
+    item = ClozeItem(WordPair("天", "cat", 1), "今天天气", "Cat, concatenate a cat.")
+    assert cloze_prompt([], item, "en") == 'Sentence: "___, concatenate a cat." Answer: "'
+    assert cloze_prompt([], item, "zh") == '句子: "今___天气" 答案: "'
+
+
+def test_cloze_prompt_demonstrations_show_their_answers_and_the_query_does_not():
+    from xlalign.data.corpora import ClozeItem, WordPair, cloze_prompt
+
+    dog = ClozeItem(WordPair("狗", "dog", 1), "我爱我的狗。", "I love my dog.")
+    cat = ClozeItem(WordPair("猫", "cat", 1), "猫喝水。", "The cat drinks water.")
+    assert cloze_prompt([dog], cat, "en").split("\n") == [
+        'Sentence: "I love my ___." Answer: "dog"',
+        'Sentence: "The ___ drinks water." Answer: "',
+    ]
+    assert cloze_prompt([dog], cat, "zh").split("\n") == [
+        '句子: "我爱我的___。" 答案: "狗"',
+        '句子: "___喝水。" 答案: "',
+    ]
+
+
+def test_cloze_items_take_each_words_first_usable_sentence_and_read_every_token():
+    """Tokens that are not word pairs are passed over without ending the record; a word with
+    two usable sentences gets the first; records without English or with a placeholder for it
+    give no item (even for a word whose gloss is the placeholder itself)."""
+    from xlalign.data.corpora import cloze_items
+
+    records = [
+        {"chinese": "狗叫。", "translation": {"en": "placeholder"},
+         "tokens": [{"word": "狗", "gloss_en": "placeholder"}]},
+        {"chinese": "猫叫。", "tokens": [{"word": "猫", "gloss_en": "cat"}]},
+        {"chinese": "OK，我爱狗。", "translation": {"en": "OK, I love the dog."},
+         "tokens": [{"word": "OK", "gloss_en": "okay"}, {"word": "爱", "gloss_en": "to love"}]},
+        {"chinese": "我也爱。", "translation": {"en": "I love it too."},
+         "tokens": [{"word": "爱", "gloss_en": "to love"}]},
+    ]  # fmt: skip
+    got = [(i.word.zh, i.word.en, i.zh_sentence, i.en_sentence) for i in cloze_items(records)]
+    assert got == [("爱", "love", "OK，我爱狗。", "OK, I love the dog.")]
+
+
+@needs_hsk
+def test_cloze_items_default_to_the_packaged_records():
+    from xlalign.data.corpora import cloze_items
+
+    assert cloze_items() == cloze_items(_raw())
+
+
+def test_word_tasks_accept_zero_shots_and_one_row_and_refuse_less():
+    from xlalign.data.corpora import cloze_words, copy_words
+
+    tok = WordTokenizer({"teacher", "dog", "cat", "water", "book", "thank"})
+    for task, records in ((translate_words, RECORDS), (copy_words, RECORDS),
+                          (cloze_words, CLOZE_RECORDS)):  # fmt: skip
+        one = task(tok, 1, shots=0, records=records)
+        assert len(one) == 1 and "\n" not in one.texts["zh"][0]  # the query alone
+        with pytest.raises(XlalignError, match=r"^shots must be at least 0, got -1$"):
+            task(tok, shots=-1, records=records)
+        with pytest.raises(XlalignError, match=r"^--n must be at least 1, got 0$"):
+            task(tok, 0, records=records)
+
+
+class _LocaleResource:
+    """A packaged file that, like a machine whose locale is not UTF-8, opens as latin-1 unless
+    an encoding is asked for."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def joinpath(self, *parts: str) -> _LocaleResource:
+        assert parts == ("data/sentences.json",)
+        return self
+
+    def open(self, mode: str = "r", encoding: str | None = None):
+        import io
+
+        assert mode == "r"
+        return io.TextIOWrapper(io.BytesIO(self.data), encoding=encoding or "latin-1")
+
+
+def test_hsk_records_read_the_json_as_utf8_whatever_the_locale_and_want_a_list(monkeypatch):
+    import importlib.resources
+
+    from xlalign.data import corpora
+
+    data = json.dumps([{"chinese": "你好"}], ensure_ascii=False).encode("utf-8")
+    monkeypatch.setattr(importlib.resources, "files", lambda _name: _LocaleResource(data))
+    assert corpora.hsk_records() == [{"chinese": "你好"}]
+    not_a_list = json.dumps({"chinese": "你好"}, ensure_ascii=False).encode("utf-8")
+    monkeypatch.setattr(importlib.resources, "files", lambda _name: _LocaleResource(not_a_list))
+    with pytest.raises(
+        CorpusError, match=r"^hsk_sentences_audio/data/sentences\.json: expected a list of records$"
+    ):
+        corpora.hsk_records()
+
+
+#: HSK records in the package's shape (ids, levels, topics, a placeholder, gaps), written here.
+HSK_SMALL = [
+    {"id": 1, "hsk_level": 1, "topic": "greet", "chinese": "你好", "translation": {"en": "Hello"}},
+    {"id": 2, "hsk_level": 2, "topic": "thanks", "chinese": "谢谢",
+     "translation": {"en": "placeholder"}},
+    {"id": 3, "hsk_level": 2, "topic": "bye", "chinese": "再见"},  # no English
+    {"id": 4, "hsk_level": 3, "topic": "x", "chinese": "", "translation": {"en": "Empty"}},
+    {"id": 5, "hsk_level": 3, "chinese": "好", "translation": {"en": "Good"}},  # no topic
+    {"id": 6, "hsk_level": 4, "topic": "food", "chinese": "吃", "translation": {"en": "Eat"}},
+]  # fmt: skip
+
+
+def test_hsk_corpus_of_given_records_keeps_the_translated_rows_and_lists_the_placeholders(
+    monkeypatch,
+):
+    from xlalign.data import corpora
+    from xlalign.data.corpus import SkippedRow
+
+    monkeypatch.setattr(corpora, "hsk_records", lambda: [dict(r) for r in HSK_SMALL])
+    corpus = corpora.hsk()
+    assert corpus.ids == ("1", "5", "6")
+    assert corpus.texts == {"zh": ("你好", "好", "吃"), "en": ("Hello", "Good", "Eat")}
+    assert corpus.meta == {"hsk_level": (1, 3, 4), "topic": ("greet", "None", "food")}
+    assert corpus.source == "hsk-sentences-audio 1.0.0 (1 untranslated rows dropped)"
+    assert corpus.skipped == (
+        SkippedRow(
+            "2",
+            "hsk_sentences_audio/data/sentences.json",
+            "untranslated: the English text is a placeholder ('placeholder')",
+        ),
+    )
+    chosen = corpora.hsk(levels=[4, 1, 4])
+    assert chosen.ids == ("1", "6") and chosen.skipped == ()  # the placeholder is level 2
+    assert chosen.source == "hsk-sentences-audio 1.0.0 levels 1,4"
+    every = corpora.hsk(levels=range(1, 7))
+    assert every.ids == corpus.ids
+    assert every.source == "hsk-sentences-audio 1.0.0 (1 untranslated rows dropped) levels " + (
+        "1,2,3,4,5,6"
+    )
+    with pytest.raises(CorpusError, match=r"^HSK levels are 1 to 6, got 0, 7$"):
+        corpora.hsk(levels=[0, 3, 7])
+
+
+def test_hsk_sample_sizes_from_one_to_all_rows_with_seed_zero_by_default(monkeypatch):
+    from xlalign.data import corpora
+
+    monkeypatch.setattr(corpora, "hsk_records", lambda: [dict(r) for r in HSK_SMALL])
+    base = "hsk-sentences-audio 1.0.0 (1 untranslated rows dropped)"
+    for n in (1, 2, 3):
+        sample = corpora.hsk(n=n, seed=5)
+        assert len(sample) == n and set(sample.ids) <= {"1", "5", "6"}
+        assert list(sample.ids) == sorted(sample.ids)  # in the corpus order
+        assert sample.source == f"{base} (n={n}, seed=5)"
+    with pytest.raises(CorpusError, match=r"^n must be at least 1, got 0$"):
+        corpora.hsk(n=0)
+    with pytest.raises(CorpusError, match=r"^asked for 4 HSK pairs, there are 3$"):
+        corpora.hsk(n=4)
+    many = [
+        {"id": i, "hsk_level": 1, "topic": "t", "chinese": "字", "translation": {"en": "w"}}
+        for i in range(30)
+    ]
+    monkeypatch.setattr(corpora, "hsk_records", lambda: many)
+    assert corpora.hsk(n=5).ids == corpora.hsk(n=5, seed=0).ids != corpora.hsk(n=5, seed=1).ids
+
+
+def test_load_builtin_names_the_hsk_and_problems_corpora_and_refuses_others(monkeypatch):
+    from xlalign.data import corpora
+    from xlalign.data.problems import generate_problems
+
+    many = [
+        {"id": i, "hsk_level": 1 + i % 2, "topic": "t", "chinese": "字", "translation": {"en": "w"}}
+        for i in range(30)
+    ]
+    monkeypatch.setattr(corpora, "hsk_records", lambda: many)
+    assert corpora.load_builtin("hsk") == corpora.hsk()
+    assert len(corpora.load_builtin("hsk")) == 30
+    assert corpora.load_builtin("hsk", n=6) == corpora.hsk(n=6, seed=0)
+    assert corpora.load_builtin("hsk", 6, seed=2) == corpora.hsk(n=6, seed=2)
+    assert corpora.hsk(n=6, seed=2).ids != corpora.hsk(n=6, seed=0).ids  # the seed matters
+    assert corpora.load_builtin("problems") == generate_problems(200, 42)
+    assert corpora.load_builtin("problems", 10, seed=7) == generate_problems(10, 42)
+    with pytest.raises(CorpusError, match=r"^unknown built-in corpus 'HSK': known hsk, problems$"):
+        corpora.load_builtin("HSK")
+
+
+#: Per word task: row-id prefix, records, the tokenizer's single-token English words, the kept
+#: words (Chinese, English, level) in the order of the records, and the source's description.
+WORD_TASK_CASES = {
+    "translate_words": (
+        "w", RECORDS, {"teacher", "dog", "cat", "water", "book", "thank"},
+        [("狗", "dog", 2), ("猫", "cat", 2), ("水", "water", 2), ("书", "book", 2)],
+        "translate-words (kept 4 of 7 words: single tokens in both languages",
+    ),
+    "copy_words": (
+        "k", RECORDS, {"teacher", "dog", "cat", "water", "book", "thank"},
+        [("狗", "dog", 2), ("猫", "cat", 2), ("水", "water", 2), ("书", "book", 2)],
+        "copy-words (kept 4 of 7 words: single tokens in both languages",
+    ),
+    "cloze_words": (
+        "c", CLOZE_RECORDS, {"dog", "love", "cat", "water", "book"},
+        [("狗", "dog", 1), ("爱", "love", 1), ("猫", "cat", 1), ("水", "water", 1),
+         ("书", "book", 2)],
+        "cloze-words (kept 5 of 6 words with a sentence pair: single tokens in both languages",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("task", sorted(WORD_TASK_CASES))
+def test_word_task_rows_are_the_kept_words_each_once_after_other_words_as_demonstrations(task):
+    """Row ``<prefix>NNNN`` is kept word NNNN; its ``shots`` demonstrations are distinct other
+    kept words, the same ones in both columns; the draw is seeded (0 by default) and ``n``
+    keeps a subset of the rows; the source counts words, rows, shots and seed."""
+    from xlalign.data import corpora
+
+    prefix, records, single, words, what = WORD_TASK_CASES[task]
+    make = getattr(corpora, task)
+    tok = WordTokenizer(single)
+    corpus = make(tok, seed=3, shots=2, records=records)
+    assert corpus.source == f"hsk-sentences-audio 1.0.0 {what}; {len(words)} rows, 2 shots, seed 3)"
+    assert sorted(corpus.ids) == [f"{prefix}{k:04d}" for k in range(len(words))]
+    zh_of = {en: zh for zh, en, _ in words}
+    for i, row_id in enumerate(corpus.ids):
+        answer = (corpus.meta["answer_zh"][i], corpus.meta["answer_en"][i])
+        assert (*answer, corpus.meta["hsk_level"][i]) == words[int(row_id[1:])]
+        zh_lines, en_lines = corpus.texts["zh"][i].split("\n"), corpus.texts["en"][i].split("\n")
+        assert len(zh_lines) == len(en_lines) == 3
+        demos_zh = [line.split('"')[3] for line in zh_lines[:-1]]
+        demos_en = [line.split('"')[3] for line in en_lines[:-1]]
+        assert [zh_of[en] for en in demos_en] == demos_zh  # the same demonstrations
+        assert len(set(demos_zh)) == 2 and answer[0] not in demos_zh
+    assert make(tok, seed=3, shots=2, records=records) == corpus
+    default = make(tok, shots=2, records=records)
+    assert default == make(tok, seed=0, shots=2, records=records)
+    assert default.source.endswith(" shots, seed 0)")
+    capped = make(tok, 2, seed=3, shots=2, records=records)
+    assert len(capped) == 2 and capped.source.endswith("; 2 rows, 2 shots, seed 3)")
+    for i, row_id in enumerate(capped.ids):
+        assert capped.meta["answer_zh"][i] == words[int(row_id[1:])][0]
+
+
+@pytest.mark.parametrize("task", sorted(WORD_TASK_CASES))
+def test_word_tasks_need_one_more_single_token_word_than_shots(task):
+    """With K kept words, K - 1 shots work (every other word is a demonstration) and K shots
+    do not; the message counts demonstrations and query."""
+    from xlalign.data import corpora
+
+    _prefix, records, single, words, _what = WORD_TASK_CASES[task]
+    make, tok, k = getattr(corpora, task), WordTokenizer(single), len(words)
+    corpus = make(tok, shots=k - 1, records=records)
+    assert len(corpus) == k
+    assert all(len(prompt.split("\n")) == k for prompt in corpus.texts["en"])
+    msg = rf"only {k} of \d+ HSK words .* {k + 1} are needed \({k} demonstrations \+ a query\)"
+    with pytest.raises(XlalignError, match=msg):
+        make(tok, shots=k, records=records)

@@ -159,3 +159,177 @@ def test_stratified_z_follows_standardize_and_center(strat_run, standardize, cen
         if (s, c) != (standardize, center)
     ]
     assert all(abs(o - want) > 1e-3 * abs(want) for o in others)
+
+
+# --------------------------------------------------------------------------- build_findings
+
+B_SITES = ("embed", "L0", "L1", "L2")
+B_METRICS = ("z", "p1_xy", "cka_unbiased")
+
+
+def _interval64(rec):
+    """A record's closed interval, a missing bound being the value (docs/report.md)."""
+    if rec is None or rec.get("value") is None:
+        return None
+    v = rec["value"]
+    return (v if rec.get("ci_low") is None else rec["ci_low"],
+            v if rec.get("ci_high") is None else rec["ci_high"])  # fmt: skip
+
+
+def _rule(model, control, control_best, lexical, below_all):
+    """The verdict rule of docs/report.md, written out again."""
+    m = _interval64(model)
+    c, cb, lx = _interval64(control), _interval64(control_best), _interval64(lexical)
+    below_here = c is not None and m[1] < c[0]
+    if below_all is None:
+        if below_here:
+            return "below-control"
+    elif below_all and (c is None or below_here):
+        return "below-control"
+    if model.get("p_best_site") is not None and model["p_best_site"] > 0.05:
+        return "matched-by-null"
+    if any(o is not None and not m[0] > o[1] for o in (c, cb)):
+        return "matched-by-control"
+    if lx is not None and not m[0] > lx[1]:
+        return "matched-by-lexical"
+    return "no-control" if c is None and cb is None else "beyond-control"
+
+
+@st.composite
+def _record(draw, x, y, pool, site, metric, best_p):
+    kind = draw(st.sampled_from(["value", "value", "value", "none", "absent"]))
+    if kind == "absent":
+        return None
+    rec = {"x": x, "y": y, "pool": pool, "site": site, "metric": metric, "n": 40}
+    if kind == "none":
+        return {**rec, "value": None, "undefined_reason": "test"}
+    v = draw(st.integers(-6, 6)) / 2
+    lo = None if draw(st.integers(0, 4)) == 0 else v - draw(st.integers(0, 3)) / 2
+    hi = None if draw(st.integers(0, 4)) == 0 else v + draw(st.integers(0, 3)) / 2
+    rec.update(value=v, ci_low=lo, ci_high=hi)
+    if draw(st.booleans()):
+        rec.update(p_value=draw(st.integers(1, 1001)) / 1001, null_q95=v / 3)
+    if best_p and draw(st.booleans()):
+        rec["p_best_site"] = draw(st.sampled_from([0.001, 0.05, 0.051, 0.4]))
+    return rec
+
+
+@st.composite
+def _sweeps(draw):
+    pairs, pools = [("zh", "en"), ("en", "zh")], ("mean", "last")
+
+    def doc(lexical):
+        recs = []
+        for x, y in pairs:
+            for pool in pools:
+                for metric in B_METRICS:
+                    sites = (*B_SITES, "lexical") if lexical else B_SITES
+                    for s in sites:
+                        r = draw(_record(x, y, pool, s, metric, s != "lexical"))
+                        if r is not None:
+                            recs.append(r)
+        return {"sites": list(B_SITES), "pairs": [list(p) for p in pairs], "pools": list(pools),
+                "records": recs, "n_boot": 200, "null_perms": 1000}  # fmt: skip
+
+    model = doc(lexical=True)
+    control = doc(lexical=False) if draw(st.booleans()) else None
+    return model, control
+
+
+def _find(recs, x, y, pool, site, metric):
+    got = [r for r in recs if (r["x"], r["y"], r["pool"], r["site"], r["metric"]) == (x, y, pool, site, metric)]  # fmt: skip
+    return got[0] if got else None
+
+
+def _public(rec, best):
+    if rec is None or rec.get("value") is None:
+        return None
+    keys = ["value", "ci_low", "ci_high", "p_value", "null_q95"] + (["p_best_site"] if best else [])
+    return {k: rec[k] for k in keys if k in ("value", "ci_low", "ci_high") or rec.get(k) is not None}  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(_sweeps())
+def test_build_findings_site_control_counts_and_verdict_by_definition(sweeps):
+    """Every finding of random sweeps (ties, missing bounds, undefined and absent sites, with
+    and without a control) recomputed from the rules of docs/report.md."""
+    from xlalign.studies.findings import build_findings
+
+    model, control = sweeps
+    doc = build_findings(model, control)
+    crecs = (control or {}).get("records") or []
+    expected = []
+    for x, y in (("zh", "en"), ("en", "zh")):
+        for pool in ("mean", "last"):
+            for metric in B_METRICS:
+                recs = [_find(model["records"], x, y, pool, s, metric) for s in B_SITES]
+                defined = [r for r in recs if r is not None and r["value"] is not None]
+                if not defined:
+                    continue
+                best = defined[0]
+                for r in defined[1:]:
+                    best = r if r["value"] > best["value"] else best  # first wins ties
+                site = best["site"]
+                mod = _public(best, True)
+                ctl = _public(_find(crecs, x, y, pool, site, metric), False)
+                cdef = [r for s in B_SITES if (r := _find(crecs, x, y, pool, s, metric)) is not None and r["value"] is not None]  # fmt: skip
+                cbest = None
+                if cdef:
+                    cb = cdef[0]
+                    for r in cdef[1:]:
+                        cb = r if r["value"] > cb["value"] else cb
+                    cbest = {"site": cb["site"], **_public(cb, True)}
+                above = below = compared = 0
+                gain = None
+                for s in B_SITES:
+                    mi = _interval64(_find(model["records"], x, y, pool, s, metric))
+                    ci = _interval64(_find(crecs, x, y, pool, s, metric))
+                    if mi is None or ci is None:
+                        continue
+                    compared += 1
+                    above += mi[0] > ci[1]
+                    below += mi[1] < ci[0]
+                    g = _find(model["records"], x, y, pool, s, metric)["value"] - _find(crecs, x, y, pool, s, metric)["value"]  # fmt: skip
+                    if gain is None or g > gain[1]:
+                        gain = (s, g)
+                below_all = None if compared == 0 else below == compared
+                lex = _public(_find(model["records"], x, y, pool, "lexical", metric), False)
+                expected.append(
+                    {
+                        "pair": [x, y],
+                        "pool": pool,
+                        "metric": metric,
+                        "site": site,
+                        "model": mod,
+                        "control": ctl,
+                        "control_best": cbest,
+                        "lexical": lex,
+                        "verdict": _rule(mod, ctl, cbest, lex, below_all),
+                        "counts": None if compared == 0 else (above, below, compared),
+                        "gain": gain,
+                        "n_sites": len(defined),
+                        "p_best_site": best.get("p_best_site"),
+                    }
+                )
+    assert len(doc["findings"]) == len(expected)
+    for f, e in zip(doc["findings"], expected, strict=True):
+        assert (f["pair"], f["pool"], f["metric"], f["site"]) == (e["pair"], e["pool"], e["metric"], e["site"])  # fmt: skip
+        assert f["model"] == e["model"]
+        assert f["control"] == e["control"]
+        assert f["control_best"] == e["control_best"]
+        assert f["lexical"] == e["lexical"]
+        assert f["verdict"] == e["verdict"], (f, e)
+        counts = f["sites_vs_control"]
+        got = None if counts is None else (counts["above"], counts["below"], counts["compared"])
+        assert got == e["counts"]
+        lg = f["largest_gain"]
+        assert (None if lg is None else (lg["site"], lg["gain"])) == e["gain"]
+        assert f["n_sites"] == e["n_sites"] and f["n"] == 40
+        assert f["p_best_site"] == e["p_best_site"]
+        assert f["artifact"] is None and f["source"] == "alignment"
+    assert doc["study"]["control"] == (None if control is None else "random-init")
+    assert doc["study"]["n_pairs"] == 40
+    no_control = "no random-weights control: no finding can be beyond-control"
+    assert (no_control in doc["warnings"]) == (control is None)
+    if control is None:
+        assert all(f["verdict"] in ("no-control", "matched-by-lexical", "matched-by-null") for f in doc["findings"])  # fmt: skip

@@ -145,3 +145,376 @@ def test_lens_summaries_use_the_configured_level(answered):
             _, lo, hi = mean_ci(ent, 50, cfg.seed, level)
             assert s["entropy"]["low"] == pytest.approx(lo[0], rel=1e-5)
             assert s["entropy"]["high"] == pytest.approx(hi[0], rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# the study's pure helpers, on hand-made inputs (no model)
+
+
+def _bootstrap_reference(values, n_boot, seed, level):
+    """``mean_ci`` from its definition, by loops: the documented single draw of ``n_boot x n``
+    row indices, each resample's column means, and the percentile interval by linear
+    interpolation between the order statistics."""
+    values = np.asarray(values, dtype=np.float64)
+    n, m = values.shape
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    boots = np.array([[sum(values[i, c] for i in row) / n for c in range(m)] for row in idx])
+
+    def quantile(xs, q):
+        xs = sorted(xs)
+        h = (len(xs) - 1) * q
+        lo = int(np.floor(h))
+        hi = min(lo + 1, len(xs) - 1)
+        return xs[lo] + (h - lo) * (xs[hi] - xs[lo])
+
+    qs = ((1 - level) / 2, (1 + level) / 2)
+    low = np.array([quantile(boots[:, c], qs[0]) for c in range(m)])
+    high = np.array([quantile(boots[:, c], qs[1]) for c in range(m)])
+    mean = np.array([sum(values[:, c]) / n for c in range(m)])
+    return mean, low, high
+
+
+def test_mean_ci_equals_the_bootstrap_written_out_by_loops():
+    rng = np.random.default_rng(0)
+    values = np.column_stack([rng.normal(size=7), rng.exponential(3.0, size=7), np.arange(7.0)])
+    for n_boot, seed, level in ((50, 3, 0.9), (41, 11, 0.5)):
+        got = mean_ci(values, n_boot, seed, level)
+        want = _bootstrap_reference(values, n_boot, seed, level)
+        for g, w in zip(got, want, strict=True):
+            assert g.shape == (3,)
+            np.testing.assert_allclose(g, w, rtol=1e-12)
+    # two rows are resampled (four equally likely resample means 0, .5, .5, 1): the 95% interval
+    # of 400 resamples reaches both extremes; one row has nothing to resample
+    mean, lo, hi = mean_ci(np.array([[0.0], [1.0]]), 400, 1, 0.95)
+    assert (mean[0], lo[0], hi[0]) == (0.5, 0.0, 1.0)
+    mean, lo, hi = mean_ci(np.array([[2.5, -1.0]]), 400, 1, 0.95)
+    assert mean.tolist() == lo.tolist() == hi.tolist() == [2.5, -1.0]
+
+
+def test_g_rounds_to_seven_significant_digits_and_drops_non_finite_values():
+    from xlalign.studies.lens import _g
+
+    assert _g(np.nan) is None and _g(np.inf) is None and _g(-np.inf) is None
+    assert _g(1 / 3) == 0.3333333 and _g(np.float32(0.1)) == 0.1 and _g(-2) == -2.0
+    assert type(_g(np.float64(123456789.0))) is float and _g(123456789.0) == 123456800.0
+
+
+class _CodeTok:
+    """Token ids are code points; id 0 is a special token that decodes to "S" unless
+    ``skip_special_tokens`` (transformers' default: False)."""
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(("" if skip_special_tokens else "S") if i == 0 else chr(i) for i in ids)
+
+
+class _PromptRun:
+    """The parts of a run that :func:`answer_roles` and :func:`answer_columns` read."""
+
+    def __init__(self, prompts, meta=None):
+        self.prompts, self.meta = prompts, meta or {}
+
+    def token_ids(self, lang):
+        from xlalign.errors import RunError
+
+        if lang == "fr":
+            raise RunError("no token ids for fr")
+        if lang == "de":
+            raise OSError("token file unreadable")
+        return [[ord(c) if c != "§" else 0 for c in p] for p in self.prompts[lang]]
+
+
+def test_answer_roles_from_hand_counted_prompts():
+    """Shares counted by hand over the rows that have an answer; a language whose token ids
+    cannot be read is left out, the others still counted; the special token (§, decoding to
+    "S") is left out of the prompt texts."""
+    from xlalign.studies.lens import answer_roles
+
+    run = _PromptRun(
+        {"zh": ["猫是cat吗", "狗", "什么", "§鸟"], "en": ["a cat", "the dog", "what", "§bird"]}
+    )
+    answers = {
+        "en": ["cat", None, "dog", ""],  # rows 0 and 2 answered
+        "zh": ["猫", "狗", "", "S"],  # rows 0, 1 and 3; "S" only in a special token's text
+        "ko": [None, "", None, ""],  # no row answered
+    }
+    got = answer_roles(run, ["fr", "zh", "de", "en"], answers, _CodeTok())
+    assert got == {
+        "in_prompt": {
+            "zh": {"en": 1 / 2, "zh": 2 / 3, "ko": None},  # cat in row 0, dog not in row 2
+            "en": {"en": 1 / 2, "zh": 0.0, "ko": None},
+        },
+        "roles": {
+            "zh": {"en": "in the prompt", "zh": "target", "ko": "not in the prompt"},
+            "en": {"en": "target", "zh": "not in the prompt", "ko": "not in the prompt"},
+        },
+    }
+    one = answer_roles(run, ["en"], {"zh": ["猫", None, None, "bird"]}, _CodeTok())
+    assert one["roles"] == {"en": {"zh": "in the prompt"}}  # 1 of 2 holds it: half counts
+    assert one["in_prompt"] == {"en": {"zh": 0.5}}
+    with pytest.raises(ValueError):  # an answer column of another length than the prompts
+        answer_roles(run, ["en"], {"zh": ["猫", "狗"]}, _CodeTok())
+
+
+def test_answer_columns_are_the_answer_prefixed_metadata_columns():
+    from xlalign.studies.lens import answer_columns
+
+    meta = {
+        "answer_en": ("cat", None),
+        "topic": ("a", "b"),
+        "answer_": ("x", "y"),  # no language: not an answer column
+        "my_answer_zh": ("猫", "狗"),
+        "answer_zh": ("猫", "狗"),
+    }
+    got = answer_columns(_PromptRun({}, meta))
+    assert got == {"en": ["cat", None], "zh": ["猫", "狗"]}
+    assert all(type(v) is list for v in got.values())
+
+
+def _part(class_mass, entropy, top_ids, top_probs, answer_prob, answer_rank):
+    from xlalign.studies.lens import SiteDecoding
+
+    a = [np.asarray(x) for x in (class_mass, entropy, top_ids, top_probs, answer_prob)]
+    return SiteDecoding(*a, np.asarray(answer_rank, dtype=np.int64))
+
+
+def _mass(rng, n):
+    from xlalign.data.tokens import TOKEN_CLASSES
+
+    m = rng.random((n, len(TOKEN_CLASSES))) + 0.01
+    return m / m.sum(axis=1, keepdims=True)
+
+
+def test_records_hold_each_rows_numbers_under_its_site_language_and_id():
+    from xlalign.data.tokens import TOKEN_CLASSES
+    from xlalign.studies.lens import _records
+
+    rng = np.random.default_rng(4)
+    mass = _mass(rng, 2)
+    part = _part(
+        mass, [1.25, 0.3333333333], [[7, 3, 9], [2, 7, 4]], [[0.5, 0.2, 0.1], [0.4, 0.3, 0.2]],
+        [[0.25, np.nan], [0.5, 0.125]], [[3, -1], [1, 2]],
+    )  # fmt: skip
+    recs = _records("L2", "zh", ["r0", "r1"], part, ["en", "ja"])
+    assert len(recs) == 2
+    for i, rec in enumerate(recs):
+        assert set(rec) == {"site", "lang", "id", "class_mass", "entropy", "top",
+                            "answer_prob", "answer_rank"}  # fmt: skip
+        assert (rec["site"], rec["lang"], rec["id"]) == ("L2", "zh", f"r{i}")
+        assert list(rec["class_mass"]) == list(TOKEN_CLASSES)
+        for c, v in zip(TOKEN_CLASSES, mass[i], strict=True):
+            assert rec["class_mass"][c] == pytest.approx(v, rel=1e-6)
+    assert recs[1]["entropy"] == 0.3333333 and recs[0]["entropy"] == 1.25
+    assert recs[0]["top"] == [[7, 0.5], [3, 0.2], [9, 0.1]]
+    assert recs[1]["top"] == [[2, 0.4], [7, 0.3], [4, 0.2]]
+    assert all(type(t) is int for r in recs for t, _ in r["top"])
+    # a row without an answer in a language (rank -1) has no entry for it
+    assert recs[0]["answer_prob"] == {"en": 0.25} and recs[0]["answer_rank"] == {"en": 3}
+    assert recs[1]["answer_prob"] == {"en": 0.5, "ja": 0.125}
+    assert recs[1]["answer_rank"] == {"en": 1, "ja": 2}
+    plain = _records("final", "en", ["r0", "r1"], part, [])
+    assert all("answer_prob" not in r and "answer_rank" not in r for r in plain)
+    # arrays that do not line up are refused, not cut short
+    with pytest.raises(ValueError):
+        _records(
+            "L2", "zh", ["r0"], _part(mass[:1, :-1], [1.0], [[7]], [[0.5]], [[0.2]], [[1]]), []
+        )
+    with pytest.raises(ValueError):
+        _records("L2", "zh", ["r0"], _part(mass[:1], [1.0], [[7, 3]], [[0.5]], [[0.2]], [[1]]), [])
+
+
+def test_control_reference_keeps_seed_folder_and_summaries():
+    from xlalign.studies.lens import control_reference
+
+    summaries = [{"site": "L0", "lang": "zh"}]
+    doc = {"random_init_seed": 5, "run": "/runs/a/control", "summaries": summaries,
+           "records": [{"site": "L0"}], "model": "m"}  # fmt: skip
+    assert control_reference(doc) == {
+        "kind": "random-init", "seed": 5, "run": "/runs/a/control", "summaries": summaries
+    }  # fmt: skip
+
+
+def _cm(latin, cjk):
+    return {"latin": {"mean": latin}, "cjk": {"mean": cjk}, "digit": {"mean": 0.01}}
+
+
+def test_summarize_states_peaks_last_site_answers_and_control():
+    """The lines name, per prompt language, the site where latin and cjk mass peak (a missing
+    mean counts as 0), the last site's masses, each answer's peak probability and site, and the
+    control's largest latin/cjk mass; every number is read off the hand-made summaries."""
+    from xlalign.studies.lens import summarize
+
+    def row(site, lang, latin, cjk, answers=None):
+        out = {"site": site, "lang": lang, "class_mass": _cm(latin, cjk)}
+        if answers is not None:
+            out["answer_prob"] = answers
+        return out
+
+    summaries = [
+        row("embed", "zh", 0.10, 0.30, {"en": {"mean": 0.01}, "zh": None}),
+        row("L0", "zh", 0.62, None, {"en": {"mean": 0.4567}, "zh": None}),  # en peaks here
+        row("L1", "zh", 0.33, 0.81, {"en": {"mean": 0.2}, "zh": None}),
+        row("final", "zh", 0.20, 0.35, {"en": {"mean": 0.3}, "zh": None}),
+        row("embed", "en", 0.05, 0.02),
+        row("L0", "en", 0.15, 0.04),
+        row("L1", "en", 0.55, 0.01),
+        row("final", "en", 0.91, 0.03),
+    ]
+    doc = {
+        "model": "tiny-qwen", "random_init_seed": None, "pool": "last",
+        "sites": ["embed", "L0", "L1", "final"], "n_rows": 12, "summaries": summaries,
+        "answers": {"languages": ["zh", "en"],
+                    "roles": {"zh": {"en": "not in the prompt"}, "en": {"en": "target"}}},
+        "vocab_share": {"latin": 0.4213, "cjk": 0.1678},
+    }  # fmt: skip
+    assert summarize(doc) == [
+        "logit lens of tiny-qwen (last pool, 4 sites, 12 prompts per language)",
+        "zh prompts: latin mass peaks at 0.62 at L0; cjk mass peaks at 0.81 at L1; "
+        "at final: latin 0.20, cjk 0.35",
+        "  P(en answer (not in the prompt: latent)) peaks at 0.457 at L0",
+        "en prompts: latin mass peaks at 0.91 at final; cjk mass peaks at 0.04 at L0; "
+        "at final: latin 0.91, cjk 0.03",
+        "no random-weights control for the lens",
+    ]
+    ctl_rows = [row("L0", "zh", 0.12, 0.31), row("L1", "zh", None, 0.05),
+                row("L0", "en", 0.2, None)]  # fmt: skip
+    ctl = {"kind": "random-init", "seed": 5, "summaries": ctl_rows}
+    lines = summarize({**doc, "random_init_seed": 7, "answers": None, "control": ctl})
+    assert lines[0] == (
+        "logit lens of tiny-qwen (random weights, seed 7) (last pool, 4 sites, 12 prompts per "
+        "language)"
+    )
+    assert not any(line.startswith("  P(") for line in lines)
+    assert lines[-1] == (
+        "random-weights control: latin/cjk mass at most 0.31 at any site "
+        "(vocabulary share: latin 0.42, cjk 0.17)"
+    )
+    # a control without summaries is no control
+    assert summarize({**doc, "control": {"summaries": []}})[-1] == (
+        "no random-weights control for the lens"
+    )
+
+
+def test_summary_means_intervals_mode_and_answers_of_a_hand_made_site():
+    """Class mass and entropy: means with the bootstrap of :func:`_bootstrap_reference`; the
+    commonest top-1 token with its share; per answer language the mean probability (interval
+    over the rows that have an answer), their count, the median rank and the share ranked 1;
+    a language no row answers is None."""
+    from xlalign.data.tokens import TOKEN_CLASSES
+    from xlalign.studies.lens import _summary
+
+    rng = np.random.default_rng(9)
+    n = 6
+    mass = _mass(rng, n)
+    entropy = rng.uniform(0.5, 4.0, n)
+    top_ids = np.array([[5, 1], [7, 2], [5, 3], [7, 4], [7, 8], [9, 6]])
+    prob_en = np.array([0.5, np.nan, 0.1, 0.4, 0.2, 0.7])
+    rank_en = np.array([1, -1, 4, 1, 2, 1])
+    part = _part(
+        mass, entropy, top_ids, rng.random((n, 2)),
+        np.column_stack([np.full(n, np.nan), prob_en]),
+        np.column_stack([np.full(n, -1), rank_en]),
+    )  # fmt: skip
+    cfg = LensConfig(n_boot=30, seed=7, level=0.8)
+    s = _summary("L3", "zh", part, ["zh", "en"], cfg, lambda t: f"<{t}>")
+    assert (s["site"], s["lang"], s["n"]) == ("L3", "zh", n)
+    mean, low, high = _bootstrap_reference(np.column_stack([mass, entropy]), 30, 7, 0.8)
+    assert list(s["class_mass"]) == list(TOKEN_CLASSES)
+    for j, c in enumerate([*TOKEN_CLASSES, None]):
+        got = s["entropy"] if c is None else s["class_mass"][c]
+        assert set(got) == {"mean", "low", "high"}
+        assert got["mean"] == pytest.approx(mean[j], rel=1e-6)
+        assert got["low"] == pytest.approx(low[j], rel=1e-6)
+        assert got["high"] == pytest.approx(high[j], rel=1e-6)
+        assert got["low"] < got["mean"] < got["high"]
+    assert s["top1_mode"] == {"id": 7, "text": "<7>", "share": 0.5}  # 7 is top-1 in 3 of 6
+    have = rank_en >= 0
+    m, lo, hi = _bootstrap_reference(prob_en[have][:, None], 30, 7, 0.8)
+    en = s["answer_prob"]["en"]
+    assert en["n"] == 5 and en["mean"] == pytest.approx(m[0], rel=1e-6)
+    assert en["low"] == pytest.approx(lo[0], rel=1e-6)
+    assert en["high"] == pytest.approx(hi[0], rel=1e-6)
+    assert set(en) == {"mean", "low", "high", "n"}
+    assert s["answer_rank"]["en"] == {"median": 1.0, "top1_share": 0.6}  # ranks 1, 4, 1, 2, 1
+    assert s["answer_prob"]["zh"] is None and s["answer_rank"]["zh"] is None
+    plain = _summary("final", "en", part, [], cfg, lambda t: "")
+    assert "answer_prob" not in plain and "answer_rank" not in plain
+    # a site with no rows: no means, no mode
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        empty = _summary("L0", "en", _part(mass[:0], entropy[:0], top_ids[:0],
+                         top_ids[:0] * 0.0, prob_en[:0, None], rank_en[:0, None]),
+                         ["en"], cfg, lambda t: "")  # fmt: skip
+    assert empty["n"] == 0 and empty["top1_mode"] is None
+    assert empty["entropy"] == {"mean": None, "low": None, "high": None}
+    assert empty["answer_prob"] == {"en": None} and empty["answer_rank"] == {"en": None}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"top_k": 0}, "--top-k must be at least 1, got 0"),
+        ({"n_boot": 0}, "--n-boot must be at least 1, got 0"),
+        ({"seed": -1}, "--seed must be 0 or more, got -1"),
+        ({"level": 0.0}, "the confidence level must be in (0, 1), got 0.0"),
+        ({"level": 1.0}, "the confidence level must be in (0, 1), got 1.0"),
+        ({"level": 1.5}, "the confidence level must be in (0, 1), got 1.5"),
+    ],
+)
+def test_lens_config_refuses_bad_options_naming_the_value(kwargs, message):
+    from xlalign.errors import XlalignError
+
+    with pytest.raises(XlalignError) as err:
+        LensConfig(**kwargs)
+    assert str(err.value) == message
+
+
+def test_lens_config_accepts_the_smallest_valid_options():
+    cfg = LensConfig(top_k=1, n_boot=1, seed=0, level=0.001)
+    assert (cfg.top_k, cfg.n_boot, cfg.seed, cfg.level) == (1, 1, 0, 0.001)
+    assert LensConfig(level=0.999).level == 0.999
+
+
+def test_decoding_note_says_what_each_site_went_through():
+    from types import SimpleNamespace
+
+    from xlalign.studies.lens import _decoding_note
+
+    with_norm, without = SimpleNamespace(norm=object()), SimpleNamespace(norm=None)
+    final = "LM head only: the site is the final norm's output already"
+    assert _decoding_note("final", with_norm) == _decoding_note("final", without) == final
+    assert _decoding_note("L0", with_norm) == _decoding_note("embed", with_norm)
+    assert _decoding_note("L0", with_norm) == "final norm, then LM head"
+    assert _decoding_note("L0", without) == "LM head only: the model has no final norm"
+
+
+def test_progress_bar_counts_sites_and_closes_once(monkeypatch):
+    from xlalign.studies.lens import _bar
+
+    made = []
+
+    class FakeBar:
+        def __init__(self, **kwargs):
+            self.kwargs, self.updates, self.closed = kwargs, [], 0
+            made.append(self)
+
+        def update(self, k):
+            self.updates.append(k)
+
+        def close(self):
+            self.closed += 1
+
+    monkeypatch.setattr("tqdm.auto.tqdm", FakeBar)
+    off = _bar(3, False)
+    off(1)
+    off(0, close=True)
+    assert made == []  # no bar without progress
+    step = _bar(3, True)
+    for _ in range(3):
+        step(1)
+    assert len(made) == 1 and made[0].closed == 0  # a step does not close the bar
+    step(0, close=True)
+    bar = made[0]
+    assert bar.kwargs == {"total": 3, "desc": "lens", "unit": "site", "leave": False}
+    assert bar.updates == [1, 1, 1] and bar.closed == 1
