@@ -110,6 +110,23 @@ def summary() -> None:
     for name, rec in sorted(last.items()):
         if rec["status"] not in ("killed",) and name not in equiv:
             print(f"  {rec['status']:<9} {name}")
+    # per module: every mutant mutmut generated, and what became of it
+    modules: dict[str, Counter[str]] = defaultdict(Counter)
+    for name in _names("*"):
+        module = name.partition(".x_")[0].partition(".xǁ")[0]
+        rec = last.get(name)
+        if rec is None:
+            status = "not run"
+        elif rec["status"] == "survived" and name in equiv:
+            status = "equivalent"
+        else:
+            status = rec["status"]
+        modules[module][status] += 1
+    cols = ("killed", "equivalent", "survived", "timeout", "not run")
+    print(f"{'module':<32} {'mutants':>7} " + " ".join(f"{c:>10}" for c in cols))
+    for module, c in sorted(modules.items()):
+        if sum(c[k] for k in cols[:4]):
+            print(f"{module:<32} {sum(c.values()):>7} " + " ".join(f"{c[k]:>10}" for k in cols))
 
 
 def main() -> int:

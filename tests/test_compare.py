@@ -507,3 +507,551 @@ def test_a_control_swept_with_other_settings_is_swept_again(runs, tmp_path):
     assert {key(f): (f["verdict"], f["control"]) for f in mixed.findings} == {
         key(f): (f["verdict"], f["control"]) for f in clean.findings
     }
+
+
+# --------------------------------------------------------------------------- parts, on small runs
+# (issue 25: each part of compare checked on runs built here, without a model)
+
+
+def _manifest_run(path, ids, fingerprint=None, langs=("zh", "en"), **extra):
+    """A run folder's manifest only (no array): what shared_rows and _saved_corpus read."""
+    from pathlib import Path
+
+    from xlalign.store.run import Run
+
+    man = {"languages": list(langs), "ids": list(ids), "n_rows": len(ids), **extra}
+    if fingerprint is not None:
+        man["corpus_fingerprint"] = fingerprint
+    return Run(Path(path), man)
+
+
+def _texts_corpus(rows, langs=("zh", "en")):
+    """``rows``: ``[(id, {lang: text})]`` -> a ParallelCorpus in that order."""
+    from xlalign.data.corpus import ParallelCorpus
+
+    return ParallelCorpus(
+        tuple(i for i, _ in rows), {lang: tuple(t[lang] for _, t in rows) for lang in langs}
+    )
+
+
+def _row(i, suffix=""):
+    return (i, {"zh": f"zh {i}", "en": f"en {i}{suffix}", "fr": f"fr {i}"})
+
+
+def _models(*runs):
+    from xlalign.studies.compare import _Model
+
+    return [
+        _Model(label=chr(65 + k), given=f"runs/{chr(97 + k)}", run=r, control=None)
+        for k, r in enumerate(runs)
+    ]
+
+
+def test_shared_rows_of_runs_with_one_fingerprint_and_ids_are_all_rows(tmp_path):
+    from xlalign.studies.compare import shared_rows
+
+    ids = ["r0", "r1", "r2", "r3"]
+    # no corpus copy anywhere: only the fingerprints can say the runs share their rows
+    ms = _models(*(_manifest_run(tmp_path / x, ids, "fp1") for x in "ab"))
+    got = shared_rows(ms, ("zh", "en"))
+    assert got == {
+        "shared": "all", "n_rows": 4, "n_rows_per_run": {"A": 4, "B": 4}, "ids": ids,
+        "fingerprints": {"A": "fp1", "B": "fp1"}, "languages": ["zh", "en"], "note": None,
+    }  # fmt: skip
+    for m in ms:
+        assert m.rows.tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("fp_a", "fp_b", "ids_b"),
+    [
+        ("fp1", "fp2", ["r0", "r1", "r2", "r3"]),  # fingerprints differ: ids alone do not say
+        (None, None, ["r0", "r1", "r2", "r3"]),  # no fingerprint at all: nothing to trust
+        ("fp1", "fp1", ["r3", "r2", "r1", "r0"]),  # one fingerprint, rows stored otherwise
+    ],
+)
+def test_shared_rows_are_matched_by_id_and_text_unless_fingerprints_and_ids_agree(
+    tmp_path, fp_a, fp_b, ids_b
+):
+    from xlalign.studies.compare import shared_rows
+
+    ids_a = ["r0", "r1", "r2", "r3"]
+    texts = dict(_row(i) for i in ids_a)
+    a = _manifest_run(tmp_path / "a", ids_a, fp_a)
+    b = _manifest_run(tmp_path / "b", ids_b, fp_b)
+    _texts_corpus([(i, texts[i]) for i in ids_a]).to_jsonl(tmp_path / "a" / "corpus.jsonl")
+    _texts_corpus([(i, texts[i]) for i in ids_b]).to_jsonl(tmp_path / "b" / "corpus.jsonl")
+    ms = _models(a, b)
+    got = shared_rows(ms, ["zh", "en"])
+    assert got["shared"] == "intersection"
+    assert got["ids"] == ids_a and got["ids_with_other_texts"] == []
+    assert got["fingerprints"] == {"A": fp_a, "B": fp_b}
+    assert got["note"] == (
+        "the runs share 4 rows (same id and texts), of 4 in A, 4 in B; only those are compared"
+    )
+    assert ms[0].rows.tolist() == [0, 1, 2, 3]
+    assert ms[1].rows.tolist() == [ids_b.index(i) for i in ids_a]
+
+
+def test_shared_rows_keep_the_ids_with_equal_texts_in_the_first_runs_order(tmp_path):
+    """A: x0 (A only) and r1..r5; B: r5..r1 reversed, r3 with another English text, y8 and y9
+    (B only). Shared: r1, r2, r4, r5 in A's order; r3 is named as left out."""
+    from xlalign.studies.compare import shared_rows
+
+    rows_a = [_row("x0"), *(_row(f"r{i}") for i in range(1, 6))]
+    rows_b = [_row(f"r{i}", " (other)" if i == 3 else "") for i in range(5, 0, -1)]
+    rows_b += [_row("y8"), _row("y9")]
+    ids_a, ids_b = [i for i, _ in rows_a], [i for i, _ in rows_b]
+    a = _manifest_run(tmp_path / "a", ids_a, "fpA")
+    b = _manifest_run(tmp_path / "b", ids_b, "fpB")
+    _texts_corpus(rows_a).to_jsonl(tmp_path / "a" / "corpus.jsonl")
+    _texts_corpus(rows_b).to_jsonl(tmp_path / "b" / "corpus.jsonl")
+    ms = _models(a, b)
+    got = shared_rows(ms, ("zh", "en"))
+    text_b = dict(rows_b)
+    want = [i for i, t in rows_a if i in text_b and text_b[i] == t]
+    other = [i for i, t in rows_a if i in text_b and text_b[i] != t]
+    assert want == ["r1", "r2", "r4", "r5"] and other == ["r3"]
+    assert got == {
+        "shared": "intersection", "n_rows": 4, "n_rows_per_run": {"A": 6, "B": 7}, "ids": want,
+        "fingerprints": {"A": "fpA", "B": "fpB"}, "languages": ["zh", "en"],
+        "ids_with_other_texts": other,
+        "note": "the runs share 4 rows (same id and texts), of 6 in A, 7 in B; only those are "
+        "compared; 1 shared ids have other texts and are left out (e.g. 'r3')",
+    }  # fmt: skip
+    assert ms[0].rows.tolist() == [ids_a.index(i) for i in want]
+    assert ms[1].rows.tolist() == [ids_b.index(i) for i in want]
+    assert ms[0].rows.dtype == np.int64
+    # compared on zh alone, r3 is shared too
+    assert shared_rows(_models(a, b), ["zh"])["ids"] == ["r1", "r2", "r3", "r4", "r5"]
+
+
+def test_shared_rows_of_a_single_run_without_fingerprint_are_its_corpus_rows(tmp_path):
+    from xlalign.studies.compare import shared_rows
+
+    rows = [_row(f"r{i}") for i in range(3)]
+    run = _manifest_run(tmp_path / "a", [i for i, _ in rows])
+    _texts_corpus(rows).to_jsonl(tmp_path / "a" / "corpus.jsonl")
+    (m,) = _models(run)
+    assert shared_rows([m], ["zh", "en"])["ids"] == ["r0", "r1", "r2"]
+    assert m.rows.tolist() == [0, 1, 2]
+
+
+def test_shared_rows_refuse_runs_that_cannot_be_matched_and_say_why(tmp_path):
+    from xlalign.errors import RunError
+    from xlalign.studies.compare import shared_rows
+
+    def runs(rows_a, rows_b, save_b=True):
+        for name, rows, save in (("a", rows_a, True), ("b", rows_b, save_b)):
+            if save:
+                _texts_corpus(rows).to_jsonl(tmp_path / name / "corpus.jsonl")
+        return _models(
+            _manifest_run(tmp_path / "a", [i for i, _ in rows_a], "fpA"),
+            _manifest_run(tmp_path / "b", [i for i, _ in rows_b], "fpB"),
+        )
+
+    same = [_row(f"r{i}") for i in range(4)]
+    (tmp_path / "b").mkdir()
+    with pytest.raises(RunError) as e:  # B keeps no corpus copy: its rows cannot be read
+        shared_rows(runs(same, same, save_b=False), ["zh", "en"])
+    assert str(e.value) == (
+        "runs runs/a and runs/b were made from different corpora (corpus fingerprints differ) "
+        "and runs/b keeps no copy of its corpus (corpus.jsonl) to find the rows they share; "
+        "compare runs made from one corpus"
+    )
+    other = [_row(f"r{i}", " (other)") for i in range(4)]
+    with pytest.raises(RunError) as e:
+        shared_rows(runs(same, other), ["zh", "en"])
+    assert str(e.value) == (
+        "runs runs/a, runs/b were made from different corpora: 4 ids are shared but their "
+        "texts differ (e.g. 'r0'); compare runs made from one corpus"
+    )
+    with pytest.raises(RunError) as e:
+        shared_rows(runs(same, [_row(f"q{i}") for i in range(4)]), ["zh", "en"])
+    assert str(e.value) == (
+        "runs runs/a, runs/b were made from different corpora: no id is shared; compare runs "
+        "made from one corpus"
+    )
+    with pytest.raises(RunError) as e:  # two rows in common: too few for the metrics
+        shared_rows(runs(same, same[:2]), ["zh", "en"])
+    assert str(e.value) == (
+        "runs runs/a, runs/b share only 2 rows (same id and texts); the metrics need at least 3"
+    )
+    assert shared_rows(runs(same, same[:3]), ["zh", "en"])["n_rows"] == 3  # three are enough
+
+
+def test_saved_corpus_is_the_runs_copy_else_a_source_with_its_fingerprint(tmp_path):
+    from xlalign.data.corpus import load_corpus
+    from xlalign.studies.compare import _saved_corpus
+
+    full = _texts_corpus([_row(f"r{i}") for i in range(4)], langs=("zh", "en", "fr"))
+    source = full.to_jsonl(tmp_path / "source.jsonl")
+    # the run was made from the file read in its languages (fr is then a metadata column)
+    fp = load_corpus(source, ["zh", "en"]).fingerprint()
+    assert fp != full.fingerprint()  # read in every language, it would not match
+    # the run's own copy is trusted whatever the manifest says
+    (tmp_path / "own").mkdir()
+    full.select(["zh", "en"]).to_jsonl(tmp_path / "own" / "corpus.jsonl")
+    got = _saved_corpus(_manifest_run(tmp_path / "own", full.ids, "stale", corpus_source="x"))
+    assert got is not None and got.fingerprint() == full.select(["zh", "en"]).fingerprint()
+    # no copy: the source file, read in the run's languages, when its fingerprint matches
+    (tmp_path / "bare").mkdir()
+    got = _saved_corpus(_manifest_run(tmp_path / "bare", full.ids, fp, corpus_source=str(source)))
+    assert got is not None and got.languages == ("zh", "en") and got.ids == full.ids
+    assert got.fingerprint() == fp
+    # a source edited since (another fingerprint) is not the run's corpus
+    run = _manifest_run(tmp_path / "bare", full.ids, "stale", corpus_source=str(source))
+    assert _saved_corpus(run) is None
+    # a broken copy is skipped for the source
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "corpus.jsonl").write_text("not json\n", encoding="utf-8")
+    run = _manifest_run(tmp_path / "broken", full.ids, fp, corpus_source=str(source))
+    got = _saved_corpus(run)
+    assert got is not None and got.fingerprint() == fp
+    # nothing to read: None
+    assert _saved_corpus(_manifest_run(tmp_path / "bare", full.ids, fp)) is None
+
+
+def test_saved_corpus_reads_no_file_named_after_an_in_memory_or_missing_source(
+    tmp_path, monkeypatch
+):
+    """``<memory>`` (a corpus built in Python) and a missing source name no file: a folder of
+    that name in the working directory is not read as the run's corpus."""
+    from xlalign.studies.compare import _saved_corpus
+
+    monkeypatch.chdir(tmp_path)
+    corpus = _texts_corpus([_row(f"r{i}") for i in range(3)])
+    for name in ("<memory>", "None"):
+        (tmp_path / name).mkdir()
+        for lang in ("zh", "en"):
+            (tmp_path / name / f"{lang}.txt").write_text(
+                "".join(t + "\n" for t in corpus.text(lang)), encoding="utf-8"
+            )
+    (tmp_path / "run").mkdir()
+    assert _saved_corpus(_manifest_run(tmp_path / "run", corpus.ids)) is None
+    run = _manifest_run(tmp_path / "run", corpus.ids, corpus_source="<memory>")
+    assert _saved_corpus(run) is None
+
+
+def test_stored_alignment_is_none_when_absent_and_refuses_what_is_not_a_sweep(tmp_path):
+    from xlalign.errors import RunError
+    from xlalign.studies.compare import _stored_alignment
+
+    assert _stored_alignment(tmp_path) is None
+    p = tmp_path / "alignment.json"
+    doc = {"records": [{"site": "L0", "value": 1.5}], "null": "exact"}
+    p.write_text(json.dumps(doc), encoding="utf-8")
+    assert _stored_alignment(tmp_path) == doc
+    p.write_text("{not json", encoding="utf-8")
+    with pytest.raises(RunError, match=re.escape(f"{p}: not valid JSON (")):
+        _stored_alignment(tmp_path)
+    for bad in ([{"records": []}], {"records": {"L0": 1}}, {"null": "exact"}):
+        p.write_text(json.dumps(bad), encoding="utf-8")
+        with pytest.raises(RunError) as e:
+            _stored_alignment(tmp_path)
+        assert str(e.value) == f"{p}: not an alignment.json (no 'records' list)"
+
+
+class _SummaryRun:
+    def __init__(self, arch, n_layers):
+        self.manifest = {"architecture": arch}
+        self.n_layers = n_layers
+
+
+def _ranked(*keys):
+    return [{"metric": m, "pool": p, "statement": f"{m}/{p}"} for m, p in keys]
+
+
+def test_summary_leads_with_z_statements_then_other_metrics_in_finding_order():
+    from xlalign.studies.compare import _Model, _summary
+    from xlalign.studies.findings import FINDING_METRICS
+
+    models = [
+        _Model(label="A", given="a", run=_SummaryRun("qwen2", 4), control=None),  # type: ignore[arg-type]
+        _Model(label="B", given="b", run=_SummaryRun("gpt2", 3), control=None),  # type: ignore[arg-type]
+    ]
+    first = "2 runs: A (qwen2, 4 layers), B (gpt2, 3 layers); 7 shared pairs"
+    assert FINDING_METRICS.index("p1_xy") < FINDING_METRICS.index("cka")
+    # every z statement, pools in name order, ahead of the other metrics
+    ranking = _ranked(("cka", "last"), ("z", "mean"), ("p1_xy", "last"), ("z", "last"),
+                      ("z", "max"))  # fmt: skip
+    head, lines = _summary(models, {"n_rows": 7, "note": "only 7"}, ranking)
+    assert head == "z/last"
+    assert lines == [first, "corpus: only 7", "z/max", "z/mean"]
+    # no z: the first two by metric (finding order) then pool
+    ranking = _ranked(("cka", "mean"), ("p1_yx", "mean"), ("p1_xy", "mean"), ("p1_xy", "last"))
+    head, lines = _summary(models, {"n_rows": 7, "note": None}, ranking)
+    assert (head, lines) == ("p1_xy/last", [first, "p1_xy/mean"])
+    head, lines = _summary(models, {"n_rows": 7}, [])
+    assert head == "no finding: the sweeps hold none of z, P@1 or CKA with a value"
+    assert lines == [first]
+
+
+def test_run_entry_describes_the_run_its_depths_and_its_control(tmp_path):
+    from xlalign.store.run import Run
+    from xlalign.studies.compare import _Model, _run_entry
+
+    sites = ["embed", "L0", "L1", "L2", "L3", "final"]
+    man = {"model": "hub/tiny", "architecture": "qwen2", "n_layers": 4, "d_model": 8,
+           "sites": sites}  # fmt: skip
+    run, ctl = Run(tmp_path / "a", man), Run(tmp_path / "a" / CONTROL_DIR, dict(man))
+    m = _Model(label="A", given="a", run=run, control=ctl, sweep_source="computed")
+    want = {
+        "label": "A", "path": str(tmp_path / "a"), "model": "hub/tiny", "architecture": "qwen2",
+        "n_layers": 4, "d_model": 8, "sites": sites,
+        "relative_depths": {"embed": 0.0, "L0": 1 / 4, "L1": 2 / 4, "L2": 3 / 4, "L3": 1.0,
+                            "final": 1.0},
+        "control": str(tmp_path / "a" / CONTROL_DIR), "sweep": "computed",
+    }  # fmt: skip
+    assert _run_entry(m) == want
+    m.control = None
+    assert _run_entry(m) == {**want, "control": None}
+
+
+def test_common_keeps_the_first_runs_order_or_checks_the_asked_ones():
+    from xlalign.errors import RunError, XlalignError
+    from xlalign.studies.compare import _common
+
+    have = [["zh", "en", "de", "fr"], ["en", "zh", "fr"], ["zh", "de", "en", "fr"]]
+    given = ["a", "b", "c"]
+    assert _common("language", None, have, given) == ["zh", "en", "fr"]
+    assert _common("language", ("fr", "en"), have, given) == ["fr", "en"]
+    with pytest.raises(RunError) as e:
+        _common("language", ["en", "de"], have, given)
+    assert str(e.value) == "language 'de' not in run b: it has en, zh, fr"
+    with pytest.raises(ValueError) as e:  # one list of languages per run, or a bug
+        _common("pool", ["x"], [["x"], ["x"]], ["a"])
+    assert not isinstance(e.value, XlalignError)
+
+
+def test_check_output_accepts_new_empty_or_earlier_comparison_folders_only(tmp_path):
+    from xlalign.store.lock import LOCK_FILE
+    from xlalign.studies.compare import _check_output
+
+    _check_output(tmp_path / "new")  # not there yet
+    (tmp_path / "empty").mkdir()
+    _check_output(tmp_path / "empty")
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / LOCK_FILE).write_text("")
+    _check_output(tmp_path / "locked")  # our own lock is not content
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "compare.json").write_text("{}")
+    (tmp_path / "earlier" / "report.md").write_text("")
+    _check_output(tmp_path / "earlier")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(XlalignError) as e:
+        _check_output(tmp_path / "file")
+    assert str(e.value) == f"output '{tmp_path / 'file'}' exists and is not a folder"
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(XlalignError) as e:
+        _check_output(tmp_path / "busy")
+    assert str(e.value) == (
+        f"output folder '{tmp_path / 'busy'}' is not empty and holds no comparison (no "
+        "compare.json); choose a new or empty folder"
+    )
+
+
+def _small_result():
+    from xlalign.studies.compare import FORMAT, CompareResult
+
+    return CompareResult(
+        format=FORMAT, headline="h", summary=["s"], warnings=["w"], runs=[],
+        corpus={"shared": "all", "n_rows": 3, "ids": ["a", "b", "c"], "languages": ["zh", "en"],
+                "note": None, "n_rows_per_run": {}, "fingerprints": {}},
+        curves=[], similarity=[], findings=[], ranking=[], settings={"k": 3},
+        paths={"json": "elsewhere"},
+    )  # fmt: skip
+
+
+def test_compare_result_to_dict_is_every_field_but_paths():
+    res = _small_result()
+    doc = res.to_dict()
+    names = ["format", "headline", "summary", "warnings", "runs", "corpus", "curves",
+             "similarity", "findings", "ranking", "settings"]  # fmt: skip
+    assert list(doc) == names
+    assert all(doc[n] is getattr(res, n) for n in names)
+
+
+def test_write_compare_writes_the_json_and_the_report_into_a_new_or_earlier_folder(tmp_path):
+    from xlalign.studies.compare import write_compare
+
+    res = _small_result()
+    out = tmp_path / "deep" / "out"  # its parent is made too
+    for _ in range(2):  # a second write replaces the first
+        paths = write_compare(res, out)
+        assert paths == {"json": out / "compare.json", "html": out / "report.html",
+                         "md": out / "report.md"}  # fmt: skip
+        assert json.loads((out / "compare.json").read_text()) == res.to_dict()
+        assert "h" in (out / "report.md").read_text()
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(XlalignError, match="holds no comparison"):
+        write_compare(res, tmp_path / "busy")
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"k": 0}, "--k must be at least 1, got 0"),
+        ({"n_perms": -1}, "--n-perms must be >= 0, got -1"),
+        ({"seed": -1}, "--seed must be 0 or more, got -1"),
+    ],
+)
+def test_compare_config_refuses_values_below_their_least(kw, message):
+    with pytest.raises(XlalignError) as e:
+        CompareConfig(**kw)
+    assert str(e.value) == message
+    least = {"k": 1, "n_perms": 0, "seed": 0}
+    assert CompareConfig(**least) == CompareConfig(k=1, n_perms=0, seed=0)
+
+
+def _array_run(path, ids, arrays, sites=("embed", "L0"), langs=("zh", "en")):
+    """A Run whose arrays are given: ``arrays[(lang, site, pool)]`` (any other key fails)."""
+    from xlalign.store.run import Run
+
+    class _ArrayRun(Run):
+        def array(self, lang, site, pool, *, mmap=True):
+            return arrays[(lang, site, pool)]
+
+    man = {"ids": list(ids), "n_rows": len(ids), "languages": list(langs), "sites": list(sites),
+           "model": "hub/tiny"}  # fmt: skip
+    return _ArrayRun(path, man)
+
+
+def test_row_view_keeps_the_given_rows_in_the_given_order(tmp_path):
+    from xlalign.studies.compare import _RowView
+
+    ids = [f"r{i}" for i in range(5)]
+    rng = np.random.default_rng(0)
+    arrays = {(lang, s, p): rng.normal(size=(5, 3)).astype(np.float32)
+              for lang in ("zh", "en") for s in ("embed", "L0") for p in ("last", "mean")}  # fmt: skip
+    base = _array_run(tmp_path, ids, arrays)
+    rows = np.array([3, 0, 4])
+    view = _RowView(base, rows)
+    assert view.ids == ("r3", "r0", "r4") and view.n_rows == 3
+    assert view.path == base.path and view.manifest["model"] == "hub/tiny"
+    assert base.ids == tuple(ids) and base.n_rows == 5  # the run itself is untouched
+    for (lang, s, p), x in arrays.items():
+        got = view.array(lang, s, p)
+        assert got.shape == (3, 3)
+        np.testing.assert_array_equal(got, x[[3, 0, 4]])
+
+
+def test_count_identical_counts_each_site_on_the_shared_rows_only(tmp_path):
+    """Rows 1, 3, 5 (not shared) are one vector; the shared rows 0, 2, 4 differ at L0, and
+    two of them are equal at the embedding."""
+    from xlalign.studies.compare import _count_identical, _Model
+
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for lang in ("zh", "en"):
+        for s in ("embed", "L0"):
+            for p in ("last", "mean"):
+                x = rng.normal(size=(6, 2))
+                x[[1, 3, 5]] = 7.0
+                if s == "embed" and lang == "en":
+                    x[2] = x[0]
+                arrays[(lang, s, p)] = x
+    run = _array_run(tmp_path, [f"r{i}" for i in range(6)], arrays)
+    m = _Model(label="A", given="a", run=run, control=None, rows=np.array([0, 2, 4]))
+    _count_identical(m, ["en"], ["mean"])
+    assert set(m.identical) == {("en", "embed", "mean"), ("en", "L0", "mean")}
+    for key, g in m.identical.items():
+        _, counts = np.unique(arrays[key][[0, 2, 4]], axis=0, return_counts=True)
+        assert (g.n, g.distinct, g.largest_group) == (3, len(counts), counts.max())
+        assert g.identical == (key[1] == "embed")  # 2 of 3 rows: above a fifth
+
+
+def test_identical_at_is_true_when_either_language_is_flagged_at_the_site():
+    from xlalign.metrics.duplicates import identical_groups
+    from xlalign.studies.compare import _identical_at, _Model
+
+    same, distinct = np.ones((4, 2)), np.eye(4)
+    m = _Model(label="A", given="a", run=None, control=None)  # type: ignore[arg-type]
+    m.identical = {("en", "L0", "last"): identical_groups(same),
+                   ("zh", "L0", "last"): identical_groups(distinct)}  # fmt: skip
+    assert _identical_at(m, ("zh", "en"), "L0", "last") is True
+    assert _identical_at(m, ("en", "zh"), "L0", "last") is True
+    assert _identical_at(m, ("zh", "de"), "L0", "last") is False
+    assert _identical_at(m, ("zh", "en"), "L1", "last") is False
+
+
+class _TokenRun:
+    """Token files of a run: ``tokens[lang]`` is a list of (ids, special mask) per row."""
+
+    def __init__(self, tokens, error=None):
+        self.tokens, self.error = tokens, error
+
+    def token_ids(self, lang):
+        if self.error is not None:
+            raise self.error
+        return [np.asarray(t, dtype=np.int32) for t, _ in self.tokens[lang]]
+
+    def special_tokens_mask(self, lang):
+        return [np.asarray(s, dtype=bool) for _, s in self.tokens[lang]]
+
+
+def _token_rows():
+    """Per language, rows of (ids, special): ends in a special token, in a plain one, all
+    special; the last plain token id of each row is the label."""
+    zh = [([1, 40, 41, 2], [1, 0, 0, 1]), ([1, 50, 52, 53], [1, 0, 0, 0]), ([1, 2], [1, 1]),
+          ([60, 61, 62, 2], [0, 0, 0, 1]), ([1, 40, 9, 41], [1, 0, 0, 0])]  # fmt: skip
+    en = [([1, 7, 8], [1, 0, 0]), ([1, 70], [1, 0]), ([1, 71, 72, 73], [1, 0, 0, 0]),
+          ([1, 8, 2], [1, 0, 1]), ([1, 2], [1, 1])]  # fmt: skip
+    return {"zh": zh, "en": en}
+
+
+def _last_plain(rows):
+    out = []
+    for ids, special in rows:
+        plain = [t for t, s in zip(ids, special, strict=True) if not s]
+        out.append(plain[-1] if plain else -1)
+    return out
+
+
+def test_last_token_labels_are_each_shared_rows_last_non_special_token(tmp_path):
+    from xlalign.errors import RunError
+    from xlalign.studies.compare import _Model, last_token_labels
+
+    tokens = _token_rows()
+    rows = np.array([4, 0, 2, 3])
+    m = _Model(label="A", given="a", run=_TokenRun(tokens), control=None, rows=rows)  # type: ignore[arg-type]
+    for lang in ("zh", "en"):
+        got = last_token_labels(m, lang)
+        want = [_last_plain(tokens[lang])[i] for i in rows]
+        assert got.dtype == np.int64 and got.tolist() == want
+    assert _last_plain(tokens["zh"]) == [41, 53, -1, 62, 41]  # the rows say what they test
+    # a run without token files: no labels
+    for err in (FileNotFoundError("no tokens"), RunError("language 'zh' not in run")):
+        m.run = _TokenRun(tokens, error=err)  # type: ignore[assignment]
+        assert last_token_labels(m, "zh") is None
+    # an empty run: an empty int64 array
+    m.run, m.rows = _TokenRun({"zh": []}), np.zeros(0, dtype=np.int64)  # type: ignore[assignment]
+    got = last_token_labels(m, "zh")
+    assert got.shape == (0,) and got.dtype == np.int64
+    # token ids and masks of different lengths are a broken run, not silently cut
+    m.run = _TokenRun({"zh": tokens["zh"]})  # type: ignore[assignment]
+    m.run.special_tokens_mask = lambda lang: [np.asarray(s, bool) for _, s in tokens[lang][:3]]
+    m.rows = np.arange(3)
+    with pytest.raises(ValueError):
+        last_token_labels(m, "zh")
+
+
+def test_token_label_cka_is_cka_with_the_one_hot_of_each_rows_last_token(tmp_path):
+    from xlalign.studies.compare import _Model, token_label_cka
+
+    tokens = _token_rows()
+    rows = np.array([4, 0, 1, 3, 2])
+    m = _Model(label="A", given="a", run=_TokenRun(tokens), control=None, rows=rows)  # type: ignore[arg-type]
+    rng = np.random.default_rng(2)
+    xs = [rng.normal(size=(5, 3)), rng.normal(size=(5, 4)) + 10.0]
+    for lang in ("zh", "en"):
+        labels = [_last_plain(tokens[lang])[i] for i in rows]
+        values = sorted(set(labels))
+        assert len(values) >= 3
+        onehot = np.array([[1.0 if v == w else 0.0 for w in values] for v in labels])
+        got = token_label_cka(m, lang, xs)
+        assert got == pytest.approx([_cka64(x, onehot) for x in xs], rel=1e-9)
+    m.run = _TokenRun(tokens, error=OSError("gone"))  # type: ignore[assignment]
+    assert token_label_cka(m, "zh", xs) == [None, None]

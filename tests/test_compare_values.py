@@ -216,6 +216,7 @@ def _finding_sets(draw):
 def test_ranking_orders_runs_by_the_rule_pair_by_pair(fs):
     (r,) = _ranking(fs)
     assert (r["pair"], r["pool"], r["metric"]) == (["zh", "en"], "mean", "z")
+    assert "(mean pool, z): " in r["statement"]
     by_label = {f["label"]: f for f in fs}
     order = [by_label[x] for x in r["order"]]
     assert sorted(r["order"]) == sorted(by_label)
@@ -471,3 +472,73 @@ def test_sweep_config_is_the_users_else_the_stored_sweeps_else_the_default():
     assert got == want
     # a sweep that predates a setting: the default, and no null (it had none)
     assert _sweep_config([{"seed": 5}], CompareConfig()) == SweepConfig(seed=5, null_perms=0)
+
+
+def test_gain_needs_a_control_value_at_the_records_site():
+    from xlalign.studies.compare import _gain
+
+    key = (("zh", "en"), "mean", "z")
+    ctrl = {(*key, "L0"): {"value": 0.25}, (*key, "L1"): {"value": None}}
+    assert _gain({"site": "L0", "value": 1.0}, ctrl, key) == 0.75
+    assert _gain({"site": "L1", "value": 1.0}, ctrl, key) is None  # control undefined there
+    assert _gain({"site": "L2", "value": 1.0}, ctrl, key) is None  # no control record
+
+
+def test_only_the_models_best_site_carries_p_best_site():
+    """p_best_site corrects the choice of the model's best site; the control at that site and
+    the lexical baseline were not chosen that way, so their points carry none."""
+    m = _Model(label="A", given="a", run=_FakeRun(), control=None)  # type: ignore[arg-type]
+    recs = _recs([0.1, 0.9, 0.2, 0.3, 0.4])
+    m.alignment = {"records": [{**r, "p_best_site": 0.001} for r in recs]}
+    lexical = {"site": "lexical", "value": 0.05, "ci_low": 0.04, "ci_high": 0.06}
+    m.alignment["records"].append({**recs[0], **lexical, "p_best_site": 0.5})
+    m.control_alignment = {"records": [{**r, "p_best_site": 0.7} for r in _recs([0.0] * 5)]}
+    (f,), _ = _findings([m])
+    assert f["model"] == {"value": 0.9, "ci_low": 0.89, "ci_high": 0.91, "p_best_site": 0.001}
+    assert f["control"] == {"value": 0.0, "ci_low": -0.01, "ci_high": 0.01}
+    assert f["lexical"] == {"value": 0.05, "ci_low": 0.04, "ci_high": 0.06}
+
+
+def test_above_the_token_label_baselines_means_strictly_above_both():
+    from xlalign.studies.compare import _above
+
+    assert _above(0.5, 0.2, 0.4) is True
+    assert _above(0.5, 0.5, 0.1) is False  # equal to one baseline: not above it
+    assert _above(0.3, 0.2, 0.4) is False  # above one model's baseline only
+    assert _above(None, 0.2, 0.4) is None
+    assert _above(0.5, None, 0.4) is None and _above(0.5, 0.2, None) is None
+
+
+def test_statement_states_each_runs_value_control_site_depth_and_verdict():
+    from xlalign.studies.compare import _statement
+
+    fs = [
+        {"label": "Qwen", "site": "L11", "relative_depth": 0.5, "model": {"value": 12.345},
+         "control": {"value": 0.04321}, "verdict": "beyond-control", "artifact": None},
+        {"label": "Gemma", "site": "L0", "relative_depth": 1 / 3, "model": {"value": 0.5},
+         "control": {"value": None}, "verdict": "matched-by-control",
+         "artifact": "identical-vectors"},
+        {"label": "Tiny", "site": "embed", "relative_depth": None, "model": {"value": -2.0},
+         "control": None, "verdict": "no-control", "artifact": None},
+    ]  # fmt: skip
+    got = _statement(("zh", "en"), "last", "cka", fs, "Qwen")
+    assert got == (
+        "Qwen aligns zh/en most beyond its control (last pool, cka): "
+        "Qwen cka 12.3 vs control 0.0432 at L11, depth 0.5 (beyond-control); "
+        "Gemma cka 0.5 vs control undefined at L0, depth 0.333 "
+        "(matched-by-control, identical vectors: shared tokens); "
+        "Tiny cka -2 at embed, depth undefined (no control)"
+    )
+    none = _statement(("en", "zh"), "mean", "z", fs[2:], None)
+    assert none == (
+        "no run aligns en/zh beyond its control (mean pool, z): "
+        "Tiny z -2 at embed, depth undefined (no control)"
+    )
+
+
+def test_fin_keeps_finite_values_as_floats_and_drops_the_rest():
+    from xlalign.studies.compare import _fin
+
+    got = _fin(np.float32(1.5))
+    assert got == 1.5 and type(got) is float
+    assert _fin(float("nan")) is None and _fin(np.inf) is None and _fin(-np.inf) is None

@@ -356,3 +356,449 @@ def test_float_rounding_is_not_outside_an_interval():
     assert _outside_interval([f]) == []
     f["model"] = {"value": 0.999, "ci_low": 1.0, "ci_high": 1.0}
     assert len(_outside_interval([f])) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the words users read (issue 25): each line's numbers, sites, verdicts and warnings, checked
+# against strings written out by hand from the formats in docs/report.md
+
+
+def test_numbers_are_shown_with_one_two_or_three_decimals_by_magnitude():
+    from xlalign.studies.findings import _fmt, _fmt_p
+
+    # |v| >= 10: one decimal; 1 <= |v| < 10: two; below 1: three; None is undefined
+    cases = {10: "10.0", -10.0: "-10.0", 38.64: "38.6", 9.5: "9.50", 1: "1.00", -1.0: "-1.00",
+             0.999: "0.999", -0.5: "-0.500", 0.0: "0.000", "2.5": "2.50", None: "undefined"}  # fmt: skip
+    assert {v: _fmt(v) for v in cases} == cases
+    # a permutation p-value: three decimals under 0.01, two from 0.01 on
+    assert [_fmt_p(p) for p in (0.001, 0.0099, 0.01, 0.372)] == ["0.001", "0.010", "0.01", "0.37"]
+
+
+def test_a_value_with_its_interval_and_best_site_p_reads_as_one_phrase():
+    from xlalign.studies.findings import _fmt_ci
+
+    assert _fmt_ci(None) == "none"
+    assert _fmt_ci({"value": None, "no_shared_tokens": True}) == "no shared tokens"
+    assert _fmt_ci({"value": 0.0, "no_shared_tokens": True}) == "0.000"  # defined: a value
+    assert _fmt_ci({"value": None, "no_shared_tokens": False}) == "undefined"
+    assert _fmt_ci({"value": 12.0, "ci_low": 11.0, "ci_high": 13.5}) == "12.0 [11.0, 13.5]"
+    # half an interval is no interval
+    assert _fmt_ci({"value": 2.0, "ci_low": 1.0, "ci_high": None}) == "2.00"
+    assert _fmt_ci({"value": 2.0, "ci_low": None, "ci_high": 3.0}) == "2.00"
+    assert _fmt_ci({"value": 2.0, "ci_high": 3.0}) == "2.00"
+    assert _fmt_ci({"value": 0.5, "p_best_site": 0.004}) == "0.500 (p best site 0.004)"
+    assert (
+        _fmt_ci({"value": 0.5, "ci_low": 0.25, "ci_high": 0.75, "p_best_site": 0.0})
+        == "0.500 [0.250, 0.750] (p best site 0.000)"
+    )
+
+
+def test_the_lexical_baseline_reads_as_its_value_or_as_no_shared_tokens():
+    from xlalign.studies.findings import _lexical_text
+
+    assert _lexical_text(None) == "lexical undefined"
+    assert _lexical_text({"value": None}) == "lexical undefined"
+    assert _lexical_text({"value": None, "no_shared_tokens": True}) == "lexical: no shared tokens"
+    assert _lexical_text({"value": 0.0, "no_shared_tokens": True}) == "lexical 0.000"
+    assert _lexical_text({"value": 2.5, "no_shared_tokens": False}) == "lexical 2.50"
+
+
+_CB = {"site": "L1", "value": 38.6, "ci_low": 37.0, "ci_high": 39.5}
+_COUNTS = {"above": 1, "below": 3, "compared": 4}
+
+
+def test_the_controls_best_site_and_the_site_counts_are_stated_where_known():
+    from xlalign.studies.findings import _control_brief, control_context
+
+    both = {"site": "L10", "control_best": _CB, "sites_vs_control": _COUNTS}
+    assert control_context(both) == (
+        ", control's best 38.6 at L1, model above it at 1 and below at 3 of 4 sites"
+    )
+    assert _control_brief(both) == (
+        " (best 38.6 [37.0, 39.5] at L1; model above at 1/4, below at 3/4 sites)"
+    )
+    # the control's best is the finding's own site, undefined, or absent: only the counts
+    for cb in ({**_CB, "site": "L10"}, {**_CB, "value": None}, None, {}):
+        f = {"site": "L10", "control_best": cb, "sites_vs_control": {**_COUNTS, "above": 2}}
+        assert control_context(f) == ", model above it at 2 and below at 3 of 4 sites"
+        assert _control_brief(f) == " (model above at 2/4, below at 3/4 sites)"
+    only_best = {"site": "L10", "control_best": {"site": "L2", "value": 5.0}}
+    assert control_context(only_best) == ", control's best 5.00 at L2"
+    assert _control_brief(only_best) == " (best 5.00 at L2)"
+    for nothing in ({"site": "L10"}, {"site": "L10", "control_best": None, "sites_vs_control": {}}):
+        assert control_context(nothing) == ""
+        assert _control_brief(nothing) == ""
+
+
+def test_a_findings_artifact_marks_are_listed_in_brackets():
+    from xlalign.studies.findings import _flags
+
+    assert _flags({"dominated": None, "influential": None}) == ""
+    f = {
+        "dominated": {"standardized": 3.0},
+        "influential": {"k": 4, "of": 200},
+        "artifact": "identical-vectors",
+    }
+    assert _flags(f) == (
+        " [one dimension dominates, standardized 3; rests on 4 of 200 pairs; identical-vectors]"
+    )
+    assert _flags({"influential": {"k": 2, "of": 30}}) == " [rests on 2 of 30 pairs]"
+
+
+def _finding(verdict, **kw):
+    f = {"pair": ["zh", "en"], "pool": "mean", "metric": "z", "site": "L10", "verdict": verdict,
+         "model": {"value": 27.3, "ci_low": 26.0, "ci_high": 27.9},
+         "control": {"value": 20.9}, "lexical": {"value": 2.5}}  # fmt: skip
+    f.update(kw)
+    return f
+
+
+def test_each_verdict_is_phrased_to_match_its_control_and_lexical_baseline():
+    from xlalign.studies.findings import phrase
+
+    below = "below the random-weights control: training lowers it"
+    assert phrase(_finding("below-control")) == below
+    assert phrase(_finding("below-control", sites_vs_control={})) == below
+    assert phrase(_finding("below-control", sites_vs_control=_COUNTS)) == (
+        "below the random-weights control at every site: training lowers it"
+    )
+    not_above = (
+        "not above the random-weights control's best site: random weights reach as much "
+        "without training"
+    )
+    matched = "matched by the random-weights control: alignment that needs no training"
+    m = _finding("matched-by-control", control_best=_CB)
+    assert phrase(m) == not_above  # 26.0 <= 39.5
+    # the model's low end against the control's high end, bounds included
+    assert phrase({**m, "model": {"value": 40.0, "ci_low": 39.5}}) == not_above
+    assert phrase({**m, "model": {"value": 40.0, "ci_low": 39.6}}) == matched
+    # no low end: the value; no high end: the control's value
+    assert phrase({**m, "model": {"value": 39.5}}) == not_above
+    assert phrase({**m, "model": {"value": 39.6, "ci_low": None}}) == matched
+    assert phrase({**m, "model": {"value": 39.5, "ci_low": None}}) == not_above
+    assert phrase({**m, "control_best": {**_CB, "ci_high": None}, "model": {"value": 38.6}}) == (
+        not_above
+    )
+    assert phrase({**m, "control_best": {**_CB, "ci_high": None}, "model": {"value": 38.7}}) == (
+        matched
+    )
+    # the control's best at the finding's own site, or undefined there: the plain phrase
+    assert phrase({**m, "control_best": {**_CB, "site": "L10"}}) == matched
+    assert phrase({**m, "control_best": {"site": "L1", "value": None, "ci_high": 39.5}}) == matched
+    assert phrase(_finding("matched-by-control")) == matched
+    assert phrase({**m, "verdict": "below-control"}) == below
+    # beyond-control with the lexical baseline undefined, absent, or sharing no token
+    beyond = "above the random-weights control and the lexical baseline"
+    assert phrase(_finding("beyond-control")) == beyond
+    assert phrase(_finding("beyond-control", control_best=_CB)) == beyond
+    assert phrase(_finding("beyond-control", lexical={"value": 0.0, "no_shared_tokens": True})) == (
+        beyond
+    )
+    no_lex = "above the random-weights control (no lexical baseline to compare with)"
+    assert phrase(_finding("beyond-control", lexical=None)) == no_lex
+    assert phrase(_finding("beyond-control", lexical={"value": None})) == no_lex
+    none_shared = {"value": None, "no_shared_tokens": True}
+    assert phrase(_finding("beyond-control", lexical=none_shared)) == (
+        "above the random-weights control; the lexical baseline gives no alignment "
+        "(the languages share no token)"
+    )
+    assert phrase(_finding("no-control", lexical=none_shared)) == (
+        "no random-weights control to compare with; the lexical baseline gives no alignment"
+    )
+    assert phrase(_finding("no-control", lexical={"value": None})) == (
+        "no random-weights control to compare with"
+    )
+    assert phrase(_finding("matched-by-lexical", lexical=none_shared)) == (
+        "matched by the lexical baseline: the bag of token ids alone gives as much"
+    )
+    assert phrase(_finding("matched-by-null", lexical=None)) == (
+        "no higher than the best site reaches with the pairing scrambled: picking the best of "
+        "all sites explains it"
+    )
+
+
+def test_a_dominated_finding_names_each_dimension_and_the_standardized_value():
+    from xlalign.studies.findings import _dominated_text
+
+    assert _dominated_text(_finding("beyond-control")) == ""
+    assert _dominated_text(_finding("beyond-control", dominated=None)) == ""
+    dom = {"languages": {"zh": {"dim": 3, "share": 0.9}, "en": {"dim": 5, "share": 0.612}},
+           "raw": 15.0, "standardized": 3.0}  # fmt: skip
+    assert _dominated_text(_finding("beyond-control", dominated=dom)) == (
+        " [one dimension dominates there: zh dim 3 holds 90%, en dim 5 holds 61%;"
+        " standardized z 3.00]"
+    )
+    cka = _finding("beyond-control", metric="cka_unbiased", dominated={**dom, "standardized": None})
+    assert _dominated_text(cka).endswith("; standardized CKA undefined]")
+    other = _finding("beyond-control", metric="rsa", dominated={**dom, "standardized": 0.5})
+    assert _dominated_text(other).endswith("en dim 5 holds 61%; standardized rsa 0.500]")
+
+
+def test_the_headline_states_each_pools_peak_z_of_the_first_pair_with_its_controls():
+    from xlalign.studies.findings import headline
+
+    dom = {"languages": {"zh": {"dim": 3, "share": 0.9}}, "raw": 27.3, "standardized": 3.0}
+    peak = _finding(
+        "beyond-control", model={"value": 27.3, "ci_low": 26.0, "ci_high": 27.9,
+                                 "p_best_site": 0.004},
+        n_sites=26, control_best=_CB, sites_vs_control=_COUNTS, dominated=dom,
+        influential={"k": 4, "of": 200},
+    )  # fmt: skip
+    shared = _finding("beyond-control", pool="last", site="L3", model={"value": 5.0},
+                      control=None, lexical=None, artifact="identical-vectors")  # fmt: skip
+    best_of_unknown = _finding("matched-by-lexical", pool="max", site="L2", n_sites=0,
+                               model={"value": 0.5, "p_best_site": 0.372}, influential={})  # fmt: skip
+    other_pair = _finding("beyond-control", pair=["de", "fr"])
+    findings = [
+        {**other_pair, "metric": "p1_xy"}, peak, other_pair, shared,
+        {**peak, "metric": "p1_xy"}, best_of_unknown,
+    ]  # fmt: skip
+    parts = [
+        "mean-pool z 27.3 at L10 (best of 26 sites, p 0.004) is beyond-control (control 20.9 "
+        "at L10, control's best 38.6 at L1, model above it at 1 and below at 3 of 4 sites, "
+        "lexical 2.50): above the random-weights control and the lexical baseline [one "
+        "dimension dominates there: zh dim 3 holds 90%; standardized z 3.00] [the verdict rests "
+        "on 4 of 200 pairs: see warnings]",
+        "last-pool z 5.00 at L3 (identical vectors: shared tokens) is beyond-control (control "
+        "undefined at L3, lexical undefined): above the random-weights control (no lexical "
+        "baseline to compare with)",
+        "max-pool z 0.500 at L2 (best of ? sites, p 0.37) is matched-by-lexical (control 20.9 "
+        "at L2, lexical 2.50): matched by the lexical baseline: the bag of token ids alone "
+        "gives as much",
+    ]
+    # the pool at a site of identical vectors is not counted beyond-control
+    assert headline(findings) == "zh/en: 1 of 3 pool(s) beyond-control. " + "; ".join(parts)
+    assert headline(findings, has_control=False).startswith(
+        "zh/en: 1 of 3 pool(s) beyond-control. mean-pool z 27.3 at L10 (best of 26 sites, "
+        "p 0.004) is beyond-control (no control run, lexical 2.50): "
+    )
+    plain = _finding("matched-by-control", model={"value": 12.0})
+    assert headline([plain, shared]) == (
+        "zh/en: no z survives its controls. mean-pool z 12.0 at L10 is matched-by-control "
+        "(control 20.9 at L10, lexical 2.50): matched by the random-weights control: alignment "
+        "that needs no training; " + parts[1]
+    )
+    assert headline([{**plain, "verdict": "no-control", "control": None}], has_control=False) == (
+        "zh/en: no control was run. mean-pool z 12.0 at L10 is no-control (no control run, "
+        "lexical 2.50): no random-weights control to compare with"
+    )
+    assert (
+        headline([{**peak, "metric": "cka"}])
+        == headline([])
+        == ("no z value was defined at any site: no finding (see alignment.json for reasons)")
+    )
+
+
+def test_the_summary_has_the_study_the_headline_a_line_per_finding_and_the_warnings():
+    from xlalign.studies.findings import summary_lines
+
+    study = {"model": "gpt2", "random_init_seed": 3, "languages": ["zh", "en"], "n_pairs": 200,
+             "null": "permutation", "standardize": True}  # fmt: skip
+    origin = _finding(
+        "matched-by-control", control={"value": 20.9, "ci_low": 18.9, "ci_high": 22.9},
+        control_best=_CB, sites_vs_control=_COUNTS, source="origin",
+        influential={"k": 4, "of": 200},
+    )  # fmt: skip
+    p1 = _finding("no-control", pool="last", metric="p1_xy", site="L3", model={"value": 0.5},
+                  control=None, lexical=None)  # fmt: skip
+    rsa = _finding("beyond-control", pair=["de", "fr"], metric="rsa", model={"value": 1.5})
+    third = _finding("beyond-control", pair=["ar", "ru"])
+    doc = {"study": study, "headline": "the headline", "findings": [origin, rsa, p1, third],
+           "warnings": ["first warning", "second warning"]}  # fmt: skip
+    zh_lines = [
+        "  zh/en " + "mean".ljust(6) + " " + "z".ljust(9) + " 27.3 [26.0, 27.9] at L10; control "
+        "20.9 [18.9, 22.9] (best 38.6 [37.0, 39.5] at L1; model above at 1/4, below at 3/4 "
+        "sites); lexical 2.50 -> matched-by-control (origin study) [rests on 4 of 200 pairs]",
+        "  zh/en " + "last".ljust(6) + " " + "P@1 x->y".ljust(9) + " 0.500 at L3; control none; "
+        "lexical none -> no-control",
+    ]
+    de_line = (
+        "  de/fr " + "mean".ljust(6) + " " + "rsa".ljust(9) + " 1.50 at L10; control 20.9; "
+        "lexical 2.50 -> beyond-control"
+    )
+    head = [
+        "model gpt2 (random weights, seed 3), zh/en, 200 pairs, null permutation, "
+        "standardized dimensions",
+        "the headline",
+    ]
+    warnings = ["warning: first warning", "warning: second warning"]
+    assert summary_lines(doc, max_pairs=2) == [
+        *head,
+        *zh_lines,
+        de_line,
+        "  ... and 1 more pairs in findings.json",
+        *warnings,
+    ]
+    ar_line = (
+        "  ar/ru " + "mean".ljust(6) + " " + "z".ljust(9) + " 27.3 [26.0, 27.9] at L10; control "
+        "20.9; lexical 2.50 -> beyond-control"
+    )
+    assert summary_lines(doc, max_pairs=3) == [*head, *zh_lines, de_line, ar_line, *warnings]
+    assert len(summary_lines(doc)) == 2 + 4 + 2  # six pairs at most by default
+    assert summary_lines(doc, max_pairs=2, per_finding=False) == [*head, *warnings]
+    trained = {**study, "random_init_seed": None, "standardize": False}
+    assert summary_lines({"study": trained, "headline": "h"}) == [
+        "model gpt2, zh/en, 200 pairs, null permutation",
+        "h",
+    ]
+    assert summary_lines({}) == [""]
+    assert summary_lines({"headline": "h", "findings": [], "warnings": None}) == ["h"]
+
+
+def test_site_ranges_join_consecutive_sites_and_keep_unknown_ones_last():
+    order = ["embed", "L0", "L1", "L2", "L3", "final"]
+    assert site_ranges(["embed"], order) == "embed"
+    assert site_ranges(["L3", "L2", "L2"], order) == "L2-L3"
+    assert site_ranges(["embed", "L0", "L2", "L3", "final"], order) == "embed-L0, L2-final"
+    assert site_ranges(["lexical", "L0"], order) == "L0, lexical"
+    assert site_ranges(["lexical"], order) == "lexical"
+    assert site_ranges(["embed", "L1", "final"], order) == "embed, L1, final"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_site_ranges_expand_back_to_the_chosen_sites_in_maximal_runs(seed):
+    """Random subsets of 12 sites: expanding the text's ranges gives the chosen positions in
+    order, each range ascends, and two runs are never adjacent (a run would have been joined)."""
+    import itertools
+
+    rng = np.random.default_rng(seed)
+    order = [f"S{i}" for i in range(12)]
+    chosen = [order[i] for i in rng.permutation(12)[: rng.integers(1, 13)]]
+    runs = []
+    for token in site_ranges(chosen, order).split(", "):
+        a, _, b = token.partition("-")
+        lo, hi = order.index(a), order.index(b or a)
+        assert lo < hi or not b
+        runs.append((lo, hi))
+    expanded = [p for lo, hi in runs for p in range(lo, hi + 1)]
+    assert expanded == sorted({order.index(s) for s in chosen})
+    assert all(nxt[0] > prev[1] + 1 for prev, nxt in itertools.pairwise(runs))
+
+
+def test_a_span_of_shares_or_counts_is_one_value_when_they_print_alike():
+    from xlalign.studies.findings import _span
+
+    assert _span([0.75, 0.6]) == "60%-75%"
+    assert _span([0.601, 0.604, 0.6]) == "60%"
+    assert _span([0.9]) == "90%"
+    assert _span([5, 3, 4], pct=False) == "3-5"
+    assert _span([4, 4], pct=False) == "4"
+    assert _span([2.5], pct=False) == "2.5"
+
+
+def test_dominance_and_identical_vectors_are_warned_once_per_pool_with_sites_as_ranges():
+    from xlalign.studies.findings import _grouped_dominance, _grouped_identical
+
+    order = ["embed", "L0", "L1", "L2", "L3"]
+
+    def lang(code, dim, share):
+        return {"lang": code, "top_dims": [dim, 0], "share": share}
+
+    dominance = [
+        {"site": "L0", "pool": "mean", "languages": [lang("zh", 7, 0.6), lang("en", 2, 0.55)]},
+        {"site": "L1", "pool": "mean", "languages": [lang("zh", 7, 0.75)]},
+        {"site": "L1", "pool": "last", "languages": [lang("en", 2, 0.8)]},
+        {"site": "L3", "pool": "mean", "languages": [lang("zh", 3, 0.9)]},
+    ]
+    tail = (
+        "; cosine, CKA and k-NN there mostly measure that dimension (raw and standardized z and "
+        "CKA of each site: findings.json 'dominance' and the report)"
+    )
+    assert _grouped_dominance(dominance, order) == [
+        "mean pool, L0-L1, L3 (3 of 5 sites): one dimension holds over half the mean squared "
+        "norm (zh dim 7 holds 60%-75% at 2 site(s), en dim 2 holds 55% at 1 site(s), zh dim 3 "
+        "holds 90% at 1 site(s))" + tail,
+        "last pool, L1 (1 of 5 sites): one dimension holds over half the mean squared norm "
+        "(en dim 2 holds 80% at 1 site(s))" + tail,
+    ]
+    assert _grouped_dominance([], order) == []
+    identical = [
+        {"site": "L0", "pool": "last", "distinct": {"zh": 4, "en": 5},
+         "largest_group": {"zh": 12, "en": 9}},
+        {"site": "L1", "pool": "last", "distinct": {"zh": 3}, "largest_group": {"zh": 20}},
+        {"site": "L3", "pool": "mean", "distinct": {"en": 2}, "largest_group": {"en": 30}},
+    ]  # fmt: skip
+    tail = (
+        ": they share the token pooled there, so the metrics at these sites mostly measure "
+        "which prompts share it, not what the model computed; findings skip these sites for "
+        "these languages"
+    )
+    assert _grouped_identical(identical, order) == [
+        "last pool, L0-L1: many prompts share one vector (zh: 3-4 distinct, up to 20 rows share "
+        "one, en: 5 distinct, up to 9 rows share one)" + tail,
+        "mean pool, L3: many prompts share one vector (en: 2 distinct, up to 30 rows share one)"
+        + tail,
+    ]
+    assert _grouped_identical([], order) == []
+
+
+def test_negative_z_is_explained_at_the_sites_where_p1_is_ten_times_chance_or_more():
+    from xlalign.studies.findings import _negative_z_with_retrieval
+
+    def rec(pair, pool, site, metric, value, n=200):
+        return {"x": pair[0], "y": pair[1], "pool": pool, "site": site, "metric": metric,
+                "value": value, "n": n}  # fmt: skip
+
+    zh, de = ("zh", "en"), ("de", "fr")
+    records = [
+        rec(zh, "mean", "L0", "z", 5.0), rec(zh, "mean", "L0", "p1_xy", 0.5),  # z > 0
+        rec(zh, "mean", "L1", "z", -2.0), rec(zh, "mean", "L1", "p1_xy", 0.3),  # 60x
+        rec(zh, "mean", "L1", "p1_yx", 0.5),  # the first direction over 10x decides
+        rec(zh, "mean", "L2", "z", 0.0), rec(zh, "mean", "L2", "p1_xy", 0.5),  # z = 0
+        rec(zh, "mean", "L3", "z", -1.0), rec(zh, "mean", "L3", "p1_xy", 0.25, n=40),  # 10x
+        rec(zh, "mean", "L4", "z", -1.0), rec(zh, "mean", "L4", "p1_xy", 0.02),  # 4x
+        rec(zh, "mean", "L4", "p1_yx", 0.06),  # 12x
+        rec(zh, "last", "L0", "z", -3.0), rec(zh, "last", "L0", "p1_xy", None),
+        rec(zh, "last", "L0", "p1_yx", 0.5, n=None),
+        rec(zh, "last", "L1", "z", -3.0), rec(zh, "last", "L1", "p1_xy", 0.5, n=0),
+        rec(zh, "last", "L2", "z", None), rec(zh, "last", "L2", "p1_xy", 0.5),
+        rec(zh, "last", "L3", "z", -3.0), rec(zh, "last", "L3", "p1_xy", 0.045),  # 9x
+        rec(de, "mean", "L0", "z", -1.0), rec(de, "mean", "L0", "p1_xy", 0.2, n=100),  # 20x
+        rec(de, "mean", "L2", "z", -1.0), rec(de, "mean", "L2", "p1_yx", 0.204, n=100),  # 20.4x
+    ]  # fmt: skip
+    alignment = {"pairs": [list(zh), list(de)], "pools": ["mean", "last"], "records": records}
+    tail = (
+        "x chance: partners still rank first among the candidates, but the matched cosines lie "
+        "below the mean of all cosines. That happens when the cosine's level varies from "
+        "sentence to sentence in opposite ways in the two languages: z then measures that "
+        "level, not the pairing (see P@1, and z with --center or --standardize)"
+    )
+    order = ["L0", "L1", "L2", "L3", "L4"]
+    assert _negative_z_with_retrieval(alignment, order) == [
+        "zh/en, mean pool, L1, L3-L4: z is negative while P@1 is 10-60" + tail,
+        "de/fr, mean pool, L0, L2: z is negative while P@1 is 20" + tail,
+    ]
+    assert _negative_z_with_retrieval({"pairs": None, "pools": ["mean"]}, order) == []
+    assert _negative_z_with_retrieval({"pairs": [list(zh)], "records": records}, order) == []
+
+
+def test_a_corpus_quality_issue_names_its_source_count_and_first_ten_ids():
+    from xlalign.studies.findings import _quality_warning
+
+    ids = [f"p{i}" for i in range(12)]
+    issue = {"ids": ids, "count": 12, "detail": "whose en text is a placeholder"}
+    assert _quality_warning(issue, {"source": "problems.jsonl"}) == (
+        "corpus problems.jsonl: 12 row(s) whose en text is a placeholder (ids "
+        + ", ".join(ids[:10]) + " and 2 more); every number includes them"
+    )  # fmt: skip
+    assert _quality_warning({"ids": ids[:11], "detail": "d"}, {"source": "c"}) == (
+        "corpus c: 11 row(s) d (ids " + ", ".join(ids[:10]) + " and 1 more); every number "
+        "includes them"
+    )  # fmt: skip
+    assert _quality_warning({"ids": ids[:10], "detail": "d"}, {"source": None}) == (
+        "corpus : 10 row(s) d (ids " + ", ".join(ids[:10]) + "); every number includes them"
+    )
+    assert _quality_warning({"ids": None, "count": 3, "detail": "d"}, {}) == (
+        "corpus : 3 row(s) d (ids ); every number includes them"
+    )
+
+
+def test_the_summary_lists_six_pairs_by_default_and_counts_the_rest():
+    from xlalign.studies.findings import summary_lines
+
+    langs = ["zh", "en", "de", "fr", "ar", "ru", "ja"]
+    pairs = [[langs[0], other] for other in langs[1:]] + [["de", "fr"]]  # 7 pairs
+    doc = {"headline": "h", "findings": [_finding("no-control", pair=p) for p in pairs]}
+    lines = summary_lines(doc)
+    assert [line.split()[0] for line in lines[1:7]] == [f"{x}/{y}" for x, y in pairs[:6]]
+    assert len(lines) == 1 + 6 + 1 and lines[-1] == "  ... and 1 more pairs in findings.json"

@@ -333,3 +333,56 @@ def test_build_findings_site_control_counts_and_verdict_by_definition(sweeps):
     assert (no_control in doc["warnings"]) == (control is None)
     if control is None:
         assert all(f["verdict"] in ("no-control", "matched-by-lexical", "matched-by-null") for f in doc["findings"])  # fmt: skip
+
+
+def _small_sweep(**settings):
+    """One pair, one pool, two sites: z with its best-site correction, CKA without one, and a
+    P@1 that is undefined at every site."""
+    recs = []
+    for site, v in (("L0", 1.0), ("L1", 2.0)):
+        base = {"x": "zh", "y": "en", "pool": "mean", "site": site, "n": 40}
+        recs.append({**base, "metric": "z", "value": v, "p_best_site": 0.001})
+        recs.append({**base, "metric": "cka_unbiased", "value": v / 4})
+        recs.append({**base, "metric": "p1_xy", "value": None, "undefined_reason": "test"})
+    doc = {"sites": ["L0", "L1"], "pairs": [["zh", "en"]], "pools": ["mean"], "records": recs}
+    return {**doc, "n_boot": 200, "null_perms": 1000, "null": "exact", **settings}
+
+
+UNCORRECTED = "those best sites are not corrected for having been picked among all sites"
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({}, f"no permutation null for CKA (mean) (no null made): {UNCORRECTED}"),
+        ({"null": "monte-carlo"}, f"no permutation null for CKA (mean) (--null monte-carlo): {UNCORRECTED}"),
+        ({"compat": "platonic"}, f"no permutation null for CKA (mean) (--compat platonic): {UNCORRECTED}"),
+        ({"null_perms": 0}, "no permutation null (--null-perms 0, or a sweep made before it): the best sites are not corrected for having been picked among all sites"),
+        ({"null_skipped": "CKA: above 1,024 pairs"}, "CKA: above 1,024 pairs: a best site without p_best_site is not corrected for having been picked among all sites"),
+    ],
+)  # fmt: skip
+def test_each_best_site_without_a_null_is_named_with_the_reason(settings, expected):
+    from xlalign.studies.findings import build_findings
+
+    doc = build_findings(_small_sweep(**settings), _small_sweep(**settings))
+    null_lines = [w for w in doc["warnings"] if "not corrected for having been picked" in w]
+    assert null_lines == [expected]
+    assert "zh/en, mean pool: P@1 x->y is undefined at every site" in doc["warnings"]
+    assert [f["metric"] for f in doc["findings"]] == ["z", "cka_unbiased"]
+    assert all(f["n_sites"] == 2 and f["site"] == "L1" for f in doc["findings"])
+
+
+def test_a_sweep_without_intervals_says_verdicts_compare_points():
+    from xlalign.studies.findings import build_findings
+
+    def lines(**settings):
+        warnings = build_findings(_small_sweep(**settings), _small_sweep())["warnings"]
+        return [w for w in warnings if "point values" in w]
+
+    assert lines() == []
+    assert lines(n_boot=0) == [
+        "no confidence intervals (--n-boot 0): verdicts compare point values"
+    ]
+    assert lines(ci_skipped="intervals skipped above 4,096 pairs") == [
+        "intervals skipped above 4,096 pairs; verdicts compare point values"
+    ]
