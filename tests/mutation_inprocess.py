@@ -38,12 +38,14 @@ class _Timeout(Exception):
 
 
 def _names(pattern: str) -> list[str]:
+    """The mutants matching ``pattern``: globs separated by commas (any of them)."""
     out = subprocess.run(
         [sys.executable, "-m", "mutmut", "results", "--all", "true"],
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     names = [line.strip().rpartition(": ")[0] for line in out.splitlines() if ": " in line]
-    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    globs = pattern.split(",")
+    return [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
 
 
 def _equivalent() -> set[str]:

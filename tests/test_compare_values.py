@@ -542,3 +542,50 @@ def test_fin_keeps_finite_values_as_floats_and_drops_the_rest():
     got = _fin(np.float32(1.5))
     assert got == 1.5 and type(got) is float
     assert _fin(float("nan")) is None and _fin(np.inf) is None and _fin(-np.inf) is None
+
+
+def test_findings_pass_over_identical_vector_sites_and_other_metrics():
+    """compare's findings: only the finding metrics with a value count (a record of another
+    metric first, and an undefined z, change nothing); the model's best site is passed over
+    where either language's vectors there are largely identical in that pool, unless every
+    site is, and then the finding is marked."""
+    from xlalign.metrics.duplicates import IdenticalGroups
+
+    same = IdenticalGroups(n=40, distinct=3, largest_group=30, identical=True)
+    apart = IdenticalGroups(n=40, distinct=40, largest_group=1, identical=False)
+    values = [0.1, 0.9, 0.2, 0.8, 0.4]  # best L0, then L2
+    m = _Model(label="A", given="a", run=_FakeRun(), control=None)  # type: ignore[arg-type]
+    knn = {**_recs(values)[0], "metric": "mutual_knn", "value": 5.0}
+    undefined = {**_recs(values)[4], "value": None}
+    m.alignment = {"records": [knn, *_recs(values)[:4], undefined]}
+    m.control_alignment = {"records": _recs([0.0] * 5)}
+
+    def finding(flags):
+        m.identical = {(lang, s, p): apart for lang in ("zh", "en") for s in SITES for p in ("mean", "last")}  # fmt: skip
+        m.identical.update({k: same for k in flags})
+        (f,), _ = _findings([m])
+        return f["metric"], f["site"], f["best_site"], f["artifact"]
+
+    assert finding([]) == ("z", "L0", "L0", None)
+    assert finding([("en", "L0", "mean")]) == ("z", "L2", "L2", None)
+    assert finding([("zh", "L0", "mean")]) == ("z", "L2", "L2", None)
+    assert finding([("en", "L0", "last")]) == ("z", "L0", "L0", None)  # another pool's flag
+    every = [("zh", s, "mean") for s in SITES]
+    assert finding(every) == ("z", "L0", "L0", "identical-vectors")
+
+
+def test_findings_without_a_control_or_with_tied_gains_take_the_first_best_site():
+    m = _Model(label="A", given="a", run=_FakeRun(), control=None)  # type: ignore[arg-type]
+    m.alignment = {"records": _recs([0.1, 0.9, 0.2, 0.9, 0.4])}
+    (f,), _ = _findings([m])  # no control: the best site, first of a tie
+    assert (f["site"], f["control"], f["gain_over_control"]) == ("L0", None, None)
+    assert f["verdict"] == "no-control"
+    m.control_alignment = {"records": _recs([0.0, 0.5, 0.2, 0.5, 0.1])}
+    (f,), _ = _findings([m])  # gains 0.1, 0.4, 0.0, 0.4, 0.3: the first largest
+    assert f["site"] == "L0" and f["gain_over_control"] == pytest.approx(0.4)
+    assert f["best_site"] == "L0" and f["best_relative_depth"] == pytest.approx(_depth("L0", 4))
+    assert f["verdict"] == "beyond-control"  # 0.9 [0.89, 0.91] over 0.5 [0.49, 0.51]
+    lexical = {**_recs([0.95] * 5)[0], "site": "lexical"}  # 0.95 [0.94, 0.96]
+    m.alignment["records"].append(lexical)  # a lexical baseline above the model
+    (f,), _ = _findings([m])
+    assert f["verdict"] == "matched-by-lexical"

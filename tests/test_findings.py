@@ -12,8 +12,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from references import cka as ref_cka
+from test_findings_values import _rule
 from xlalign.cli import main
 from xlalign.errors import XlalignError
 from xlalign.pipeline.config import StudyConfig
@@ -781,3 +784,737 @@ def test_identical_vectors_and_the_sites_findings_pass_over():
         "measure which prompts share it, not what the model computed; findings skip these "
         "sites for these languages"
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# merging the sweep's and the origin study's parts (issue 25)
+
+_PART_KEYS = ("headline", "warnings", "study", "dominance", "identical_vectors", "inputs")
+_NO_CONTROL = "no random-weights control: no finding can be beyond-control"
+
+
+def _reference_merge(old, new):
+    """merge_findings' rule written out: each study replaces its own part and findings; the
+    sweep's part leads (else the first part); a control added by another study takes the
+    headline and asks for the sweep again."""
+    (src,) = {f["source"] for f in new["findings"]}
+    parts = {k: dict(p) for k, p in ((old or {}).get("parts") or {}).items()}
+    parts[src] = {k: new.get(k) for k in _PART_KEYS}
+    kept = [f for f in (old or {}).get("findings") or [] if f.get("source", "alignment") != src]
+    lead = parts["alignment"] if "alignment" in parts else next(iter(parts.values()))
+    warnings = []
+    for p in parts.values():
+        for w in p.get("warnings") or []:
+            if w not in warnings:
+                warnings.append(w)
+    head = lead["headline"]
+    with_control = [k for k, p in parts.items() if p.get("study") and p["study"].get("control")]
+    if with_control and not (lead.get("study") and lead["study"].get("control")):
+        head = parts[with_control[0]]["headline"]
+        warnings = [w for w in warnings if not w.startswith("no random-weights control")]
+        warnings.append(
+            "the sweep's findings (xlalign align) were made without the random-weights control "
+            f"that the {', '.join(with_control)} study has since added: run xlalign align on "
+            f"this folder again to compare the sweep with it; the headline is the "
+            f"{with_control[0]} study's"
+        )
+    out = {k: val for k, val in new.items() if k not in ("findings", "warnings")}
+    out.update(
+        headline=head,
+        findings=[*new["findings"], *kept],
+        warnings=warnings,
+        study=lead.get("study"),
+        dominance=lead.get("dominance") or [],
+        identical_vectors=lead.get("identical_vectors") or [],
+        parts=parts,
+    )
+    return out
+
+
+_WARNINGS = st.lists(st.sampled_from([_NO_CONTROL, "w1", "w2", "w3"]), max_size=3, unique=True)
+
+
+@st.composite
+def _merge_part(draw, src, tag):
+    part = {
+        "headline": f"{src} headline {tag}",
+        "warnings": draw(_WARNINGS),
+        "study": draw(st.sampled_from([None, {}, {"control": None},
+                                       {"control": "random-init", "model": src}])),
+        "dominance": draw(st.sampled_from([None, [], [{"site": f"{src}-dom"}]])),
+        "identical_vectors": draw(st.sampled_from([None, [], [{"site": f"{src}-id"}]])),
+    }  # fmt: skip
+    if draw(st.booleans()):
+        part["inputs"] = {"from": f"{src} {tag}"}
+    return part
+
+
+@st.composite
+def _merge_cases(draw):
+    sources = ("alignment", "origin", "extra")
+    old = None
+    if draw(st.integers(0, 4)):
+        names = draw(st.permutations(sources))[: draw(st.integers(0, 3))]
+        old = {"parts": {s: draw(_merge_part(s, "old")) for s in names}}
+        finds = []
+        for i in range(draw(st.integers(0, 5))):
+            f = {"id": f"old{i}", "source": draw(st.sampled_from(sources))}
+            if draw(st.integers(0, 3)) == 0:
+                del f["source"]  # written before the field: the sweep's
+            finds.append(f)
+        old["findings"] = finds
+        old["headline"] = "stale"
+        old["warnings"] = ["stale warning"]
+    src = draw(st.sampled_from(sources))
+    new = {**draw(_merge_part(src, "new")), "corpus_quality": {"of": src}}
+    new["findings"] = [{"id": f"new{i}", "source": src} for i in range(draw(st.integers(1, 3)))]
+    return old, new
+
+
+@settings(max_examples=150, deadline=None)
+@given(_merge_cases())
+def test_merge_findings_replaces_only_its_own_part_by_the_written_rule(case):
+    old, new = case
+    assert merge_findings(old, new) == _reference_merge(old, new)
+
+
+def test_merge_findings_hand_cases_the_sweep_leads_and_a_later_control_takes_the_headline():
+    sweep = {"headline": "H sweep", "warnings": [_NO_CONTROL, "a"], "study": {"control": None},
+             "dominance": [{"site": "L0"}], "identical_vectors": [{"site": "embed"}],
+             "findings": [{"source": "alignment", "id": 1}], "inputs": {"run": "r"}}  # fmt: skip
+    origin = {"headline": "H origin", "warnings": ["a", "b"], "study": {"control": "random-init"},
+              "dominance": [], "identical_vectors": [],
+              "findings": [{"source": "origin", "id": 2}]}  # fmt: skip
+    lens = {"headline": "H lens", "warnings": [], "study": {"control": "random-init"},
+            "findings": [{"source": "lens", "id": 3}]}  # fmt: skip
+    first = merge_findings(None, sweep)
+    assert first["headline"] == "H sweep" and first["warnings"] == [_NO_CONTROL, "a"]
+    assert first["parts"] == {"alignment": {k: sweep.get(k) for k in _PART_KEYS}}
+    assert first["inputs"] == {"run": "r"} and first["findings"] == sweep["findings"]
+    both = merge_findings(merge_findings(first, origin), lens)
+    assert [f["id"] for f in both["findings"]] == [3, 2, 1]
+    assert both["headline"] == "H origin"  # the first study with a control
+    assert both["study"] == sweep["study"] and both["dominance"] == [{"site": "L0"}]
+    assert both["identical_vectors"] == [{"site": "embed"}]
+    assert both["warnings"] == [
+        "a",
+        "b",
+        "the sweep's findings (xlalign align) were made without the random-weights control "
+        "that the origin, lens study has since added: run xlalign align on this folder again "
+        "to compare the sweep with it; the headline is the origin study's",
+    ]
+    # only the origin study so far: it leads, with its own study and no dominance
+    alone = merge_findings(None, origin)
+    assert (alone["headline"], alone["study"]) == ("H origin", origin["study"])
+    assert alone["dominance"] == [] and alone["identical_vectors"] == []
+    assert list(alone["parts"]) == ["origin"]
+
+
+def test_merge_findings_a_document_without_findings_is_the_sweeps_part():
+    """A sweep with no defined value writes no finding: its part is still the sweep's."""
+    origin = {"headline": "H origin", "warnings": [], "study": {"control": None},
+              "findings": [{"source": "origin", "id": 2}]}  # fmt: skip
+    empty = {"headline": "H empty", "warnings": ["w"], "study": {"control": None}, "findings": []}
+    merged = merge_findings(merge_findings(None, origin), empty)
+    assert list(merged["parts"]) == ["origin", "alignment"]
+    assert merged["parts"]["alignment"] == {k: empty.get(k) for k in _PART_KEYS}
+    assert merged["headline"] == "H empty" and merged["warnings"] == ["w"]
+    assert merged["findings"] == origin["findings"]
+
+
+def test_write_findings_merges_with_a_readable_old_file_and_replaces_anything_else(tmp_path):
+    from xlalign.studies.findings import write_findings
+
+    sweep = {"headline": "H sweep", "warnings": ["s"], "study": {"control": "random-init"},
+             "findings": [{"source": "alignment", "id": "é1"}]}  # fmt: skip
+    origin = {"headline": "H origin", "warnings": ["o"], "study": {"control": "random-init"},
+              "findings": [{"source": "origin", "id": "o1"}]}  # fmt: skip
+    out = tmp_path / "a" / "b"  # missing parents are made
+    path = write_findings(sweep, out)
+    assert path == out / "findings.json"
+    assert json.loads(path.read_text(encoding="utf-8")) == merge_findings(None, sweep)
+    assert write_findings(origin, out) == path  # the folder exists already
+    on_disk = json.loads(path.read_text(encoding="utf-8"))
+    assert on_disk == merge_findings(merge_findings(None, sweep), origin)
+    assert [f["id"] for f in on_disk["findings"]] == ["o1", "é1"]
+    # not JSON, or JSON but not an object: replaced, not merged
+    for junk in ("{not json", "[1, 2]", '"text"'):
+        path.write_text(junk, encoding="utf-8")
+        write_findings(origin, out)
+        assert json.loads(path.read_text(encoding="utf-8")) == merge_findings(None, origin), junk
+
+
+def test_same_is_equality_to_one_millionth_relative_or_absolute_below_one():
+    from xlalign.studies.findings import _same
+
+    assert not _same(None, 1.0) and not _same(1.0, None) and not _same(None, None)
+    for b in (0.0, 0.5, 1.0, -3.0, 2.5e6, -4e7):
+        tol = 1e-6 * max(1.0, abs(b))
+        assert _same(b, b) and _same(str(b), b)
+        assert _same(b + 0.5 * tol, b) and _same(b - 0.5 * tol, b)
+        assert not _same(b + 2 * tol, b) and not _same(b - 2 * tol, b)
+    # exactly on the tolerance (closed): equal
+    assert _same(1e-6, 0.0) and _same(-1e-6, 0.0)
+    assert _same(1.0 + 2.0**-20, 1.0) and not _same(1.0 + 2.0**-19, 1.0)
+    # the tolerance is relative to the second value
+    assert _same(1e7 + 9.0, 1e7) and not _same(1e7 + 11.0, 1e7)
+
+
+def test_is_flagged_for_either_language_of_the_pair_at_that_site_and_pool():
+    from xlalign.studies.findings import _is_flagged
+
+    flagged = {("embed", "last", "zh"), ("L0", "mean", "en")}
+    for site in ("embed", "L0", "L1"):
+        for pool in ("last", "mean"):
+            for x, y in (("zh", "en"), ("en", "zh"), ("zh", "de"), ("de", "fr")):
+                want = (site, pool, x) in flagged or (site, pool, y) in flagged
+                assert _is_flagged(flagged, site, pool, x, y) is want, (site, pool, x, y)
+    assert _is_flagged(flagged, "embed", "last", "zh", "de")
+    assert _is_flagged(flagged, "L0", "mean", "de", "en")
+    assert not _is_flagged(flagged, "embed", "mean", "zh", "en")
+
+
+# ---------------------------------------------------------------------------------------------
+# the origin study's findings, written out again (issue 25)
+
+O_SITES = ("embed", "L0", "L1", "L2")
+O_KEYS = {"mean": "z_mean_full", "last": "z_last"}
+
+
+def _first_max(items, value):
+    """The item of highest value, the first on a tie."""
+    best = None
+    for it in items:
+        if best is None or value(it) > value(best):
+            best = it
+    return best
+
+
+def _point(value):
+    return {"value": value, "ci_low": None, "ci_high": None}
+
+
+def _reference_origin_findings(doc):
+    """The origin findings of docs/report.md (no runs, no sweep: point values)."""
+    from xlalign.studies.findings import site_ranges
+
+    lx, ly = (str(v) for v in doc["languages"])
+    ctl = doc.get("control") or None
+    c_rows = {r["site"]: r for r in (ctl or {}).get("decomposition") or []}
+    lex_z = (doc.get("lexical") or {}).get("z")
+    identical = {s for groups in (doc.get("identical_last_token") or {}).values()
+                 for s, g in groups.items() if g.get("identical")}  # fmt: skip
+    order = [r["site"] for r in doc.get("decomposition") or []]
+    out = []
+    for pool, key in O_KEYS.items():
+        rows = [r for r in doc.get("decomposition") or [] if r.get(key) is not None]
+        if not rows:
+            continue
+        flagged = identical if pool == "last" else set()
+        usable = [r for r in rows if r["site"] not in flagged] or rows
+        best = _first_max(usable, lambda r, k=key: r[k])
+        site = best["site"]
+        c_val = (c_rows.get(site) or {}).get(key)
+        control = None if c_val is None else _point(c_val)
+        c_def = [r for r in c_rows.values() if r.get(key) is not None]
+        c_best = _first_max([r for r in c_def if r["site"] not in flagged] or c_def,
+                            lambda r, k=key: r[k])  # fmt: skip
+        control_best = None if c_best is None else {"site": c_best["site"], **_point(c_best[key])}
+        above, below = [], []
+        compared = 0
+        for r in doc.get("decomposition") or []:
+            c = (c_rows.get(r["site"]) or {}).get(key)
+            if r.get(key) is None or c is None:
+                continue
+            compared += 1
+            if r[key] > c:
+                above.append(r["site"])
+            if r[key] < c:
+                below.append(r["site"])
+        counts = None
+        if compared:
+            counts = {"above": len(above), "below": len(below), "compared": compared,
+                      "above_sites": site_ranges(above, order),
+                      "below_sites": site_ranges(below, order)}  # fmt: skip
+        both = [r for r in usable if (c_rows.get(r["site"]) or {}).get(key) is not None]
+        g = _first_max(both, lambda r, k=key: r[k] - c_rows[r["site"]][k])
+        gain = None
+        if g is not None:
+            gain = {"site": g["site"], "gain": g[key] - c_rows[g["site"]][key], "model": g[key],
+                    "control": c_rows[g["site"]][key]}  # fmt: skip
+        strat = best.get("z_stratified") if pool == "last" else None
+        model = _point(best[key])
+        lexical = None if lex_z is None else _point(lex_z)
+        below_all = None if counts is None else len(below) == compared
+        out.append({
+            "pair": [lx, ly], "pool": pool, "metric": "z", "site": site, "model": model,
+            "control": control, "lexical": lexical,
+            "stratified": None if strat is None else _point(strat),
+            "verdict": _rule(model, control, control_best, lexical, below_all),
+            "control_best": control_best, "sites_vs_control": counts, "largest_gain": gain,
+            "artifact": "identical-vectors" if site in flagged else None, "p_best_site": None,
+            "n_sites": len(usable), "n": doc.get("n_pairs"), "source": "origin",
+        })  # fmt: skip
+    return out
+
+
+@st.composite
+def _origin_docs(draw):
+    def value():
+        return None if draw(st.integers(0, 5)) == 0 else draw(st.integers(-12, 12)) / 4
+
+    def rows(keys):
+        out = []
+        for s in O_SITES:
+            if draw(st.integers(0, 5)) == 0:
+                continue  # the site is not in the decomposition
+            r = {"site": s}
+            for k in keys:
+                if draw(st.integers(0, 6)):
+                    r[k] = value()
+            out.append(r)
+        return out
+
+    doc = {
+        "languages": draw(st.sampled_from([["zh", "en"], ["de", "fr"]])),
+        "decomposition": rows([*O_KEYS.values(), "z_stratified"]),
+        "model": draw(st.sampled_from([None, "tiny/gpt2"])),
+    }
+    n = draw(st.sampled_from(["absent", 5, 29, 30, 200, 12.0, "40"]))
+    if n != "absent":
+        doc["n_pairs"] = n
+    control = draw(st.sampled_from(["absent", "none", "empty", "rows", "rows", "rows"]))
+    if control == "rows":
+        doc["control"] = {"decomposition": rows(list(O_KEYS.values()))}
+    elif control != "absent":
+        doc["control"] = None if control == "none" else {}
+    lexical = draw(st.sampled_from(["absent", "none", "value"]))
+    if lexical != "absent":
+        doc["lexical"] = {"z": None if lexical == "none" else draw(st.integers(-8, 8)) / 4}
+    if draw(st.booleans()):
+        doc["identical_last_token"] = {
+            lang: {s: {"identical": draw(st.booleans())} for s in O_SITES[:3]}
+            for lang in doc["languages"]
+        }
+    if draw(st.booleans()):
+        doc["null"] = draw(st.sampled_from([None, {}, {"method": "exact"}]))
+    return doc
+
+
+@settings(max_examples=150, deadline=None)
+@given(_origin_docs())
+def test_origin_findings_every_field_by_definition(doc):
+    """Every field of the origin study's findings, warnings and study (ties, sites missing or
+    undefined in either study, no control, no lexical z, flagged last-token sites)."""
+    from xlalign.studies.findings import headline
+
+    out = findings_for_origin(doc)
+    want = _reference_origin_findings(doc)
+    assert out["findings"] == want
+    has_control = bool(doc.get("control"))
+    n = doc.get("n_pairs")
+    warnings = []
+    if type(n) is int and n < 30:
+        warnings.append(
+            f"only {n} pairs (under 30): these numbers are not reliable; intervals are wide "
+            "and a few pairs can move any value"
+        )
+    if not has_control:
+        warnings.append(_NO_CONTROL)
+    points = [f"{f['pool']} pool {role}" for f in want for role in ("model", "control", "lexical")
+              if f[role] is not None]  # fmt: skip
+    if points:
+        warnings.append(
+            f"no interval for the origin study's z ({', '.join(points)}): those verdicts "
+            "compare point values"
+        )
+    assert out["warnings"] == warnings
+    assert out["study"] == {
+        "model": doc.get("model"),
+        "languages": [str(v) for v in doc["languages"]],
+        "n_pairs": n,
+        "null": (doc.get("null") or {}).get("method"),
+        "standardize": False,
+        "control": "random-init" if has_control else None,
+    }
+    assert out["headline"] == headline(want, has_control)
+    assert out["dominance"] == [] and out["identical_vectors"] == []
+
+
+class _ArrayRun:
+    """What the origin findings read of a run: pools, sites, rows and arrays."""
+
+    def __init__(self, arrays, n_rows=None):
+        self.arrays = arrays
+        self.pools = sorted({k[2] for k in arrays})
+        self.sites = sorted({k[1] for k in arrays})
+        self.n_rows = n_rows if n_rows is not None else len(next(iter(arrays.values())))
+
+    def array(self, lang, site, pool):
+        return self.arrays[(lang, site, pool)]
+
+
+def _z64(x, y):
+    from references import z_from_cosines
+
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    yn = y / np.linalg.norm(y, axis=1, keepdims=True)
+    return z_from_cosines(xn @ yn.T)
+
+
+def _jackknife_z(x, y, level):
+    """z and its exact delete-one jackknife interval at ``level`` (normal quantile)."""
+    from statistics import NormalDist
+
+    z = _z64(x, y)
+    n = len(x)
+    loo = np.array([_z64(np.delete(x, i, 0), np.delete(y, i, 0)) for i in range(n)])
+    se = np.sqrt((n - 1) / n * np.sum((loo - loo.mean()) ** 2))
+    q = NormalDist().inv_cdf(0.5 + level / 2)
+    return z, (z - q * se, z + q * se)
+
+
+def _random_run(seed, sites=("embed", "L0"), langs=("zh", "en"), n=9, d=5):
+    rs = np.random.default_rng(seed)
+    arrays = {}
+    for site in sites:
+        for pool in ("mean", "last"):
+            base = rs.standard_normal((n, d))
+            for lang in langs:
+                arrays[(lang, site, pool)] = base + 0.8 * rs.standard_normal((n, d))
+    return _ArrayRun(arrays)
+
+
+@pytest.mark.parametrize("level", [0.95, 0.8])
+def test_origin_findings_take_the_jackknife_interval_where_the_run_gives_their_z(level):
+    """Model and control z at the best site equal the runs' z: each gets the jackknife
+    interval of its own run (written out here); the last pool's values do not match its run,
+    so they stay points and a warning names them. The lexical z and the best site's
+    p_best_site come from the sweep where it holds the same value, else not."""
+    run, control = _random_run(1), _random_run(2)
+    sites = ("embed", "L0")
+
+    def z_of(r, site, pool):
+        return _z64(r.array("zh", site, pool), r.array("en", site, pool))
+
+    dec = [{"site": s, "z_mean_full": z_of(run, s, "mean"), "z_last": z_of(run, s, "last") + 0.01}
+           for s in sites]  # fmt: skip
+    cdec = [{"site": s, "z_mean_full": z_of(control, s, "mean"),
+             "z_last": z_of(control, s, "last") + 0.01} for s in sites]  # fmt: skip
+    doc = {"languages": ["zh", "en"], "n_pairs": 9, "decomposition": dec,
+           "control": {"decomposition": cdec}, "lexical": {"z": 2.5}}  # fmt: skip
+    best = {p: max(dec, key=lambda r: r[k])["site"] for p, k in O_KEYS.items()}
+
+    def rec(pool, site, value, **extra):
+        return {"x": "zh", "y": "en", "pool": pool, "site": site, "metric": "z", "value": value,
+                "ci_low": value - 1.0, "ci_high": value + 1.0, **extra}  # fmt: skip
+
+    z_mean = max(r["z_mean_full"] for r in dec)
+    z_last = max(r["z_last"] for r in dec)
+    sweep = {"records": [
+        rec("mean", "lexical", 2.5 + 1e-9, p_value=0.001, null_q95=1.5, p_best_site=0.5),
+        rec("last", "lexical", 2.6),  # another value: not the origin study's lexical z
+        rec("mean", best["mean"], z_mean + 1e-9, p_best_site=0.04),
+        rec("last", best["last"], z_last + 0.5, p_best_site=0.01),  # another value
+        rec("mean", "L9", 0.0, p_best_site=0.9),
+    ]}  # fmt: skip
+    kwargs = {} if level == 0.95 else {"level": level}
+    out = findings_for_origin(doc, run=run, control=control, alignment=sweep, n_boot=1, **kwargs)
+    by_pool = {f["pool"]: f for f in out["findings"]}
+    mean, last = by_pool["mean"], by_pool["last"]
+    for role, r in (("model", run), ("control", control)):
+        site = mean["site"]
+        z, (lo, hi) = _jackknife_z(r.array("zh", site, "mean"), r.array("en", site, "mean"), level)
+        assert mean[role]["value"] == pytest.approx(z, rel=1e-12)
+        assert (mean[role]["ci_low"], mean[role]["ci_high"]) == pytest.approx((lo, hi), rel=1e-6)
+        assert (last[role]["ci_low"], last[role]["ci_high"]) == (None, None)
+    assert mean["site"] == best["mean"] and last["site"] == best["last"]
+    assert mean["lexical"] == {"value": 2.5 + 1e-9, "ci_low": 1.5 + 1e-9, "ci_high": 3.5 + 1e-9,
+                               "p_value": 0.001, "null_q95": 1.5}  # fmt: skip
+    assert last["lexical"] == _point(2.5)
+    assert mean["model"]["p_best_site"] == 0.04 and mean["p_best_site"] == 0.04
+    assert "p_best_site" not in last["model"] and last["p_best_site"] is None
+    assert out["warnings"] == [
+        "only 9 pairs (under 30): these numbers are not reliable; intervals are wide and a few "
+        "pairs can move any value",
+        "no interval for the origin study's z (last pool model, last pool control, last pool "
+        "lexical): those verdicts compare point values",
+    ]
+    from test_findings_values import _interval64
+
+    for f in out["findings"]:
+        counts = f["sites_vs_control"]
+        below = counts["below"] == counts["compared"]
+        assert f["verdict"] == _rule(f["model"], f["control"], f["control_best"], f["lexical"],
+                                     below)  # fmt: skip
+        assert _interval64(f["model"]) is not None
+    # no intervals asked for (n_boot 0), or runs without that pool: points
+    for kw in ({"n_boot": 0}, {"run": _ArrayRun({k: a for k, a in run.arrays.items()
+                                                  if k[2] == "last"})}):  # fmt: skip
+        args = {"run": run, "control": control, **kw}
+        bare = findings_for_origin(doc, **args)
+        got = {f["pool"]: f for f in bare["findings"]}
+        assert got["mean"]["model"]["ci_low"] is None
+        assert (got["mean"]["control"]["ci_low"] is None) == ("n_boot" in kw)
+
+
+def test_with_interval_only_where_the_run_has_the_pool_site_rows_and_value():
+    from xlalign.studies.findings import _with_interval
+    from xlalign.studies.layers import CI_MAX_N
+
+    run = _random_run(3, sites=("L0",))
+    x, y = run.array("zh", "L0", "mean"), run.array("en", "L0", "mean")
+    z, (lo, hi) = _jackknife_z(x, y, 0.9)
+    rec = {"value": z, "ci_low": None, "ci_high": None, "p_value": 0.01}
+    args = (("zh", "en"), "mean", "L0")
+    got = _with_interval(rec, run, *args, 1, 7, 0.9)
+    assert got == {
+        **rec,
+        "ci_low": pytest.approx(lo, rel=1e-6),
+        "ci_high": pytest.approx(hi, rel=1e-6),
+    }
+    assert rec["ci_low"] is None  # a new record, the old one untouched
+    for n_rows, changed in ((CI_MAX_N, True), (CI_MAX_N + 1, False)):
+        big = _ArrayRun(run.arrays, n_rows=n_rows)
+        assert (_with_interval(rec, big, *args, 1, 7, 0.9) != rec) is changed, n_rows
+    assert _with_interval(rec, run, *args, 0, 7, 0.9) == rec  # no intervals asked for
+    assert _with_interval(rec, run, ("zh", "en"), "last", "L1", 1, 7, 0.9) == rec  # no site
+    no_pool = _ArrayRun({k: a for k, a in run.arrays.items() if k[2] == "last"})
+    assert _with_interval(rec, no_pool, *args, 1, 7, 0.9) == rec
+    assert _with_interval({**rec, "value": z + 1e-3}, run, *args, 1, 7, 0.9)["ci_low"] is None
+    # the other language's vectors on both sides give another z: no interval
+    same = _ArrayRun({**run.arrays, ("zh", "L0", "mean"): y})
+    assert _with_interval(rec, same, *args, 1, 7, 0.9) == rec
+    # three pairs have a z but no jackknife interval (the library raises): left a point
+    three = _ArrayRun({k: a[:3] for k, a in run.arrays.items()})
+    z3 = _z64(x[:3], y[:3])
+    assert _with_interval({**rec, "value": z3}, three, *args, 1, 7, 0.9) == {**rec, "value": z3}
+
+
+# ---------------------------------------------------------------------------------------------
+# dominant dimensions and identical vectors, entry by entry (issue 25)
+
+
+def _dom_rec(site, pool, lang, share, dims, flagged=True):
+    return {"site": site, "pool": pool, "lang": lang, "share": share, "top_dims": dims,
+            "flagged": flagged}  # fmt: skip
+
+
+def _z_rec(x, y, pool, site, metric, value):
+    return {"x": x, "y": y, "pool": pool, "site": site, "metric": metric, "value": value}
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_dominance_entries_per_flagged_site_and_pool_with_raw_and_standardized_values(
+    standardize,
+):
+    from xlalign.studies.findings import _dominance
+
+    a = _dom_rec("L1", "mean", "zh", 0.64, [7, 2])
+    b = _dom_rec("L1", "mean", "en", 0.55, [3, 1])
+    c = _dom_rec("L1", "last", "zh", 0.9, [5, 0])
+    d = _dom_rec("L2", "mean", "zh", 0.4, [1, 0], flagged=False)
+    e = _dom_rec("L0", "mean", "de", 0.75, [4, 9])
+    alignment = {
+        "pairs": [["zh", "en"], ["de", "fr"]], "standardize": standardize,
+        "dominance": [a, c, d, e, b],
+        "records": [_z_rec("zh", "en", "mean", "L1", "z", 12.5),
+                    _z_rec("zh", "en", "mean", "L1", "cka_unbiased", 0.5),
+                    _z_rec("zh", "en", "mean", "L1", "p1_xy", 0.25),
+                    _z_rec("en", "zh", "mean", "L1", "z", 9.0),
+                    _z_rec("de", "fr", "mean", "L0", "cka", 0.25),
+                    _z_rec("zh", "en", "mean", "L2", "z", 4.0)],
+    }  # fmt: skip
+    variant = {"records": [_z_rec("zh", "en", "mean", "L1", "z", 3.25),
+                           _z_rec("zh", "en", "mean", "L1", "p1_xy", 0.5)]}  # fmt: skip
+    out = _dominance(alignment, variant)
+
+    def pair_of(x, y):  # (raw, standardized): the sweep's own value is the standardized one
+        return (y, x) if standardize else (x, y)
+
+    zr, zs = pair_of(12.5, 3.25)
+    cr, cs = pair_of(0.5, None)
+    br, bs = pair_of(0.25, None)
+    tail = "; cosine, CKA and k-NN there mostly measure that dimension"
+
+    def fmt(v):
+        return {12.5: "12.5", 3.25: "3.25", 0.5: "0.500", 0.25: "0.250", None: "undefined"}[v]
+
+    assert out == [
+        {"site": "L1", "pool": "mean", "languages": [a, b],
+         "values": [{"pair": ["zh", "en"], "metric": "z", "raw": zr, "standardized": zs},
+                    {"pair": ["zh", "en"], "metric": "cka_unbiased", "raw": cr,
+                     "standardized": cs}],
+         "warning": "L1, mean pool: one dimension holds over half the mean squared norm (zh dim "
+                    f"7 holds 64%, en dim 3 holds 55%){tail} (zh/en z raw {fmt(zr)}, "
+                    f"standardized {fmt(zs)}; zh/en CKA raw {fmt(cr)}, standardized {fmt(cs)})"},
+        {"site": "L1", "pool": "last", "languages": [c],
+         "warning": "L1, last pool: one dimension holds over half the mean squared norm (zh dim "
+                    f"5 holds 90%){tail}"},
+        {"site": "L0", "pool": "mean", "languages": [e],
+         "values": [{"pair": ["de", "fr"], "metric": "cka", "raw": br, "standardized": bs}],
+         "warning": "L0, mean pool: one dimension holds over half the mean squared norm (de dim "
+                    f"4 holds 75%){tail} (de/fr CKA (biased) raw {fmt(br)}, standardized "
+                    f"{fmt(bs)})"},
+    ]  # fmt: skip
+    # no variant: the other preprocessing's values are undefined
+    (first, *_) = _dominance(alignment, None)
+    assert [(v["raw"], v["standardized"]) for v in first["values"]] == [
+        pair_of(12.5, None),
+        pair_of(0.5, None),
+    ]
+    assert _dominance({**alignment, "dominance": [d]}, variant) == []
+    assert _dominance({"pairs": [["zh", "en"]]}, variant) == []
+
+
+def test_mark_dominated_gives_each_finding_its_sites_languages_and_values():
+    from xlalign.studies.findings import _mark_dominated
+
+    a = _dom_rec("L1", "mean", "zh", 0.64, [7, 2])
+    b = _dom_rec("L1", "mean", "en", 0.55, [3, 1])
+    dominance = [
+        {"site": "L1", "pool": "mean", "languages": [a, b],
+         "values": [{"pair": ["de", "fr"], "metric": "z", "raw": 1.0, "standardized": 2.0},
+                    {"pair": ["zh", "en"], "metric": "cka_unbiased", "raw": 0.5,
+                     "standardized": 0.25},
+                    {"pair": ["zh", "en"], "metric": "z", "raw": 12.5, "standardized": 3.25}]},
+        {"site": "L0", "pool": "last", "languages": [_dom_rec("L0", "last", "fr", 0.7, [1, 4])]},
+    ]  # fmt: skip
+
+    def finding(pair, pool, site, metric):
+        return {"pair": list(pair), "pool": pool, "site": site, "metric": metric}
+
+    findings = [
+        finding(("zh", "en"), "last", "L2", "z"),  # no flagged site there
+        finding(("zh", "en"), "mean", "L1", "z"),
+        finding(("zh", "en"), "mean", "L1", "p1_xy"),  # no values for that metric
+        finding(("de", "fr"), "mean", "L1", "z"),  # flagged for other languages only
+        finding(("zh", "de"), "mean", "L1", "z"),  # one language flagged, no values
+        finding(("zh", "en"), "last", "L1", "z"),  # another pool
+        finding(("de", "fr"), "last", "L0", "z"),  # no values at all
+    ]
+    _mark_dominated(findings, dominance)
+    both = {"zh": {"dim": 7, "share": 0.64}, "en": {"dim": 3, "share": 0.55}}
+    assert [f["dominated"] for f in findings] == [
+        None,
+        {"languages": both, "raw": 12.5, "standardized": 3.25},
+        {"languages": both, "raw": None, "standardized": None},
+        None,
+        {"languages": {"zh": {"dim": 7, "share": 0.64}}, "raw": None, "standardized": None},
+        None,
+        {"languages": {"fr": {"dim": 1, "share": 0.7}}, "raw": None, "standardized": None},
+    ]
+
+
+def _reference_identical(records):
+    groups = {}
+    for r in records:
+        if r.get("identical"):
+            groups.setdefault((r["site"], r["pool"]), []).append(r)
+    out = []
+    for (site, pool), recs in groups.items():
+        counts = ", ".join(f"{r['lang']}: {r['distinct']} distinct, {r['largest_group']} rows "
+                           "share one" for r in recs)  # fmt: skip
+        out.append({
+            "site": site, "pool": pool,
+            "distinct": {r["lang"]: r["distinct"] for r in recs},
+            "largest_group": {r["lang"]: r["largest_group"] for r in recs},
+            "warning": f"{site}, {pool} pool: many prompts share one vector ({counts}): they "
+                       "share the token pooled there, so the metrics at this site mostly "
+                       "measure which prompts share it, not what the model computed; findings "
+                       "skip this site for these languages",
+        })  # fmt: skip
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "site": st.sampled_from(["embed", "L0", "L1"]),
+                "pool": st.sampled_from(["last", "mean"]),
+                "lang": st.sampled_from(["zh", "en", "de"]),
+                "distinct": st.integers(1, 300),
+                "largest_group": st.integers(1, 300),
+                "identical": st.sampled_from([True, False, None]),
+            }
+        ),
+        max_size=8,
+    )
+)
+def test_identical_vectors_entries_and_warnings_by_definition(records):
+    from xlalign.studies.findings import identical_vectors
+
+    assert identical_vectors(records) == _reference_identical(records)
+
+
+def test_origin_findings_take_from_the_sweep_only_what_it_holds():
+    """A sweep without the lexical z, or with the best site's z but no p_best_site, changes
+    nothing; a lexical z the origin study lacks stays absent; a pool without any value makes
+    no finding, the other pool still does."""
+    dec = [{"site": "embed", "z_last": 1.5}, {"site": "L0", "z_last": 4.0, "z_mean_full": None}]
+    doc = {"languages": ["zh", "en"], "n_pairs": 40, "decomposition": dec,
+           "lexical": {"z": 2.0}}  # fmt: skip
+    sweep = {"records": [{"x": "zh", "y": "en", "pool": "last", "site": "L0", "metric": "z",
+                          "value": 4.0, "ci_low": 3.0, "ci_high": 5.0}]}  # fmt: skip
+    (f,) = findings_for_origin(doc, alignment=sweep)["findings"]
+    assert (f["pool"], f["site"]) == ("last", "L0")
+    assert f["model"] == _point(4.0) and f["p_best_site"] is None
+    assert f["lexical"] == _point(2.0)
+    lexical_only = {
+        "records": [
+            {**sweep["records"][0], "site": "lexical", "value": 2.0, "ci_low": 1.0, "ci_high": 3.0}
+        ]
+    }
+    (g,) = findings_for_origin({**doc, "lexical": {"z": None}}, alignment=lexical_only)["findings"]
+    assert g["lexical"] is None and g["model"] == _point(4.0)
+    (h,) = findings_for_origin(doc, alignment=lexical_only)["findings"]
+    assert h["lexical"] == {"value": 2.0, "ci_low": 1.0, "ci_high": 3.0}
+    assert findings_for_origin(doc)["findings"] == [f]
+
+
+def test_origin_verdict_uses_the_control_at_a_flagged_best_site_and_first_gain_on_a_tie():
+    """Every last-token site with a model z is flagged: the best is flagged too, and the
+    control there (6 > 5) matches it although the control's best unflagged site (L1: 1) does
+    not. Two sites gain alike (+1): the first is the largest gain."""
+    flags = {"zh": {"embed": {"identical": True}, "L0": {"identical": True}}}
+    doc = {"languages": ["zh", "en"], "n_pairs": 40, "identical_last_token": flags,
+           "decomposition": [{"site": "embed", "z_last": 5.0, "z_mean_full": 3.0},
+                             {"site": "L0", "z_last": 0.0, "z_mean_full": 2.0}],
+           "control": {"decomposition": [{"site": "embed", "z_last": 6.0, "z_mean_full": 2.0},
+                                         {"site": "L0", "z_last": -1.0, "z_mean_full": 1.0},
+                                         {"site": "L1", "z_last": 1.0}]}}  # fmt: skip
+    by_pool = {f["pool"]: f for f in findings_for_origin(doc)["findings"]}
+    last = by_pool["last"]
+    assert (last["site"], last["artifact"]) == ("embed", "identical-vectors")
+    assert last["control_best"]["site"] == "L1" and last["control"] == _point(6.0)
+    assert last["verdict"] == "matched-by-control"
+    gain = by_pool["mean"]["largest_gain"]
+    assert (gain["site"], gain["gain"]) == ("embed", 1.0)
+
+
+def test_a_sweep_without_findings_replaces_the_old_sweeps_findings_too():
+    """A sweep where no metric is defined writes no findings; the sweep's findings of an earlier
+    run must go with its part, or the file shows them under the new headline (the origin
+    study's findings stay)."""
+    from xlalign.studies.findings import merge_findings
+
+    old_sweep = {"metric": "z", "site": "L3", "source": "alignment"}
+    legacy = {"metric": "cka", "site": "L1"}  # before the source field: the sweep's
+    origin = {"metric": "z", "site": "L0", "source": "origin"}
+    old = {
+        "headline": "old sweep",
+        "findings": [old_sweep, legacy, origin],
+        "parts": {
+            "alignment": {"headline": "old sweep", "warnings": ["old"], "study": {}},
+            "origin": {"headline": "origin", "warnings": [], "study": {}},
+        },
+    }
+    new = {"headline": "nothing defined", "findings": [], "warnings": ["new"], "study": {}}
+    got = merge_findings(old, new)
+    assert got["findings"] == [origin]
+    assert got["headline"] == "nothing defined" and got["warnings"] == ["new"]
+    assert got["parts"]["alignment"]["headline"] == "nothing defined"

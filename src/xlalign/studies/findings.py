@@ -1331,9 +1331,10 @@ def merge_findings(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dic
     folder; each replaces only its own part. The headline, study and dominance entries come
     from the sweep when it has run, else from the origin study.
     """
-    sources = {f.get("source") for f in new.get("findings") or []}
+    # a document without findings is a sweep's (nothing defined): it replaces the sweep's part
+    sources = {f.get("source") for f in new.get("findings") or []} or {"alignment"}
     parts = dict((old or {}).get("parts") or {})
-    for src in sources or {"alignment"}:
+    for src in sources:
         parts[str(src)] = {
             k: new.get(k)
             for k in ("headline", "warnings", "study", "dominance", "identical_vectors", "inputs")
