@@ -369,7 +369,7 @@ def test_a_label_key_is_a_run_as_given_before_it_is_a_letter(tmp_path):
     for bad in ("D", "d", "AB", "1", ""):
         with pytest.raises(XlalignError, match=r"A\.\.C") as e:
             _label_index(bad, given)
-        assert f"'{bad}'" in str(e.value)
+        assert f"'{bad}'" in str(e.value) and f"runs (B, A, {tmp_path / 'c'})" in str(e.value)
 
 
 class _LabelRun:
@@ -589,3 +589,39 @@ def test_findings_without_a_control_or_with_tied_gains_take_the_first_best_site(
     m.alignment["records"].append(lexical)  # a lexical baseline above the model
     (f,), _ = _findings([m])
     assert f["verdict"] == "matched-by-lexical"
+
+
+def test_run_letters_reach_z_and_no_further(tmp_path):
+    from xlalign.errors import XlalignError
+    from xlalign.studies.compare import _label_index, _labels
+
+    given = [f"runs/{i}" for i in range(30)]
+    assert _label_index("Z", given) == 25 and _label_index("z", given) == 25
+    assert _label_index("Y", given) == 24
+    for bad in ("[", "`", "@"):  # the characters beside the letters
+        with pytest.raises(XlalignError, match="nor a run letter"):
+            _label_index(bad, given)
+    # a path spelt with ./ and ../ is the run it resolves to
+    (tmp_path / "c").mkdir()
+    runs = [str(tmp_path / "a"), str(tmp_path / "c")]
+    assert _label_index(f"{tmp_path}/./c", runs) == 1
+    assert _label_index(f"{tmp_path}/a/../c", runs) == 1
+    # a run whose model and folder have no name part is labelled by its path
+    assert _labels(["/"], None, [_LabelRun("/")]) == ["/"]  # type: ignore[arg-type]
+    with pytest.raises(
+        XlalignError, match=r"labelled twice \('one' and 'two'\): give one per run$"
+    ):
+        _labels(["r/1"], {"A": "one", "r/1": "two"}, [_LabelRun("r/1", "m")])  # type: ignore[arg-type]
+
+
+def test_label_cka_is_defined_for_small_vectors_and_two_rows():
+    """CKA does not depend on scale: vectors of size 1e-3 give the value of the unscaled ones;
+    two rows of two classes (the one-hot Gram's centred norm is exactly 1) give 1."""
+    from xlalign.studies.compare import label_cka
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(30, 4))
+    codes = np.arange(30) % 3
+    ref = _cka64(x, np.eye(3)[codes])
+    assert label_cka(x * 1e-3, codes) == pytest.approx(ref, rel=1e-9)
+    assert label_cka(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([0, 1])) == pytest.approx(1.0)

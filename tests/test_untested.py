@@ -304,9 +304,12 @@ def test_ctrl_c_exits_130_and_leaves_a_resumable_run(tiny_models, small, tmp_pat
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                XLALIGN_TEST_STOP_AFTER="2")  # fmt: skip
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    # a suite started in the background (`make check &`) ignores SIGINT, and a child inherits
+    # that: give the child the default disposition, as a terminal's Ctrl-C would find it
     proc = subprocess.Popen(
         [sys.executable, str(script), *args, "-o", str(out)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 600  # a hang guard only
     try:
