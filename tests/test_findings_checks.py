@@ -112,6 +112,134 @@ def test_no_shared_tokens_is_no_alignment_not_an_undefined_control():
     assert sum("share no token" in w for w in doc["warnings"]) == 1
 
 
+NO_SHARED = (
+    "zh/en: the two languages share no token (special tokens aside): the lexical baseline gives "
+    "no alignment (its z is undefined: every lexical cosine between them is 0)"
+)
+
+
+def _lexical_lines(doc):
+    return [w for w in doc["warnings"] if "lexical baseline" in w]
+
+
+def _two_pools(records):
+    return {"pairs": [["zh", "en"]], "pools": ["mean", "last"], "sites": ["L0"],
+            "records": records, "n_boot": 200, "null_perms": 0}  # fmt: skip
+
+
+def test_no_shared_tokens_is_one_warning_word_for_word_and_marks_every_lexical_value():
+    records = []
+    for pool in ("mean", "last"):
+        records += [
+            _rec("z", "L0", 12.0, 11.0, 13.0, pool=pool),
+            _rec("p1_xy", "L0", 0.5, 0.4, 0.6, pool=pool),
+            _rec("z", "lexical", None, pool=pool, shared_tokens=0),
+            _rec("p1_xy", "lexical", 0.0, 0.0, 0.0, pool=pool, shared_tokens=0),
+        ]
+    doc = build_findings(_two_pools(records), None)
+    assert _lexical_lines(doc) == [NO_SHARED]  # two pools, two metrics: said once
+    by = {(f["pool"], f["metric"]): f["lexical"] for f in doc["findings"]}
+    for pool in ("mean", "last"):
+        assert by[pool, "z"] == {"value": None, "ci_low": None, "ci_high": None,
+                                 "no_shared_tokens": True}  # fmt: skip
+        assert by[pool, "p1_xy"] == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0,
+                                     "no_shared_tokens": True}  # fmt: skip
+
+
+def test_an_undefined_lexical_value_is_named_once_with_its_reason_and_a_defined_one_is_not():
+    records = []
+    for pool in ("mean", "last"):
+        records += [
+            _rec("z", "L0", 12.0, 11.0, 13.0, pool=pool),
+            _rec("p1_xy", "L0", 0.5, 0.4, 0.6, pool=pool),
+            _rec("cka_unbiased", "L0", 0.4, 0.3, 0.5, pool=pool),
+            {**_rec("z", "lexical", None, pool=pool, shared_tokens=3),
+             "undefined_reason": "constant rows"},
+            # defined, with a stray best-site p: the lexical baseline is never a picked site
+            {**_rec("p1_xy", "lexical", 0.25, 0.2, 0.3, pool=pool, shared_tokens=3),
+             "p_best_site": 0.01, "p_value": 0.002},
+            _rec("cka_unbiased", "lexical", None, pool=pool, shared_tokens=3),  # no reason
+        ]  # fmt: skip
+    doc = build_findings(_two_pools(records), None)
+    assert _lexical_lines(doc) == [
+        "zh/en: the lexical baseline's z is undefined (constant rows)",
+        "zh/en: the lexical baseline's CKA is undefined (undefined)",
+    ]
+    by = {(f["pool"], f["metric"]): f["lexical"] for f in doc["findings"]}
+    for pool in ("mean", "last"):
+        assert by[pool, "z"] is None and by[pool, "cka_unbiased"] is None
+        assert by[pool, "p1_xy"] == {"value": 0.25, "ci_low": 0.2, "ci_high": 0.3, "p_value": 0.002}
+
+
+def test_the_stratified_z_is_asked_for_each_z_finding_at_its_own_site():
+    calls = []
+
+    def stratified(pair, pool, site):
+        calls.append((pair, pool, site))
+        return {"z": float(len(calls)), "asked": [list(pair), pool, site]}
+
+    records = []
+    for x, y in (("zh", "en"), ("en", "zh")):
+        for pool, best in (("mean", "L1"), ("last", "L0")):
+            for site in ("L0", "L1"):
+                v = 5.0 if site == best else 1.0
+                for metric in ("z", "cka_unbiased"):
+                    records.append({"x": x, "y": y, "pool": pool, "site": site, "metric": metric,
+                                    "value": v if metric == "z" else v / 10, "n": 200})  # fmt: skip
+    sweep = {"pairs": [["zh", "en"], ["en", "zh"]], "pools": ["mean", "last"],
+             "sites": ["L0", "L1"], "records": records, "n_boot": 200}  # fmt: skip
+    doc = build_findings(sweep, None, stratified=stratified)
+    z = [f for f in doc["findings"] if f["metric"] == "z"]
+    assert [(tuple(f["pair"]), f["pool"], f["site"]) for f in z] == calls == [
+        (("zh", "en"), "mean", "L1"), (("zh", "en"), "last", "L0"),
+        (("en", "zh"), "mean", "L1"), (("en", "zh"), "last", "L0"),
+    ]  # fmt: skip
+    for f in z:
+        assert f["stratified"]["asked"] == [f["pair"], f["pool"], f["site"]]
+    assert all(f["stratified"] is None for f in doc["findings"] if f["metric"] != "z")
+
+
+def test_the_controls_own_best_site_passes_over_its_identical_vector_sites():
+    """The control's best site skips sites where the control's vectors are identical, in that
+    pool and for either language of the pair, as the model's does."""
+    sites = ["embed", "L0", "L1"]
+    model = [_rec("z", s, 10.0 + i, 9.5 + i, 10.5 + i, pool=p) for i, s in enumerate(sites)
+             for p in ("mean", "last")]  # fmt: skip
+    # the control peaks at embed (identical vectors for en in the mean pool), then L1
+    ctl_values = {"embed": 9.0, "L0": 1.0, "L1": 2.0}
+    control = [_rec("z", s, v, v - 0.5, v + 0.5, pool=p) for s, v in ctl_values.items()
+               for p in ("mean", "last")]  # fmt: skip
+    dominance = [
+        {"site": "embed", "pool": "mean", "lang": "en", "identical": True, "distinct": 3,
+         "largest_group": 150, "share": 0.1, "top_dims": [1], "flagged": False},
+        {"site": "embed", "pool": "mean", "lang": "zh", "identical": False, "distinct": 200,
+         "largest_group": 1, "share": 0.1, "top_dims": [1], "flagged": False},
+    ]  # fmt: skip
+    doc = build_findings(
+        {"pairs": [["zh", "en"]], "pools": ["mean", "last"], "sites": sites, "records": model,
+         "n_boot": 200},
+        {"records": control, "dominance": dominance},
+    )  # fmt: skip
+    best = {f["pool"]: f["control_best"] for f in doc["findings"]}
+    assert best["mean"] == {"site": "L1", "value": 2.0, "ci_low": 1.5, "ci_high": 2.5}
+    # the other pool's embed is not flagged: the control's highest site stands there
+    assert best["last"] == {"site": "embed", "value": 9.0, "ci_low": 8.5, "ci_high": 9.5}
+    assert all(f["site"] == "L1" and f["artifact"] is None for f in doc["findings"])
+
+
+def test_a_sweep_whose_records_carry_no_n_has_no_pair_count_and_no_small_sample_warning():
+    records = [{k: v for k, v in _rec("z", s, 1.0 + i).items() if k != "n"}
+               for i, s in enumerate(("L0", "L1"))]  # fmt: skip
+    doc = build_findings(
+        {"pairs": [["zh", "en"]], "pools": ["mean"], "sites": ["L0", "L1"], "records": records,
+         "n_boot": 200}, None,
+    )  # fmt: skip
+    assert doc["study"]["n_pairs"] is None
+    assert not any("under 30" in w or "not reliable" in w for w in doc["warnings"])
+    (f,) = doc["findings"]
+    assert f["site"] == "L1" and f["n"] is None
+
+
 def _dom(site, lang, share, dim=7, pool="mean"):
     return {"site": site, "pool": pool, "lang": lang, "share": share, "top_dims": [dim],
             "flagged": share > 0.5, "identical": False}  # fmt: skip
