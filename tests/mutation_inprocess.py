@@ -13,21 +13,31 @@ failed) is *killed*, 0 *survived*; a mutant that runs past ``--timeout`` seconds
 
 Results are appended to ``mutants/inprocess.jsonl`` (name, status, seconds); ``--summary``
 prints the counts per function from that file, net of ``tests/mutation_equivalent.txt``.
-Only pure functions suit it: module-scoped fixtures are rebuilt for every mutant.
+Module- and session-scoped fixtures are rebuilt for every mutant, unless named in
+``--keep-fixtures NAME[,NAME]``: those are built once, with no mutant active, and their values
+are reused by every mutant after (only fixtures that return a value, not ``yield``, and whose
+value no test changes: extracted runs, tiny models, corpora; never one that calls the mutated
+code). Each mutant gets its own ``--basetemp``; the first one's, which holds the kept values,
+stays until the runner ends.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import inspect
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 EQUIVALENT = Path(__file__).with_name("mutation_equivalent.txt")
 LOG = Path("mutants") / "inprocess.jsonl"
@@ -58,8 +68,53 @@ def _equivalent() -> set[str]:
     }
 
 
-def run(pattern: str, tests: list[str], timeout: int) -> None:
-    import pytest
+class _KeepFixtures:
+    """A pytest plugin: the named fixtures' first values, reused by every later session."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+        self.values: dict[tuple[str, str, str], object] = {}
+
+    def _key(self, fixturedef: Any, request: Any) -> tuple[str, str, str] | None:
+        if fixturedef.argname not in self.names or fixturedef.scope not in ("module", "session"):
+            return None
+        if inspect.isgeneratorfunction(fixturedef.func):  # its teardown ran with its session
+            return None
+        return (fixturedef.baseid, fixturedef.argname, repr(fixturedef.cache_key(request)))
+
+    def plugins(self) -> list[object]:
+        return [_Reuse(self), _Store(self)]
+
+
+class _Reuse:
+    def __init__(self, keep: _KeepFixtures) -> None:
+        self.keep = keep
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> object:
+        key = self.keep._key(fixturedef, request)
+        if key is None or key not in self.keep.values:
+            return None  # pytest builds it
+        value = self.keep.values[key]
+        fixturedef.cached_result = (value, fixturedef.cache_key(request), None)
+        return value
+
+
+class _Store:
+    def __init__(self, keep: _KeepFixtures) -> None:
+        self.keep = keep
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> Any:
+        value = yield
+        key = self.keep._key(fixturedef, request)
+        if key is not None and value is not None:
+            self.keep.values.setdefault(key, value)
+        return value
+
+
+def run(pattern: str, tests: list[str], timeout: int, keep: set[str] | None = None) -> None:
+    from mutmut.mutation.trampoline import set_mutant_under_test
 
     fired: list[bool] = []
 
@@ -72,26 +127,39 @@ def run(pattern: str, tests: list[str], timeout: int) -> None:
     sys.path.insert(0, os.path.abspath("mutants/src"))  # the trampolined source, first
     os.chdir("mutants")
     log = Path("inprocess.jsonl")
-    for name in names:
-        os.environ["MUTANT_UNDER_TEST"] = name
+    kept = _KeepFixtures(keep or set())
+    base = Path(os.environ.get("TMPDIR", "/tmp")) / f"mutation-inprocess-{os.getpid()}"
+    args = ["-x", "-q", "-p", "no:cacheprovider", "--no-header", "--tb=no", *tests]
+    base.mkdir(parents=True, exist_ok=True)  # pytest makes --basetemp, not its parents
+    if keep:  # build the kept fixtures once, with no mutant active
+        set_mutant_under_test("none.none")
+        rc = pytest.main([*args, f"--basetemp={base / 'kept'}"], plugins=kept.plugins())
+        if int(rc) != 0:
+            raise SystemExit(
+                f"the tests fail with no mutant active (exit {int(rc)}): fix them first"
+            )
+        print(f"kept {len(kept.values)} fixture values: {sorted(k[1] for k in kept.values)}")
+    for i, name in enumerate(names):
+        set_mutant_under_test(name)  # os.environ too; and survives a test that clears it
         fired.clear()
         start = time.monotonic()
         signal.alarm(timeout)
+        tmp = base / str(i)
         try:
-            rc = pytest.main(
-                ["-x", "-q", "-p", "no:cacheprovider", "--no-header", "--tb=no", *tests]
-            )
+            rc = pytest.main([*args, f"--basetemp={tmp}"], plugins=kept.plugins())
             status = {0: "survived", 1: "killed"}.get(int(rc), f"rc {int(rc)}")
         except _Timeout:
             status = "timeout"
         finally:
             signal.alarm(0)
+            shutil.rmtree(tmp, ignore_errors=True)
         if fired:
             status = "timeout"
         took = round(time.monotonic() - start, 1)
         with log.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"name": name, "status": status, "seconds": took}) + "\n")
         print(f"MUTANT {name}: {status} ({took} s)", flush=True)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def summary() -> None:
@@ -139,11 +207,12 @@ def main() -> int:
     p.add_argument("pattern", nargs="?")
     p.add_argument("--timeout", type=int, default=120)
     p.add_argument("--summary", action="store_true")
+    p.add_argument("--keep-fixtures", default="", help="fixtures built once (comma-separated)")
     a = p.parse_args(argv)
     if a.summary:
         summary()
         return 0
-    run(a.pattern, tests, a.timeout)
+    run(a.pattern, tests, a.timeout, {n for n in a.keep_fixtures.split(",") if n})
     return 0
 
 

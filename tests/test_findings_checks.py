@@ -240,6 +240,23 @@ def test_a_sweep_whose_records_carry_no_n_has_no_pair_count_and_no_small_sample_
     assert f["site"] == "L1" and f["n"] is None
 
 
+def test_a_wide_control_interval_at_the_models_site_matches_the_model_though_its_best_is_lower():
+    """The control at the model's best site has a lower value than the control's own best but a
+    wider interval reaching the model: matched-by-control (model_low <= control_high there),
+    although the model lies above the control's best site."""
+    model = [_rec("z", "L0", 4.0, 3.0, 4.5), _rec("z", "L1", 1.0, 0.5, 1.5)]
+    control = [_rec("z", "L0", 1.0, 0.0, 5.0), _rec("z", "L1", 2.0, 1.9, 2.1)]
+    doc = build_findings(
+        {"pairs": [["zh", "en"]], "pools": ["mean"], "sites": ["L0", "L1"], "records": model,
+         "n_boot": 200}, {"records": control},
+    )  # fmt: skip
+    (f,) = doc["findings"]
+    assert (f["site"], f["control_best"]["site"]) == ("L0", "L1")
+    assert f["model"]["ci_low"] > f["control_best"]["ci_high"]  # above the control's best
+    assert f["control"] == {"value": 1.0, "ci_low": 0.0, "ci_high": 5.0}
+    assert f["verdict"] == "matched-by-control"
+
+
 def _dom(site, lang, share, dim=7, pool="mean"):
     return {"site": site, "pool": pool, "lang": lang, "share": share, "top_dims": [dim],
             "flagged": share > 0.5, "identical": False}  # fmt: skip
