@@ -509,6 +509,168 @@ def test_a_control_swept_with_other_settings_is_swept_again(runs, tmp_path):
     }
 
 
+def test_a_models_own_sweep_of_other_settings_or_other_arrays_is_swept_again(runs, tmp_path):
+    """The model's stored alignment.json is checked like the control's: swept with other
+    settings, or recording another run's fingerprint, it is swept again and the message names
+    the model's own file; the control's consistent sweep is read as stored."""
+    import shutil
+
+    _root, a, b = runs
+    copy = tmp_path / "a"
+    shutil.copytree(a.path, copy)
+    centred = SweepConfig(metrics=SWEEP.metrics, n_boot=20, center=True)
+    write_alignment(layer_sweep(_load(copy), centred, progress=False), copy)
+    names = {"A": "qa", "B": "gb"}
+    cfg = CompareConfig(k=5, n_perms=0, sweep=SWEEP)  # the settings every sweep must have
+    said: list[str] = []
+    res = compare([copy, b.path], labels=names, config=cfg, progress=False, say=said.append)
+    moved = [m for m in said if "again" in m]
+    assert moved == [
+        f"{copy / 'alignment.json'} was swept with other settings (center: True, not False): "
+        "sweeping qa (model) again, so every sweep compared has the same settings"
+    ]
+    assert res.runs[0]["sweep"] == "computed again (its alignment.json has other settings)"
+    # B keeps no sweep: both of its sweeps are computed, and said so
+    assert res.runs[1]["sweep"] == "computed (the run has no alignment.json)"
+    assert [m for m in said if m.startswith("sweeping gb")] == [
+        f"sweeping gb (model): {b.path} has no alignment.json",
+        f"sweeping gb (control): {b.path / CONTROL_DIR} has no alignment.json",
+    ]
+    # the same settings, but the sweep of other arrays (as after extracting again)
+    doc = layer_sweep(_load(copy), SWEEP, progress=False)
+    write_alignment(doc, copy)
+    stored = json.loads((copy / "alignment.json").read_text())
+    run = _load(copy)
+    assert stored["run_fingerprint"] == run.fingerprint  # consistent: read as stored
+    said.clear()
+    res = compare([copy, b.path], labels=names, config=cfg, progress=False, say=said.append)
+    assert not [m for m in said if "again" in m or m.startswith("sweeping qa")]
+    assert res.runs[0]["sweep"] == "alignment.json of the run"
+    # the model's sweep stored, the control's missing: the control alone is computed
+    (copy / CONTROL_DIR / "alignment.json").unlink()
+    said.clear()
+    res = compare([copy, b.path], labels=names, config=cfg, progress=False, say=said.append)
+    assert [m for m in said if m.startswith("sweeping qa")] == [
+        f"sweeping qa (control): {copy / CONTROL_DIR} has no alignment.json"
+    ]
+    kinds = {c["kind"] for c in res.curves if c["label"] == "qa"}
+    assert kinds == {"model", "control", "lexical"}
+    want = {(r["x"], r["y"], r["pool"], r["metric"], r["site"]): r["value"]
+            for r in layer_sweep(_load(copy / CONTROL_DIR), SWEEP, progress=False)["records"]
+            if r["site"] != "lexical"}  # fmt: skip
+    got = {(*c["pair"], c["pool"], c["metric"], c["site"]): c["value"]
+           for c in res.curves if c["label"] == "qa" and c["kind"] == "control"}  # fmt: skip
+    assert got == want
+    stored["run_fingerprint"] = "0" * len(run.fingerprint)
+    (copy / "alignment.json").write_text(json.dumps(stored))
+    said.clear()
+    res = compare([copy, b.path], labels=names, config=cfg, progress=False, say=said.append)
+    assert [m for m in said if "again" in m] == [
+        f"{copy / 'alignment.json'} was swept with other settings (run fingerprint: "
+        f"{stored['run_fingerprint']}, not {run.fingerprint}): sweeping qa (model) again, so "
+        "every sweep compared has the same settings"
+    ]
+    assert res.runs[0]["sweep"] == "computed again (its alignment.json has other settings)"
+
+
+def test_curves_carry_each_records_undefined_reason(runs):
+    from xlalign.studies.compare import _curves, _Model
+
+    _, a, _ = runs
+    rec = {"x": "zh", "y": "en", "pool": "mean", "metric": "z", "ci_low": None, "ci_high": None}
+    doc = {"records": [{**rec, "site": "L0", "value": None, "undefined_reason": "constant rows"},
+                       {**rec, "site": "L1", "value": 2.0}]}  # fmt: skip
+    ctl = {"records": [{**rec, "site": "L0", "value": None, "undefined_reason": "no variance"}]}
+    curves = _curves(_Model("A", str(a.path), a, None, alignment=doc, control_alignment=ctl))
+    assert [(c["kind"], c["site"], c["value"], c["undefined_reason"]) for c in curves] == [
+        ("model", "L0", None, "constant rows"),
+        ("model", "L1", 2.0, None),
+        ("control", "L0", None, "no variance"),
+    ]
+    assert all(set(c) >= {"undefined_reason", "relative_depth"} for c in curves)
+
+
+def test_similarity_cells_of_synthetic_runs_carry_n_reasons_and_artifacts(tmp_path):
+    """``_similarity`` on two synthetic runs of 12 rows, where A's zh vectors at embed are all
+    one vector: CKA is undefined there with its reason, the site is named as an artifact word
+    for word, k-NN with k = n is undefined with the metric's own error, every cell has n = 12,
+    and no null note is made when no null is asked for."""
+    from types import SimpleNamespace
+
+    from xlalign.metrics import linear_cka_matrix, mutual_knn_matrix
+    from xlalign.store.run import load_run
+    from xlalign.store.synthetic import write_synthetic_run
+    from xlalign.studies.compare import _count_identical, _Model, _similarity
+
+    pa = write_synthetic_run(tmp_path / "a", 12, 8, n_sites=2, seed=1)
+    pb = write_synthetic_run(tmp_path / "b", 12, 8, n_sites=2, seed=2)
+    f = pa / "arrays" / "zh" / "embed" / "last.npy"
+    np.save(f, np.repeat(np.load(f)[:1], 12, axis=0))
+    a = _Model("A", str(pa), load_run(pa), None, rows=np.arange(12))
+    b = _Model("B", str(pb), load_run(pb), None, rows=np.arange(12))
+    for m in (a, b):
+        _count_identical(m, ["zh", "en"], ["last"])
+    steps: list[int] = []
+    cfg = CompareConfig(k=12, n_perms=0)
+    recs, notes, artifacts = _similarity(
+        a, b, ["zh", "en"], ["last"], cfg, SimpleNamespace(update=steps.append)
+    )
+    assert notes == [] and steps == [1, 1]
+    assert artifacts == [
+        "A, zh, last pool: of the 12 vectors, many are identical at embed (12 share one of 1 "
+        "distinct): prompts share the token pooled there, so similarity with those sites mostly "
+        "measures which prompts share it (two models' vectors of the same two tokens have CKA "
+        "1); those cells carry artifact 'identical-vectors'"
+    ]
+    sites = list(a.run.sites)
+    assert len(recs) == 2 * 2 * len(sites) ** 2  # two languages, two metrics, every site pair
+    assert all(r["n"] == 12 for r in recs)
+    xs = [np.asarray(a.run.array("zh", s, "last")) for s in sites]
+    ys = [np.asarray(b.run.array("zh", s, "last")) for s in sites]
+    with pytest.raises(XlalignError) as err:
+        mutual_knn_matrix(xs, ys, k=12)
+    knn = [r for r in recs if r["metric"] == "mutual_knn"]
+    assert all(r["value"] is None and r["undefined_reason"] == str(err.value) for r in knn)
+    want = linear_cka_matrix(xs, ys, n_perms=0)
+    for r in recs:
+        if r["metric"] != "cka" or r["lang"] != "zh":
+            continue
+        i, j = sites.index(r["site_a"]), sites.index(r["site_b"])
+        if r["site_a"] == "embed":
+            assert r["value"] is None and "no variance" in r["undefined_reason"]
+            assert r["undefined_reason"] == want.reasons[(i, j)]
+            assert r["artifact"] == "identical-vectors" and r["distinct_a"] == 1
+        else:
+            assert r["value"] == pytest.approx(_cka64(xs[i], ys[j]), abs=1e-6)
+            assert r["undefined_reason"] is None and r["artifact"] is None
+            assert r["distinct_a"] == r["distinct_b"] == 12
+
+
+def test_a_row_view_reads_each_language_at_its_rows(runs):
+    """compare's view of a run on the shared rows: ids, arrays, token ids and special-token
+    masks of the rows asked for, in that order, language by language."""
+    from xlalign.studies.compare import _RowView
+
+    _, a, _ = runs
+    rows = np.array([5, 0, 3])
+    view = _RowView(a, rows)
+    assert list(view.ids) == [a.ids[i] for i in rows] and view.n_rows == 3
+    for lang in ("zh", "en"):
+        tokens, masks = a.token_ids(lang), a.special_tokens_mask(lang)
+        got_t, got_m = view.token_ids(lang), view.special_tokens_mask(lang)
+        assert len(got_t) == len(got_m) == 3
+        for k, i in enumerate(rows):
+            assert np.array_equal(got_t[k], tokens[i]) and np.array_equal(got_m[k], masks[i])
+        np.testing.assert_array_equal(
+            view.array(lang, "L0", "mean"), np.asarray(a.array(lang, "L0", "mean"))[rows]
+        )
+    # the two languages' tokens differ, so reading the other language would be seen
+    assert any(
+        not np.array_equal(z, e)
+        for z, e in zip(view.token_ids("zh"), view.token_ids("en"), strict=True)
+    )
+
+
 # --------------------------------------------------------------------------- parts, on small runs
 # (issue 25: each part of compare checked on runs built here, without a model)
 
