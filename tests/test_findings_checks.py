@@ -257,6 +257,46 @@ def test_a_wide_control_interval_at_the_models_site_matches_the_model_though_its
     assert f["verdict"] == "matched-by-control"
 
 
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_the_largest_gain_passes_over_a_site_of_identical_vectors_in_either_language(lang):
+    """The model gains most at L0, where ``lang``'s vectors (either side of the pair) are
+    identical in the mean pool: the largest gain is taken among the other sites (L1 there);
+    in the last pool nothing is flagged and L0 stands."""
+    gains = {"embed": 1.0, "L0": 5.0, "L1": 2.0}
+    model = [_rec("z", s, 10.0 + g, pool=p) for s, g in gains.items() for p in ("mean", "last")]
+    control = [_rec("z", s, 10.0, pool=p) for s in gains for p in ("mean", "last")]
+    dominance = [{"site": "L0", "pool": "mean", "lang": lang, "identical": True, "distinct": 2,
+                  "largest_group": 190, "share": 0.1, "top_dims": [1], "flagged": False}]  # fmt: skip
+    doc = build_findings(
+        {"pairs": [["zh", "en"]], "pools": ["mean", "last"], "sites": list(gains),
+         "records": model, "dominance": dominance, "n_boot": 200},
+        {"records": control},
+    )  # fmt: skip
+    by = {f["pool"]: f for f in doc["findings"]}
+    assert by["mean"]["site"] == "L1" and by["mean"]["largest_gain"] == {
+        "site": "L1", "gain": 2.0, "model": 12.0, "control": 10.0
+    }  # fmt: skip
+    assert by["last"]["site"] == "L0" and by["last"]["largest_gain"]["site"] == "L0"
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_a_best_site_taken_among_identical_vector_sites_carries_the_artifact(lang):
+    """Every site of the mean pool holds identical vectors for ``lang``: the best site is
+    taken among them and marked ``identical-vectors``; the last pool's is not marked."""
+    sites = ["embed", "L0"]
+    model = [_rec("z", s, 3.0 + i, pool=p) for i, s in enumerate(sites) for p in ("mean", "last")]
+    dominance = [{"site": s, "pool": "mean", "lang": lang, "identical": True, "distinct": 2,
+                  "largest_group": 190, "share": 0.1, "top_dims": [1], "flagged": False}
+                 for s in sites]  # fmt: skip
+    doc = build_findings(
+        {"pairs": [["zh", "en"]], "pools": ["mean", "last"], "sites": sites, "records": model,
+         "dominance": dominance, "n_boot": 200}, None,
+    )  # fmt: skip
+    by = {f["pool"]: f for f in doc["findings"]}
+    assert (by["mean"]["site"], by["mean"]["artifact"]) == ("L0", "identical-vectors")
+    assert (by["last"]["site"], by["last"]["artifact"]) == ("L0", None)
+
+
 def _dom(site, lang, share, dim=7, pool="mean"):
     return {"site": site, "pool": pool, "lang": lang, "share": share, "top_dims": [dim],
             "flagged": share > 0.5, "identical": False}  # fmt: skip
