@@ -644,6 +644,108 @@ def test_similarity_cells_of_synthetic_runs_carry_n_reasons_and_artifacts(tmp_pa
             assert r["value"] == pytest.approx(_cka64(xs[i], ys[j]), abs=1e-6)
             assert r["undefined_reason"] is None and r["artifact"] is None
             assert r["distinct_a"] == r["distinct_b"] == 12
+    for r in recs:  # above both models' token-label baselines, or undefined
+        if r["metric"] == "cka":
+            ta, tb = r["token_label_a"], r["token_label_b"]
+            want_above = None if None in (r["value"], ta, tb) else r["value"] > max(ta, tb)
+            assert r["above_token_label"] == want_above
+    # with a null: each cell's null mean, spread and p-value are the matrix's
+    recs, notes, _ = _similarity(
+        a, b, ["zh"], ["last"], CompareConfig(k=3, n_perms=20, seed=4),
+        SimpleNamespace(update=steps.append),
+    )  # fmt: skip
+    null = linear_cka_matrix(xs, ys, n_perms=20, seed=4)
+    assert notes == [] and null.p_value is not None
+    for r in recs:
+        if r["metric"] == "cka":
+            i, j = sites.index(r["site_a"]), sites.index(r["site_b"])
+            for key, grid in (("null_mean", null.null_mean), ("null_std", null.null_std),
+                              ("p_value", null.p_value)):  # fmt: skip
+                v = grid[i, j]
+                assert r[key] == (float(v) if np.isfinite(v) else None), key
+            assert r["n_perms"] == 20
+
+
+def _synthetic(path, seed=1, **kw):
+    """A synthetic run of 12 rows; runs of one ``seed`` share the corpus (its fingerprint), and
+    ``perturb`` rotates every array so their vectors differ."""
+    from xlalign.store.synthetic import write_synthetic_run
+
+    perturb = kw.pop("perturb", False)
+    kw.setdefault("pools", ("last", "mean"))
+    out = write_synthetic_run(path, 12, 8, n_sites=2, seed=seed, **kw)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["corpus_fingerprint"] = f"synthetic-{seed}"  # as extract records the corpus's
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    if perturb:
+        rot = np.random.default_rng(3).normal(size=(8, 8))
+        for f in (out / "arrays").rglob("*.npy"):
+            x = np.load(f)
+            np.save(f, (x @ rot).astype(x.dtype))
+    return out
+
+
+def test_compare_refuses_runs_it_cannot_pair_word_for_word(tmp_path):
+    cfg = CompareConfig(k=3, n_perms=0)
+
+    def refused(a, b, **over):
+        with pytest.raises(XlalignError) as err:
+            compare([a, b], config=CompareConfig(k=3, n_perms=0, **over), progress=False,
+                    say=lambda _m: None)  # fmt: skip
+        return str(err.value)
+
+    a = _synthetic(tmp_path / "a")
+    fr = _synthetic(tmp_path / "fr", langs=("zh", "fr"))
+    assert refused(a, fr) == "the runs share 1 language(s) (zh); a comparison needs two"
+    swapped = _synthetic(tmp_path / "swapped", langs=("en", "zh"))
+    assert refused(a, swapped) == (
+        f"the runs order their languages differently ({a}: zh,en; {swapped}: en,zh), so their "
+        "language pairs do not match (x/y, P@1 x->y); extract them with the same --langs order"
+    )
+    b = _synthetic(tmp_path / "b", perturb=True)
+    assert refused(a, b, langs=("zh", "fr")) == f"language 'fr' not in run {a}: it has zh, en"
+    last, mean = (
+        _synthetic(tmp_path / "l", pools=("last",)),
+        _synthetic(tmp_path / "m", pools=("mean",)),
+    )
+    assert refused(last, mean) == (
+        "the runs share no pooled vectors (pools); extract them with one pool in common"
+    )
+    other = _synthetic(tmp_path / "other", seed=9)
+    (other / "corpus.jsonl").unlink(missing_ok=True)
+    assert refused(other, a).startswith(f"runs {other} and {a} were made from different corpora")
+    # a row changed on disk since extraction is named before anything is computed
+    f = b / "arrays" / "en" / "L0" / "mean.npy"
+    x = np.load(f)
+    x[4, 2] = np.nan
+    np.save(f, x)
+    with pytest.raises(XlalignError, match=r"en, site L0, pool mean holds NaN or inf in row 4 "):
+        compare([a, b], config=cfg, progress=False, say=lambda _m: None)
+
+
+def test_compare_of_synthetic_runs_keeps_the_asked_pools_and_names_a_small_sample(tmp_path, capsys):
+    from xlalign.store.lock import LOCK_FILE
+
+    a, b = _synthetic(tmp_path / "a"), _synthetic(tmp_path / "b", perturb=True)
+    out = tmp_path / "cmp"
+    locks: list[str] = []
+
+    def say(_m):  # called while compare holds the output folder's lock
+        if (out / LOCK_FILE).exists():
+            locks.append(json.loads((out / LOCK_FILE).read_text())["command"])
+
+    res = compare([a, b], config=CompareConfig(k=3, n_perms=0, pools=("mean",)), output=out,
+                  progress=True, say=say)  # fmt: skip
+    assert {r["pool"] for r in res.similarity} == {"mean"}  # the sweeps' curves keep both
+    assert (
+        "only 12 shared pairs (under 30): these numbers are not reliable; intervals are wide "
+        "and a few pairs can move any value"
+    ) in res.warnings
+    assert locks and set(locks) == {"xlalign compare"}
+    err = capsys.readouterr().err
+    assert "compare: 100%" in err  # the progress bar, asked for
+    compare([a, b], config=CompareConfig(k=3, n_perms=0), progress=True, say=lambda _m: None)
+    assert "compare: 100%" in capsys.readouterr().err
 
 
 def test_a_row_view_reads_each_language_at_its_rows(runs):
