@@ -734,8 +734,21 @@ def test_compare_of_synthetic_runs_keeps_the_asked_pools_and_names_a_small_sampl
         if (out / LOCK_FILE).exists():
             locks.append(json.loads((out / LOCK_FILE).read_text())["command"])
 
-    res = compare([a, b], config=CompareConfig(k=3, n_perms=0, pools=("mean",)), output=out,
-                  progress=True, say=say)  # fmt: skip
+    res = compare([a, b], labels=["A", "B"], config=CompareConfig(k=3, n_perms=0, pools=("mean",)),
+                  output=out, progress=True, say=say)  # fmt: skip
+    assert res.format == "xlalign.compare"
+    base = SweepConfig()  # no stored sweep: swept with the defaults
+    assert res.settings == {
+        "k": 3, "n_perms": 0, "seed": 0, "languages": ["zh", "en"], "pools": ["mean"],
+        "sweep": {"metrics": list(base.metrics), "null": base.null, "n_boot": base.n_boot,
+                  "seed": base.seed},
+        "relative_depth": "embed 0, block i of n at (i + 1) / n, final 1",
+    }  # fmt: skip
+    for label, path in (("A", a), ("B", b)):
+        assert (
+            f"{label} has no random-weights control ({path}/control-random-init): its findings "
+            "say no-control (run `xlalign run ... --control random-init`)"
+        ) in res.warnings
     assert {r["pool"] for r in res.similarity} == {"mean"}  # the sweeps' curves keep both
     assert (
         "only 12 shared pairs (under 30): these numbers are not reliable; intervals are wide "
@@ -743,9 +756,18 @@ def test_compare_of_synthetic_runs_keeps_the_asked_pools_and_names_a_small_sampl
     ) in res.warnings
     assert locks and set(locks) == {"xlalign compare"}
     err = capsys.readouterr().err
-    assert "compare: 100%" in err  # the progress bar, asked for
-    compare([a, b], config=CompareConfig(k=3, n_perms=0), progress=True, say=lambda _m: None)
-    assert "compare: 100%" in capsys.readouterr().err
+    assert "compare: 100%" in err and "| 2/2 [" in err  # one pair, two languages, one pool
+    assert "matrix/s]" in err  # the bar counts matrices
+    # an older sweep of A that records no null, beside B's computed one: said, in a fixed order
+    from xlalign.studies.layers import layer_sweep, write_alignment
+
+    old = layer_sweep(_load(a), SweepConfig(n_boot=0, n_perms=50), progress=False)
+    write_alignment({k: v for k, v in old.items() if k != "null"}, a)
+    res = compare([a, b], config=CompareConfig(k=3, n_perms=0), progress=True,
+                  say=lambda _m: None)  # fmt: skip
+    err = capsys.readouterr().err
+    assert "compare: 100%" in err and "| 4/4 [" in err  # two pools now
+    assert "the runs' sweeps use different nulls (exact, not recorded)" in res.warnings
 
 
 def test_a_row_view_reads_each_language_at_its_rows(runs):

@@ -297,6 +297,24 @@ def test_a_best_site_taken_among_identical_vector_sites_carries_the_artifact(lan
     assert (by["last"]["site"], by["last"]["artifact"]) == ("L0", None)
 
 
+def test_a_small_sample_is_the_first_warning_word_for_word():
+    records = [_rec("z", s, 1.0 + i, n=12) for i, s in enumerate(("L0", "L1"))]
+    doc = build_findings(
+        {"pairs": [["zh", "en"]], "pools": ["mean"], "sites": ["L0", "L1"], "records": records},
+        None,
+    )
+    assert doc["warnings"][0] == (
+        "only 12 pairs (under 30): these numbers are not reliable; intervals are wide and a few "
+        "pairs can move any value"
+    )
+    assert len(doc["warnings"]) > 1  # first of several, not the only one
+    big = build_findings(
+        {"pairs": [["zh", "en"]], "pools": ["mean"], "sites": ["L0"],
+         "records": [_rec("z", "L0", 1.0, n=30)]}, None,
+    )  # fmt: skip
+    assert not any("not reliable" in w for w in big["warnings"])
+
+
 def _dom(site, lang, share, dim=7, pool="mean"):
     return {"site": site, "pool": pool, "lang": lang, "share": share, "top_dims": [dim],
             "flagged": share > 0.5, "identical": False}  # fmt: skip

@@ -881,7 +881,8 @@ def _compare(
             )
     nulls = {(d or {}).get("null") for m in models for d in (m.alignment,)}
     if len(nulls) > 1:
-        warnings.append(f"the runs' sweeps use different nulls ({', '.join(map(str, nulls))})")
+        named = sorted(str(n) if n else "not recorded" for n in nulls)  # a fixed order
+        warnings.append(f"the runs' sweeps use different nulls ({', '.join(named)})")
     curves = [c for m in models for c in _curves(m)]
     pairs = [(a, b) for i, a in enumerate(models) for b in models[i + 1 :]]
     total = len(pairs) * len(langs) * len(pools)
