@@ -518,3 +518,36 @@ def test_progress_bar_counts_sites_and_closes_once(monkeypatch):
     bar = made[0]
     assert bar.kwargs == {"total": 3, "desc": "lens", "unit": "site", "leave": False}
     assert bar.updates == [1, 1, 1] and bar.closed == 1
+
+
+@pytest.mark.parametrize("with_norm", [False, True])
+def test_the_decoder_applies_the_norm_only_where_the_model_has_one(with_norm):
+    """LensDecoder on plain torch modules: logits are head(norm(h)) for states before the
+    final norm, head(h) for states after it or for a model without a final norm (float64
+    reference from the modules' weights)."""
+    from xlalign.models.loading import LensModules
+    from xlalign.studies.lens import LensDecoder
+
+    torch.manual_seed(0)
+    d, vocab = 6, 9
+    head = torch.nn.Linear(d, vocab, bias=False)
+    norm = torch.nn.LayerNorm(d, eps=1e-5) if with_norm else None
+    if norm is not None:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 2.0)
+            norm.bias.uniform_(-1.0, 1.0)
+    dec = LensDecoder(LensModules(final_norm=norm, head=head), np.zeros(vocab, dtype=np.int64))
+    h = np.random.default_rng(1).normal(size=(4, d)) * 3 + 1
+    w = head.weight.detach().double().numpy()
+    if norm is None:
+        assert dec.norm is None
+        before = h
+    else:
+        mu, var = h.mean(1, keepdims=True), h.var(1, keepdims=True)
+        g, b = norm.weight.detach().double().numpy(), norm.bias.detach().double().numpy()
+        before = (h - mu) / np.sqrt(var + 1e-5) * g + b
+    got = dec.logits(h, normed=False).double().numpy()
+    np.testing.assert_allclose(got, before @ w.T, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        dec.logits(h, normed=True).double().numpy(), h @ w.T, rtol=1e-4, atol=1e-4
+    )
