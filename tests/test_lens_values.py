@@ -551,3 +551,26 @@ def test_the_decoder_applies_the_norm_only_where_the_model_has_one(with_norm):
     np.testing.assert_allclose(
         dec.logits(h, normed=True).double().numpy(), h @ w.T, rtol=1e-4, atol=1e-4
     )
+
+
+def test_a_run_of_an_encoder_is_refused_naming_what_needs_the_head(tmp_path):
+    """Refused from the manifest alone, before any model is loaded, word for word."""
+    import json
+
+    from xlalign.errors import RunError
+    from xlalign.store.run import load_run
+    from xlalign.store.synthetic import write_synthetic_run
+    from xlalign.studies.lens import load_run_model
+
+    path = write_synthetic_run(tmp_path / "bert", 4, 8)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest.update(architecture="BertModel", model="org/tiny-bert", is_causal_lm=False)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    run = load_run(path)
+    head = f"run '{run.path}' is of BertModel (org/tiny-bert), not a causal language model: "
+    with pytest.raises(RunError) as err:
+        load_run_model(run)
+    assert str(err.value) == head + "it has no LM head for the logit lens to decode through"
+    with pytest.raises(RunError) as err:
+        load_run_model(run, purpose="neuron ablation")
+    assert str(err.value) == head + "neuron ablation needs one"
