@@ -574,3 +574,56 @@ def test_a_run_of_an_encoder_is_refused_naming_what_needs_the_head(tmp_path):
     with pytest.raises(RunError) as err:
         load_run_model(run, purpose="neuron ablation")
     assert str(err.value) == head + "neuron ablation needs one"
+
+
+def test_the_lens_model_is_checked_against_the_run_and_takes_the_tokenizer_given(
+    tiny_models, bpe_tokenizer, wordpiece_tokenizer, problems, tmp_path
+):
+    """load_decoder classes the vocabulary with the tokenizer it is given; load_run_model
+    refuses, word for word, weights edited in place since the run and a model of another
+    hidden size given for a run that records no fingerprint."""
+    import json
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from xlalign.data.tokens import vocabulary_classes
+    from xlalign.errors import RunError
+    from xlalign.models.testing import build_tiny_model
+    from xlalign.store.run import load_run
+    from xlalign.studies.lens import load_decoder, load_run_model
+
+    src = tmp_path / "qwen"
+    shutil.copytree(tiny_models["qwen2"], src)
+    run = extract(
+        str(src), problems.head(4), ["zh", "en"], sites="L0", pools="last",
+        output=tmp_path / "run", progress=False, device="cpu",
+    )  # fmt: skip
+    dec = load_decoder(run, tokenizer=wordpiece_tokenizer)
+    want = vocabulary_classes(wordpiece_tokenizer, dec.vocab_size)
+    assert np.array_equal(dec.onehot.argmax(1).numpy(), want)
+    assert not np.array_equal(want, vocabulary_classes(run.tokenizer(), dec.vocab_size))
+    # the weights edited in place since the run was made
+    model = AutoModelForCausalLM.from_pretrained(src)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    model.save_pretrained(src)
+    with pytest.raises(RunError) as err:
+        load_run_model(run)
+    assert str(err.value) == (
+        f"the weights at '{run.manifest['model']}' changed since run '{run.path}' was made "
+        "(weights fingerprint differs); extract the run again"
+    )
+    # a model of another width, given for a run that records no fingerprint
+    wide = build_tiny_model("gpt2", bpe_tokenizer, tmp_path / "wide", n_embd=48, n_layer=2)
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    manifest.pop("weights_fingerprint", None)
+    (run.path / "manifest.json").write_text(json.dumps(manifest))
+    old = load_run(run.path)
+    with pytest.raises(RunError) as err:
+        load_run_model(old, model=str(wide))
+    assert str(err.value) == (
+        f"model '{manifest['model']}' has hidden size 48, run '{old.path}' holds vectors of "
+        f"size {old.d_model}: not the run's model"
+    )
