@@ -627,3 +627,54 @@ def test_the_lens_model_is_checked_against_the_run_and_takes_the_tokenizer_given
         f"model '{manifest['model']}' has hidden size 48, run '{old.path}' holds vectors of "
         f"size {old.d_model}: not the run's model"
     )
+
+
+def test_lens_study_uses_the_decoder_given_reads_one_language_and_steps_its_bar(
+    answered, monkeypatch
+):
+    """A decoder given is the one used (here the run's model with every token classed as the
+    first class, so the vocabulary's share is all in it, every class listed); one language
+    alone is read; the bar counts the sites and is closed once."""
+    from xlalign.data.tokens import TOKEN_CLASSES
+    from xlalign.models.loading import lens_modules
+    from xlalign.studies.lens import LensDecoder, load_run_model
+
+    run = answered[0]
+    modules = lens_modules(load_run_model(run))
+    dec = LensDecoder(modules, np.zeros(modules.vocab_size, dtype=np.int64))
+    made = []
+
+    class Bar:
+        def __init__(self, **kwargs):
+            self.kwargs, self.updates, self.closed = kwargs, [], 0
+            made.append(self)
+
+        def update(self, k):
+            self.updates.append(k)
+
+        def close(self):
+            self.closed += 1
+
+    monkeypatch.setattr("tqdm.auto.tqdm", Bar)
+    sites = ("L0", "final")
+    doc = lens_study(run, LensConfig(langs=("zh",), sites=sites, n_boot=10), decoder=dec,
+                     progress=True)  # fmt: skip
+    assert doc["vocab_share"] == {c: (1.0 if k == 0 else 0.0) for k, c in enumerate(TOKEN_CLASSES)}
+    assert doc["languages"] == ["zh"] and {r["lang"] for r in doc["records"]} == {"zh"}
+    assert [s["site"] for s in doc["summaries"]] == list(sites)
+    (bar,) = made
+    assert bar.kwargs["total"] == 2 and bar.updates == [1, 1] and bar.closed == 1
+
+
+def test_a_run_without_the_last_token_pool_is_refused_word_for_word(tmp_path):
+    from xlalign.errors import RunError
+    from xlalign.store.run import load_run
+    from xlalign.store.synthetic import write_synthetic_run
+
+    run = load_run(write_synthetic_run(tmp_path / "r", 4, 8, pools=("mean", "max")))
+    with pytest.raises(RunError) as err:
+        lens_study(run)
+    assert str(err.value) == (
+        f"pool 'last' not in run '{run.path}': it has mean, max; the lens decodes the "
+        "last-token state (extract with --pool last)"
+    )
