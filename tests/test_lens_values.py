@@ -589,6 +589,7 @@ def test_the_lens_model_is_checked_against_the_run_and_takes_the_tokenizer_given
 
     from xlalign.data.tokens import vocabulary_classes
     from xlalign.errors import RunError
+    from xlalign.models.fingerprints import sampled_weights_fingerprint
     from xlalign.models.testing import build_tiny_model
     from xlalign.store.run import load_run
     from xlalign.studies.lens import load_decoder, load_run_model
@@ -603,18 +604,27 @@ def test_the_lens_model_is_checked_against_the_run_and_takes_the_tokenizer_given
     want = vocabulary_classes(wordpiece_tokenizer, dec.vocab_size)
     assert np.array_equal(dec.onehot.argmax(1).numpy(), want)
     assert not np.array_equal(want, vocabulary_classes(run.tokenizer(), dec.vocab_size))
-    # the weights edited in place since the run was made
+    # a run made before full hashing records a sampled fingerprint: the same weights load
+    legacy_path = tmp_path / "legacy"
+    shutil.copytree(run.path, legacy_path)
+    manifest = json.loads((legacy_path / "manifest.json").read_text())
+    manifest["weights_fingerprint"] = sampled_weights_fingerprint(src)
+    (legacy_path / "manifest.json").write_text(json.dumps(manifest))
+    legacy = load_run(legacy_path)
+    assert load_run_model(legacy).d_model == legacy.d_model
+    # the weights edited in place since the runs were made
     model = AutoModelForCausalLM.from_pretrained(src)
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1.5)
     model.save_pretrained(src)
-    with pytest.raises(RunError) as err:
-        load_run_model(run)
-    assert str(err.value) == (
-        f"the weights at '{run.manifest['model']}' changed since run '{run.path}' was made "
-        "(weights fingerprint differs); extract the run again"
-    )
+    for r in (run, legacy):
+        with pytest.raises(RunError) as err:
+            load_run_model(r)
+        assert str(err.value) == (
+            f"the weights at '{r.manifest['model']}' changed since run '{r.path}' was made "
+            "(weights fingerprint differs); extract the run again"
+        )
     # a model of another width, given for a run that records no fingerprint
     wide = build_tiny_model("gpt2", bpe_tokenizer, tmp_path / "wide", n_embd=48, n_layer=2)
     manifest = json.loads((run.path / "manifest.json").read_text())
