@@ -275,9 +275,9 @@ def shared_rows(models: Sequence[_Model], langs: Sequence[str]) -> dict[str, Any
     for m in models:
         c = _saved_corpus(m.run)
         if c is None:
-            others = " and ".join(o.given for o in models if o is not m)
+            every = " and ".join(o.given for o in models)  # each named once, as given
             raise RunError(
-                f"runs {m.given} and {others} were made from different corpora (corpus "
+                f"runs {every} were made from different corpora (corpus "
                 f"fingerprints differ) and {m.given} keeps no copy of its corpus ({CORPUS_FILE}) "
                 "to find the rows they share; compare runs made from one corpus"
             )
