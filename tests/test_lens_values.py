@@ -489,23 +489,35 @@ def test_decoding_note_says_what_each_site_went_through():
     assert _decoding_note("L0", without) == "LM head only: the model has no final norm"
 
 
-def test_progress_bar_counts_sites_and_closes_once(monkeypatch):
+@pytest.fixture
+def bars(monkeypatch):
+    """``bars()`` replaces tqdm from then on and returns the bars made, each recording what
+    it was told."""
+
+    def watch():
+        made = []
+
+        class Bar:
+            def __init__(self, **kwargs):
+                self.kwargs, self.updates, self.closed = kwargs, [], 0
+                made.append(self)
+
+            def update(self, k):
+                self.updates.append(k)
+
+            def close(self):
+                self.closed += 1
+
+        monkeypatch.setattr("tqdm.auto.tqdm", Bar)
+        return made
+
+    return watch
+
+
+def test_progress_bar_counts_sites_and_closes_once(bars):
     from xlalign.studies.lens import _bar
 
-    made = []
-
-    class FakeBar:
-        def __init__(self, **kwargs):
-            self.kwargs, self.updates, self.closed = kwargs, [], 0
-            made.append(self)
-
-        def update(self, k):
-            self.updates.append(k)
-
-        def close(self):
-            self.closed += 1
-
-    monkeypatch.setattr("tqdm.auto.tqdm", FakeBar)
+    made = bars()
     off = _bar(3, False)
     off(1)
     off(0, close=True)
@@ -639,9 +651,7 @@ def test_the_lens_model_is_checked_against_the_run_and_takes_the_tokenizer_given
     )
 
 
-def test_lens_study_uses_the_decoder_given_reads_one_language_and_steps_its_bar(
-    answered, monkeypatch
-):
+def test_lens_study_uses_the_decoder_given_reads_one_language_and_steps_its_bar(answered, bars):
     """A decoder given is the one used (here the run's model with every token classed as the
     first class, so the vocabulary's share is all in it, every class listed); one language
     alone is read; the bar counts the sites and is closed once."""
@@ -652,20 +662,7 @@ def test_lens_study_uses_the_decoder_given_reads_one_language_and_steps_its_bar(
     run = answered[0]
     modules = lens_modules(load_run_model(run))
     dec = LensDecoder(modules, np.zeros(modules.vocab_size, dtype=np.int64))
-    made = []
-
-    class Bar:
-        def __init__(self, **kwargs):
-            self.kwargs, self.updates, self.closed = kwargs, [], 0
-            made.append(self)
-
-        def update(self, k):
-            self.updates.append(k)
-
-        def close(self):
-            self.closed += 1
-
-    monkeypatch.setattr("tqdm.auto.tqdm", Bar)
+    made = bars()
     sites = ("L0", "final")
     doc = lens_study(run, LensConfig(langs=("zh",), sites=sites, n_boot=10), decoder=dec,
                      progress=True)  # fmt: skip
