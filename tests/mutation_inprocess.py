@@ -17,8 +17,8 @@ Module- and session-scoped fixtures are rebuilt for every mutant, unless named i
 ``--keep-fixtures NAME[,NAME]``: those are built once, with no mutant active, and their values
 are reused by every mutant after (only fixtures that return a value, not ``yield``, and whose
 value no test changes: extracted runs, tiny models, corpora; never one that calls the mutated
-code). Each mutant gets its own ``--basetemp``; the first one's, which holds the kept values,
-stays until the runner ends.
+code). Each mutant gets its own ``--basetemp``, removed after it; the kept values live in a
+separate one (``kept``), removed when the runner ends.
 """
 
 from __future__ import annotations
